@@ -1,0 +1,157 @@
+//! The tape: a list of nodes in the order ops ran (a topological order), walked in reverse.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+use super::grads::{GradSink, Grads};
+use crate::error::{Error, Result};
+use crate::tensor::{CpuBuf, Tensor, TensorId};
+
+/// The backward half of an op: given the gradient of its output, accumulate (`+=`) the gradients
+/// of its inputs into the sink. The struct implementing it holds what forward saved.
+pub trait Backward {
+    fn backward(&self, inputs: &[Tensor], dout: &CpuBuf, sink: &mut GradSink) -> Result<()>;
+}
+
+struct Node {
+    name: &'static str,
+    inputs: Vec<Tensor>,
+    output: TensorId,
+    op: Box<dyn Backward>,
+}
+
+/// One forward pass. `Tape::training(seed)` records every op that touches a tracked tensor and
+/// enables dropout (seeded by `seed` and the op's position); `Tape::inference()` records and saves
+/// nothing and makes dropout the identity.
+pub struct Tape {
+    training: bool,
+    seed: u64,
+    dropout_calls: Cell<u64>,
+    nodes: RefCell<Vec<Node>>,
+}
+
+impl Tape {
+    pub fn training(seed: u64) -> Tape {
+        Tape { training: true, seed, dropout_calls: Cell::new(0), nodes: RefCell::new(Vec::new()) }
+    }
+
+    pub fn inference() -> Tape {
+        Tape { training: false, seed: 0, dropout_calls: Cell::new(0), nodes: RefCell::new(Vec::new()) }
+    }
+
+    pub fn is_training(&self) -> bool {
+        self.training
+    }
+
+    /// Number of recorded nodes (0 on an inference tape).
+    pub fn len(&self) -> usize {
+        self.nodes.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Names of the recorded ops, in forward order (for debugging and tests).
+    pub fn op_names(&self) -> Vec<&'static str> {
+        self.nodes.borrow().iter().map(|n| n.name).collect()
+    }
+
+    /// A fresh seed for the next dropout call: a function of the tape seed and the call index,
+    /// so a step replays exactly.
+    pub(crate) fn next_dropout_seed(&self) -> u64 {
+        let i = self.dropout_calls.get();
+        self.dropout_calls.set(i + 1);
+        crate::ops::dropout::mix_seed(self.seed, i)
+    }
+
+    /// Wrap `data` as the output of op `name`. When training and any input is tracked, the output
+    /// is tracked and a node is recorded with the backward made by `save` (called only then, with
+    /// the output, so inference saves nothing).
+    pub(crate) fn record<B: Backward + 'static>(
+        &self,
+        name: &'static str,
+        inputs: &[&Tensor],
+        data: CpuBuf,
+        shape: Vec<usize>,
+        save: impl FnOnce(&Tensor) -> B,
+    ) -> Tensor {
+        let tracked = self.training && inputs.iter().any(|t| t.is_tracked());
+        let out = Tensor::from_parts(data, shape, tracked);
+        if tracked {
+            let op = Box::new(save(&out));
+            self.push(name, inputs, &out, op);
+        }
+        out
+    }
+
+    /// Like [`Tape::record`] for an output whose tensor already exists (views).
+    pub(crate) fn push(&self, name: &'static str, inputs: &[&Tensor], out: &Tensor, op: Box<dyn Backward>) {
+        self.nodes.borrow_mut().push(Node {
+            name,
+            inputs: inputs.iter().map(|t| (*t).clone()).collect(),
+            output: out.id(),
+            op,
+        });
+    }
+
+    pub(crate) fn tracks(&self, inputs: &[&Tensor]) -> bool {
+        self.training && inputs.iter().any(|t| t.is_tracked())
+    }
+
+    /// Backward from a scalar loss (upstream gradient 1).
+    pub fn backward(&self, loss: &Tensor) -> Result<Grads> {
+        if loss.numel() != 1 {
+            return Err(Error::Autograd(format!(
+                "backward needs a scalar loss, got shape {:?}; use backward_with",
+                loss.shape()
+            )));
+        }
+        let one = CpuBuf::zeros(loss.dtype(), 1).map(|mut b| {
+            match &mut b {
+                CpuBuf::F32(v) => v[0] = 1.0,
+                CpuBuf::F64(v) => v[0] = 1.0,
+                CpuBuf::I64(_) => {}
+            }
+            b
+        })?;
+        self.backward_buf(loss, one)
+    }
+
+    /// Backward from `out` with upstream gradient `dout` (same shape and dtype).
+    pub fn backward_with(&self, out: &Tensor, dout: &Tensor) -> Result<Grads> {
+        if out.shape() != dout.shape() || out.dtype() != dout.dtype() {
+            return Err(Error::Autograd(format!(
+                "upstream gradient {:?} {:?} does not match output {:?} {:?}",
+                dout.shape(),
+                dout.dtype(),
+                out.shape(),
+                out.dtype()
+            )));
+        }
+        self.backward_buf(out, dout.buf().clone())
+    }
+
+    /// The reverse walk. Consumes the recorded nodes: each is dropped right after its backward,
+    /// freeing what it saved; the gradient of an intermediate is dropped once it has been used.
+    fn backward_buf(&self, out: &Tensor, dout: CpuBuf) -> Result<Grads> {
+        if !out.is_tracked() {
+            return Err(Error::Autograd(
+                "the output does not depend on any tracked tensor (inference tape, or no input requires grad)"
+                    .into(),
+            ));
+        }
+        let nodes = std::mem::take(&mut *self.nodes.borrow_mut());
+        let mut map: HashMap<TensorId, CpuBuf> = HashMap::new();
+        map.insert(out.id(), dout);
+        for node in nodes.into_iter().rev() {
+            let Some(d) = map.remove(&node.output) else { continue };
+            let mut sink = GradSink::new(&mut map);
+            node.op.backward(&node.inputs, &d, &mut sink).map_err(|e| match e {
+                Error::Autograd(m) => Error::Autograd(format!("{} backward: {m}", node.name)),
+                other => other,
+            })?;
+        }
+        Ok(Grads::from_map(map))
+    }
+}

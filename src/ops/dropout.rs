@@ -1,0 +1,71 @@
+//! Inverted dropout with a counter-based mask: element `i` of a call with seed `s` is kept iff
+//! `uniform(s, i) ≥ p`. The mask is a pure function of (seed, index), so backward recomputes it
+//! instead of saving it, a step replays bit for bit, and a GPU kernel can draw the same mask.
+
+use rayon::prelude::*;
+
+use crate::autograd::{Backward, GradSink, Tape};
+use crate::error::{value_err, Result};
+use crate::float::Float;
+use crate::tensor::{CpuBuf, Tensor};
+use crate::with_float;
+
+/// SplitMix64 finaliser: a bijective 64-bit mix with good avalanche.
+#[inline]
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The seed of the `call`-th dropout on a tape seeded with `seed`.
+pub(crate) fn mix_seed(seed: u64, call: u64) -> u64 {
+    mix64(seed ^ mix64(call.wrapping_add(0x9e37_79b9_7f4a_7c15)))
+}
+
+/// Uniform in [0, 1) with 24 bits, as an f32 kernel would draw it.
+#[inline]
+pub(crate) fn uniform(seed: u64, i: u64) -> f32 {
+    (mix64(seed.wrapping_add(i.wrapping_mul(0x9e37_79b9_7f4a_7c15))) >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
+}
+
+/// `x · keep / (1 − p)` with `keep ~ Bernoulli(1 − p)` — `torch.nn.functional.dropout(x, p,
+/// training)`. Identity (no node, no copy) on an inference tape or when `p = 0`. Any shape.
+pub fn dropout(tape: &Tape, x: &Tensor, p: f64) -> Result<Tensor> {
+    if !(0.0..1.0).contains(&p) {
+        return value_err("dropout", format!("p = {p} must be in [0, 1)"));
+    }
+    if !tape.is_training() || p == 0.0 {
+        return Ok(x.clone());
+    }
+    let seed = tape.next_dropout_seed();
+    with_float!("dropout", x.dtype(), T => {
+        let mut y = x.data::<T>("dropout")?.to_vec();
+        apply_mask(&mut y, seed, p);
+        Ok(tape.record("dropout", &[x], T::wrap(y), x.shape().to_vec(), |_| DropoutBwd::<T> { seed, p, _t: Default::default() }))
+    })
+}
+
+/// `v[i] *= keep(i) / (1 − p)`.
+fn apply_mask<T: Float>(v: &mut [T], seed: u64, p: f64) {
+    let inv = T::from_f64(1.0 / (1.0 - p));
+    let pf = p as f32;
+    v.par_iter_mut().enumerate().for_each(|(i, x)| {
+        *x = if uniform(seed, i as u64) >= pf { *x * inv } else { T::ZERO };
+    });
+}
+
+struct DropoutBwd<T> {
+    seed: u64,
+    p: f64,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T: Float> Backward for DropoutBwd<T> {
+    // dx += dy · keep / (1 − p), with the same mask recomputed from the seed.
+    fn backward(&self, inputs: &[Tensor], dout: &CpuBuf, sink: &mut GradSink) -> Result<()> {
+        let mut g = T::slice(dout).expect("dout dtype").to_vec();
+        apply_mask(&mut g, self.seed, self.p);
+        sink.add_buf(&inputs[0], &T::wrap(g))
+    }
+}

@@ -1,0 +1,113 @@
+//! Elementwise ops: `add`, `bias_add`, `scale`, and the `unary` helper the activations use.
+
+use rayon::prelude::*;
+
+use super::{last_dim, same_dtype};
+use crate::autograd::{Backward, GradSink, Tape};
+use crate::error::{shape_err, Result};
+use crate::float::Float;
+use crate::tensor::{CpuBuf, Tensor};
+use crate::with_float;
+
+const PAR_MIN: usize = 1 << 14;
+
+/// `y[i] = f(x[i])` in parallel chunks for large tensors.
+pub(crate) fn map<T: Float>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
+    if x.len() >= PAR_MIN {
+        x.par_iter().map(|&v| f(v)).collect()
+    } else {
+        x.iter().map(|&v| f(v)).collect()
+    }
+}
+
+/// `a + b` for equal shapes — `torch.add`.
+pub fn add(tape: &Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.shape() != b.shape() {
+        return shape_err("add", format!("{:?} + {:?}", a.shape(), b.shape()));
+    }
+    with_float!("add", same_dtype("add", a, b)?, T => {
+        let (x, y) = (a.data::<T>("add")?, b.data::<T>("add")?);
+        let out: Vec<T> = x.iter().zip(y).map(|(p, q)| *p + *q).collect();
+        Ok(tape.record("add", &[a, b], T::wrap(out), a.shape().to_vec(), |_| AddBwd::<T>(Default::default())))
+    })
+}
+
+struct AddBwd<T>(std::marker::PhantomData<T>);
+
+impl<T: Float> Backward for AddBwd<T> {
+    fn backward(&self, inputs: &[Tensor], dout: &CpuBuf, sink: &mut GradSink) -> Result<()> {
+        sink.add_buf(&inputs[0], dout)?;
+        sink.add_buf(&inputs[1], dout)
+    }
+}
+
+/// `x + b` with `b (C)` broadcast over the rows of `x (…, C)`.
+pub fn bias_add(tape: &Tape, x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let c = last_dim("bias_add", x)?;
+    if b.shape() != [c] {
+        return shape_err("bias_add", format!("bias {:?} does not fit x {:?}", b.shape(), x.shape()));
+    }
+    with_float!("bias_add", same_dtype("bias_add", x, b)?, T => {
+        let bd = b.data::<T>("bias_add")?;
+        let mut out = x.data::<T>("bias_add")?.to_vec();
+        out.chunks_mut(c).for_each(|r| r.iter_mut().zip(bd).for_each(|(v, q)| *v += *q));
+        Ok(tape.record("bias_add", &[x, b], T::wrap(out), x.shape().to_vec(), |_| BiasAddBwd::<T>(Default::default())))
+    })
+}
+
+struct BiasAddBwd<T>(std::marker::PhantomData<T>);
+
+impl<T: Float> Backward for BiasAddBwd<T> {
+    fn backward(&self, inputs: &[Tensor], dout: &CpuBuf, sink: &mut GradSink) -> Result<()> {
+        sink.add_buf(&inputs[0], dout)?;
+        let dy = T::slice(dout).expect("dout dtype");
+        sink.accumulate::<T>(&inputs[1], |db| super::reduce::sum_rows(db, dy))
+    }
+}
+
+/// `s · x` for a constant `s` — `torch.mul(x, s)`.
+pub fn scale(tape: &Tape, x: &Tensor, s: f64) -> Result<Tensor> {
+    with_float!("scale", x.dtype(), T => {
+        let st = T::from_f64(s);
+        let out = map(x.data::<T>("scale")?, |v| v * st);
+        Ok(tape.record("scale", &[x], T::wrap(out), x.shape().to_vec(), |_| ScaleBwd::<T>(st)))
+    })
+}
+
+struct ScaleBwd<T>(T);
+
+impl<T: Float> Backward for ScaleBwd<T> {
+    fn backward(&self, inputs: &[Tensor], dout: &CpuBuf, sink: &mut GradSink) -> Result<()> {
+        let dy = T::slice(dout).expect("dout dtype");
+        sink.accumulate::<T>(&inputs[0], |dx| dx.iter_mut().zip(dy).for_each(|(d, g)| *d += *g * self.0))
+    }
+}
+
+/// A pointwise op `y = f(x)` with derivative `df(x)`; the activations are built on it. Backward
+/// needs only the input, which the node holds anyway, so nothing extra is saved.
+pub(crate) fn unary<T: Float>(tape: &Tape, op: &'static str, x: &Tensor, f: fn(T) -> T, df: fn(T) -> T) -> Result<Tensor> {
+    let y = map(x.data::<T>(op)?, f);
+    Ok(tape.record(op, &[x], T::wrap(y), x.shape().to_vec(), |_| UnaryBwd::<T> { op, df }))
+}
+
+struct UnaryBwd<T> {
+    op: &'static str,
+    df: fn(T) -> T,
+}
+
+impl<T: Float> Backward for UnaryBwd<T> {
+    // dx += dy · f'(x)
+    fn backward(&self, inputs: &[Tensor], dout: &CpuBuf, sink: &mut GradSink) -> Result<()> {
+        let x = inputs[0].data::<T>(self.op)?;
+        let dy = T::slice(dout).expect("dout dtype");
+        let df = self.df;
+        sink.accumulate::<T>(&inputs[0], |dx| {
+            let body = |((d, &g), &xi): ((&mut T, &T), &T)| *d += g * df(xi);
+            if dx.len() >= PAR_MIN {
+                dx.par_iter_mut().zip(dy.par_iter()).zip(x.par_iter()).for_each(body)
+            } else {
+                dx.iter_mut().zip(dy).zip(x).for_each(body)
+            }
+        })
+    }
+}

@@ -1,0 +1,114 @@
+//! Layer normalisation over the last dimension, forward and backward in one op.
+
+use rayon::prelude::*;
+
+use super::{last_dim, same_dtype};
+use crate::autograd::{Backward, GradSink, Tape};
+use crate::error::{shape_err, Result};
+use crate::float::Float;
+use crate::tensor::{CpuBuf, Tensor};
+use crate::with_float;
+
+/// `y = (x − mean) / √(var + eps) · weight + bias` over the last dimension (biased variance) —
+/// `torch.nn.functional.layer_norm(x, (C,), weight, bias, eps)`. `x (…, C)`, `weight, bias (C)`.
+/// Forward saves the per-row mean and 1/σ for the backward.
+pub fn layer_norm(tape: &Tape, x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    const OP: &str = "layer_norm";
+    let c = last_dim(OP, x)?;
+    if weight.shape() != [c] || bias.shape() != [c] {
+        return shape_err(OP, format!("x {:?} needs weight and bias ({c}), got {:?} and {:?}", x.shape(), weight.shape(), bias.shape()));
+    }
+    same_dtype(OP, x, weight)?;
+    with_float!(OP, same_dtype(OP, x, bias)?, T => {
+        let (xd, w, b) = (x.data::<T>(OP)?, weight.data::<T>(OP)?, bias.data::<T>(OP)?);
+        let rows = xd.len() / c;
+        let mut y = vec![T::ZERO; xd.len()];
+        let mut mean = vec![T::ZERO; rows];
+        let mut rstd = vec![T::ZERO; rows];
+        let inv_c = T::from_f64(1.0 / c as f64);
+        let epst = T::from_f64(eps);
+        y.par_chunks_mut(c)
+            .zip(xd.par_chunks(c))
+            .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
+            .for_each(|((yr, xr), (m, r))| {
+                let mu = xr.iter().copied().sum::<T>() * inv_c;
+                let var = xr.iter().map(|&v| (v - mu) * (v - mu)).sum::<T>() * inv_c;
+                let rs = T::ONE / (var + epst).sqrt();
+                for i in 0..c {
+                    yr[i] = (xr[i] - mu) * rs * w[i] + b[i];
+                }
+                *m = mu;
+                *r = rs;
+            });
+        Ok(tape.record(OP, &[x, weight, bias], T::wrap(y), x.shape().to_vec(), |_| LayerNormBwd { c, mean, rstd }))
+    })
+}
+
+struct LayerNormBwd<T> {
+    c: usize,
+    mean: Vec<T>,
+    rstd: Vec<T>,
+}
+
+impl<T: Float> Backward for LayerNormBwd<T> {
+    // With n = (x − μ)·r and g = dy·w:
+    //   dx = r · (g − mean(g) − n · mean(g·n)),   dw = Σ_rows dy·n,   db = Σ_rows dy.
+    fn backward(&self, inputs: &[Tensor], dout: &CpuBuf, sink: &mut GradSink) -> Result<()> {
+        let (x, w) = (inputs[0].data::<T>("layer_norm")?, inputs[1].data::<T>("layer_norm")?);
+        let dy = T::slice(dout).expect("dout dtype");
+        let c = self.c;
+        let inv_c = T::from_f64(1.0 / c as f64);
+        sink.accumulate::<T>(&inputs[0], |dx| {
+            dx.par_chunks_mut(c).zip(x.par_chunks(c)).zip(dy.par_chunks(c)).enumerate().for_each(
+                |(r, ((dxr, xr), dyr))| {
+                    let (mu, rs) = (self.mean[r], self.rstd[r]);
+                    let mut mg = T::ZERO;
+                    let mut mgn = T::ZERO;
+                    for i in 0..c {
+                        let g = dyr[i] * w[i];
+                        mg += g;
+                        mgn += g * (xr[i] - mu) * rs;
+                    }
+                    mg *= inv_c;
+                    mgn *= inv_c;
+                    for i in 0..c {
+                        let n = (xr[i] - mu) * rs;
+                        dxr[i] += rs * (dyr[i] * w[i] - mg - n * mgn);
+                    }
+                },
+            )
+        })?;
+        if sink.wants(&inputs[1]) || sink.wants(&inputs[2]) {
+            // Column sums in parallel row blocks, then a short serial reduction.
+            let rows = x.len() / c;
+            let block = 64;
+            let partial: Vec<(Vec<T>, Vec<T>)> = (0..rows.div_ceil(block))
+                .into_par_iter()
+                .map(|blk| {
+                    let mut dw = vec![T::ZERO; c];
+                    let mut db = vec![T::ZERO; c];
+                    for r in blk * block..((blk + 1) * block).min(rows) {
+                        let (mu, rs) = (self.mean[r], self.rstd[r]);
+                        for i in 0..c {
+                            let g = dy[r * c + i];
+                            dw[i] += g * (x[r * c + i] - mu) * rs;
+                            db[i] += g;
+                        }
+                    }
+                    (dw, db)
+                })
+                .collect();
+            sink.accumulate::<T>(&inputs[1], |dw| {
+                for (p, _) in &partial {
+                    dw.iter_mut().zip(p).for_each(|(a, v)| *a += *v);
+                }
+            })?;
+            sink.accumulate::<T>(&inputs[2], |db| {
+                for (_, p) in &partial {
+                    db.iter_mut().zip(p).for_each(|(a, v)| *a += *v);
+                }
+            })?;
+        }
+        Ok(())
+    }
+}

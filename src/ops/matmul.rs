@@ -1,0 +1,149 @@
+//! Batched matrix products: `matmul` (`a @ b`), `matmul_nt` (`a @ bᵀ`), and `linear`
+//! (`x @ wᵀ + b`, HF/PyTorch `(out, in)` weight layout), all on the packed CPU GEMM.
+
+use super::gemm::{bmm, gemm, MatRef};
+use super::same_dtype;
+use crate::autograd::{Backward, GradSink, Tape};
+use crate::error::{shape_err, Result};
+use crate::float::Float;
+use crate::tensor::{CpuBuf, Tensor};
+use crate::with_float;
+
+/// Shapes of a batched product: (batch, M, K, N), with `b_broadcast` when `b` is one matrix
+/// shared by every batch (then the batch folds into M).
+struct Dims {
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    out_shape: Vec<usize>,
+}
+
+/// `a (…, M, K)` with `b (…, K, N)` (`nt = false`) or `b (…, N, K)` (`nt = true`); `b` may also
+/// be a single matrix, which broadcasts over `a`'s batch dimensions.
+fn dims(op: &'static str, a: &Tensor, b: &Tensor, nt: bool) -> Result<Dims> {
+    let (sa, sb) = (a.shape(), b.shape());
+    if sa.len() < 2 || sb.len() < 2 {
+        return shape_err(op, format!("need matrices (rank ≥ 2), got {sa:?} and {sb:?}"));
+    }
+    let (m, k) = (sa[sa.len() - 2], sa[sa.len() - 1]);
+    let (kb, n) = if nt { (sb[sb.len() - 1], sb[sb.len() - 2]) } else { (sb[sb.len() - 2], sb[sb.len() - 1]) };
+    if k != kb {
+        return shape_err(op, format!("inner dimensions differ: {sa:?} and {sb:?}"));
+    }
+    let batch_a: usize = sa[..sa.len() - 2].iter().product();
+    let mut out_shape = sa[..sa.len() - 2].to_vec();
+    out_shape.extend([m, n]);
+    if sb.len() == 2 {
+        // Broadcast b: fold a's batch into its rows.
+        return Ok(Dims { batch: 1, m: batch_a * m, k, n, out_shape });
+    }
+    if sa[..sa.len() - 2] != sb[..sb.len() - 2] {
+        return shape_err(op, format!("batch dimensions differ: {sa:?} and {sb:?}"));
+    }
+    Ok(Dims { batch: batch_a, m, k, n, out_shape })
+}
+
+/// `a @ b` — `torch.matmul` for `a (…, M, K)`, `b (…, K, N)` or `b (K, N)`; output `(…, M, N)`.
+pub fn matmul(tape: &Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    product(tape, "matmul", a, b, false)
+}
+
+/// `a @ bᵀ` — `torch.matmul(a, b.transpose(-1, -2))` for `a (…, M, K)`, `b (…, N, K)` or
+/// `b (N, K)`; output `(…, M, N)`.
+pub fn matmul_nt(tape: &Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    product(tape, "matmul_nt", a, b, true)
+}
+
+fn product(tape: &Tape, op: &'static str, a: &Tensor, b: &Tensor, nt: bool) -> Result<Tensor> {
+    let d = dims(op, a, b, nt)?;
+    with_float!(op, same_dtype(op, a, b)?, T => {
+        let mut c = vec![T::ZERO; d.batch * d.m * d.n];
+        bmm(&mut c, a.data::<T>(op)?, b.data::<T>(op)?, d.batch, d.m, d.k, d.n, false, nt);
+        let (batch, m, k, n) = (d.batch, d.m, d.k, d.n);
+        Ok(tape.record(op, &[a, b], T::wrap(c), d.out_shape, |_| ProductBwd::<T> { batch, m, k, n, nt, _t: Default::default() }))
+    })
+}
+
+struct ProductBwd<T> {
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    nt: bool,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T: Float> Backward for ProductBwd<T> {
+    // C = A·B:  dA += dC·Bᵀ,  dB += Aᵀ·dC.   C = A·Bᵀ:  dA += dC·B,  dB += dCᵀ·A.
+    fn backward(&self, inputs: &[Tensor], dout: &CpuBuf, sink: &mut GradSink) -> Result<()> {
+        let (a, b) = (&inputs[0], &inputs[1]);
+        let dc = T::slice(dout).expect("dout dtype");
+        let (ad, bd) = (a.data::<T>("matmul")?, b.data::<T>("matmul")?);
+        let Self { batch, m, k, n, nt, .. } = *self;
+        sink.accumulate::<T>(a, |da| bmm(da, dc, bd, batch, m, n, k, false, !nt))?;
+        sink.accumulate::<T>(b, |db| {
+            if nt {
+                bmm(db, dc, ad, batch, n, m, k, true, false)
+            } else {
+                bmm(db, ad, dc, batch, k, m, n, true, false)
+            }
+        })
+    }
+}
+
+/// `x @ wᵀ + bias` — `torch.nn.functional.linear`. `x (…, IN)`, `w (OUT, IN)`, `bias (OUT)`;
+/// output `(…, OUT)`. One node: the backward is two GEMMs and a column sum.
+pub fn linear(tape: &Tape, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    const OP: &str = "linear";
+    let (sx, sw) = (x.shape(), w.shape());
+    if sw.len() != 2 || sx.is_empty() || sx[sx.len() - 1] != sw[1] {
+        return shape_err(OP, format!("x {sx:?} does not fit weight {sw:?} (expected x (…, {}))", sw.get(1).unwrap_or(&0)));
+    }
+    if let Some(b) = bias {
+        if b.shape() != [sw[0]] {
+            return shape_err(OP, format!("bias {:?} does not fit weight {sw:?}", b.shape()));
+        }
+        same_dtype(OP, x, b)?;
+    }
+    let (rows, inp, out) = (x.numel() / sw[1], sw[1], sw[0]);
+    let mut out_shape = sx.to_vec();
+    *out_shape.last_mut().expect("rank ≥ 1") = out;
+    with_float!(OP, same_dtype(OP, x, w)?, T => {
+        let mut y = vec![T::ZERO; rows * out];
+        if let Some(b) = bias {
+            let bd = b.data::<T>(OP)?;
+            y.chunks_mut(out.max(1)).for_each(|r| r.copy_from_slice(bd));
+        }
+        gemm(&mut y, MatRef::new(x.data::<T>(OP)?, rows, inp, false), MatRef::new(w.data::<T>(OP)?, inp, out, true), true);
+        let mut inputs = vec![x, w];
+        inputs.extend(bias);
+        Ok(tape.record(OP, &inputs, T::wrap(y), out_shape, |_| LinearBwd::<T> { rows, inp, out, _t: Default::default() }))
+    })
+}
+
+struct LinearBwd<T> {
+    rows: usize,
+    inp: usize,
+    out: usize,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T: Float> Backward for LinearBwd<T> {
+    // y = x·wᵀ + b:  dx += dy·w,  dw += dyᵀ·x,  db += Σ_rows dy.
+    fn backward(&self, inputs: &[Tensor], dout: &CpuBuf, sink: &mut GradSink) -> Result<()> {
+        let (x, w) = (&inputs[0], &inputs[1]);
+        let dy = T::slice(dout).expect("dout dtype");
+        let Self { rows, inp, out, .. } = *self;
+        sink.accumulate::<T>(x, |dx| {
+            gemm(dx, MatRef::new(dy, rows, out, false), MatRef::new(w.data::<T>("linear").expect("dtype"), out, inp, false), true)
+        })?;
+        sink.accumulate::<T>(w, |dw| {
+            gemm(dw, MatRef::new(dy, out, rows, true), MatRef::new(x.data::<T>("linear").expect("dtype"), rows, inp, false), true)
+        })?;
+        if let Some(b) = inputs.get(2) {
+            sink.accumulate::<T>(b, |db| super::reduce::sum_rows(db, dy))?;
+        }
+        Ok(())
+    }
+}

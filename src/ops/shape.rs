@@ -1,0 +1,91 @@
+//! Layout ops: `reshape` (a view, no copy) and the attention head split/merge (permutes).
+
+use rayon::prelude::*;
+
+use crate::autograd::{Backward, GradSink, Tape};
+use crate::error::{shape_err, Result};
+use crate::float::Float;
+use crate::tensor::{CpuBuf, Tensor};
+use crate::with_float;
+
+/// The same elements under another shape of equal size — `torch.reshape`. Shares storage.
+pub fn reshape(tape: &Tape, x: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    if shape.iter().product::<usize>() != x.numel() {
+        return shape_err("reshape", format!("cannot view {:?} ({} elements) as {shape:?}", x.shape(), x.numel()));
+    }
+    let tracked = tape.tracks(&[x]);
+    let out = x.with_shape(shape.to_vec(), tracked);
+    if tracked {
+        tape.push("reshape", &[x], &out, Box::new(ReshapeBwd));
+    }
+    Ok(out)
+}
+
+struct ReshapeBwd;
+
+impl Backward for ReshapeBwd {
+    // Same row-major layout: the gradient passes through unchanged.
+    fn backward(&self, inputs: &[Tensor], dout: &CpuBuf, sink: &mut GradSink) -> Result<()> {
+        sink.add_buf(&inputs[0], dout)
+    }
+}
+
+/// `(B, T, NH·HS) → (B, NH, T, HS)` — `x.view(B, T, NH, HS).permute(0, 2, 1, 3)`.
+pub fn split_heads(tape: &Tape, x: &Tensor, nh: usize) -> Result<Tensor> {
+    let s = x.shape();
+    if s.len() != 3 || nh == 0 || s[2] % nh != 0 {
+        return shape_err("split_heads", format!("need (B, T, C) with C divisible by {nh} heads, got {s:?}"));
+    }
+    let (b, t, hs) = (s[0], s[1], s[2] / nh);
+    permute_op(tape, "split_heads", x, [b, t, nh, hs], vec![b, nh, t, hs])
+}
+
+/// `(B, NH, T, HS) → (B, T, NH·HS)` — `x.permute(0, 2, 1, 3).reshape(B, T, NH·HS)`.
+pub fn merge_heads(tape: &Tape, x: &Tensor) -> Result<Tensor> {
+    let s = x.shape();
+    if s.len() != 4 {
+        return shape_err("merge_heads", format!("need (B, NH, T, HS), got {s:?}"));
+    }
+    let (b, nh, t, hs) = (s[0], s[1], s[2], s[3]);
+    permute_op(tape, "merge_heads", x, [b, nh, t, hs], vec![b, t, nh * hs])
+}
+
+/// Swap the middle two axes of a 4-d layout `dims = (A, P, Q, D)` → `(A, Q, P, D)`.
+fn swap12<T: Float>(src: &[T], dst: &mut [T], dims: [usize; 4], accumulate: bool) {
+    let [_, p, q, d] = dims;
+    dst.par_chunks_mut(p * q * d).zip(src.par_chunks(p * q * d)).for_each(|(db, sb)| {
+        for i in 0..p {
+            for j in 0..q {
+                let s = &sb[(i * q + j) * d..][..d];
+                let t = &mut db[(j * p + i) * d..][..d];
+                if accumulate {
+                    t.iter_mut().zip(s).for_each(|(a, v)| *a += *v);
+                } else {
+                    t.copy_from_slice(s);
+                }
+            }
+        }
+    });
+}
+
+fn permute_op(tape: &Tape, op: &'static str, x: &Tensor, dims: [usize; 4], out_shape: Vec<usize>) -> Result<Tensor> {
+    with_float!(op, x.dtype(), T => {
+        let mut y = vec![T::ZERO; x.numel()];
+        swap12(x.data::<T>(op)?, &mut y, dims, false);
+        Ok(tape.record(op, &[x], T::wrap(y), out_shape, |_| PermuteBwd::<T> { dims, _t: Default::default() }))
+    })
+}
+
+struct PermuteBwd<T> {
+    dims: [usize; 4],
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T: Float> Backward for PermuteBwd<T> {
+    // The inverse permutation swaps the same two axes back.
+    fn backward(&self, inputs: &[Tensor], dout: &CpuBuf, sink: &mut GradSink) -> Result<()> {
+        let [a, p, q, d] = self.dims;
+        let dy = T::slice(dout).expect("dout dtype");
+        sink.accumulate::<T>(&inputs[0], |dx| swap12(dy, dx, [a, q, p, d], true))
+    }
+}

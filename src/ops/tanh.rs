@@ -1,0 +1,19 @@
+//! `tanh` (the BERT pooler's activation).
+
+use super::elementwise::unary;
+use crate::autograd::Tape;
+use crate::error::Result;
+use crate::float::Float;
+use crate::tensor::Tensor;
+use crate::with_float;
+
+/// Elementwise `tanh(x)` — `torch.tanh`. Any shape.
+pub fn tanh(tape: &Tape, x: &Tensor) -> Result<Tensor> {
+    with_float!("tanh", x.dtype(), T => unary::<T>(tape, "tanh", x, |v: T| v.tanh(), tanh_df))
+}
+
+// d/dx tanh x = 1 − tanh² x
+fn tanh_df<T: Float>(x: T) -> T {
+    let t = x.tanh();
+    T::ONE - t * t
+}

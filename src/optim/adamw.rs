@@ -1,0 +1,105 @@
+//! AdamW (Loshchilov & Hutter), step for step as `torch.optim.AdamW`.
+
+use std::collections::HashMap;
+
+use super::ParamGroup;
+use crate::autograd::Grads;
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::tensor::{CpuBuf, TensorId};
+use crate::with_float;
+
+#[derive(Debug, Clone, Copy)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+}
+
+impl Default for AdamWConfig {
+    /// HF Trainer's defaults (`adam_beta1 = 0.9`, `adam_beta2 = 0.999`, `adam_epsilon = 1e-8`).
+    fn default() -> Self {
+        AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8 }
+    }
+}
+
+/// First and second moments of one parameter, in its dtype.
+#[derive(Debug, Clone)]
+struct Moments {
+    m: CpuBuf,
+    v: CpuBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdamW {
+    pub config: AdamWConfig,
+    step: u64,
+    state: HashMap<TensorId, Moments>,
+}
+
+impl AdamW {
+    pub fn new(config: AdamWConfig) -> Self {
+        AdamW { config, step: 0, state: HashMap::new() }
+    }
+
+    /// Number of steps taken.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// One update of every parameter that has a gradient, at learning rate `lr`:
+    /// `p ← p·(1 − lr·wd)`; `m ← β1·m + (1−β1)·g`; `v ← β2·v + (1−β2)·g²`;
+    /// `p ← p − lr/(1−β1ᵗ) · m / (√v/√(1−β2ᵗ) + eps)`.
+    pub fn step(&mut self, groups: &mut [ParamGroup], grads: &Grads, lr: f64) -> Result<()> {
+        self.step += 1;
+        let AdamWConfig { beta1, beta2, eps } = self.config;
+        let t = self.step as i32;
+        let step_size = lr / (1.0 - beta1.powi(t));
+        let bc2_sqrt = (1.0 - beta2.powi(t)).sqrt();
+        for group in groups.iter_mut() {
+            let decay = 1.0 - lr * group.weight_decay;
+            for p in group.params.iter_mut() {
+                let Some(g) = grads.get_buf(p) else { continue };
+                let st = match self.state.entry(p.id()) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => e.insert(Moments {
+                        m: CpuBuf::zeros(p.dtype(), p.numel())?,
+                        v: CpuBuf::zeros(p.dtype(), p.numel())?,
+                    }),
+                };
+                with_float!("adamw", p.dtype(), T => {
+                    let g = T::slice(g).ok_or_else(|| Error::Autograd("adamw: gradient dtype differs from its parameter".into()))?;
+                    let m = T::slice_mut(&mut st.m).expect("state dtype");
+                    let v = T::slice_mut(&mut st.v).expect("state dtype");
+                    p.update::<T>(|w| adamw_kernel(w, g, m, v, decay, beta1, beta2, eps, step_size, bc2_sqrt))
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn adamw_kernel<T: Float>(
+    w: &mut [T],
+    g: &[T],
+    m: &mut [T],
+    v: &mut [T],
+    decay: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    step_size: f64,
+    bc2_sqrt: f64,
+) {
+    let (decay, b1, b2) = (T::from_f64(decay), T::from_f64(1.0 - beta1), T::from_f64(beta2));
+    let (one_m_b2, eps, step_size, bc2_sqrt) =
+        (T::from_f64(1.0 - beta2), T::from_f64(eps), T::from_f64(step_size), T::from_f64(bc2_sqrt));
+    for i in 0..w.len() {
+        w[i] *= decay;
+        m[i] += b1 * (g[i] - m[i]);
+        v[i] = v[i] * b2 + one_m_b2 * g[i] * g[i];
+        let denom = v[i].sqrt() / bc2_sqrt + eps;
+        w[i] -= step_size * m[i] / denom;
+    }
+}
