@@ -1,0 +1,35 @@
+//! CPU matmul throughput at BERT-base shapes (batch 32 × seq 128 = 4096 tokens, hidden 768,
+//! intermediate 3072), through `ops::linear` exactly as a BERT layer calls it. Criterion's
+//! "elem/s" is set to FLOP/s (2·M·N·K per call), so "Gelem/s" reads as GFLOP/s.
+//!
+//!     cargo bench --bench matmul
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use engram::testing::Rng;
+use engram::{ops, Tape, Tensor};
+use std::hint::black_box;
+use std::time::Duration;
+
+fn randn(shape: &[usize], seed: u64) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::from_vec(Rng::new(seed).normal_vec(n).into_iter().map(|x| x as f32).collect::<Vec<f32>>(), shape).unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("linear_f32");
+    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(6));
+    // (M tokens, N out features, K in features): QKV/attention-output, FFN up, FFN down.
+    for &(m, n, k) in &[(4096, 768, 768), (4096, 3072, 768), (4096, 768, 3072), (128, 768, 768)] {
+        let x = randn(&[m, k], 1);
+        let w = randn(&[n, k], 2);
+        g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(format!("{m}x{n}x{k}")), &(x, w), |b, (x, w)| {
+            let tape = Tape::inference();
+            b.iter(|| black_box(ops::linear(&tape, x, w, None).unwrap()))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,125 @@
+//! Properties that have no PyTorch value to compare with: the dropout mask (our own counter-based
+//! generator), the tape's bookkeeping, and clear errors (never panics) on bad input.
+
+use engram::testing::Rng;
+use engram::{ops, DType, Error, Tape, Tensor};
+
+fn randn(shape: &[usize], seed: u64) -> Tensor {
+    let n = shape.iter().product();
+    let v: Vec<f32> = Rng::new(seed).normal_vec(n).into_iter().map(|x| x as f32).collect();
+    Tensor::from_vec(v, shape).unwrap()
+}
+
+#[test]
+fn dropout_drops_p_scales_the_rest_and_replays() {
+    let x = randn(&[64, 1000], 1).requires_grad();
+    let p = 0.1;
+    let run = |seed| {
+        let tape = Tape::training(seed);
+        ops::dropout(&tape, &x, p).unwrap().to_f64_vec()
+    };
+    let (a, b, c) = (run(5), run(5), run(6));
+    assert_eq!(a, b, "same tape seed must give the same mask");
+    assert_ne!(a, c, "another seed must give another mask");
+    let xs = x.to_f64_vec();
+    let dropped = a.iter().filter(|&&v| v == 0.0).count() as f64 / a.len() as f64;
+    // 64 000 Bernoulli(0.1) draws: σ ≈ 0.0012, so ±0.006 is a 5σ band.
+    assert!((dropped - p).abs() < 0.006, "dropped fraction {dropped}");
+    for (y, x) in a.iter().zip(&xs) {
+        assert!(*y == 0.0 || (y - x / (1.0 - p)).abs() <= 1e-6 * (1.0 + x.abs()));
+    }
+    // Two dropouts on one tape draw different masks.
+    let tape = Tape::training(5);
+    let m1 = ops::dropout(&tape, &x, p).unwrap().to_f64_vec();
+    let m2 = ops::dropout(&tape, &x, p).unwrap().to_f64_vec();
+    assert_ne!(m1, m2);
+    // Inference: identity, nothing recorded.
+    let tape = Tape::inference();
+    let y = ops::dropout(&tape, &x, p).unwrap();
+    assert_eq!(y.to_f64_vec(), xs);
+    assert!(tape.is_empty());
+    assert!(matches!(ops::dropout(&tape, &x, 1.0), Err(Error::Value { .. })));
+}
+
+#[test]
+fn inference_tape_records_and_saves_nothing() {
+    let w = randn(&[8, 5], 2).requires_grad();
+    let x = randn(&[3, 5], 3);
+    let tape = Tape::inference();
+    let y = ops::gelu(&tape, &ops::linear(&tape, &x, &w, None).unwrap()).unwrap();
+    assert!(tape.is_empty());
+    assert!(!y.is_tracked());
+    assert!(matches!(tape.backward(&ops::scale(&tape, &y, 1.0).unwrap()), Err(Error::Autograd(_))));
+}
+
+#[test]
+fn training_tape_records_only_what_touches_tracked_tensors_and_frees_nodes() {
+    let w = randn(&[8, 5], 4).requires_grad();
+    let x = randn(&[3, 5], 5);
+    let tape = Tape::training(0);
+    let frozen = ops::tanh(&tape, &x).unwrap(); // no tracked input: not recorded
+    let y = ops::linear(&tape, &frozen, &w, None).unwrap();
+    let t = Tensor::from_ids(vec![1, 2, 3], &[3]).unwrap();
+    let loss = ops::cross_entropy(&tape, &y, &t).unwrap();
+    assert_eq!(tape.op_names(), vec!["linear", "cross_entropy"]);
+    let g = tape.backward(&loss).unwrap();
+    assert!(tape.is_empty());
+    assert_eq!(g.len(), 1, "only the parameter keeps a gradient");
+    assert!(g.get::<f32>(&w).is_some());
+    assert!(g.get::<f32>(&x).is_none());
+}
+
+#[test]
+fn residual_and_tied_weights_accumulate() {
+    // y = x·W + x·W (two uses of W and of x) must give twice the single-use gradient.
+    let w = randn(&[4, 4], 6).requires_grad();
+    let x = randn(&[2, 4], 7).requires_grad();
+    let single = {
+        let tape = Tape::training(0);
+        let y = ops::matmul(&tape, &x, &w).unwrap();
+        let g = tape.backward_with(&y, &randn(&[2, 4], 8)).unwrap();
+        g.get::<f32>(&w).unwrap().to_vec()
+    };
+    let tape = Tape::training(0);
+    let y1 = ops::matmul(&tape, &x, &w).unwrap();
+    let y2 = ops::matmul(&tape, &x, &w).unwrap();
+    let y = ops::add(&tape, &y1, &y2).unwrap();
+    let g = tape.backward_with(&y, &randn(&[2, 4], 8)).unwrap();
+    for (a, b) in g.get::<f32>(&w).unwrap().iter().zip(&single) {
+        assert!((a - 2.0 * b).abs() <= 1e-5 * (1.0 + b.abs()));
+    }
+}
+
+#[test]
+fn bad_inputs_are_errors_naming_the_op_and_shapes() {
+    let tape = Tape::training(0);
+    let a = randn(&[2, 3], 1);
+    let b = randn(&[4, 5], 2);
+    let msg = |e: Error| e.to_string();
+    let e = msg(ops::matmul(&tape, &a, &b).unwrap_err());
+    assert!(e.contains("matmul") && e.contains("[2, 3]") && e.contains("[4, 5]"), "{e}");
+    let e = msg(ops::linear(&tape, &a, &b, None).unwrap_err());
+    assert!(e.contains("linear"), "{e}");
+    let e = msg(ops::add(&tape, &a, &b).unwrap_err());
+    assert!(e.contains("add"), "{e}");
+    let table = randn(&[5, 3], 3);
+    let ids = Tensor::from_ids(vec![0, 7], &[2]).unwrap();
+    let e = msg(ops::embedding(&tape, &ids, &table, None).unwrap_err());
+    assert!(e.contains("embedding") && e.contains('7'), "{e}");
+    let logits = randn(&[2, 3], 4);
+    let bad = Tensor::from_ids(vec![0, 3], &[2]).unwrap();
+    let e = msg(ops::cross_entropy(&tape, &logits, &bad).unwrap_err());
+    assert!(e.contains("cross_entropy") && e.contains("target 3"), "{e}");
+    let q = randn(&[1, 2, 3, 4], 5);
+    let mask = Tensor::from_ids(vec![1, 2, 1], &[1, 3]).unwrap();
+    let e = msg(ops::attention(&tape, &q, &q, &q, Some(&mask), 1.0).unwrap_err());
+    assert!(e.contains("attention") && e.contains("0 (padding) or 1"), "{e}");
+    let e = msg(ops::split_heads(&tape, &randn(&[1, 2, 10], 6), 3).unwrap_err());
+    assert!(e.contains("split_heads"), "{e}");
+    let e = msg(ops::gelu(&tape, &ids).unwrap_err());
+    assert!(e.contains("gelu") && e.contains("I64"), "{e}");
+    let e = msg(Tensor::from_vec(vec![1.0f32; 5], &[2, 3]).unwrap_err());
+    assert!(e.contains("[2, 3]") && e.contains('5'), "{e}");
+    let e = msg(ops::matmul(&tape, &a, &randn(&[3, 2], 7).to_dtype(DType::F64).unwrap()).unwrap_err());
+    assert!(e.contains("matmul") && e.contains("F64"), "{e}");
+}
