@@ -8,7 +8,8 @@ use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssi
 use crate::tensor::{CpuBuf, DType};
 
 pub trait Float:
-    Copy
+    'static
+    + Copy
     + Send
     + Sync
     + Debug
@@ -43,6 +44,28 @@ pub trait Float:
     fn slice(buf: &CpuBuf) -> Option<&[Self]>;
     fn slice_mut(buf: &mut CpuBuf) -> Option<&mut [Self]>;
     fn wrap(v: Vec<Self>) -> CpuBuf;
+
+    /// View as `f32` when `Self` is `f32` (lets a kernel take a hand-written f32 path).
+    #[inline(always)]
+    fn as_f32(s: &[Self]) -> Option<&[f32]> {
+        if std::any::TypeId::of::<Self>() == std::any::TypeId::of::<f32>() {
+            // SAFETY: Self is f32, so the layout is identical.
+            Some(unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<f32>(), s.len()) })
+        } else {
+            None
+        }
+    }
+
+    /// Mutable view of a fixed-size tile as `f32` when `Self` is `f32`.
+    #[inline(always)]
+    fn tile_as_f32<const R: usize, const C: usize>(t: &mut [[Self; C]; R]) -> Option<&mut [[f32; C]; R]> {
+        if std::any::TypeId::of::<Self>() == std::any::TypeId::of::<f32>() {
+            // SAFETY: Self is f32, so the layout is identical.
+            Some(unsafe { &mut *(t as *mut [[Self; C]; R]).cast::<[[f32; C]; R]>() })
+        } else {
+            None
+        }
+    }
 }
 
 macro_rules! impl_float {
