@@ -5,7 +5,7 @@ use std::fmt::Debug;
 use std::iter::Sum;
 use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssign};
 
-use crate::tensor::{CpuBuf, DType};
+use crate::tensor::{Buf, DType};
 
 pub trait Float:
     'static
@@ -41,9 +41,9 @@ pub trait Float:
     fn mul_add(self, a: Self, b: Self) -> Self;
     fn neg_infinity() -> Self;
     /// Borrow a CPU buffer as this type, `None` when the dtype differs.
-    fn slice(buf: &CpuBuf) -> Option<&[Self]>;
-    fn slice_mut(buf: &mut CpuBuf) -> Option<&mut [Self]>;
-    fn wrap(v: Vec<Self>) -> CpuBuf;
+    fn slice(buf: &Buf) -> Option<&[Self]>;
+    fn slice_mut(buf: &mut Buf) -> Option<&mut [Self]>;
+    fn wrap(v: Vec<Self>) -> Buf;
 
     /// View as `f32` when `Self` is `f32` (lets a kernel take a hand-written f32 path).
     #[inline(always)]
@@ -114,20 +114,20 @@ macro_rules! impl_float {
             fn neg_infinity() -> Self {
                 <$t>::NEG_INFINITY
             }
-            fn slice(buf: &CpuBuf) -> Option<&[Self]> {
+            fn slice(buf: &Buf) -> Option<&[Self]> {
                 match buf {
-                    CpuBuf::$variant(v) => Some(v),
+                    Buf::$variant(v) => Some(v),
                     _ => None,
                 }
             }
-            fn slice_mut(buf: &mut CpuBuf) -> Option<&mut [Self]> {
+            fn slice_mut(buf: &mut Buf) -> Option<&mut [Self]> {
                 match buf {
-                    CpuBuf::$variant(v) => Some(v),
+                    Buf::$variant(v) => Some(v),
                     _ => None,
                 }
             }
-            fn wrap(v: Vec<Self>) -> CpuBuf {
-                CpuBuf::$variant(v)
+            fn wrap(v: Vec<Self>) -> Buf {
+                Buf::$variant(v)
             }
         }
     };

@@ -4,6 +4,7 @@
 //! [`autograd`] (the tape) → [`optim`] (AdamW, SGD, schedules, clipping).
 
 pub mod autograd;
+pub mod device;
 pub mod error;
 pub mod float;
 pub mod ops;
@@ -14,4 +15,4 @@ pub mod testing;
 
 pub use autograd::{Grads, Tape};
 pub use error::{Error, Result};
-pub use tensor::{CpuBuf, DType, Device, Tensor};
+pub use tensor::{Buf, DType, Device, Tensor};

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::error::{shape_err, Error, Result};
+use crate::device::CudaBuf;
 use crate::float::Float;
 
 /// Element types. The CPU kernels implement f32 (working precision) and f64 (gradient checks);
@@ -35,30 +36,36 @@ impl DType {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Device {
     Cpu,
+    /// The CUDA GPU (index 0; the `cuda` feature).
+    Cuda,
 }
 
-/// Host memory of one tensor.
+/// The memory of one tensor: host vectors, or a device buffer (`cuda` feature; an uninhabited
+/// type without it).
 #[derive(Debug, Clone, PartialEq)]
-pub enum CpuBuf {
+pub enum Buf {
     F32(Vec<f32>),
     F64(Vec<f64>),
     I64(Vec<i64>),
+    Cuda(CudaBuf),
 }
 
-impl CpuBuf {
+impl Buf {
     pub fn dtype(&self) -> DType {
         match self {
-            CpuBuf::F32(_) => DType::F32,
-            CpuBuf::F64(_) => DType::F64,
-            CpuBuf::I64(_) => DType::I64,
+            Buf::F32(_) => DType::F32,
+            Buf::F64(_) => DType::F64,
+            Buf::I64(_) => DType::I64,
+            Buf::Cuda(c) => c.dtype(),
         }
     }
 
     pub fn len(&self) -> usize {
         match self {
-            CpuBuf::F32(v) => v.len(),
-            CpuBuf::F64(v) => v.len(),
-            CpuBuf::I64(v) => v.len(),
+            Buf::F32(v) => v.len(),
+            Buf::F64(v) => v.len(),
+            Buf::I64(v) => v.len(),
+            Buf::Cuda(c) => c.len(),
         }
     }
 
@@ -66,22 +73,33 @@ impl CpuBuf {
         self.len() == 0
     }
 
-    pub(crate) fn zeros(dtype: DType, n: usize) -> Result<CpuBuf> {
+    pub(crate) fn zeros(dtype: DType, n: usize) -> Result<Buf> {
         Ok(match dtype {
-            DType::F32 => CpuBuf::F32(vec![0.0; n]),
-            DType::F64 => CpuBuf::F64(vec![0.0; n]),
-            DType::I64 => CpuBuf::I64(vec![0; n]),
+            DType::F32 => Buf::F32(vec![0.0; n]),
+            DType::F64 => Buf::F64(vec![0.0; n]),
+            DType::I64 => Buf::I64(vec![0; n]),
             other => {
                 return Err(Error::DType { op: "zeros", dtype: other, detail: "no CPU storage".into() })
             }
         })
     }
 
+    pub fn device(&self) -> Device {
+        match self {
+            Buf::Cuda(_) => Device::Cuda,
+            _ => Device::Cpu,
+        }
+    }
+
     /// `self += other`, elementwise (gradient accumulation).
-    pub(crate) fn add_assign(&mut self, other: &CpuBuf) -> Result<()> {
+    pub(crate) fn add_assign(&mut self, other: &Buf) -> Result<()> {
         match (self, other) {
-            (CpuBuf::F32(a), CpuBuf::F32(b)) => a.iter_mut().zip(b).for_each(|(x, y)| *x += *y),
-            (CpuBuf::F64(a), CpuBuf::F64(b)) => a.iter_mut().zip(b).for_each(|(x, y)| *x += *y),
+            #[cfg(feature = "cuda")]
+            (Buf::Cuda(CudaBuf::F32(a)), Buf::Cuda(CudaBuf::F32(b))) => {
+                crate::device::cuda::axpy(a, b, 1.0)?
+            }
+            (Buf::F32(a), Buf::F32(b)) => a.iter_mut().zip(b).for_each(|(x, y)| *x += *y),
+            (Buf::F64(a), Buf::F64(b)) => a.iter_mut().zip(b).for_each(|(x, y)| *x += *y),
             (a, b) => {
                 return Err(Error::Autograd(format!(
                     "cannot accumulate a {:?} gradient into a {:?} slot",
@@ -110,7 +128,7 @@ impl TensorId {
 struct Inner {
     id: TensorId,
     shape: Vec<usize>,
-    data: Arc<CpuBuf>,
+    data: Arc<Buf>,
     requires_grad: bool,
 }
 
@@ -119,7 +137,7 @@ pub struct Tensor(Arc<Inner>);
 
 impl Tensor {
     /// A tensor over `data` with `shape`; errors if the element count disagrees.
-    pub fn from_buf(data: CpuBuf, shape: &[usize]) -> Result<Tensor> {
+    pub fn from_buf(data: Buf, shape: &[usize]) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         if n != data.len() {
             return shape_err(
@@ -130,7 +148,7 @@ impl Tensor {
         Ok(Tensor::from_parts(data, shape.to_vec(), false))
     }
 
-    pub(crate) fn from_parts(data: CpuBuf, shape: Vec<usize>, requires_grad: bool) -> Tensor {
+    pub(crate) fn from_parts(data: Buf, shape: Vec<usize>, requires_grad: bool) -> Tensor {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
         Tensor(Arc::new(Inner { id: TensorId::fresh(), shape, data: Arc::new(data), requires_grad }))
     }
@@ -140,11 +158,11 @@ impl Tensor {
     }
 
     pub fn from_ids(ids: Vec<i64>, shape: &[usize]) -> Result<Tensor> {
-        Tensor::from_buf(CpuBuf::I64(ids), shape)
+        Tensor::from_buf(Buf::I64(ids), shape)
     }
 
     pub fn zeros(dtype: DType, shape: &[usize]) -> Result<Tensor> {
-        Tensor::from_buf(CpuBuf::zeros(dtype, shape.iter().product())?, shape)
+        Tensor::from_buf(Buf::zeros(dtype, shape.iter().product())?, shape)
     }
 
     pub fn scalar<T: Float>(x: T) -> Tensor {
@@ -192,12 +210,92 @@ impl Tensor {
         self.0.data.dtype()
     }
     pub fn device(&self) -> Device {
-        Device::Cpu
+        self.0.data.device()
+    }
+
+    /// A copy on `device` (an untracked leaf; call [`Tensor::requires_grad`] for a parameter).
+    /// Errors with the reason when the device is not available (no `cuda` feature, no driver, no GPU).
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        if device == self.device() {
+            return Ok(self.detach());
+        }
+        match device {
+            Device::Cpu => self.to_cpu(),
+            Device::Cuda => self.to_cuda(),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn to_cuda(&self) -> Result<Tensor> {
+        let dev = crate::device::cuda::CudaDev::get()?;
+        let buf = match &*self.0.data {
+            Buf::F32(v) => CudaBuf::F32(dev.htod(v)?),
+            Buf::I64(v) => CudaBuf::I64(dev.htod(v)?),
+            Buf::F64(_) => {
+                return Err(Error::DType { op: "to_device", dtype: DType::F64, detail: "the CUDA backend stores f32 (and i64 ids)".into() })
+            }
+            Buf::Cuda(_) => unreachable!("checked by to_device"),
+        };
+        Ok(Tensor::from_parts(Buf::Cuda(buf), self.shape().to_vec(), false))
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn to_cuda(&self) -> Result<Tensor> {
+        Err(Error::Device(crate::device::cuda_available().unwrap_err()))
+    }
+
+    /// A host copy (an untracked leaf); a plain detach for CPU tensors.
+    pub fn to_cpu(&self) -> Result<Tensor> {
+        match &*self.0.data {
+            Buf::Cuda(c) => Ok(Tensor::from_parts(cuda_to_host(c)?, self.shape().to_vec(), false)),
+            _ => Ok(self.detach()),
+        }
+    }
+
+    /// The device buffer, when this tensor lives on the GPU.
+    pub fn cuda(&self) -> Option<&CudaBuf> {
+        match &*self.0.data {
+            Buf::Cuda(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    pub fn is_cuda(&self) -> bool {
+        self.cuda().is_some()
+    }
+
+    /// The f32 device slice, or an error naming `op`.
+    #[cfg(feature = "cuda")]
+    pub fn cuda_f32(&self, op: &'static str) -> Result<&cudarc::driver::CudaSlice<f32>> {
+        match self.cuda() {
+            Some(CudaBuf::F32(s)) => Ok(s),
+            _ => Err(Error::DType { op, dtype: self.dtype(), detail: format!("expected an f32 CUDA tensor, got {:?} on {:?}", self.dtype(), self.device()) }),
+        }
+    }
+
+    /// The i64 device slice (ids, masks, labels), or an error naming `op`.
+    #[cfg(feature = "cuda")]
+    pub fn cuda_i64(&self, op: &'static str) -> Result<&cudarc::driver::CudaSlice<i64>> {
+        match self.cuda() {
+            Some(CudaBuf::I64(s)) => Ok(s),
+            _ => Err(Error::DType { op, dtype: self.dtype(), detail: format!("expected i64 ids on CUDA, got {:?} on {:?}", self.dtype(), self.device()) }),
+        }
+    }
+
+    /// In-place write of a CUDA parameter (optimizer steps), copy on write like [`Tensor::update`].
+    #[cfg(feature = "cuda")]
+    pub fn update_cuda(&mut self, f: impl FnOnce(&mut cudarc::driver::CudaSlice<f32>) -> Result<()>) -> Result<()> {
+        let dtype = self.dtype();
+        let inner = Arc::make_mut(&mut self.0);
+        match Arc::make_mut(&mut inner.data) {
+            Buf::Cuda(CudaBuf::F32(s)) => f(s),
+            _ => Err(Error::DType { op: "update_cuda", dtype, detail: "expected an f32 CUDA tensor".into() }),
+        }
     }
     pub fn is_tracked(&self) -> bool {
         self.0.requires_grad
     }
-    pub fn buf(&self) -> &CpuBuf {
+    pub fn buf(&self) -> &Buf {
         &self.0.data
     }
 
@@ -212,17 +310,19 @@ impl Tensor {
 
     pub fn ids(&self, op: &'static str) -> Result<&[i64]> {
         match &*self.0.data {
-            CpuBuf::I64(v) => Ok(v),
+            Buf::I64(v) => Ok(v),
             _ => Err(Error::DType { op, dtype: self.dtype(), detail: "expected I64 ids".into() }),
         }
     }
 
-    /// Elements converted to f64 (any dtype); for tests, metrics and printing.
+    /// Elements converted to f64 (any dtype, copied from the GPU when needed); for tests,
+    /// metrics and printing. Panics only if a device copy fails.
     pub fn to_f64_vec(&self) -> Vec<f64> {
         match &*self.0.data {
-            CpuBuf::F32(v) => v.iter().map(|&x| x as f64).collect(),
-            CpuBuf::F64(v) => v.clone(),
-            CpuBuf::I64(v) => v.iter().map(|&x| x as f64).collect(),
+            Buf::Cuda(c) => Tensor::from_parts(cuda_to_host(c).expect("device-to-host copy"), self.shape().to_vec(), false).to_f64_vec(),
+            Buf::F32(v) => v.iter().map(|&x| x as f64).collect(),
+            Buf::F64(v) => v.clone(),
+            Buf::I64(v) => v.iter().map(|&x| x as f64).collect(),
         }
     }
 
@@ -230,9 +330,9 @@ impl Tensor {
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
         let v = self.to_f64_vec();
         let buf = match dtype {
-            DType::F32 => CpuBuf::F32(v.into_iter().map(|x| x as f32).collect()),
-            DType::F64 => CpuBuf::F64(v),
-            DType::I64 => CpuBuf::I64(v.into_iter().map(|x| x as i64).collect()),
+            DType::F32 => Buf::F32(v.into_iter().map(|x| x as f32).collect()),
+            DType::F64 => Buf::F64(v),
+            DType::I64 => Buf::I64(v.into_iter().map(|x| x as i64).collect()),
             other => {
                 return Err(Error::DType { op: "to_dtype", dtype: other, detail: "no CPU storage".into() })
             }
@@ -261,4 +361,18 @@ impl Tensor {
         f(s);
         Ok(())
     }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_to_host(c: &CudaBuf) -> Result<Buf> {
+    let dev = crate::device::cuda::CudaDev::get()?;
+    Ok(match c {
+        CudaBuf::F32(s) => Buf::F32(dev.dtoh(s, s.len())?),
+        CudaBuf::I64(s) => Buf::I64(dev.dtoh(s, s.len())?),
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_to_host(c: &CudaBuf) -> Result<Buf> {
+    match *c {}
 }

@@ -5,16 +5,16 @@ use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::tensor::{CpuBuf, Tensor, TensorId};
+use crate::tensor::{Buf, Tensor, TensorId};
 
 /// Where backward kernels accumulate. A slot starts at zero the first time it is touched, and
 /// kernels always `+=` into it, so residual branches and tied weights need nothing special.
 pub struct GradSink<'a> {
-    map: &'a mut HashMap<TensorId, CpuBuf>,
+    map: &'a mut HashMap<TensorId, Buf>,
 }
 
 impl<'a> GradSink<'a> {
-    pub(crate) fn new(map: &'a mut HashMap<TensorId, CpuBuf>) -> Self {
+    pub(crate) fn new(map: &'a mut HashMap<TensorId, Buf>) -> Self {
         GradSink { map }
     }
 
@@ -32,7 +32,7 @@ impl<'a> GradSink<'a> {
         }
         let mut buf = match self.map.remove(&t.id()) {
             Some(b) => b,
-            None => CpuBuf::zeros(t.dtype(), t.numel())?,
+            None => Buf::zeros(t.dtype(), t.numel())?,
         };
         let slot = T::slice_mut(&mut buf).ok_or_else(|| {
             Error::Autograd(format!("gradient of {:?} tensor written as {:?}", t.dtype(), T::DTYPE))
@@ -47,8 +47,56 @@ impl<'a> GradSink<'a> {
         Ok(())
     }
 
+    /// Run `f` on the device gradient slot of `t` (zeros if new); the CUDA twin of
+    /// [`GradSink::accumulate`].
+    #[cfg(feature = "cuda")]
+    pub fn accumulate_cuda(
+        &mut self,
+        t: &Tensor,
+        f: impl FnOnce(&mut cudarc::driver::CudaSlice<f32>) -> Result<()>,
+    ) -> Result<()> {
+        use crate::device::CudaBuf;
+        if !t.is_tracked() {
+            return Ok(());
+        }
+        let dev = crate::device::cuda::CudaDev::get()?;
+        let mut buf = match self.map.remove(&t.id()) {
+            Some(b) => b,
+            None => Buf::Cuda(CudaBuf::F32(dev.zeros::<f32>(t.numel())?)),
+        };
+        match &mut buf {
+            Buf::Cuda(CudaBuf::F32(slot)) => f(slot)?,
+            other => {
+                return Err(Error::Autograd(format!("gradient of a CUDA f32 tensor found as {:?} on {:?}", other.dtype(), other.device())))
+            }
+        }
+        match self.map.entry(t.id()) {
+            Entry::Occupied(mut e) => e.get_mut().add_assign(&buf)?,
+            Entry::Vacant(e) => {
+                e.insert(buf);
+            }
+        }
+        Ok(())
+    }
+
+    /// Add a freshly computed device gradient to `t`'s slot (moved in when the slot is new).
+    #[cfg(feature = "cuda")]
+    pub fn add_cuda_owned(&mut self, t: &Tensor, g: cudarc::driver::CudaSlice<f32>) -> Result<()> {
+        let g = Buf::Cuda(crate::device::CudaBuf::F32(g));
+        if !t.is_tracked() {
+            return Ok(());
+        }
+        match self.map.entry(t.id()) {
+            Entry::Occupied(mut e) => e.get_mut().add_assign(&g)?,
+            Entry::Vacant(e) => {
+                e.insert(g);
+            }
+        }
+        Ok(())
+    }
+
     /// Add a whole buffer (same layout) to `t`'s slot.
-    pub fn add_buf(&mut self, t: &Tensor, g: &CpuBuf) -> Result<()> {
+    pub fn add_buf(&mut self, t: &Tensor, g: &Buf) -> Result<()> {
         if !t.is_tracked() {
             return Ok(());
         }
@@ -65,15 +113,15 @@ impl<'a> GradSink<'a> {
 /// The gradients of the tracked leaves after a backward pass.
 #[derive(Debug, Default, Clone)]
 pub struct Grads {
-    map: HashMap<TensorId, CpuBuf>,
+    map: HashMap<TensorId, Buf>,
 }
 
 impl Grads {
-    pub(crate) fn from_map(map: HashMap<TensorId, CpuBuf>) -> Self {
+    pub(crate) fn from_map(map: HashMap<TensorId, Buf>) -> Self {
         Grads { map }
     }
 
-    pub fn get_buf(&self, t: &Tensor) -> Option<&CpuBuf> {
+    pub fn get_buf(&self, t: &Tensor) -> Option<&Buf> {
         self.map.get(&t.id())
     }
 
@@ -112,15 +160,21 @@ impl Grads {
     pub fn scale(&mut self, s: f64) {
         for g in self.map.values_mut() {
             match g {
-                CpuBuf::F32(v) => v.iter_mut().for_each(|x| *x *= s as f32),
-                CpuBuf::F64(v) => v.iter_mut().for_each(|x| *x *= s),
-                CpuBuf::I64(_) => {}
+                Buf::F32(v) => v.iter_mut().for_each(|x| *x *= s as f32),
+                Buf::F64(v) => v.iter_mut().for_each(|x| *x *= s),
+                Buf::I64(_) => {}
+                #[cfg(feature = "cuda")]
+                Buf::Cuda(crate::device::CudaBuf::F32(v)) => {
+                    // A failure here surfaces at the next device call on the same stream.
+                    let _ = crate::device::cuda::scale_inplace(v, s as f32);
+                }
+                Buf::Cuda(_) => {}
             }
         }
     }
 
     /// Mutable access for in-place gradient edits.
-    pub(crate) fn get_mut(&mut self, t: &Tensor) -> Option<&mut CpuBuf> {
+    pub(crate) fn get_mut(&mut self, t: &Tensor) -> Option<&mut Buf> {
         self.map.get_mut(&t.id())
     }
 }

@@ -5,12 +5,12 @@ use std::collections::HashMap;
 
 use super::grads::{GradSink, Grads};
 use crate::error::{Error, Result};
-use crate::tensor::{CpuBuf, Tensor, TensorId};
+use crate::tensor::{Buf, DType, Tensor, TensorId};
 
 /// The backward half of an op: given the gradient of its output, accumulate (`+=`) the gradients
 /// of its inputs into the sink. The struct implementing it holds what forward saved.
 pub trait Backward {
-    fn backward(&self, inputs: &[Tensor], dout: &CpuBuf, sink: &mut GradSink) -> Result<()>;
+    fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()>;
 }
 
 struct Node {
@@ -72,7 +72,7 @@ impl Tape {
         &self,
         name: &'static str,
         inputs: &[&Tensor],
-        data: CpuBuf,
+        data: Buf,
         shape: Vec<usize>,
         save: impl FnOnce(&Tensor) -> B,
     ) -> Tensor {
@@ -107,26 +107,25 @@ impl Tape {
                 loss.shape()
             )));
         }
-        let one = CpuBuf::zeros(loss.dtype(), 1).map(|mut b| {
-            match &mut b {
-                CpuBuf::F32(v) => v[0] = 1.0,
-                CpuBuf::F64(v) => v[0] = 1.0,
-                CpuBuf::I64(_) => {}
-            }
-            b
-        })?;
-        self.backward_buf(loss, one)
+        let one = match loss.dtype() {
+            DType::F64 => Tensor::from_vec(vec![1.0f64], loss.shape())?,
+            _ => Tensor::from_vec(vec![1.0f32], loss.shape())?,
+        }
+        .to_device(loss.device())?;
+        self.backward_buf(loss, one.buf().clone())
     }
 
     /// Backward from `out` with upstream gradient `dout` (same shape and dtype).
     pub fn backward_with(&self, out: &Tensor, dout: &Tensor) -> Result<Grads> {
-        if out.shape() != dout.shape() || out.dtype() != dout.dtype() {
+        if out.shape() != dout.shape() || out.dtype() != dout.dtype() || out.device() != dout.device() {
             return Err(Error::Autograd(format!(
-                "upstream gradient {:?} {:?} does not match output {:?} {:?}",
+                "upstream gradient {:?} {:?} on {:?} does not match output {:?} {:?} on {:?}",
                 dout.shape(),
                 dout.dtype(),
+                dout.device(),
                 out.shape(),
-                out.dtype()
+                out.dtype(),
+                out.device()
             )));
         }
         self.backward_buf(out, dout.buf().clone())
@@ -134,7 +133,7 @@ impl Tape {
 
     /// The reverse walk. Consumes the recorded nodes: each is dropped right after its backward,
     /// freeing what it saved; the gradient of an intermediate is dropped once it has been used.
-    fn backward_buf(&self, out: &Tensor, dout: CpuBuf) -> Result<Grads> {
+    fn backward_buf(&self, out: &Tensor, dout: Buf) -> Result<Grads> {
         if !out.is_tracked() {
             return Err(Error::Autograd(
                 "the output does not depend on any tracked tensor (inference tape, or no input requires grad)"
@@ -142,7 +141,7 @@ impl Tape {
             ));
         }
         let nodes = std::mem::take(&mut *self.nodes.borrow_mut());
-        let mut map: HashMap<TensorId, CpuBuf> = HashMap::new();
+        let mut map: HashMap<TensorId, Buf> = HashMap::new();
         map.insert(out.id(), dout);
         for node in nodes.into_iter().rev() {
             let Some(d) = map.remove(&node.output) else { continue };

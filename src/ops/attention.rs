@@ -8,7 +8,7 @@ use super::softmax::{softmax_row_backward, softmax_row_in_place};
 use crate::autograd::{Backward, GradSink, Tape};
 use crate::error::{shape_err, value_err, Result};
 use crate::float::Float;
-use crate::tensor::{CpuBuf, Tensor};
+use crate::tensor::{Buf, Tensor};
 use crate::with_float;
 
 /// `softmax(q·kᵀ·scale + mask) · v` per batch and head.
@@ -27,6 +27,10 @@ pub fn attention(tape: &Tape, q: &Tensor, k: &Tensor, v: &Tensor, key_mask: Opti
         return shape_err(OP, format!("need q (B, NH, Tq, HS) and k, v (B, NH, Tk, HS); got q {sq:?}, k {sk:?}, v {sv:?}"));
     }
     let (b, nh, tq, hs, tk) = (sq[0], sq[1], sq[2], sq[3], sk[2]);
+    #[cfg(feature = "cuda")]
+    if q.is_cuda() || k.is_cuda() || v.is_cuda() {
+        return cuda::attention(tape, q, k, v, key_mask, scale, [b, nh, tq, tk, hs]);
+    }
     let mask = match key_mask {
         None => None,
         Some(m) => {
@@ -81,7 +85,7 @@ impl<T: Float> Backward for AttentionBwd<T> {
     // O = P·V, P = softmax(S), S = scale·Q·Kᵀ (+mask):
     //   dV = Pᵀ·dO,  dP = dO·Vᵀ,  dS = P ⊙ (dP − rowsum(P ⊙ dP)),  dQ = scale·dS·K,  dK = scale·dSᵀ·Q.
     // Masked entries have P = 0, so they pass no gradient.
-    fn backward(&self, inputs: &[Tensor], dout: &CpuBuf, sink: &mut GradSink) -> Result<()> {
+    fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
         let AttnDims { tq, tk, hs } = self.dims;
         let (qd, kd, vd) = (inputs[0].data::<T>("attention")?, inputs[1].data::<T>("attention")?, inputs[2].data::<T>("attention")?);
         let d_o = T::slice(dout).expect("dout dtype");
@@ -109,5 +113,96 @@ impl<T: Float> Backward for AttentionBwd<T> {
         sink.add_buf(&inputs[0], &T::wrap(dq))?;
         sink.add_buf(&inputs[1], &T::wrap(dk))?;
         sink.add_buf(&inputs[2], &T::wrap(dv))
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    //! CUDA path (kernels/attention.cu): the whole op in one forward kernel, two backward kernels.
+    use cudarc::driver::{CudaSlice, LaunchConfig};
+
+    use crate::autograd::{Backward, GradSink, Tape};
+    use crate::device::cuda::{check_cuda, dout_f32, ids_host, launch, wrap, CudaDev};
+    use crate::error::{shape_err, value_err, Error, Result};
+    use crate::tensor::{Buf, Tensor};
+
+    const OP: &str = "attention";
+
+    fn cfg(rows: usize, bh: usize, smem_floats: usize) -> Result<LaunchConfig> {
+        let smem = smem_floats * 4;
+        if smem > 48 * 1024 {
+            return Err(Error::Device(format!("{OP}: sequence too long for the v1 kernel ({smem} bytes of shared memory per block, 48 KiB max)")));
+        }
+        Ok(LaunchConfig { grid_dim: (rows as u32, bh as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: smem as u32 })
+    }
+
+    pub(super) fn attention(
+        tape: &Tape,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        key_mask: Option<&Tensor>,
+        scale: f64,
+        [b, nh, tq, tk, hs]: [usize; 5],
+    ) -> Result<Tensor> {
+        check_cuda(OP, &[q, k, v])?;
+        if let Some(m) = key_mask {
+            check_cuda(OP, &[m])?;
+            if m.shape() != [b, tk] {
+                return shape_err(OP, format!("key_mask {:?} must be (B, Tk) = ({b}, {tk})", m.shape()));
+            }
+            if let Some(bad) = ids_host(m, OP)?.into_iter().find(|&x| x != 0 && x != 1) {
+                return value_err(OP, format!("key_mask holds {bad}; it must be 0 (padding) or 1"));
+            }
+        }
+        let dev = CudaDev::get()?;
+        let mut out = dev.alloc::<f32>(b * nh * tq * hs)?;
+        let mut probs = dev.alloc::<f32>(b * nh * tq * tk)?;
+        let dims = [b as i32, nh as i32, tq as i32, tk as i32, hs as i32];
+        let sf = scale as f32;
+        let none: Option<&CudaSlice<i64>> = None;
+        let null: u64 = 0;
+        let c = cfg(tq, b * nh, tk + hs)?;
+        match key_mask.map(|m| m.cuda_i64(OP)).transpose()?.or(none) {
+            Some(m) => launch!(dev, "attention", "attention_fwd_v1", c; &mut out, &mut probs, q.cuda_f32(OP)?, k.cuda_f32(OP)?, v.cuda_f32(OP)?, m,
+                &dims[0], &dims[1], &dims[2], &dims[3], &dims[4], &sf)?,
+            None => launch!(dev, "attention", "attention_fwd_v1", c; &mut out, &mut probs, q.cuda_f32(OP)?, k.cuda_f32(OP)?, v.cuda_f32(OP)?, &null,
+                &dims[0], &dims[1], &dims[2], &dims[3], &dims[4], &sf)?,
+        }
+        let mut inputs = vec![q, k, v];
+        inputs.extend(key_mask);
+        Ok(tape.record(OP, &inputs, wrap(out), vec![b, nh, tq, hs], |_| AttentionBwd { probs, dims, scale: sf }))
+    }
+
+    struct AttentionBwd {
+        probs: CudaSlice<f32>,
+        dims: [i32; 5],
+        scale: f32,
+    }
+
+    impl Backward for AttentionBwd {
+        fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
+            let dev = CudaDev::get()?;
+            let (q, k, v) = (&inputs[0], &inputs[1], &inputs[2]);
+            let dy = dout_f32(dout, OP)?;
+            let (qd, kd, vd) = (q.cuda_f32(OP)?, k.cuda_f32(OP)?, v.cuda_f32(OP)?);
+            let d = &self.dims;
+            let (b, nh, tq, tk, hs) = (d[0] as usize, d[1] as usize, d[2] as usize, d[3] as usize, d[4] as usize);
+            let mut ds = dev.alloc::<f32>(b * nh * tq * tk)?;
+            // dQ needs dS, which the same kernel writes; it runs even when q is untracked.
+            let mut dq = dev.zeros::<f32>(b * nh * tq * hs)?;
+            launch!(dev, "attention", "attention_bwd_q_v1", cfg(tq, b * nh, tk + hs)?;
+                &mut dq, &mut ds, dy, &self.probs, kd, vd, &d[0], &d[1], &d[2], &d[3], &d[4], &self.scale)?;
+            sink.add_cuda_owned(q, dq)?;
+            if sink.wants(k) || sink.wants(v) {
+                let mut dk = dev.zeros::<f32>(b * nh * tk * hs)?;
+                let mut dv = dev.zeros::<f32>(b * nh * tk * hs)?;
+                launch!(dev, "attention", "attention_bwd_kv_v1", cfg(tk, b * nh, 0)?;
+                    &mut dk, &mut dv, &ds, &self.probs, qd, dy, &d[0], &d[1], &d[2], &d[3], &d[4], &self.scale)?;
+                sink.add_cuda_owned(k, dk)?;
+                sink.add_cuda_owned(v, dv)?;
+            }
+            Ok(())
+        }
     }
 }

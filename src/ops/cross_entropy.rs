@@ -6,7 +6,7 @@ use super::last_dim;
 use crate::autograd::{Backward, GradSink, Tape};
 use crate::error::{shape_err, value_err, Result};
 use crate::float::Float;
-use crate::tensor::{CpuBuf, Tensor};
+use crate::tensor::{Buf, Tensor};
 use crate::with_float;
 
 /// The target value that contributes no loss (PyTorch's and HF's label for sub-tokens/padding).
@@ -21,6 +21,10 @@ pub fn cross_entropy(tape: &Tape, logits: &Tensor, targets: &Tensor) -> Result<T
     let v = last_dim(OP, logits)?;
     if targets.shape() != &logits.shape()[..logits.rank() - 1] {
         return shape_err(OP, format!("targets {:?} must be logits {:?} without the last dimension", targets.shape(), logits.shape()));
+    }
+    #[cfg(feature = "cuda")]
+    if logits.is_cuda() || targets.is_cuda() {
+        return cuda::cross_entropy(tape, logits, targets, v);
     }
     let t = targets.ids(OP)?;
     if let Some((pos, bad)) = t.iter().enumerate().find(|(_, &y)| y != IGNORE_INDEX && (y < 0 || y as usize >= v)) {
@@ -50,7 +54,7 @@ struct CrossEntropyBwd<T> {
 
 impl<T: Float> Backward for CrossEntropyBwd<T> {
     // d loss / d logits_n = (softmax(logits_n) − onehot(target_n)) · dloss / count, 0 if ignored.
-    fn backward(&self, inputs: &[Tensor], dout: &CpuBuf, sink: &mut GradSink) -> Result<()> {
+    fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
         if self.count == 0 {
             return Ok(());
         }
@@ -69,5 +73,58 @@ impl<T: Float> Backward for CrossEntropyBwd<T> {
                 d[t[n] as usize] -= g;
             })
         })
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    //! CUDA path (kernels/cross_entropy.cu).
+    use cudarc::driver::{CudaSlice, LaunchConfig};
+
+    use super::IGNORE_INDEX;
+    use crate::autograd::{Backward, GradSink, Tape};
+    use crate::device::cuda::{cfg_1d, cfg_rows, check_cuda, dout_f32, ids_host, launch, wrap, CudaDev};
+    use crate::error::{value_err, Result};
+    use crate::tensor::{Buf, Tensor};
+
+    const OP: &str = "cross_entropy";
+
+    pub(super) fn cross_entropy(tape: &Tape, logits: &Tensor, targets: &Tensor, v: usize) -> Result<Tensor> {
+        check_cuda(OP, &[logits, targets])?;
+        let t = ids_host(targets, OP)?;
+        if let Some((pos, bad)) = t.iter().enumerate().find(|(_, &y)| y != IGNORE_INDEX && (y < 0 || y as usize >= v)) {
+            return value_err(OP, format!("target {bad} at position {pos} is not a class in 0..{v} (or {IGNORE_INDEX})"));
+        }
+        let dev = CudaDev::get()?;
+        let rows = t.len();
+        let (r, vi) = (rows as i64, v as i32);
+        let mut row_loss = dev.alloc::<f32>(rows)?;
+        let mut lse = dev.alloc::<f32>(rows)?;
+        let mut loss = dev.alloc::<f32>(1)?;
+        let mut count = dev.alloc::<f32>(1)?;
+        let td = targets.cuda_i64(OP)?;
+        launch!(dev, "cross_entropy", "cross_entropy_fwd_v1", cfg_rows(rows, 256, 0); &mut row_loss, &mut lse, logits.cuda_f32(OP)?, td, &r, &vi)?;
+        let one = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+        launch!(dev, "cross_entropy", "cross_entropy_reduce_v1", one; &mut loss, &mut count, &row_loss, td, &r)?;
+        Ok(tape.record(OP, &[logits, targets], wrap(loss), vec![], |_| CrossEntropyBwd { v, lse, count }))
+    }
+
+    struct CrossEntropyBwd {
+        v: usize,
+        lse: CudaSlice<f32>,
+        count: CudaSlice<f32>,
+    }
+
+    impl Backward for CrossEntropyBwd {
+        fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
+            let dev = CudaDev::get()?;
+            let (logits, targets) = (&inputs[0], &inputs[1]);
+            let dl = dout_f32(dout, OP)?;
+            let (r, vi) = ((logits.numel() / self.v) as i64, self.v as i32);
+            let (x, td) = (logits.cuda_f32(OP)?, targets.cuda_i64(OP)?);
+            sink.accumulate_cuda(logits, |dx| {
+                launch!(dev, "cross_entropy", "cross_entropy_bwd_v1", cfg_1d(logits.numel()); dx, dl, &self.count, &self.lse, x, td, &r, &vi)
+            })
+        }
     }
 }

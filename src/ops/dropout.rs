@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use crate::autograd::{Backward, GradSink, Tape};
 use crate::error::{value_err, Result};
 use crate::float::Float;
-use crate::tensor::{CpuBuf, Tensor};
+use crate::tensor::{Buf, Tensor};
 use crate::with_float;
 
 /// SplitMix64 finaliser: a bijective 64-bit mix with good avalanche.
@@ -39,6 +39,10 @@ pub fn dropout(tape: &Tape, x: &Tensor, p: f64) -> Result<Tensor> {
         return Ok(x.clone());
     }
     let seed = tape.next_dropout_seed();
+    #[cfg(feature = "cuda")]
+    if x.is_cuda() {
+        return cuda::dropout(tape, x, p, seed);
+    }
     with_float!("dropout", x.dtype(), T => {
         let mut y = x.data::<T>("dropout")?.to_vec();
         apply_mask(&mut y, seed, p);
@@ -63,9 +67,44 @@ struct DropoutBwd<T> {
 
 impl<T: Float> Backward for DropoutBwd<T> {
     // dx += dy · keep / (1 − p), with the same mask recomputed from the seed.
-    fn backward(&self, inputs: &[Tensor], dout: &CpuBuf, sink: &mut GradSink) -> Result<()> {
+    fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
         let mut g = T::slice(dout).expect("dout dtype").to_vec();
         apply_mask(&mut g, self.seed, self.p);
         sink.add_buf(&inputs[0], &T::wrap(g))
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    //! CUDA path (kernels/dropout.cu): the same counter-based mask as the CPU.
+    use crate::autograd::{Backward, GradSink, Tape};
+    use crate::device::cuda::{cfg_1d, dout_f32, launch, wrap, CudaDev};
+    use crate::error::Result;
+    use crate::float::Float;
+    use crate::tensor::{Buf, Tensor};
+
+    pub(super) fn dropout(tape: &Tape, x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
+        let dev = CudaDev::get()?;
+        let (n, pf, inv) = (x.numel() as i64, p as f32, <f32 as Float>::from_f64(1.0 / (1.0 - p)));
+        let mut y = dev.alloc::<f32>(x.numel())?;
+        launch!(dev, "dropout", "dropout_fwd_v1", cfg_1d(x.numel()); &mut y, x.cuda_f32("dropout")?, &seed, &pf, &inv, &n)?;
+        Ok(tape.record("dropout", &[x], wrap(y), x.shape().to_vec(), |_| DropoutBwd { seed, pf, inv }))
+    }
+
+    struct DropoutBwd {
+        seed: u64,
+        pf: f32,
+        inv: f32,
+    }
+
+    impl Backward for DropoutBwd {
+        fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
+            let dev = CudaDev::get()?;
+            let dy = dout_f32(dout, "dropout")?;
+            let n = inputs[0].numel() as i64;
+            sink.accumulate_cuda(&inputs[0], |dx| {
+                launch!(dev, "dropout", "dropout_bwd_v1", cfg_1d(n as usize); dx, dy, &self.seed, &self.pf, &self.inv, &n)
+            })
+        }
     }
 }

@@ -6,7 +6,7 @@ use super::{last_dim, same_dtype};
 use crate::autograd::{Backward, GradSink, Tape};
 use crate::error::{shape_err, Result};
 use crate::float::Float;
-use crate::tensor::{CpuBuf, Tensor};
+use crate::tensor::{Buf, Tensor};
 use crate::with_float;
 
 const PAR_MIN: usize = 1 << 14;
@@ -25,6 +25,10 @@ pub fn add(tape: &Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if a.shape() != b.shape() {
         return shape_err("add", format!("{:?} + {:?}", a.shape(), b.shape()));
     }
+    #[cfg(feature = "cuda")]
+    if a.is_cuda() || b.is_cuda() {
+        return cuda::add(tape, a, b);
+    }
     with_float!("add", same_dtype("add", a, b)?, T => {
         let (x, y) = (a.data::<T>("add")?, b.data::<T>("add")?);
         let out: Vec<T> = x.iter().zip(y).map(|(p, q)| *p + *q).collect();
@@ -35,7 +39,7 @@ pub fn add(tape: &Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 struct AddBwd<T>(std::marker::PhantomData<T>);
 
 impl<T: Float> Backward for AddBwd<T> {
-    fn backward(&self, inputs: &[Tensor], dout: &CpuBuf, sink: &mut GradSink) -> Result<()> {
+    fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
         sink.add_buf(&inputs[0], dout)?;
         sink.add_buf(&inputs[1], dout)
     }
@@ -46,6 +50,10 @@ pub fn bias_add(tape: &Tape, x: &Tensor, b: &Tensor) -> Result<Tensor> {
     let c = last_dim("bias_add", x)?;
     if b.shape() != [c] {
         return shape_err("bias_add", format!("bias {:?} does not fit x {:?}", b.shape(), x.shape()));
+    }
+    #[cfg(feature = "cuda")]
+    if x.is_cuda() || b.is_cuda() {
+        return cuda::bias_add(tape, x, b, c);
     }
     with_float!("bias_add", same_dtype("bias_add", x, b)?, T => {
         let bd = b.data::<T>("bias_add")?;
@@ -58,7 +66,7 @@ pub fn bias_add(tape: &Tape, x: &Tensor, b: &Tensor) -> Result<Tensor> {
 struct BiasAddBwd<T>(std::marker::PhantomData<T>);
 
 impl<T: Float> Backward for BiasAddBwd<T> {
-    fn backward(&self, inputs: &[Tensor], dout: &CpuBuf, sink: &mut GradSink) -> Result<()> {
+    fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
         sink.add_buf(&inputs[0], dout)?;
         let dy = T::slice(dout).expect("dout dtype");
         sink.accumulate::<T>(&inputs[1], |db| super::reduce::sum_rows(db, dy))
@@ -67,6 +75,10 @@ impl<T: Float> Backward for BiasAddBwd<T> {
 
 /// `s · x` for a constant `s` — `torch.mul(x, s)`.
 pub fn scale(tape: &Tape, x: &Tensor, s: f64) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if x.is_cuda() {
+        return cuda::scale(tape, x, s);
+    }
     with_float!("scale", x.dtype(), T => {
         let st = T::from_f64(s);
         let out = map(x.data::<T>("scale")?, |v| v * st);
@@ -77,7 +89,7 @@ pub fn scale(tape: &Tape, x: &Tensor, s: f64) -> Result<Tensor> {
 struct ScaleBwd<T>(T);
 
 impl<T: Float> Backward for ScaleBwd<T> {
-    fn backward(&self, inputs: &[Tensor], dout: &CpuBuf, sink: &mut GradSink) -> Result<()> {
+    fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
         let dy = T::slice(dout).expect("dout dtype");
         sink.accumulate::<T>(&inputs[0], |dx| dx.iter_mut().zip(dy).for_each(|(d, g)| *d += *g * self.0))
     }
@@ -97,7 +109,7 @@ struct UnaryBwd<T> {
 
 impl<T: Float> Backward for UnaryBwd<T> {
     // dx += dy · f'(x)
-    fn backward(&self, inputs: &[Tensor], dout: &CpuBuf, sink: &mut GradSink) -> Result<()> {
+    fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
         let x = inputs[0].data::<T>(self.op)?;
         let dy = T::slice(dout).expect("dout dtype");
         let df = self.df;
@@ -109,5 +121,94 @@ impl<T: Float> Backward for UnaryBwd<T> {
                 dx.iter_mut().zip(dy).zip(x).for_each(body)
             }
         })
+    }
+}
+
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda {
+    //! CUDA paths (kernels/elementwise.cu, gelu.cu, tanh.cu).
+    use crate::autograd::{Backward, GradSink, Tape};
+    use crate::device::cuda::{cfg_1d, check_cuda, dout_f32, launch, wrap, CudaDev};
+    use crate::error::Result;
+    use crate::tensor::{Buf, Tensor};
+
+    pub fn add(tape: &Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        check_cuda("add", &[a, b])?;
+        let dev = CudaDev::get()?;
+        let n = a.numel() as i64;
+        let mut y = dev.alloc::<f32>(a.numel())?;
+        launch!(dev, "elementwise", "add_fwd_v1", cfg_1d(a.numel()); &mut y, a.cuda_f32("add")?, b.cuda_f32("add")?, &n)?;
+        Ok(tape.record("add", &[a, b], wrap(y), a.shape().to_vec(), |_| super::AddBwd::<f32>(Default::default())))
+    }
+
+    pub fn bias_add(tape: &Tape, x: &Tensor, b: &Tensor, c: usize) -> Result<Tensor> {
+        check_cuda("bias_add", &[x, b])?;
+        let dev = CudaDev::get()?;
+        let (rows, ci) = ((x.numel() / c) as i64, c as i32);
+        let mut y = dev.alloc::<f32>(x.numel())?;
+        launch!(dev, "elementwise", "bias_add_fwd_v1", cfg_1d(x.numel()); &mut y, x.cuda_f32("bias_add")?, b.cuda_f32("bias_add")?, &rows, &ci)?;
+        Ok(tape.record("bias_add", &[x, b], wrap(y), x.shape().to_vec(), |_| BiasAddBwd { c }))
+    }
+
+    struct BiasAddBwd {
+        c: usize,
+    }
+
+    impl Backward for BiasAddBwd {
+        fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
+            sink.add_buf(&inputs[0], dout)?;
+            let dy = dout_f32(dout, "bias_add")?;
+            let (rows, c) = ((inputs[0].numel() / self.c) as i64, self.c as i32);
+            sink.accumulate_cuda(&inputs[1], |db| sum_rows(db, dy, rows, c))
+        }
+    }
+
+    /// db (c) += Σ_rows dy (rows, c).
+    pub fn sum_rows(db: &mut cudarc::driver::CudaSlice<f32>, dy: &cudarc::driver::CudaSlice<f32>, rows: i64, c: i32) -> Result<()> {
+        let dev = CudaDev::get()?;
+        launch!(dev, "elementwise", "sum_rows_v1", cfg_1d(c as usize); db, dy, &rows, &c)
+    }
+
+    pub fn scale(tape: &Tape, x: &Tensor, s: f64) -> Result<Tensor> {
+        let dev = CudaDev::get()?;
+        let (n, sf) = (x.numel() as i64, s as f32);
+        let mut y = dev.alloc::<f32>(x.numel())?;
+        launch!(dev, "elementwise", "scale_fwd_v1", cfg_1d(x.numel()); &mut y, x.cuda_f32("scale")?, &sf, &n)?;
+        Ok(tape.record("scale", &[x], wrap(y), x.shape().to_vec(), |_| ScaleBwd(sf)))
+    }
+
+    struct ScaleBwd(f32);
+
+    impl Backward for ScaleBwd {
+        fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
+            let dy = dout_f32(dout, "scale")?;
+            sink.accumulate_cuda(&inputs[0], |dx| crate::device::cuda::axpy(dx, dy, self.0))
+        }
+    }
+
+    /// A pointwise op with kernels `<op>_fwd_v1(y, x, n)` and `<op>_bwd_v1(dx, dy, x, n)` in
+    /// kernels/<module>.cu.
+    pub fn unary(tape: &Tape, op: &'static str, module: &'static str, fwd: &'static str, bwd: &'static str, x: &Tensor) -> Result<Tensor> {
+        let dev = CudaDev::get()?;
+        let n = x.numel() as i64;
+        let mut y = dev.alloc::<f32>(x.numel())?;
+        launch!(dev, module, fwd, cfg_1d(x.numel()); &mut y, x.cuda_f32(op)?, &n)?;
+        Ok(tape.record(op, &[x], wrap(y), x.shape().to_vec(), |_| UnaryBwd { op, module, bwd }))
+    }
+
+    struct UnaryBwd {
+        op: &'static str,
+        module: &'static str,
+        bwd: &'static str,
+    }
+
+    impl Backward for UnaryBwd {
+        fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
+            let dev = CudaDev::get()?;
+            let dy = dout_f32(dout, self.op)?;
+            let x = inputs[0].cuda_f32(self.op)?;
+            let n = inputs[0].numel() as i64;
+            sink.accumulate_cuda(&inputs[0], |dx| launch!(dev, self.module, self.bwd, cfg_1d(n as usize); dx, dy, x, &n))
+        }
     }
 }

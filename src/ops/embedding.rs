@@ -6,7 +6,7 @@ use super::last_dim;
 use crate::autograd::{Backward, GradSink, Tape};
 use crate::error::{shape_err, value_err, Result};
 use crate::float::Float;
-use crate::tensor::{CpuBuf, Tensor};
+use crate::tensor::{Buf, Tensor};
 use crate::with_float;
 
 /// `table[ids]` — `torch.nn.functional.embedding(ids, table, padding_idx)`. `ids` (any shape, I64),
@@ -18,6 +18,10 @@ pub fn embedding(tape: &Tape, ids: &Tensor, table: &Tensor, padding_idx: Option<
         return shape_err(OP, format!("table must be (V, C), got {:?}", table.shape()));
     }
     let (v, c) = (table.shape()[0], last_dim(OP, table)?);
+    #[cfg(feature = "cuda")]
+    if ids.is_cuda() || table.is_cuda() {
+        return cuda::embedding(tape, ids, table, padding_idx, v, c);
+    }
     let idx = ids.ids(OP)?;
     if let Some((pos, bad)) = idx.iter().enumerate().find(|(_, &i)| i < 0 || i as usize >= v) {
         return value_err(OP, format!("id {bad} at position {pos} is outside the table of {v} rows"));
@@ -40,7 +44,7 @@ struct EmbeddingBwd<T> {
 
 impl<T: Float> Backward for EmbeddingBwd<T> {
     // dtable[ids[n]] += dy[n] for every position n (repeated ids accumulate).
-    fn backward(&self, inputs: &[Tensor], dout: &CpuBuf, sink: &mut GradSink) -> Result<()> {
+    fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
         let idx = inputs[0].ids("embedding")?;
         let dy = T::slice(dout).expect("dout dtype");
         let c = self.c;
@@ -52,5 +56,49 @@ impl<T: Float> Backward for EmbeddingBwd<T> {
                 dt[i as usize * c..][..c].iter_mut().zip(g).for_each(|(a, b)| *a += *b);
             }
         })
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    //! CUDA path (kernels/embedding.cu).
+    use crate::autograd::{Backward, GradSink, Tape};
+    use crate::device::cuda::{cfg_1d, check_cuda, dout_f32, ids_host, launch, wrap, CudaDev};
+    use crate::error::{value_err, Result};
+    use crate::tensor::{Buf, Tensor};
+
+    const OP: &str = "embedding";
+
+    pub(super) fn embedding(tape: &Tape, ids: &Tensor, table: &Tensor, padding_idx: Option<i64>, v: usize, c: usize) -> Result<Tensor> {
+        check_cuda(OP, &[ids, table])?;
+        if let Some((pos, bad)) = ids_host(ids, OP)?.into_iter().enumerate().find(|&(_, i)| i < 0 || i as usize >= v) {
+            return value_err(OP, format!("id {bad} at position {pos} is outside the table of {v} rows"));
+        }
+        let dev = CudaDev::get()?;
+        let (n, ci) = (ids.numel() as i64, c as i32);
+        let mut out = dev.alloc::<f32>(ids.numel() * c)?;
+        launch!(dev, "embedding", "embedding_fwd_v1", cfg_1d(ids.numel() * c); &mut out, ids.cuda_i64(OP)?, table.cuda_f32(OP)?, &n, &ci)?;
+        let mut shape = ids.shape().to_vec();
+        shape.push(c);
+        Ok(tape.record(OP, &[ids, table], wrap(out), shape, |_| EmbeddingBwd { c, padding_idx }))
+    }
+
+    struct EmbeddingBwd {
+        c: usize,
+        padding_idx: Option<i64>,
+    }
+
+    impl Backward for EmbeddingBwd {
+        fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
+            let dev = CudaDev::get()?;
+            let ids = &inputs[0];
+            let dy = dout_f32(dout, OP)?;
+            let (n, ci) = (ids.numel() as i64, self.c as i32);
+            let (pad, has_pad) = (self.padding_idx.unwrap_or(-1), self.padding_idx.is_some() as i32);
+            let idd = ids.cuda_i64(OP)?;
+            sink.accumulate_cuda(&inputs[1], |dt| {
+                launch!(dev, "embedding", "embedding_bwd_v1", cfg_1d(ids.numel() * self.c); dt, dy, idd, &n, &ci, &pad, &has_pad)
+            })
+        }
     }
 }

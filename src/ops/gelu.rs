@@ -14,6 +14,10 @@ const GELU_C: f64 = 0.044_715;
 
 /// `x · Φ(x) = ½·x·(1 + erf(x/√2))` — `torch.nn.functional.gelu(x)`. Any shape.
 pub fn gelu(tape: &Tape, x: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if x.is_cuda() {
+        return super::elementwise::cuda::unary(tape, "gelu", "gelu", "gelu_fwd_v1", "gelu_bwd_v1", x);
+    }
     with_float!("gelu", x.dtype(), T => unary::<T>(tape, "gelu", x, gelu_fwd, gelu_df))
 }
 
@@ -32,6 +36,10 @@ fn gelu_df<T: Float>(x: T) -> T {
 
 /// `½·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))` — `torch.nn.functional.gelu(x, approximate="tanh")`.
 pub fn gelu_tanh(tape: &Tape, x: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if x.is_cuda() {
+        return super::elementwise::cuda::unary(tape, "gelu_tanh", "gelu", "gelu_tanh_fwd_v1", "gelu_tanh_bwd_v1", x);
+    }
     with_float!("gelu_tanh", x.dtype(), T => unary::<T>(tape, "gelu_tanh", x, gelu_tanh_fwd, gelu_tanh_df))
 }
 

@@ -6,7 +6,7 @@ use super::{last_dim, same_dtype};
 use crate::autograd::{Backward, GradSink, Tape};
 use crate::error::{shape_err, Result};
 use crate::float::Float;
-use crate::tensor::{CpuBuf, Tensor};
+use crate::tensor::{Buf, Tensor};
 use crate::with_float;
 
 /// `y = (x − mean) / √(var + eps) · weight + bias` over the last dimension (biased variance) —
@@ -19,6 +19,10 @@ pub fn layer_norm(tape: &Tape, x: &Tensor, weight: &Tensor, bias: &Tensor, eps: 
         return shape_err(OP, format!("x {:?} needs weight and bias ({c}), got {:?} and {:?}", x.shape(), weight.shape(), bias.shape()));
     }
     same_dtype(OP, x, weight)?;
+    #[cfg(feature = "cuda")]
+    if x.is_cuda() || weight.is_cuda() || bias.is_cuda() {
+        return cuda::layer_norm(tape, x, weight, bias, eps, c);
+    }
     with_float!(OP, same_dtype(OP, x, bias)?, T => {
         let (xd, w, b) = (x.data::<T>(OP)?, weight.data::<T>(OP)?, bias.data::<T>(OP)?);
         let rows = xd.len() / c;
@@ -53,7 +57,7 @@ struct LayerNormBwd<T> {
 impl<T: Float> Backward for LayerNormBwd<T> {
     // With n = (x − μ)·r and g = dy·w:
     //   dx = r · (g − mean(g) − n · mean(g·n)),   dw = Σ_rows dy·n,   db = Σ_rows dy.
-    fn backward(&self, inputs: &[Tensor], dout: &CpuBuf, sink: &mut GradSink) -> Result<()> {
+    fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
         let (x, w) = (inputs[0].data::<T>("layer_norm")?, inputs[1].data::<T>("layer_norm")?);
         let dy = T::slice(dout).expect("dout dtype");
         let c = self.c;
@@ -110,5 +114,59 @@ impl<T: Float> Backward for LayerNormBwd<T> {
             })?;
         }
         Ok(())
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    //! CUDA path (kernels/layer_norm.cu).
+    use cudarc::driver::CudaSlice;
+
+    use crate::autograd::{Backward, GradSink, Tape};
+    use crate::device::cuda::{cfg_1d, cfg_rows, check_cuda, dout_f32, launch, wrap, CudaDev};
+    use crate::error::Result;
+    use crate::tensor::{Buf, Tensor};
+
+    const OP: &str = "layer_norm";
+
+    pub(super) fn layer_norm(tape: &Tape, x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, c: usize) -> Result<Tensor> {
+        check_cuda(OP, &[x, w, b])?;
+        let dev = CudaDev::get()?;
+        let rows = x.numel() / c;
+        let (r, ci, e) = (rows as i64, c as i32, eps as f32);
+        let mut y = dev.alloc::<f32>(x.numel())?;
+        let mut mean = dev.alloc::<f32>(rows)?;
+        let mut rstd = dev.alloc::<f32>(rows)?;
+        launch!(dev, "layer_norm", "layer_norm_fwd_v1", cfg_rows(rows, 256, 0);
+            &mut y, &mut mean, &mut rstd, x.cuda_f32(OP)?, w.cuda_f32(OP)?, b.cuda_f32(OP)?, &r, &ci, &e)?;
+        Ok(tape.record(OP, &[x, w, b], wrap(y), x.shape().to_vec(), |_| LayerNormBwd { c, mean, rstd }))
+    }
+
+    struct LayerNormBwd {
+        c: usize,
+        mean: CudaSlice<f32>,
+        rstd: CudaSlice<f32>,
+    }
+
+    impl Backward for LayerNormBwd {
+        fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
+            let dev = CudaDev::get()?;
+            let (x, w, b) = (&inputs[0], &inputs[1], &inputs[2]);
+            let dy = dout_f32(dout, OP)?;
+            let (xd, wd) = (x.cuda_f32(OP)?, w.cuda_f32(OP)?);
+            let rows = x.numel() / self.c;
+            let (r, ci) = (rows as i64, self.c as i32);
+            sink.accumulate_cuda(x, |dx| {
+                launch!(dev, "layer_norm", "layer_norm_bwd_dx_v1", cfg_rows(rows, 256, 0); dx, dy, xd, &self.mean, &self.rstd, wd, &r, &ci)
+            })?;
+            if sink.wants(w) || sink.wants(b) {
+                let mut dw = dev.zeros::<f32>(self.c)?;
+                let mut db = dev.zeros::<f32>(self.c)?;
+                launch!(dev, "layer_norm", "layer_norm_bwd_dwdb_v1", cfg_1d(self.c); &mut dw, &mut db, dy, xd, &self.mean, &self.rstd, &r, &ci)?;
+                sink.add_cuda_owned(w, dw)?;
+                sink.add_cuda_owned(b, db)?;
+            }
+            Ok(())
+        }
     }
 }

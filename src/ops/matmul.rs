@@ -6,7 +6,7 @@ use super::same_dtype;
 use crate::autograd::{Backward, GradSink, Tape};
 use crate::error::{shape_err, Result};
 use crate::float::Float;
-use crate::tensor::{CpuBuf, Tensor};
+use crate::tensor::{Buf, Tensor};
 use crate::with_float;
 
 /// Shapes of a batched product: (batch, M, K, N), with `b_broadcast` when `b` is one matrix
@@ -57,6 +57,10 @@ pub fn matmul_nt(tape: &Tape, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 fn product(tape: &Tape, op: &'static str, a: &Tensor, b: &Tensor, nt: bool) -> Result<Tensor> {
     let d = dims(op, a, b, nt)?;
+    #[cfg(feature = "cuda")]
+    if a.is_cuda() || b.is_cuda() {
+        return cuda::product(tape, op, a, b, d, nt);
+    }
     with_float!(op, same_dtype(op, a, b)?, T => {
         let mut c = vec![T::ZERO; d.batch * d.m * d.n];
         bmm(&mut c, a.data::<T>(op)?, b.data::<T>(op)?, d.batch, d.m, d.k, d.n, false, nt);
@@ -76,7 +80,7 @@ struct ProductBwd<T> {
 
 impl<T: Float> Backward for ProductBwd<T> {
     // C = A·B:  dA += dC·Bᵀ,  dB += Aᵀ·dC.   C = A·Bᵀ:  dA += dC·B,  dB += dCᵀ·A.
-    fn backward(&self, inputs: &[Tensor], dout: &CpuBuf, sink: &mut GradSink) -> Result<()> {
+    fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
         let (a, b) = (&inputs[0], &inputs[1]);
         let dc = T::slice(dout).expect("dout dtype");
         let (ad, bd) = (a.data::<T>("matmul")?, b.data::<T>("matmul")?);
@@ -109,6 +113,10 @@ pub fn linear(tape: &Tape, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Res
     let (rows, inp, out) = (x.numel() / sw[1], sw[1], sw[0]);
     let mut out_shape = sx.to_vec();
     *out_shape.last_mut().expect("rank ≥ 1") = out;
+    #[cfg(feature = "cuda")]
+    if x.is_cuda() || w.is_cuda() {
+        return cuda::linear(tape, x, w, bias, (rows, inp, out), out_shape);
+    }
     with_float!(OP, same_dtype(OP, x, w)?, T => {
         let mut y = vec![T::ZERO; rows * out];
         if let Some(b) = bias {
@@ -131,7 +139,7 @@ struct LinearBwd<T> {
 
 impl<T: Float> Backward for LinearBwd<T> {
     // y = x·wᵀ + b:  dx += dy·w,  dw += dyᵀ·x,  db += Σ_rows dy.
-    fn backward(&self, inputs: &[Tensor], dout: &CpuBuf, sink: &mut GradSink) -> Result<()> {
+    fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
         let (x, w) = (&inputs[0], &inputs[1]);
         let dy = T::slice(dout).expect("dout dtype");
         let Self { rows, inp, out, .. } = *self;
@@ -145,5 +153,96 @@ impl<T: Float> Backward for LinearBwd<T> {
             sink.accumulate::<T>(b, |db| super::reduce::sum_rows(db, dy))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    //! CUDA paths: every product is the engine's own GEMM (kernels/matmul.cu).
+    use crate::autograd::{Backward, GradSink, Tape};
+    use crate::device::cuda::{cfg_1d, check_cuda, dout_f32, gemm, launch, wrap, CudaDev};
+    use crate::error::Result;
+    use crate::tensor::{Buf, Tensor};
+
+    pub(super) fn product(tape: &Tape, op: &'static str, a: &Tensor, b: &Tensor, d: super::Dims, nt: bool) -> Result<Tensor> {
+        check_cuda(op, &[a, b])?;
+        let dev = CudaDev::get()?;
+        let (batch, m, k, n) = (d.batch, d.m, d.k, d.n);
+        let mut c = dev.alloc::<f32>(batch * m * n)?;
+        gemm(&dev, &mut c, a.cuda_f32(op)?, b.cuda_f32(op)?, batch, m, n, k, false, nt, (m * k, k * n, m * n), false)?;
+        Ok(tape.record(op, &[a, b], wrap(c), d.out_shape, |_| ProductBwd { batch, m, k, n, nt }))
+    }
+
+    struct ProductBwd {
+        batch: usize,
+        m: usize,
+        k: usize,
+        n: usize,
+        nt: bool,
+    }
+
+    impl Backward for ProductBwd {
+        // dA = dC·op(B)ᵀ;  dB = A ᵀ·dC (or dCᵀ·A when B is stored transposed).
+        fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
+            let dev = CudaDev::get()?;
+            let (a, b) = (&inputs[0], &inputs[1]);
+            let dc = dout_f32(dout, "matmul")?;
+            let (ad, bd) = (a.cuda_f32("matmul")?, b.cuda_f32("matmul")?);
+            let Self { batch, m, k, n, nt } = *self;
+            sink.accumulate_cuda(a, |da| gemm(&dev, da, dc, bd, batch, m, k, n, false, !nt, (m * n, k * n, m * k), true))?;
+            sink.accumulate_cuda(b, |db| {
+                if nt {
+                    gemm(&dev, db, dc, ad, batch, n, k, m, true, false, (m * n, m * k, n * k), true)
+                } else {
+                    gemm(&dev, db, ad, dc, batch, k, n, m, true, false, (m * k, m * n, k * n), true)
+                }
+            })
+        }
+    }
+
+    pub(super) fn linear(
+        tape: &Tape,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        (rows, inp, out): (usize, usize, usize),
+        out_shape: Vec<usize>,
+    ) -> Result<Tensor> {
+        const OP: &str = "linear";
+        check_cuda(OP, &[x, w])?;
+        let dev = CudaDev::get()?;
+        let mut y = dev.alloc::<f32>(rows * out)?;
+        if let Some(b) = bias {
+            check_cuda(OP, &[b])?;
+            let (r, c) = (rows as i64, out as i32);
+            launch!(dev, "elementwise", "bias_fill_v1", cfg_1d(rows * out); &mut y, b.cuda_f32(OP)?, &r, &c)?;
+        }
+        gemm(&dev, &mut y, x.cuda_f32(OP)?, w.cuda_f32(OP)?, 1, rows, out, inp, false, true, (0, 0, 0), bias.is_some())?;
+        let mut inputs = vec![x, w];
+        inputs.extend(bias);
+        Ok(tape.record(OP, &inputs, wrap(y), out_shape, |_| LinearBwd { rows, inp, out }))
+    }
+
+    struct LinearBwd {
+        rows: usize,
+        inp: usize,
+        out: usize,
+    }
+
+    impl Backward for LinearBwd {
+        // y = x·wᵀ + b:  dx += dy·w,  dw += dyᵀ·x,  db += Σ_rows dy.
+        fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
+            let dev = CudaDev::get()?;
+            let (x, w) = (&inputs[0], &inputs[1]);
+            let dy = dout_f32(dout, "linear")?;
+            let Self { rows, inp, out } = *self;
+            let (xd, wd) = (x.cuda_f32("linear")?, w.cuda_f32("linear")?);
+            sink.accumulate_cuda(x, |dx| gemm(&dev, dx, dy, wd, 1, rows, inp, out, false, false, (0, 0, 0), true))?;
+            sink.accumulate_cuda(w, |dw| gemm(&dev, dw, dy, xd, 1, out, inp, rows, true, false, (0, 0, 0), true))?;
+            if let Some(b) = inputs.get(2) {
+                sink.accumulate_cuda(b, |db| crate::ops::elementwise::cuda::sum_rows(db, dy, rows as i64, out as i32))?;
+            }
+            Ok(())
+        }
     }
 }

@@ -5,7 +5,7 @@ use rayon::prelude::*;
 use crate::autograd::{Backward, GradSink, Tape};
 use crate::error::{shape_err, Result};
 use crate::float::Float;
-use crate::tensor::{CpuBuf, Tensor};
+use crate::tensor::{Buf, Tensor};
 use crate::with_float;
 
 /// `y_b = Σ_t m_bt·x_bt / max(Σ_t m_bt, 1e-9)` — sentence-transformers `Pooling(mean)`:
@@ -18,6 +18,10 @@ pub fn mean_pool(tape: &Tape, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
         return shape_err(OP, format!("need x (B, T, C) and mask (B, T); got {s:?} and {:?}", mask.shape()));
     }
     let (t, c) = (s[1], s[2]);
+    #[cfg(feature = "cuda")]
+    if x.is_cuda() || mask.is_cuda() {
+        return cuda::mean_pool(tape, x, mask, [s[0], t, c]);
+    }
     let m = mask.ids(OP)?;
     with_float!(OP, x.dtype(), T => {
         let xd = x.data::<T>(OP)?;
@@ -45,7 +49,7 @@ struct MeanPoolBwd<T> {
 
 impl<T: Float> Backward for MeanPoolBwd<T> {
     // dx_bt += m_bt · dy_b / max(Σ_t m_bt, 1e-9)
-    fn backward(&self, inputs: &[Tensor], dout: &CpuBuf, sink: &mut GradSink) -> Result<()> {
+    fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
         let m = inputs[1].ids("mean_pool")?;
         let dy = T::slice(dout).expect("dout dtype");
         let (t, c) = (self.t, self.c);
@@ -59,5 +63,41 @@ impl<T: Float> Backward for MeanPoolBwd<T> {
                 }
             })
         })
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    //! CUDA path (kernels/pooling.cu).
+    use crate::autograd::{Backward, GradSink, Tape};
+    use crate::device::cuda::{cfg_1d, check_cuda, dout_f32, launch, wrap, CudaDev};
+    use crate::error::Result;
+    use crate::tensor::{Buf, Tensor};
+
+    const OP: &str = "mean_pool";
+
+    pub(super) fn mean_pool(tape: &Tape, x: &Tensor, mask: &Tensor, [b, t, c]: [usize; 3]) -> Result<Tensor> {
+        check_cuda(OP, &[x, mask])?;
+        let dev = CudaDev::get()?;
+        let dims = [b as i32, t as i32, c as i32];
+        let mut y = dev.alloc::<f32>(b * c)?;
+        launch!(dev, "pooling", "mean_pool_fwd_v1", cfg_1d(b * c); &mut y, x.cuda_f32(OP)?, mask.cuda_i64(OP)?, &dims[0], &dims[1], &dims[2])?;
+        Ok(tape.record(OP, &[x, mask], wrap(y), vec![b, c], |_| MeanPoolBwd { dims }))
+    }
+
+    struct MeanPoolBwd {
+        dims: [i32; 3],
+    }
+
+    impl Backward for MeanPoolBwd {
+        fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
+            let dev = CudaDev::get()?;
+            let dy = dout_f32(dout, OP)?;
+            let m = inputs[1].cuda_i64(OP)?;
+            let d = &self.dims;
+            sink.accumulate_cuda(&inputs[0], |dx| {
+                launch!(dev, "pooling", "mean_pool_bwd_v1", cfg_1d(inputs[0].numel()); dx, dy, m, &d[0], &d[1], &d[2])
+            })
+        }
     }
 }

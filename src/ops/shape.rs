@@ -5,7 +5,7 @@ use rayon::prelude::*;
 use crate::autograd::{Backward, GradSink, Tape};
 use crate::error::{shape_err, Result};
 use crate::float::Float;
-use crate::tensor::{CpuBuf, Tensor};
+use crate::tensor::{Buf, Tensor};
 use crate::with_float;
 
 /// The same elements under another shape of equal size — `torch.reshape`. Shares storage.
@@ -25,7 +25,7 @@ struct ReshapeBwd;
 
 impl Backward for ReshapeBwd {
     // Same row-major layout: the gradient passes through unchanged.
-    fn backward(&self, inputs: &[Tensor], dout: &CpuBuf, sink: &mut GradSink) -> Result<()> {
+    fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
         sink.add_buf(&inputs[0], dout)
     }
 }
@@ -69,6 +69,10 @@ fn swap12<T: Float>(src: &[T], dst: &mut [T], dims: [usize; 4], accumulate: bool
 }
 
 fn permute_op(tape: &Tape, op: &'static str, x: &Tensor, dims: [usize; 4], out_shape: Vec<usize>) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if x.is_cuda() {
+        return cuda::permute_op(tape, op, x, dims, out_shape);
+    }
     with_float!(op, x.dtype(), T => {
         let mut y = vec![T::ZERO; x.numel()];
         swap12(x.data::<T>(op)?, &mut y, dims, false);
@@ -83,9 +87,46 @@ struct PermuteBwd<T> {
 
 impl<T: Float> Backward for PermuteBwd<T> {
     // The inverse permutation swaps the same two axes back.
-    fn backward(&self, inputs: &[Tensor], dout: &CpuBuf, sink: &mut GradSink) -> Result<()> {
+    fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
         let [a, p, q, d] = self.dims;
         let dy = T::slice(dout).expect("dout dtype");
         sink.accumulate::<T>(&inputs[0], |dx| swap12(dy, dx, [a, q, p, d], true))
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    //! CUDA path (kernels/shape.cu): one swap-middle-axes kernel serves split, merge and both backwards.
+    use cudarc::driver::CudaSlice;
+
+    use crate::autograd::{Backward, GradSink, Tape};
+    use crate::device::cuda::{cfg_1d, dout_f32, launch, wrap, CudaDev};
+    use crate::error::Result;
+    use crate::tensor::{Buf, Tensor};
+
+    fn swap12(out: &mut CudaSlice<f32>, input: &CudaSlice<f32>, [a, p, q, d]: [usize; 4], acc: bool) -> Result<()> {
+        let dev = CudaDev::get()?;
+        let (ai, pi, qi, di, acci) = (a as i32, p as i32, q as i32, d as i32, acc as i32);
+        launch!(dev, "shape", "swap12_v1", cfg_1d(a * p * q * d); out, input, &ai, &pi, &qi, &di, &acci)
+    }
+
+    pub(super) fn permute_op(tape: &Tape, op: &'static str, x: &Tensor, dims: [usize; 4], out_shape: Vec<usize>) -> Result<Tensor> {
+        let mut y = CudaDev::get()?.alloc::<f32>(x.numel())?;
+        swap12(&mut y, x.cuda_f32(op)?, dims, false)?;
+        Ok(tape.record(op, &[x], wrap(y), out_shape, |_| PermuteBwd { op, dims }))
+    }
+
+    struct PermuteBwd {
+        op: &'static str,
+        dims: [usize; 4],
+    }
+
+    impl Backward for PermuteBwd {
+        // The inverse swap of (A, Q, P, D), accumulated.
+        fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
+            let dy = dout_f32(dout, self.op)?;
+            let [a, p, q, d] = self.dims;
+            sink.accumulate_cuda(&inputs[0], |dx| swap12(dx, dy, [a, q, p, d], true))
+        }
     }
 }

@@ -6,13 +6,17 @@ use super::last_dim;
 use crate::autograd::{Backward, GradSink, Tape};
 use crate::error::Result;
 use crate::float::Float;
-use crate::tensor::{CpuBuf, Tensor};
+use crate::tensor::{Buf, Tensor};
 use crate::with_float;
 
 /// `y_i = e^{x_i − max x} / Σ_j e^{x_j − max x}` along the last dimension —
 /// `torch.softmax(x, dim=-1)`. Any shape `(…, C)`. Backward uses the saved output.
 pub fn softmax(tape: &Tape, x: &Tensor) -> Result<Tensor> {
     let c = last_dim("softmax", x)?;
+    #[cfg(feature = "cuda")]
+    if x.is_cuda() {
+        return cuda::softmax(tape, x, c);
+    }
     with_float!("softmax", x.dtype(), T => {
         let mut y = x.data::<T>("softmax")?.to_vec();
         y.par_chunks_mut(c).for_each(softmax_row_in_place);
@@ -51,7 +55,7 @@ struct SoftmaxBwd<T> {
 }
 
 impl<T: Float> Backward for SoftmaxBwd<T> {
-    fn backward(&self, inputs: &[Tensor], dout: &CpuBuf, sink: &mut GradSink) -> Result<()> {
+    fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
         let y = self.y.data::<T>("softmax")?;
         let dy = T::slice(dout).expect("dout dtype");
         let c = self.c;
@@ -60,5 +64,39 @@ impl<T: Float> Backward for SoftmaxBwd<T> {
                 .zip(y.par_chunks(c).zip(dy.par_chunks(c)))
                 .for_each(|(d, (yr, gr))| softmax_row_backward(d, yr, gr))
         })
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    //! CUDA path (kernels/softmax.cu).
+    use crate::autograd::{Backward, GradSink, Tape};
+    use crate::device::cuda::{cfg_rows, dout_f32, launch, wrap, CudaDev};
+    use crate::error::Result;
+    use crate::tensor::{Buf, Tensor};
+
+    pub(super) fn softmax(tape: &Tape, x: &Tensor, c: usize) -> Result<Tensor> {
+        let dev = CudaDev::get()?;
+        let rows = x.numel() / c;
+        let (r, ci) = (rows as i64, c as i32);
+        let mut y = dev.alloc::<f32>(x.numel())?;
+        launch!(dev, "softmax", "softmax_fwd_v1", cfg_rows(rows, 256, 0); &mut y, x.cuda_f32("softmax")?, &r, &ci)?;
+        Ok(tape.record("softmax", &[x], wrap(y), x.shape().to_vec(), |out: &Tensor| SoftmaxBwd { y: out.detach(), c }))
+    }
+
+    struct SoftmaxBwd {
+        y: Tensor,
+        c: usize,
+    }
+
+    impl Backward for SoftmaxBwd {
+        fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
+            let dev = CudaDev::get()?;
+            let dy = dout_f32(dout, "softmax")?;
+            let y = self.y.cuda_f32("softmax")?;
+            let rows = self.y.numel() / self.c;
+            let (r, ci) = (rows as i64, self.c as i32);
+            sink.accumulate_cuda(&inputs[0], |dx| launch!(dev, "softmax", "softmax_bwd_v1", cfg_rows(rows, 256, 0); dx, dy, y, &r, &ci))
+        }
     }
 }

@@ -9,6 +9,10 @@ use crate::with_float;
 
 /// Elementwise `tanh(x)` — `torch.tanh`. Any shape.
 pub fn tanh(tape: &Tape, x: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if x.is_cuda() {
+        return super::elementwise::cuda::unary(tape, "tanh", "tanh", "tanh_fwd_v1", "tanh_bwd_v1", x);
+    }
     with_float!("tanh", x.dtype(), T => unary::<T>(tape, "tanh", x, |v: T| v.tanh(), tanh_df))
 }
 

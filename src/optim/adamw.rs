@@ -6,7 +6,7 @@ use super::ParamGroup;
 use crate::autograd::Grads;
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::tensor::{CpuBuf, TensorId};
+use crate::tensor::{Buf, TensorId};
 use crate::with_float;
 
 #[derive(Debug, Clone, Copy)]
@@ -26,8 +26,8 @@ impl Default for AdamWConfig {
 /// First and second moments of one parameter, in its dtype.
 #[derive(Debug, Clone)]
 struct Moments {
-    m: CpuBuf,
-    v: CpuBuf,
+    m: Buf,
+    v: Buf,
 }
 
 #[derive(Debug, Clone)]
@@ -35,11 +35,20 @@ pub struct AdamW {
     pub config: AdamWConfig,
     step: u64,
     state: HashMap<TensorId, Moments>,
+    /// Moments (m, v) of CUDA parameters, on the device.
+    #[cfg(feature = "cuda")]
+    cuda_state: HashMap<TensorId, (cudarc::driver::CudaSlice<f32>, cudarc::driver::CudaSlice<f32>)>,
 }
 
 impl AdamW {
     pub fn new(config: AdamWConfig) -> Self {
-        AdamW { config, step: 0, state: HashMap::new() }
+        AdamW {
+            config,
+            step: 0,
+            state: HashMap::new(),
+            #[cfg(feature = "cuda")]
+            cuda_state: HashMap::new(),
+        }
     }
 
     /// Number of steps taken.
@@ -60,11 +69,29 @@ impl AdamW {
             let decay = 1.0 - lr * group.weight_decay;
             for p in group.params.iter_mut() {
                 let Some(g) = grads.get_buf(p) else { continue };
+                #[cfg(feature = "cuda")]
+                if let Buf::Cuda(crate::device::CudaBuf::F32(gd)) = g {
+                    let dev = crate::device::cuda::CudaDev::get()?;
+                    let st = match self.cuda_state.entry(p.id()) {
+                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(e) => e.insert((dev.zeros::<f32>(p.numel())?, dev.zeros::<f32>(p.numel())?)),
+                    };
+                    let (m, v) = (&mut st.0, &mut st.1);
+                    let n = p.numel() as i64;
+                    // The same f64→f32 constants as the CPU kernel computes.
+                    let (decay, omb1, b2, omb2) = (decay as f32, (1.0 - beta1) as f32, beta2 as f32, (1.0 - beta2) as f32);
+                    let (epsf, ss, bc2) = (eps as f32, step_size as f32, bc2_sqrt as f32);
+                    p.update_cuda(|w| {
+                        crate::device::cuda::launch!(dev, "adamw", "adamw_step_v1", crate::device::cuda::cfg_1d(n as usize);
+                            w, gd, m, v, &decay, &omb1, &b2, &omb2, &epsf, &ss, &bc2, &n)
+                    })?;
+                    continue;
+                }
                 let st = match self.state.entry(p.id()) {
                     std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                     std::collections::hash_map::Entry::Vacant(e) => e.insert(Moments {
-                        m: CpuBuf::zeros(p.dtype(), p.numel())?,
-                        v: CpuBuf::zeros(p.dtype(), p.numel())?,
+                        m: Buf::zeros(p.dtype(), p.numel())?,
+                        v: Buf::zeros(p.dtype(), p.numel())?,
                     }),
                 };
                 with_float!("adamw", p.dtype(), T => {

@@ -12,7 +12,7 @@ pub use sgd::{Sgd, SgdConfig};
 
 use crate::autograd::Grads;
 use crate::error::Result;
-use crate::tensor::{CpuBuf, Tensor};
+use crate::tensor::{Buf, Tensor};
 
 /// Parameters that share optimizer hyper-parameters (today: the weight decay).
 pub struct ParamGroup<'a> {
@@ -48,9 +48,14 @@ pub fn clip_grad_norm(grads: &mut Grads, params: &[&Tensor], max_norm: f64) -> R
     for p in params {
         if let Some(g) = grads.get_buf(p) {
             sq += match g {
-                CpuBuf::F32(v) => v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>(),
-                CpuBuf::F64(v) => v.iter().map(|&x| x * x).sum(),
-                CpuBuf::I64(_) => 0.0,
+                Buf::F32(v) => v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>(),
+                Buf::F64(v) => v.iter().map(|&x| x * x).sum(),
+                Buf::I64(_) => 0.0,
+                #[cfg(feature = "cuda")]
+                Buf::Cuda(crate::device::CudaBuf::F32(v)) => {
+                    crate::device::cuda::sum_squares(v, v.len())?
+                }
+                Buf::Cuda(_) => 0.0,
             };
         }
     }
@@ -58,11 +63,15 @@ pub fn clip_grad_norm(grads: &mut Grads, params: &[&Tensor], max_norm: f64) -> R
     let coef = (max_norm / (norm + 1e-6)).min(1.0);
     for p in params {
         match grads.get_mut(p) {
-            Some(CpuBuf::F32(v)) => {
+            Some(Buf::F32(v)) => {
                 let c = coef as f32;
                 v.iter_mut().for_each(|x| *x *= c)
             }
-            Some(CpuBuf::F64(v)) => v.iter_mut().for_each(|x| *x *= coef),
+            Some(Buf::F64(v)) => v.iter_mut().for_each(|x| *x *= coef),
+            #[cfg(feature = "cuda")]
+            Some(Buf::Cuda(crate::device::CudaBuf::F32(v))) => {
+                crate::device::cuda::scale_inplace(v, coef as f32)?
+            }
             _ => {}
         }
     }

@@ -6,7 +6,7 @@ use super::ParamGroup;
 use crate::autograd::Grads;
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::tensor::{CpuBuf, TensorId};
+use crate::tensor::{Buf, TensorId};
 use crate::with_float;
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -19,7 +19,7 @@ pub struct SgdConfig {
 #[derive(Debug, Clone)]
 pub struct Sgd {
     pub config: SgdConfig,
-    buffers: HashMap<TensorId, CpuBuf>,
+    buffers: HashMap<TensorId, Buf>,
 }
 
 impl Sgd {

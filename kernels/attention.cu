@@ -1,0 +1,111 @@
+// Fused scaled-dot-product self-attention with a key padding mask, one op:
+//   S = scale·Q·Kᵀ (masked keys → −∞), P = softmax(S) (a fully masked row → P = 0, O = 0), O = P·V.
+// Shapes: q (B, NH, Tq, HS), k, v (B, NH, Tk, HS), mask (B, Tk) i64 (1 attend, 0 padding) or null,
+// probs (B, NH, Tq, Tk) saved for the backward (as the CPU reference does).
+// Backward with dP = dO·Vᵀ, dS = P ⊙ (dP − rowsum(P ⊙ dP)):  dQ = scale·dS·K,  dK = scale·dSᵀ·Q,  dV = Pᵀ·dO.
+// Variants:
+//   attention_fwd_v1: one block per (query row, batch·head), scores in shared memory — production
+//   attention_bwd_q_v1: one block per query row: dS (to scratch) and dQ — production
+//   attention_bwd_kv_v1: one block per key row: dK, dV from the dS scratch — production
+//   (a flash-style v2 — online softmax, no T×T matrix — is the next step; see benches/RESULTS.md)
+#include "common.cuh"
+
+extern "C" __global__ void attention_fwd_v1(float* out, float* probs, const float* q, const float* k, const float* v,
+                                            const long long* mask, int B, int NH, int Tq, int Tk, int HS, float scale) {
+    extern __shared__ float sm[];
+    float* s = sm;        // Tk scores, then probabilities
+    float* qs = sm + Tk;  // HS: the query row
+    const int i = blockIdx.x;
+    const long long bh = blockIdx.y;
+    const int b = (int)(bh / NH);
+    const float* qr = q + (bh * Tq + i) * HS;
+    const float* kh = k + bh * Tk * HS;
+    const float* vh = v + bh * Tk * HS;
+    for (int d = threadIdx.x; d < HS; d += blockDim.x) qs[d] = qr[d];
+    __syncthreads();
+    float m = -INFINITY;
+    for (int j = threadIdx.x; j < Tk; j += blockDim.x) {
+        float x = -INFINITY;
+        if (mask == nullptr || mask[(long long)b * Tk + j] != 0) {
+            float dot = 0.f;
+            for (int d = 0; d < HS; ++d) dot += qs[d] * kh[(long long)j * HS + d];
+            x = dot * scale;
+        }
+        s[j] = x;
+        m = fmaxf(m, x);
+    }
+    m = block_max(m);
+    float* pr = probs + (bh * Tq + i) * Tk;
+    if (m == -INFINITY) {
+        for (int j = threadIdx.x; j < Tk; j += blockDim.x) s[j] = pr[j] = 0.f;
+    } else {
+        float sum = 0.f;
+        for (int j = threadIdx.x; j < Tk; j += blockDim.x) {
+            const float e = expf(s[j] - m);
+            s[j] = e;
+            sum += e;
+        }
+        const float inv = 1.f / block_sum(sum);
+        for (int j = threadIdx.x; j < Tk; j += blockDim.x) {
+            s[j] *= inv;
+            pr[j] = s[j];
+        }
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < HS; d += blockDim.x) {
+        float acc = 0.f;
+        for (int j = 0; j < Tk; ++j) acc += s[j] * vh[(long long)j * HS + d];
+        out[(bh * Tq + i) * HS + d] = acc;
+    }
+}
+
+extern "C" __global__ void attention_bwd_q_v1(float* dq, float* ds, const float* dout, const float* probs, const float* k,
+                                              const float* v, int B, int NH, int Tq, int Tk, int HS, float scale) {
+    extern __shared__ float sm[];
+    float* s = sm;         // Tk: dP, then dS
+    float* dos = sm + Tk;  // HS: the dO row
+    const int i = blockIdx.x;
+    const long long bh = blockIdx.y;
+    const float* kh = k + bh * Tk * HS;
+    const float* vh = v + bh * Tk * HS;
+    const float* pr = probs + (bh * Tq + i) * Tk;
+    for (int d = threadIdx.x; d < HS; d += blockDim.x) dos[d] = dout[(bh * Tq + i) * HS + d];
+    __syncthreads();
+    float t = 0.f;
+    for (int j = threadIdx.x; j < Tk; j += blockDim.x) {
+        float dp = 0.f;
+        for (int d = 0; d < HS; ++d) dp += dos[d] * vh[(long long)j * HS + d];
+        s[j] = dp;
+        t += pr[j] * dp;
+    }
+    t = block_sum(t);
+    for (int j = threadIdx.x; j < Tk; j += blockDim.x) {
+        const float g = pr[j] * (s[j] - t);
+        s[j] = g;
+        ds[(bh * Tq + i) * Tk + j] = g;
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < HS; d += blockDim.x) {
+        float acc = 0.f;
+        for (int j = 0; j < Tk; ++j) acc += s[j] * kh[(long long)j * HS + d];
+        dq[(bh * Tq + i) * HS + d] += scale * acc;
+    }
+}
+
+extern "C" __global__ void attention_bwd_kv_v1(float* dk, float* dv, const float* ds, const float* probs, const float* q,
+                                               const float* dout, int B, int NH, int Tq, int Tk, int HS, float scale) {
+    const int j = blockIdx.x;
+    const long long bh = blockIdx.y;
+    const float* qh = q + bh * Tq * HS;
+    const float* doh = dout + bh * Tq * HS;
+    for (int d = threadIdx.x; d < HS; d += blockDim.x) {
+        float ak = 0.f, av = 0.f;
+        for (int i = 0; i < Tq; ++i) {
+            const long long ij = (bh * Tq + i) * Tk + j;
+            ak += ds[ij] * qh[(long long)i * HS + d];
+            av += probs[ij] * doh[(long long)i * HS + d];
+        }
+        dk[(bh * Tk + j) * HS + d] += scale * ak;
+        dv[(bh * Tk + j) * HS + d] += av;
+    }
+}

@@ -1,0 +1,59 @@
+// Softmax cross-entropy with integer targets and ignore_index = -100 (mean over non-ignored rows;
+// 0 with no gradient when every row is ignored). Targets are validated on the host.
+// Variants:
+//   cross_entropy_fwd_v1: one block per row, logsumexp + per-row loss — production
+//   cross_entropy_reduce_v1: one block, f64 sum of row losses and the non-ignored count — production
+//   cross_entropy_bwd_v1: grid-stride over logits, dx += dloss/count · (softmax − onehot) — production
+#include "common.cuh"
+
+#define IGNORE_INDEX (-100LL)
+
+extern "C" __global__ void cross_entropy_fwd_v1(float* row_loss, float* lse, const float* logits, const long long* targets,
+                                                long long rows, int v) {
+    const long long r = blockIdx.x;
+    if (r >= rows) return;
+    const float* xr = logits + r * v;
+    float m = -INFINITY;
+    for (int i = threadIdx.x; i < v; i += blockDim.x) m = fmaxf(m, xr[i]);
+    m = block_max(m);
+    float s = 0.f;
+    for (int i = threadIdx.x; i < v; i += blockDim.x) s += expf(xr[i] - m);
+    s = block_sum(s);
+    if (threadIdx.x == 0) {
+        const float l = m + logf(s);
+        lse[r] = l;
+        const long long t = targets[r];
+        row_loss[r] = (t == IGNORE_INDEX) ? 0.f : l - xr[t];
+    }
+}
+
+// loss[0] = Σ row_loss / count (0 when count = 0); count[0] = number of non-ignored rows.
+extern "C" __global__ void cross_entropy_reduce_v1(float* loss, float* count, const float* row_loss, const long long* targets,
+                                                   long long rows) {
+    double s = 0.0, c = 0.0;
+    for (long long r = threadIdx.x; r < rows; r += blockDim.x) {
+        s += row_loss[r];
+        c += (targets[r] != IGNORE_INDEX) ? 1.0 : 0.0;
+    }
+    s = block_sum_d(s);
+    c = block_sum_d(c);
+    if (threadIdx.x == 0) {
+        loss[0] = c > 0 ? (float)(s / c) : 0.f;
+        count[0] = (float)c;
+    }
+}
+
+extern "C" __global__ void cross_entropy_bwd_v1(float* dx, const float* dloss, const float* count, const float* lse,
+                                                const float* logits, const long long* targets, long long rows, int v) {
+    const float cnt = count[0];
+    if (cnt == 0.f) return;
+    const float g = dloss[0] / cnt;
+    GRID_STRIDE(i, rows * v) {
+        const long long r = i / v;
+        const long long t = targets[r];
+        if (t == IGNORE_INDEX) continue;
+        const int j = (int)(i % v);
+        const float p = expf(logits[i] - lse[r]);
+        dx[i] += g * (p - (j == t ? 1.f : 0.f));
+    }
+}
