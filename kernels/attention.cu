@@ -12,9 +12,10 @@
 
 extern "C" __global__ void attention_fwd_v1(float* out, float* probs, const float* q, const float* k, const float* v,
                                             const long long* mask, int B, int NH, int Tq, int Tk, int HS, float scale) {
-    extern __shared__ float sm[];
-    float* s = sm;        // Tk scores, then probabilities
-    float* qs = sm + Tk;  // HS: the query row
+    extern __shared__ float4 sm4[];  // float4: 16-byte aligned, so vectorised shared loads stay in bounds
+    float* sm = reinterpret_cast<float*>(sm4);
+    float* s = sm;                     // Tk scores, then probabilities
+    float* qs = sm + ((Tk + 3) & ~3);  // HS: the query row (16-byte aligned)
     const int i = blockIdx.x;
     const long long bh = blockIdx.y;
     const int b = (int)(bh / NH);
@@ -61,9 +62,10 @@ extern "C" __global__ void attention_fwd_v1(float* out, float* probs, const floa
 
 extern "C" __global__ void attention_bwd_q_v1(float* dq, float* ds, const float* dout, const float* probs, const float* k,
                                               const float* v, int B, int NH, int Tq, int Tk, int HS, float scale) {
-    extern __shared__ float sm[];
-    float* s = sm;         // Tk: dP, then dS
-    float* dos = sm + Tk;  // HS: the dO row
+    extern __shared__ float4 sm4[];
+    float* sm = reinterpret_cast<float*>(sm4);
+    float* s = sm;                      // Tk: dP, then dS
+    float* dos = sm + ((Tk + 3) & ~3);  // HS: the dO row (16-byte aligned)
     const int i = blockIdx.x;
     const long long bh = blockIdx.y;
     const float* kh = k + bh * Tk * HS;

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The test command: everything a fresh machine needs, then the whole CPU suite.
-# With the CUDA feature available it also compiles every kernel (the GPU tests skip, saying why,
-# when no GPU is present).
+# The test command: everything a fresh machine needs, then the whole suite.
+#  1. the CPU suite with default features (no CUDA toolkit involved);
+#  2. the pinned nvcc 13.0 from PyPI, then the `cuda` build: every kernels/*.cu really compiles,
+#     and the CUDA parity tests run on a GPU or report that they were skipped and why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --release --locked "$@"
+./scripts/install-nvcc.sh >/dev/null
+cargo test --release --locked --features cuda --test cuda -- --nocapture "$@" 2>&1 | grep -vE '^\s*$'

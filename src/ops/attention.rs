@@ -128,8 +128,10 @@ mod cuda {
 
     const OP: &str = "attention";
 
-    fn cfg(rows: usize, bh: usize, smem_floats: usize) -> Result<LaunchConfig> {
-        let smem = smem_floats * 4;
+    /// Shared memory holds the Tk scores and one HS-wide row, each padded to whole float4s (the
+    /// kernels align the second array and may read a row's tail as a vector).
+    fn cfg(rows: usize, bh: usize, tk: usize, hs: usize) -> Result<LaunchConfig> {
+        let smem = if tk + hs == 0 { 0 } else { (tk.div_ceil(4) + hs.div_ceil(4)) * 16 };
         if smem > 48 * 1024 {
             return Err(Error::Device(format!("{OP}: sequence too long for the v1 kernel ({smem} bytes of shared memory per block, 48 KiB max)")));
         }
@@ -160,10 +162,9 @@ mod cuda {
         let mut probs = dev.alloc::<f32>(b * nh * tq * tk)?;
         let dims = [b as i32, nh as i32, tq as i32, tk as i32, hs as i32];
         let sf = scale as f32;
-        let none: Option<&CudaSlice<i64>> = None;
         let null: u64 = 0;
-        let c = cfg(tq, b * nh, tk + hs)?;
-        match key_mask.map(|m| m.cuda_i64(OP)).transpose()?.or(none) {
+        let c = cfg(tq, b * nh, tk, hs)?;
+        match key_mask.map(|m| m.cuda_i64(OP)).transpose()? {
             Some(m) => launch!(dev, "attention", "attention_fwd_v1", c; &mut out, &mut probs, q.cuda_f32(OP)?, k.cuda_f32(OP)?, v.cuda_f32(OP)?, m,
                 &dims[0], &dims[1], &dims[2], &dims[3], &dims[4], &sf)?,
             None => launch!(dev, "attention", "attention_fwd_v1", c; &mut out, &mut probs, q.cuda_f32(OP)?, k.cuda_f32(OP)?, v.cuda_f32(OP)?, &null,
@@ -191,13 +192,13 @@ mod cuda {
             let mut ds = dev.alloc::<f32>(b * nh * tq * tk)?;
             // dQ needs dS, which the same kernel writes; it runs even when q is untracked.
             let mut dq = dev.zeros::<f32>(b * nh * tq * hs)?;
-            launch!(dev, "attention", "attention_bwd_q_v1", cfg(tq, b * nh, tk + hs)?;
+            launch!(dev, "attention", "attention_bwd_q_v1", cfg(tq, b * nh, tk, hs)?;
                 &mut dq, &mut ds, dy, &self.probs, kd, vd, &d[0], &d[1], &d[2], &d[3], &d[4], &self.scale)?;
             sink.add_cuda_owned(q, dq)?;
             if sink.wants(k) || sink.wants(v) {
                 let mut dk = dev.zeros::<f32>(b * nh * tk * hs)?;
                 let mut dv = dev.zeros::<f32>(b * nh * tk * hs)?;
-                launch!(dev, "attention", "attention_bwd_kv_v1", cfg(tk, b * nh, 0)?;
+                launch!(dev, "attention", "attention_bwd_kv_v1", cfg(tk, b * nh, 0, 0)?;
                     &mut dk, &mut dv, &ds, &self.probs, qd, dy, &d[0], &d[1], &d[2], &d[3], &d[4], &self.scale)?;
                 sink.add_cuda_owned(k, dk)?;
                 sink.add_cuda_owned(v, dv)?;

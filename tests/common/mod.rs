@@ -1,11 +1,16 @@
 //! Loading the PyTorch fixtures in `tests/fixtures/` (made by `tests/fixtures/generate.py`).
 #![allow(dead_code)]
 
+pub mod toy;
+
 use engram::Tensor;
 use serde_json::Value;
 
+/// Reads `tests/fixtures/<name>` from the source tree, or relative to the working directory when
+/// the test binary was carried to another machine.
 pub fn load(name: &str) -> Value {
-    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let built = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = if std::path::Path::new(&built).exists() { built } else { format!("tests/fixtures/{name}") };
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }

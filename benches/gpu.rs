@@ -1,0 +1,217 @@
+//! GPU benchmark: engram's CUDA kernels at BERT-base shapes (batch 32 × seq 128, hidden 768,
+//! 12 heads, FFN 3072), each beside a yardstick measured in the same run: cuBLAS SGEMM (FP32, no
+//! TF32) for the GEMMs, the device's copy bandwidth (device-to-device memcpy) for the memory-bound
+//! kernels, and cuMemAlloc vs the stream-ordered pool for allocation. Prints one table.
+//!
+//!     cargo bench --features cuda,cublas-reference --bench gpu
+//!
+//! Without a GPU it prints that it was skipped and why.
+
+#[cfg(not(feature = "cuda"))]
+fn main() {
+    println!("SKIPPED: GPU benchmark: built without the `cuda` feature");
+}
+
+#[cfg(feature = "cuda")]
+fn main() {
+    if let Err(why) = engram::device::cuda_available() {
+        println!("SKIPPED: GPU benchmark: {why}");
+        return;
+    }
+    if let Err(e) = gpu::run() {
+        eprintln!("GPU benchmark failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use std::time::Instant;
+
+    use engram::device::cuda::CudaDev;
+    use engram::testing::Rng;
+    use engram::{ops, Device, Result, Tape, Tensor};
+
+    struct Row {
+        what: String,
+        ms: f64,
+        metric: String,
+        yardstick: String,
+    }
+
+    /// Mean milliseconds per call of `f` over `iters` calls after warm-up, on the device clock
+    /// (stream synchronised around the loop).
+    fn time(dev: &CudaDev, iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+        for _ in 0..3 {
+            f()?;
+        }
+        dev.synchronize()?;
+        let t = Instant::now();
+        for _ in 0..iters {
+            f()?;
+        }
+        dev.synchronize()?;
+        Ok(t.elapsed().as_secs_f64() * 1e3 / iters as f64)
+    }
+
+    fn randn(seed: u64, shape: &[usize]) -> Result<Tensor> {
+        let n = shape.iter().product();
+        Tensor::from_vec(Rng::new(seed).normal_vec(n).into_iter().map(|x| x as f32).collect::<Vec<f32>>(), shape)?.to_device(Device::Cuda)
+    }
+
+    pub fn run() -> Result<()> {
+        let dev = CudaDev::get()?;
+        println!("engram GPU benchmark on {}", dev.describe());
+        let mut rows = Vec::new();
+
+        // Copy bandwidth: the roofline for the memory-bound kernels.
+        let big = dev.zeros::<f32>(64 << 20)?;
+        let mut big2 = dev.zeros::<f32>(64 << 20)?;
+        let ms = time(&dev, 20, || {
+            dev.stream().memcpy_dtod(&big, &mut big2).map_err(|e| dev.err("memcpy", e))
+        })?;
+        let copy_gbs = 2.0 * (256u64 << 20) as f64 / (ms * 1e-3) / 1e9;
+        rows.push(Row { what: "memcpy d2d 256 MiB".into(), ms, metric: format!("{copy_gbs:.0} GB/s"), yardstick: "(roofline)".into() });
+        drop((big, big2));
+
+        let tape = Tape::inference();
+        for &(m, n, k) in &[(4096usize, 768usize, 768usize), (4096, 3072, 768), (4096, 768, 3072)] {
+            let x = randn(1, &[m, k])?;
+            let w = randn(2, &[n, k])?;
+            let ms = time(&dev, 10, || ops::linear(&tape, &x, &w, None).map(|_| ()))?;
+            let tflops = 2.0 * (m * n * k) as f64 / (ms * 1e-3) / 1e12;
+            let yard = cublas_linear(&dev, &x, &w, m, n, k)?;
+            let yardstick = match yard {
+                Some(cms) => format!("cuBLAS {:.2} ms = {:.1} TFLOP/s; engram at {:.0}%", cms, 2.0 * (m * n * k) as f64 / (cms * 1e-3) / 1e12, 100.0 * cms / ms),
+                None => "cuBLAS not available".into(),
+            };
+            rows.push(Row { what: format!("gemm_v1 linear {m}x{n}x{k}"), ms, metric: format!("{tflops:.1} TFLOP/s"), yardstick });
+        }
+
+        let (b, t, c, nh) = (32usize, 128usize, 768usize, 12usize);
+        let hs = c / nh;
+        let x = randn(3, &[b * t, c])?;
+        let gamma = randn(4, &[c])?;
+        let beta = randn(5, &[c])?;
+        let ms = time(&dev, 50, || ops::layer_norm(&tape, &x, &gamma, &beta, 1e-12).map(|_| ()))?;
+        rows.push(mem_row("layer_norm_fwd_v1 4096x768", ms, 2 * b * t * c, copy_gbs));
+        let h = randn(6, &[b * t, 4 * c])?;
+        let ms = time(&dev, 50, || ops::gelu(&tape, &h).map(|_| ()))?;
+        rows.push(mem_row("gelu_fwd_v1 4096x3072", ms, 2 * b * t * 4 * c, copy_gbs));
+        let s = randn(7, &[b * nh * t, t])?;
+        let ms = time(&dev, 50, || ops::softmax(&tape, &s).map(|_| ()))?;
+        rows.push(mem_row("softmax_fwd_v1 49152x128", ms, 2 * b * nh * t * t, copy_gbs));
+
+        let q = randn(8, &[b, nh, t, hs])?.requires_grad();
+        let k = randn(9, &[b, nh, t, hs])?.requires_grad();
+        let v = randn(10, &[b, nh, t, hs])?.requires_grad();
+        let mask = Tensor::from_ids((0..b * t).map(|i| ((i % t) < 100) as i64).collect(), &[b, t])?.to_device(Device::Cuda)?;
+        let scale = 1.0 / (hs as f64).sqrt();
+        let flops = 4.0 * (b * nh * t * t * hs) as f64;
+        let ms = time(&dev, 20, || ops::attention(&tape, &q, &k, &v, Some(&mask), scale).map(|_| ()))?;
+        rows.push(Row {
+            what: "attention_fwd_v1 B32 NH12 T128 HS64".into(),
+            ms,
+            metric: format!("{:.2} TFLOP/s", flops / (ms * 1e-3) / 1e12),
+            yardstick: "v1: scores in smem, no tensor cores".into(),
+        });
+        let dout = randn(11, &[b, nh, t, hs])?;
+        let ms = time(&dev, 10, || {
+            let tr = Tape::training(0);
+            let o = ops::attention(&tr, &q, &k, &v, Some(&mask), scale)?;
+            tr.backward_with(&o, &dout).map(|_| ())
+        })?;
+        rows.push(Row {
+            what: "attention fwd+bwd (v1)".into(),
+            ms,
+            metric: format!("{:.2} TFLOP/s", 3.5 * flops / (ms * 1e-3) / 1e12),
+            yardstick: String::new(),
+        });
+
+        // AdamW over BERT-base's parameter count (110M): reads w, g, m, v and writes w, m, v.
+        let n = 110_000_000usize;
+        let mut p = Tensor::from_vec(vec![0.01f32; n], &[n])?.to_device(Device::Cuda)?;
+        let g = Tensor::from_vec(vec![0.001f32; n], &[n])?.to_device(Device::Cuda)?;
+        let mut m = dev.zeros::<f32>(n)?;
+        let mut vv = dev.zeros::<f32>(n)?;
+        let gd = g.cuda_f32("bench")?;
+        let nn = n as i64;
+        let (decay, omb1, b2, omb2, eps, ss, bc2) = (0.99f32, 0.1f32, 0.999f32, 0.001f32, 1e-8f32, 1e-4f32, 0.5f32);
+        let ms = time(&dev, 20, || {
+            p.update_cuda(|w| {
+                engram::device::cuda::launch!(dev, "adamw", "adamw_step_v1", engram::device::cuda::cfg_1d(n);
+                    w, gd, &mut m, &mut vv, &decay, &omb1, &b2, &omb2, &eps, &ss, &bc2, &nn)
+            })
+        })?;
+        rows.push(mem_row("adamw_step_v1 110M params", ms, 7 * n, copy_gbs));
+        drop((p, g, m, vv));
+
+        // Allocation: plain cuMemAlloc/cuMemFree against cudarc's stream-ordered pool (which caches).
+        for &bytes in &[1usize << 20, 64 << 20] {
+            let sync_ms = time(&dev, 100, || unsafe {
+                let ptr = cudarc::driver::result::malloc_sync(bytes).map_err(|e| dev.err("cuMemAlloc", e))?;
+                cudarc::driver::result::free_sync(ptr).map_err(|e| dev.err("cuMemFree", e))
+            })?;
+            let pool_ms = time(&dev, 100, || dev.alloc::<u8>(bytes).map(drop))?;
+            rows.push(Row {
+                what: format!("alloc+free {} MiB: stream-ordered pool", bytes >> 20),
+                ms: pool_ms,
+                metric: format!("{:.1} µs", pool_ms * 1e3),
+                yardstick: format!("cuMemAlloc+cuMemFree {:.1} µs ({:.0}x)", sync_ms * 1e3, sync_ms / pool_ms),
+            });
+        }
+
+        println!("\n| kernel / shape | ms | throughput | yardstick (same run) |\n|---|---|---|---|");
+        for r in &rows {
+            println!("| {} | {:.3} | {} | {} |", r.what, r.ms, r.metric, r.yardstick);
+        }
+        Ok(())
+    }
+
+    fn mem_row(what: &str, ms: f64, floats: usize, copy_gbs: f64) -> Row {
+        let gbs = (floats * 4) as f64 / (ms * 1e-3) / 1e9;
+        Row { what: what.into(), ms, metric: format!("{gbs:.0} GB/s"), yardstick: format!("{:.0}% of memcpy", 100.0 * gbs / copy_gbs) }
+    }
+
+    #[cfg(feature = "cublas-reference")]
+    fn cublas_linear(dev: &CudaDev, x: &Tensor, w: &Tensor, m: usize, n: usize, k: usize) -> Result<Option<f64>> {
+        use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
+        // SAFETY: only probes whether libcublas can be opened.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Ok(None);
+        }
+        let blas = CudaBlas::new(dev.stream().clone()).map_err(|e| engram::Error::Device(format!("cuBLAS init: {e:?}")))?;
+        let mut y = dev.zeros::<f32>(m * n)?;
+        let (xd, wd) = (x.cuda_f32("bench")?, w.cuda_f32("bench")?);
+        // Row-major y (M, N) = x (M, K)·wᵀ is column-major yᵀ (N, M) = w·xᵀ.
+        let cfg = GemmConfig {
+            transa: cublasOperation_t::CUBLAS_OP_T,
+            transb: cublasOperation_t::CUBLAS_OP_N,
+            m: n as i32,
+            n: m as i32,
+            k: k as i32,
+            alpha: 1.0f32,
+            lda: k as i32,
+            ldb: k as i32,
+            beta: 0.0f32,
+            ldc: n as i32,
+        };
+        let ms = time(dev, 10, || {
+            // SAFETY: the buffers hold the sizes the config describes.
+            unsafe { blas.gemm(cfg, wd, xd, &mut y) }.map_err(|e| engram::Error::Device(format!("cuBLAS gemm: {e:?}")))
+        })?;
+        // Check our GEMM against cuBLAS on the same inputs while we are here.
+        let ours = ops::linear(&Tape::inference(), x, w, None)?.to_f64_vec();
+        let theirs = dev.dtoh(&y, m * n)?;
+        let worst = ours.iter().zip(&theirs).map(|(a, b)| (a - *b as f64).abs() / (1.0 + (*b as f64).abs())).fold(0.0, f64::max);
+        if worst > 1e-3 {
+            return Err(engram::Error::Device(format!("gemm_v1 disagrees with cuBLAS at {m}x{n}x{k}: rel {worst:e}")));
+        }
+        Ok(Some(ms))
+    }
+
+    #[cfg(not(feature = "cublas-reference"))]
+    fn cublas_linear(_: &CudaDev, _: &Tensor, _: &Tensor, _: usize, _: usize, _: usize) -> Result<Option<f64>> {
+        Ok(None)
+    }
+}

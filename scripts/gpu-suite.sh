@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The whole GPU suite in one go: tests (CUDA vs CPU parity, the toy encoder on the GPU, the CPU
+# suite), compute-sanitizer memcheck over the CUDA tests, and the GPU benchmark table (last).
+#
+#   ./scripts/gpu-suite.sh build   # here (no GPU needed): pinned nvcc, build, stage into .gpu-carry/
+#   ./scripts/gpu-suite.sh run     # on the GPU machine, from the repository root with .gpu-carry/
+#   ./scripts/gpu-suite.sh         # both, when this machine has the GPU
+#
+# The GPU machine needs only an NVIDIA driver (CUDA 13.0+); compute-sanitizer is used when found.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+stage=.gpu-carry
+
+build() {
+  ./scripts/install-nvcc.sh >/dev/null
+  rm -rf "$stage"; mkdir -p "$stage/bin"
+  # No debug info: the staged binaries must stay small enough to carry.
+  export CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_BENCH_DEBUG=0
+  local feats=cuda,cublas-reference
+  cargo build --release --locked --features "$feats" --tests --benches --message-format=json 2>/dev/null \
+    | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] != ["bin"]:
+        k = m["target"]["kind"][0]
+        print(m["executable"], m["target"]["name"], k)
+' | while read -r exe name kind; do
+      [ "$kind" = test ] || [ "$name" = gpu ] || continue
+      cp "$exe" "$stage/bin/$kind-$name"
+    done
+  git rev-parse --short HEAD > "$stage/commit"
+  git status --porcelain --untracked-files=no | grep -q . && echo "+dirty" >> "$stage/commit" || true
+  du -sh "$stage" | sed 's/^/staged: /'
+  ls "$stage/bin"
+}
+
+run() {
+  [ -d "$stage/bin" ] || { echo "gpu-suite: no $stage/bin; run '$0 build' first" >&2; exit 1; }
+  local log=${OUT:-/tmp}/gpu-suite.log summary=()
+  : > "$log"
+  echo "== engram GPU suite: commit $(tr '\n' ' ' < "$stage/commit")" | tee -a "$log"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/== GPU: /' | tee -a "$log" || true
+  date -u +"== date: %Y-%m-%d %H:%M UTC" | tee -a "$log"
+  local fail=0
+  for t in "$stage"/bin/test-*; do
+    local name=${t##*/test-}
+    local one=${OUT:-/tmp}/one.log
+    if "$t" --test-threads=1 >"$one" 2>&1; then ok=ok; else ok=FAILED; fail=1; fi
+    cat "$one" >> "$log"
+    summary+=("test $name: $ok — $(grep -h 'test result' "$one" | tail -n1 | sed 's/^test result: //; s/; finished.*//' || true)$(grep -q SKIPPED "$one" && echo ' (some SKIPPED)' || true)")
+    rm -f "$one"
+  done
+  if [ -x "$stage/bin/test-cuda" ]; then
+    local cs
+    cs=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n1 || true)
+    if [ -n "$cs" ]; then
+      if "$cs" --tool memcheck --leak-check no --error-exitcode 1 "$stage/bin/test-cuda" --test-threads=1 >>"$log" 2>&1; then
+        summary+=("memcheck over test-cuda: $(grep -o 'ERROR SUMMARY: [0-9]* errors' "$log" | tail -n1)")
+      else
+        summary+=("memcheck over test-cuda: FAILED ($(grep -o 'ERROR SUMMARY: [0-9]* errors' "$log" | tail -n1))"); fail=1
+      fi
+    else
+      summary+=("memcheck: compute-sanitizer not found on this machine")
+    fi
+  fi
+  local bench_out=""
+  if [ -x "$stage/bin/bench-gpu" ]; then
+    bench_out=$("$stage/bin/bench-gpu" 2>&1) || { fail=1; bench_out+=$'\nbench FAILED'; }
+    echo "$bench_out" >> "$log"
+  fi
+  grep -E "SKIPPED|panicked|FAILED" "$log" | head -n 20 || true
+  echo; printf '%s\n' "${summary[@]}"
+  echo "$bench_out"
+  exit $fail
+}
+
+case "${1:-all}" in
+  build) build ;;
+  run) run ;;
+  all) build; run ;;
+  *) echo "usage: $0 [build|run]" >&2; exit 2 ;;
+esac
