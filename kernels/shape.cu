@@ -16,3 +16,19 @@ extern "C" __global__ void swap12_v1(float* out, const float* in, int A, int P, 
         out[o] = acc ? out[o] + v : v;
     }
 }
+
+// token_fwd_v1: out (B, C) = in[:, t, :] of in (B, T, C) (BERT's [CLS] for the pooler);
+// token_bwd_v1: dx[:, t, :] += dy.
+extern "C" __global__ void token_fwd_v1(float* out, const float* in, int B, int T, int C, int t) {
+    GRID_STRIDE(i, (long long)B * C) {
+        const long long b = i / C;
+        out[i] = in[(b * T + t) * C + (i % C)];
+    }
+}
+
+extern "C" __global__ void token_bwd_v1(float* dx, const float* dy, int B, int T, int C, int t) {
+    GRID_STRIDE(i, (long long)B * C) {
+        const long long b = i / C;
+        dx[(b * T + t) * C + (i % C)] += dy[i];
+    }
+}

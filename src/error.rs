@@ -20,6 +20,11 @@ pub enum Error {
     #[error("autograd: {0}")]
     Autograd(String),
 
+    /// A file that cannot be read or does not hold what it should (config, weights, tokenizer,
+    /// data). `path` names the file; `detail` says what is wrong.
+    #[error("{path}: {detail}")]
+    File { path: String, detail: String },
+
     /// A device that is not available in this build or on this machine.
     #[error("device: {0}")]
     Device(String),
@@ -33,4 +38,8 @@ pub(crate) fn shape_err<T>(op: &'static str, detail: impl Into<String>) -> Resul
 
 pub(crate) fn value_err<T>(op: &'static str, detail: impl Into<String>) -> Result<T> {
     Err(Error::Value { op, detail: detail.into() })
+}
+
+pub(crate) fn file_err<T>(path: impl AsRef<std::path::Path>, detail: impl Into<String>) -> Result<T> {
+    Err(Error::File { path: path.as_ref().display().to_string(), detail: detail.into() })
 }

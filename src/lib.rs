@@ -4,14 +4,17 @@
 //! [`autograd`] (the tape) → [`optim`] (AdamW, SGD, schedules, clipping).
 
 pub mod autograd;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod float;
+pub mod models;
 pub mod ops;
 pub mod optim;
 pub mod tensor;
 #[doc(hidden)]
 pub mod testing;
+pub mod util;
 
 pub use autograd::{Grads, Tape};
 pub use error::{Error, Result};

@@ -142,6 +142,7 @@ mod gpu {
         parity("gelu", &[wide.clone()], |t, i| ops::gelu(t, &i[0]));
         parity("gelu_tanh", &[wide.clone()], |t, i| ops::gelu_tanh(t, &i[0]));
         parity("tanh", &[wide.clone()], |t, i| ops::tanh(t, &i[0]));
+        parity("relu", &[wide.clone()], |t, i| ops::relu(t, &i[0]));
         parity("softmax", &[wide.clone()], |t, i| ops::softmax(t, &i[0]));
         parity("softmax narrow", &[x], |t, i| ops::softmax(t, &i[0]));
         parity("dropout", &[wide], |t, i| ops::dropout(t, &ops::dropout(t, &i[0], 0.3)?, 0.1));
@@ -221,7 +222,8 @@ mod gpu {
         let h = randn(&mut r, &[2, 5, 12]).requires_grad();
         parity("split_heads", &[h.clone()], |t, i| ops::split_heads(t, &i[0], 3));
         parity("split+merge", &[h.clone()], |t, i| ops::merge_heads(t, &ops::split_heads(t, &i[0], 4)?));
-        parity("reshape", &[h], |t, i| ops::reshape(t, &i[0], &[10, 12]));
+        parity("reshape", &[h.clone()], |t, i| ops::reshape(t, &i[0], &[10, 12]));
+        parity("token", &[h], |t, i| ops::add(t, &ops::token(t, &i[0], 0)?, &ops::token(t, &i[0], 3)?));
     }
 
     #[test]

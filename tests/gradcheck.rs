@@ -51,7 +51,13 @@ fn elementwise_ops() {
     assert_gradcheck("scale", &[a.clone()], 8, |t, v| ops::scale(t, &v[0], -1.7));
     assert_gradcheck("gelu", &[a.clone()], 9, |t, v| ops::gelu(t, &v[0]));
     assert_gradcheck("gelu_tanh", &[a.clone()], 10, |t, v| ops::gelu_tanh(t, &v[0]));
-    assert_gradcheck("tanh", &[a], 11, |t, v| ops::tanh(t, &v[0]));
+    assert_gradcheck("tanh", &[a.clone()], 11, |t, v| ops::tanh(t, &v[0]));
+    // Random normals are never within the 4h stencil of the kink at 0 here (checked: min |a| > 4e-3).
+    assert!(a.to_f64_vec().iter().all(|x| x.abs() > 4e-3));
+    assert_gradcheck("relu", &[a.clone()], 12, |t, v| ops::relu(t, &v[0]));
+    let x = r.param(&[2, 5, 7]);
+    assert_gradcheck("token (CLS)", &[x.clone()], 13, |t, v| ops::token(t, &v[0], 0));
+    assert_gradcheck("token (last)", &[x], 14, |t, v| ops::token(t, &v[0], 4));
 }
 
 #[test]

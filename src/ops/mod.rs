@@ -13,6 +13,7 @@ pub mod layer_norm;
 pub mod matmul;
 pub mod pooling;
 pub(crate) mod reduce;
+pub mod relu;
 pub mod shape;
 pub mod softmax;
 pub mod tanh;
@@ -26,7 +27,8 @@ pub use gelu::{gelu, gelu_tanh};
 pub use layer_norm::layer_norm;
 pub use matmul::{linear, matmul, matmul_nt};
 pub use pooling::mean_pool;
-pub use shape::{merge_heads, reshape, split_heads};
+pub use relu::relu;
+pub use shape::{merge_heads, reshape, split_heads, token};
 pub use softmax::softmax;
 pub use tanh::tanh;
 

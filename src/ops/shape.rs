@@ -50,6 +50,43 @@ pub fn merge_heads(tape: &Tape, x: &Tensor) -> Result<Tensor> {
     permute_op(tape, "merge_heads", x, [b, nh, t, hs], vec![b, t, nh * hs])
 }
 
+/// `x[:, t, :]`: `(B, T, C) → (B, C)` — the [CLS] state BERT's pooler reads (`x[:, 0]`).
+pub fn token(tape: &Tape, x: &Tensor, t: usize) -> Result<Tensor> {
+    let s = x.shape();
+    if s.len() != 3 || t >= s[1] {
+        return shape_err("token", format!("need (B, T, C) with T > {t}, got {s:?}"));
+    }
+    let (b, tt, c) = (s[0], s[1], s[2]);
+    #[cfg(feature = "cuda")]
+    if x.is_cuda() {
+        return cuda::token(tape, x, [b, tt, c], t);
+    }
+    with_float!("token", x.dtype(), T => {
+        let xd = x.data::<T>("token")?;
+        let y: Vec<T> = (0..b).flat_map(|bi| xd[(bi * tt + t) * c..][..c].iter().copied()).collect();
+        Ok(tape.record("token", &[x], T::wrap(y), vec![b, c], |_| TokenBwd::<T> { dims: [b, tt, c], t, _t: Default::default() }))
+    })
+}
+
+struct TokenBwd<T> {
+    dims: [usize; 3],
+    t: usize,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T: Float> Backward for TokenBwd<T> {
+    // dx[:, t, :] += dy; every other position gets nothing.
+    fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
+        let dy = T::slice(dout).expect("dout dtype");
+        let [b, tt, c] = self.dims;
+        sink.accumulate::<T>(&inputs[0], |dx| {
+            for bi in 0..b {
+                dx[(bi * tt + self.t) * c..][..c].iter_mut().zip(&dy[bi * c..][..c]).for_each(|(d, g)| *d += *g);
+            }
+        })
+    }
+}
+
 /// Swap the middle two axes of a 4-d layout `dims = (A, P, Q, D)` → `(A, Q, P, D)`.
 fn swap12<T: Float>(src: &[T], dst: &mut [T], dims: [usize; 4], accumulate: bool) {
     let [_, p, q, d] = dims;
@@ -108,6 +145,28 @@ mod cuda {
         let dev = CudaDev::get()?;
         let (ai, pi, qi, di, acci) = (a as i32, p as i32, q as i32, d as i32, acc as i32);
         launch!(dev, "shape", "swap12_v1", cfg_1d(a * p * q * d); out, input, &ai, &pi, &qi, &di, &acci)
+    }
+
+    pub(super) fn token(tape: &Tape, x: &Tensor, [b, t, c]: [usize; 3], at: usize) -> Result<Tensor> {
+        let dev = CudaDev::get()?;
+        let dims = [b as i32, t as i32, c as i32, at as i32];
+        let mut y = dev.alloc::<f32>(b * c)?;
+        launch!(dev, "shape", "token_fwd_v1", cfg_1d(b * c); &mut y, x.cuda_f32("token")?, &dims[0], &dims[1], &dims[2], &dims[3])?;
+        Ok(tape.record("token", &[x], wrap(y), vec![b, c], |_| TokenBwd { dims }))
+    }
+
+    struct TokenBwd {
+        dims: [i32; 4],
+    }
+
+    impl Backward for TokenBwd {
+        fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
+            let dev = CudaDev::get()?;
+            let dy = dout_f32(dout, "token")?;
+            let d = &self.dims;
+            let n = (d[0] * d[2]) as usize;
+            sink.accumulate_cuda(&inputs[0], |dx| launch!(dev, "shape", "token_bwd_v1", cfg_1d(n); dx, dy, &d[0], &d[1], &d[2], &d[3]))
+        }
     }
 
     pub(super) fn permute_op(tape: &Tape, op: &'static str, x: &Tensor, dims: [usize; 4], out_shape: Vec<usize>) -> Result<Tensor> {

@@ -1,0 +1,161 @@
+//! Tokenization with the `tokenizers` crate from a model's `tokenizer.json`: dynamic padding to
+//! the longest sequence of a batch, truncation to a maximum length (longest-first for pairs),
+//! token type ids for pairs, and character offsets and word ids kept for token-level labels.
+
+use std::path::{Path, PathBuf};
+
+use tokenizers::{EncodeInput, PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+use crate::error::{file_err, Result};
+use crate::tensor::{Device, Tensor};
+
+/// A model's tokenizer, configured for engram's batching (whatever padding and truncation the
+/// file itself asks for is replaced).
+pub struct BertTokenizer {
+    inner: Tokenizer,
+    path: PathBuf,
+    max_len: usize,
+}
+
+/// A tokenized, padded batch. Tensors are `(B, T)` i64 on the host until moved.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub input_ids: Tensor,
+    pub token_type_ids: Tensor,
+    pub attention_mask: Tensor,
+    /// Character offsets `(start, end)` of each token in its text ((0, 0) for special tokens and
+    /// padding); for pairs, offsets of the second segment refer to the second text.
+    pub offsets: Vec<Vec<(usize, usize)>>,
+    /// Index of the word each token came from (None for special tokens and padding).
+    pub word_ids: Vec<Vec<Option<u32>>>,
+    /// Which sequence of `type_ids` a token belongs to (0 or 1), None for padding/special.
+    pub sequence_ids: Vec<Vec<Option<usize>>>,
+    /// Whether the input was longer than the maximum length and was cut.
+    pub truncated: Vec<bool>,
+}
+
+impl Batch {
+    pub fn batch_size(&self) -> usize {
+        self.input_ids.shape()[0]
+    }
+    pub fn seq_len(&self) -> usize {
+        self.input_ids.shape()[1]
+    }
+    /// Real (non-padding) tokens in the batch.
+    pub fn tokens(&self) -> usize {
+        self.attention_mask.to_f64_vec().iter().filter(|&&m| m != 0.0).count()
+    }
+    /// The id tensors on `device` (offsets stay on the host).
+    pub fn to_device(&self, device: Device) -> Result<Batch> {
+        Ok(Batch {
+            input_ids: self.input_ids.to_device(device)?,
+            token_type_ids: self.token_type_ids.to_device(device)?,
+            attention_mask: self.attention_mask.to_device(device)?,
+            ..self.clone()
+        })
+    }
+}
+
+impl BertTokenizer {
+    /// Load `tokenizer.json`; `max_len` is the truncation length in tokens (special tokens included).
+    pub fn from_file(path: impl AsRef<Path>, max_len: usize) -> Result<BertTokenizer> {
+        let path = path.as_ref();
+        if max_len < 2 {
+            return file_err(path, format!("maximum length {max_len} leaves no room for [CLS] and [SEP]"));
+        }
+        let mut inner = match Tokenizer::from_file(path) {
+            Ok(t) => t,
+            Err(e) => return file_err(path, format!("not a usable tokenizer.json: {e}")),
+        };
+        let (pad_id, pad_token) = match ["[PAD]", "<pad>"].iter().find_map(|t| inner.token_to_id(t).map(|id| (id, t.to_string()))) {
+            Some(p) => p,
+            None => match inner.get_padding() {
+                Some(p) => (p.pad_id, p.pad_token.clone()),
+                None => return file_err(path, "the vocabulary has no [PAD] token and the file configures no padding"),
+            },
+        };
+        inner.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            direction: PaddingDirection::Right,
+            pad_to_multiple_of: None,
+            pad_id,
+            pad_type_id: 0,
+            pad_token,
+        }));
+        if let Err(e) = inner.with_truncation(Some(TruncationParams {
+            direction: TruncationDirection::Right,
+            max_length: max_len,
+            strategy: TruncationStrategy::LongestFirst,
+            stride: 0,
+        })) {
+            return file_err(path, format!("cannot truncate to {max_len} tokens: {e}"));
+        }
+        Ok(BertTokenizer { inner, path: path.to_path_buf(), max_len })
+    }
+
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Tokenize single texts.
+    pub fn encode(&self, texts: &[&str]) -> Result<Batch> {
+        self.encode_inputs(texts.iter().map(|t| EncodeInput::from(*t)).collect())
+    }
+
+    /// Tokenize text pairs (`[CLS] a [SEP] b [SEP]`, token type 1 for the second segment).
+    pub fn encode_pairs(&self, pairs: &[(&str, &str)]) -> Result<Batch> {
+        self.encode_inputs(pairs.iter().map(|&(a, b)| EncodeInput::from((a, b))).collect())
+    }
+
+    /// Tokenize pre-split words (token classification); `word_ids` map tokens back to words.
+    pub fn encode_words(&self, words: &[Vec<String>]) -> Result<Batch> {
+        self.encode_inputs(words.iter().map(|w| EncodeInput::from(w.iter().map(|s| s.as_str()).collect::<Vec<&str>>())).collect())
+    }
+
+    fn encode_inputs(&self, inputs: Vec<EncodeInput>) -> Result<Batch> {
+        if inputs.is_empty() {
+            return file_err(&self.path, "nothing to tokenize (empty batch)");
+        }
+        let encs = match self.inner.encode_batch_char_offsets(inputs, true) {
+            Ok(e) => e,
+            Err(e) => return file_err(&self.path, format!("tokenization failed: {e}")),
+        };
+        let (b, t) = (encs.len(), encs[0].get_ids().len());
+        let (mut ids, mut types, mut mask) = (Vec::with_capacity(b * t), Vec::with_capacity(b * t), Vec::with_capacity(b * t));
+        let (mut offsets, mut word_ids, mut seq_ids, mut truncated) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for e in &encs {
+            ids.extend(e.get_ids().iter().map(|&x| x as i64));
+            types.extend(e.get_type_ids().iter().map(|&x| x as i64));
+            mask.extend(e.get_attention_mask().iter().map(|&x| x as i64));
+            offsets.push(e.get_offsets().to_vec());
+            word_ids.push(e.get_word_ids().to_vec());
+            seq_ids.push((0..e.len()).map(|i| e.get_sequence_ids()[i]).collect());
+            truncated.push(!e.get_overflowing().is_empty());
+        }
+        Ok(Batch {
+            input_ids: Tensor::from_ids(ids, &[b, t])?,
+            token_type_ids: Tensor::from_ids(types, &[b, t])?,
+            attention_mask: Tensor::from_ids(mask, &[b, t])?,
+            offsets,
+            word_ids,
+            sequence_ids: seq_ids,
+            truncated,
+        })
+    }
+}

@@ -1,0 +1,213 @@
+//! `BertConfig` from a Hugging Face `config.json`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{file_err, Result};
+
+/// The feed-forward activation (`hidden_act`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `"gelu"`: exact erf GELU.
+    Gelu,
+    /// `"gelu_new"`, `"gelu_pytorch_tanh"`, `"gelu_fast"`: the tanh approximation.
+    GeluTanh,
+    Relu,
+}
+
+#[derive(Debug, Deserialize)]
+struct Raw {
+    model_type: Option<String>,
+    vocab_size: usize,
+    hidden_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    intermediate_size: usize,
+    #[serde(default = "default_act")]
+    hidden_act: String,
+    #[serde(default = "default_dropout")]
+    hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    attention_probs_dropout_prob: f64,
+    #[serde(default = "default_max_pos")]
+    max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    layer_norm_eps: f64,
+    #[serde(default)]
+    pad_token_id: Option<i64>,
+    #[serde(default)]
+    position_embedding_type: Option<String>,
+    #[serde(default)]
+    is_decoder: bool,
+    #[serde(default = "default_init")]
+    initializer_range: f64,
+    #[serde(default)]
+    classifier_dropout: Option<f64>,
+    #[serde(default)]
+    id2label: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    num_labels: Option<usize>,
+    #[serde(default)]
+    architectures: Option<Vec<String>>,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_max_pos() -> usize {
+    512
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_init() -> f64 {
+    0.02
+}
+
+/// The architecture of a BERT checkpoint (what transformers' `BertConfig` holds that engram uses).
+#[derive(Debug, Clone)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub hidden_act: Activation,
+    pub hidden_dropout_prob: f64,
+    pub attention_probs_dropout_prob: f64,
+    pub max_position_embeddings: usize,
+    pub type_vocab_size: usize,
+    pub layer_norm_eps: f64,
+    pub pad_token_id: i64,
+    pub initializer_range: f64,
+    pub classifier_dropout: Option<f64>,
+    /// Label names by class index (`id2label`), empty when the config names none.
+    pub id2label: Vec<String>,
+    pub architectures: Vec<String>,
+    /// The whole `config.json`, kept so a saved model carries every field it came with.
+    pub raw: serde_json::Value,
+}
+
+impl BertConfig {
+    /// Read and validate `config.json`; every error names the file and the field.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<BertConfig> {
+        let path = path.as_ref();
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => return file_err(path, format!("cannot read the model config: {e}")),
+        };
+        Self::from_json(&text).map_err(|e| match e {
+            crate::Error::File { detail, .. } => crate::Error::File { path: path.display().to_string(), detail },
+            other => other,
+        })
+    }
+
+    /// Parse and validate the text of a `config.json` (errors carry the path "config.json").
+    pub fn from_json(text: &str) -> Result<BertConfig> {
+        const P: &str = "config.json";
+        let value: serde_json::Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => return file_err(P, format!("not valid JSON: {e}")),
+        };
+        let raw: Raw = match serde_json::from_value(value.clone()) {
+            Ok(r) => r,
+            Err(e) => return file_err(P, format!("not a BERT config: {e}")),
+        };
+        if let Some(mt) = &raw.model_type {
+            if mt != "bert" {
+                return file_err(P, format!("model_type \"{mt}\" is not supported (engram runs \"bert\")"));
+            }
+        }
+        if let Some(pe) = &raw.position_embedding_type {
+            if pe != "absolute" {
+                return file_err(P, format!("position_embedding_type \"{pe}\" is not supported (only \"absolute\"; relative position embeddings are not implemented)"));
+            }
+        }
+        if raw.is_decoder {
+            return file_err(P, "is_decoder = true: decoder BERTs (causal masks, cross-attention) are not supported");
+        }
+        let hidden_act = match raw.hidden_act.as_str() {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            other => return file_err(P, format!("hidden_act \"{other}\" is not supported (gelu, gelu_new, relu)")),
+        };
+        for (name, v) in [
+            ("vocab_size", raw.vocab_size),
+            ("hidden_size", raw.hidden_size),
+            ("num_hidden_layers", raw.num_hidden_layers),
+            ("num_attention_heads", raw.num_attention_heads),
+            ("intermediate_size", raw.intermediate_size),
+            ("max_position_embeddings", raw.max_position_embeddings),
+            ("type_vocab_size", raw.type_vocab_size),
+        ] {
+            if v == 0 {
+                return file_err(P, format!("{name} must be positive"));
+            }
+        }
+        if raw.hidden_size % raw.num_attention_heads != 0 {
+            return file_err(P, format!("hidden_size {} is not a multiple of num_attention_heads {}", raw.hidden_size, raw.num_attention_heads));
+        }
+        for (name, p) in [("hidden_dropout_prob", raw.hidden_dropout_prob), ("attention_probs_dropout_prob", raw.attention_probs_dropout_prob)] {
+            if !(0.0..1.0).contains(&p) {
+                return file_err(P, format!("{name} = {p} must be in [0, 1)"));
+            }
+        }
+        if !(raw.layer_norm_eps > 0.0) {
+            return file_err(P, format!("layer_norm_eps = {} must be positive", raw.layer_norm_eps));
+        }
+        let mut id2label = Vec::new();
+        if let Some(map) = &raw.id2label {
+            let mut pairs = Vec::new();
+            for (k, v) in map {
+                match k.parse::<usize>() {
+                    Ok(i) => pairs.push((i, v.clone())),
+                    Err(_) => return file_err(P, format!("id2label key \"{k}\" is not a class index")),
+                }
+            }
+            pairs.sort();
+            if pairs.iter().enumerate().any(|(i, (k, _))| i != *k) {
+                return file_err(P, "id2label keys must be 0..N without gaps");
+            }
+            id2label = pairs.into_iter().map(|(_, v)| v).collect();
+        }
+        if let (Some(n), false) = (raw.num_labels, id2label.is_empty()) {
+            if n != id2label.len() {
+                return file_err(P, format!("num_labels {n} disagrees with id2label ({} labels)", id2label.len()));
+            }
+        }
+        Ok(BertConfig {
+            vocab_size: raw.vocab_size,
+            hidden_size: raw.hidden_size,
+            num_hidden_layers: raw.num_hidden_layers,
+            num_attention_heads: raw.num_attention_heads,
+            intermediate_size: raw.intermediate_size,
+            hidden_act,
+            hidden_dropout_prob: raw.hidden_dropout_prob,
+            attention_probs_dropout_prob: raw.attention_probs_dropout_prob,
+            max_position_embeddings: raw.max_position_embeddings,
+            type_vocab_size: raw.type_vocab_size,
+            layer_norm_eps: raw.layer_norm_eps,
+            pad_token_id: raw.pad_token_id.unwrap_or(0),
+            initializer_range: raw.initializer_range,
+            classifier_dropout: raw.classifier_dropout,
+            id2label,
+            architectures: raw.architectures.unwrap_or_default(),
+            raw: value,
+        })
+    }
+
+    pub fn head_size(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+}

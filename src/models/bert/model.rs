@@ -1,0 +1,325 @@
+//! The BERT forward pass on engram's ops, parameters kept under their HF names.
+//!
+//! Parameter names are canonical HF names *without* the `bert.` prefix (`embeddings.…`,
+//! `encoder.layer.N.…`, `pooler.dense.…`) plus the head's `classifier.weight`/`classifier.bias`.
+//! Checkpoints with or without the prefix, and with legacy `gamma`/`beta` LayerNorm names, load.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::config::{Activation, BertConfig};
+use super::weights::read_safetensors;
+use crate::data::Batch;
+use crate::error::{file_err, shape_err, Error, Result};
+use crate::ops;
+use crate::tensor::{Device, Tensor};
+use crate::testing::Rng;
+use crate::Tape;
+
+/// The task head on top of the encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// `BertModel`: hidden states and pooled output only.
+    None,
+    /// `BertForSequenceClassification`: dropout + Linear on the pooled [CLS] state.
+    SequenceClassification { num_labels: usize },
+    /// `BertForTokenClassification`: dropout + Linear on every token's hidden state.
+    TokenClassification { num_labels: usize },
+}
+
+/// Sentence-embedding pooling (`1_Pooling/config.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    Mean,
+    Cls,
+}
+
+/// What loading found beside the expected tensors (transformers prints the same lists).
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    /// Stored tensors the model does not use (e.g. an MLM head), by stored name.
+    pub unexpected: Vec<String>,
+    /// Tensors not in the checkpoint that were freshly initialised (a new head, a missing pooler).
+    pub initialized: Vec<String>,
+    /// The dtype the checkpoint stored its floats in.
+    pub stored_dtypes: Vec<String>,
+}
+
+pub struct Bert {
+    pub config: BertConfig,
+    pub head: Head,
+    /// Parameters by canonical HF name (see the module docs).
+    pub params: BTreeMap<String, Tensor>,
+    pub dir: PathBuf,
+}
+
+/// `bert.x` → `x`; `….gamma`/`….beta` → `….weight`/`….bias`.
+fn canonical(name: &str) -> String {
+    let n = name.strip_prefix("bert.").unwrap_or(name);
+    if let Some(p) = n.strip_suffix(".gamma") {
+        format!("{p}.weight")
+    } else if let Some(p) = n.strip_suffix(".beta") {
+        format!("{p}.bias")
+    } else {
+        n.to_string()
+    }
+}
+
+impl Bert {
+    /// Names and shapes of every parameter the model (with `head`) needs.
+    pub fn expected(config: &BertConfig, head: Head) -> Vec<(String, Vec<usize>)> {
+        let (c, f) = (config.hidden_size, config.intermediate_size);
+        let mut v: Vec<(String, Vec<usize>)> = vec![
+            ("embeddings.word_embeddings.weight".into(), vec![config.vocab_size, c]),
+            ("embeddings.position_embeddings.weight".into(), vec![config.max_position_embeddings, c]),
+            ("embeddings.token_type_embeddings.weight".into(), vec![config.type_vocab_size, c]),
+            ("embeddings.LayerNorm.weight".into(), vec![c]),
+            ("embeddings.LayerNorm.bias".into(), vec![c]),
+        ];
+        for l in 0..config.num_hidden_layers {
+            let p = format!("encoder.layer.{l}");
+            for (name, shape) in [
+                ("attention.self.query", (c, c)),
+                ("attention.self.key", (c, c)),
+                ("attention.self.value", (c, c)),
+                ("attention.output.dense", (c, c)),
+                ("intermediate.dense", (f, c)),
+                ("output.dense", (c, f)),
+            ] {
+                v.push((format!("{p}.{name}.weight"), vec![shape.0, shape.1]));
+                v.push((format!("{p}.{name}.bias"), vec![shape.0]));
+            }
+            for ln in ["attention.output.LayerNorm", "output.LayerNorm"] {
+                v.push((format!("{p}.{ln}.weight"), vec![c]));
+                v.push((format!("{p}.{ln}.bias"), vec![c]));
+            }
+        }
+        v.push(("pooler.dense.weight".into(), vec![c, c]));
+        v.push(("pooler.dense.bias".into(), vec![c]));
+        match head {
+            Head::None => {}
+            Head::SequenceClassification { num_labels } | Head::TokenClassification { num_labels } => {
+                v.push(("classifier.weight".into(), vec![num_labels, c]));
+                v.push(("classifier.bias".into(), vec![num_labels]));
+            }
+        }
+        v
+    }
+
+    /// Open an HF model directory (`config.json`, `model.safetensors`). `head` picks the task
+    /// head; a head (or pooler) absent from the checkpoint is initialised as transformers does
+    /// (normal(0, initializer_range) weights, zero biases) from `seed`.
+    pub fn load(dir: impl AsRef<Path>, head: Head, seed: u64) -> Result<(Bert, LoadReport)> {
+        let dir = dir.as_ref();
+        if !dir.is_dir() {
+            return file_err(dir, "not a model directory");
+        }
+        let config = BertConfig::from_file(dir.join("config.json"))?;
+        let wpath = dir.join("model.safetensors");
+        if !wpath.is_file() {
+            let hint = if dir.join("pytorch_model.bin").is_file() { " (pytorch_model.bin is not read: convert it to safetensors)" } else { "" };
+            return file_err(&wpath, format!("missing{hint}"));
+        }
+        let stored = read_safetensors(&wpath)?;
+        Self::from_tensors(config, stored, head, seed, dir, &wpath)
+    }
+
+    /// Build from already-read tensors (by stored name); errors name `wpath`.
+    pub fn from_tensors(
+        config: BertConfig,
+        stored: BTreeMap<String, Tensor>,
+        head: Head,
+        seed: u64,
+        dir: &Path,
+        wpath: &Path,
+    ) -> Result<(Bert, LoadReport)> {
+        let mut report = LoadReport::default();
+        let mut by_canon: BTreeMap<String, (String, Tensor)> = BTreeMap::new();
+        for (name, t) in stored {
+            let c = canonical(&name);
+            if let Some((prev, _)) = by_canon.get(&c) {
+                return file_err(wpath, format!("tensors {prev} and {name} both map to {c}"));
+            }
+            by_canon.insert(c, (name, t));
+        }
+        let expected = Self::expected(&config, head);
+        let mut params = BTreeMap::new();
+        let mut missing = Vec::new();
+        let mut rng = Rng::new(seed);
+        for (name, shape) in &expected {
+            match by_canon.remove(name) {
+                Some((stored_name, t)) => {
+                    if t.shape() != shape.as_slice() {
+                        return file_err(
+                            wpath,
+                            format!("tensor {stored_name} has shape {:?} but config.json implies {shape:?}", t.shape()),
+                        );
+                    }
+                    if t.dtype() != crate::DType::F32 {
+                        return file_err(wpath, format!("tensor {stored_name} holds integers, expected floats"));
+                    }
+                    params.insert(name.clone(), t);
+                }
+                None if name.starts_with("classifier.") || name.starts_with("pooler.") => {
+                    let t = if name.ends_with(".bias") {
+                        Tensor::from_vec(vec![0f32; shape[0]], shape)?
+                    } else {
+                        let n = shape.iter().product();
+                        let std = config.initializer_range;
+                        Tensor::from_vec(rng.normal_vec(n).into_iter().map(|x| (x * std) as f32).collect::<Vec<f32>>(), shape)?
+                    };
+                    report.initialized.push(name.clone());
+                    params.insert(name.clone(), t);
+                }
+                None => missing.push(name.clone()),
+            }
+        }
+        if !missing.is_empty() {
+            let more = if missing.len() > 8 { format!(" and {} more", missing.len() - 8) } else { String::new() };
+            return file_err(
+                wpath,
+                format!("missing {} tensor(s) the config needs: {}{more}", missing.len(), missing[..missing.len().min(8)].join(", ")),
+            );
+        }
+        report.unexpected = by_canon
+            .into_iter()
+            .filter(|(c, _)| !c.ends_with("position_ids"))
+            .map(|(_, (stored_name, _))| stored_name)
+            .collect();
+        let params = params.into_iter().map(|(k, v)| (k, v.requires_grad())).collect();
+        Ok((Bert { config, head, params, dir: dir.to_path_buf() }, report))
+    }
+
+    pub fn num_parameters(&self) -> usize {
+        self.params.values().map(|t| t.numel()).sum()
+    }
+
+    /// Move every parameter to `device` (they stay trainable).
+    pub fn to_device(&mut self, device: Device) -> Result<()> {
+        for t in self.params.values_mut() {
+            *t = t.to_device(device)?.requires_grad();
+        }
+        Ok(())
+    }
+
+    pub fn device(&self) -> Device {
+        self.params.values().next().map(|t| t.device()).unwrap_or(Device::Cpu)
+    }
+
+    fn p(&self, name: &str) -> Result<&Tensor> {
+        self.params.get(name).ok_or_else(|| Error::Autograd(format!("bert: no parameter {name}")))
+    }
+
+    fn linear(&self, tape: &Tape, x: &Tensor, name: &str) -> Result<Tensor> {
+        ops::linear(tape, x, self.p(&format!("{name}.weight"))?, Some(self.p(&format!("{name}.bias"))?))
+    }
+
+    fn layer_norm(&self, tape: &Tape, x: &Tensor, name: &str) -> Result<Tensor> {
+        ops::layer_norm(tape, x, self.p(&format!("{name}.weight"))?, self.p(&format!("{name}.bias"))?, self.config.layer_norm_eps)
+    }
+
+    /// The encoder's last hidden state `(B, T, C)`. `train` turns dropout on (it needs a
+    /// training tape to take effect). Attention-probability dropout is not applied (the fused
+    /// attention op has none yet); hidden-state dropout is, where HF applies it.
+    pub fn encode(&self, tape: &Tape, batch: &Batch, train: bool) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (b, t) = (batch.batch_size(), batch.seq_len());
+        if t > cfg.max_position_embeddings {
+            return shape_err("bert", format!("{t} tokens exceed max_position_embeddings = {}", cfg.max_position_embeddings));
+        }
+        let device = self.device();
+        let drop = if train { cfg.hidden_dropout_prob } else { 0.0 };
+        let pos = Tensor::from_ids((0..b * t).map(|i| (i % t) as i64).collect(), &[b, t])?.to_device(device)?;
+        let ids = batch.input_ids.to_device(device)?;
+        let types = batch.token_type_ids.to_device(device)?;
+        let mask = batch.attention_mask.to_device(device)?;
+        let e = ops::add(
+            tape,
+            &ops::embedding(tape, &ids, self.p("embeddings.word_embeddings.weight")?, None)?,
+            &ops::embedding(tape, &pos, self.p("embeddings.position_embeddings.weight")?, None)?,
+        )?;
+        let e = ops::add(tape, &e, &ops::embedding(tape, &types, self.p("embeddings.token_type_embeddings.weight")?, None)?)?;
+        let mut x = ops::dropout(tape, &self.layer_norm(tape, &e, "embeddings.LayerNorm")?, drop)?; // (B, T, C)
+        let nh = cfg.num_attention_heads;
+        let scale = 1.0 / (cfg.head_size() as f64).sqrt();
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("encoder.layer.{l}");
+            let heads = |n: &str| -> Result<Tensor> { ops::split_heads(tape, &self.linear(tape, &x, &format!("{p}.attention.self.{n}"))?, nh) };
+            let (q, k, v) = (heads("query")?, heads("key")?, heads("value")?); // (B, NH, T, HS)
+            let a = ops::merge_heads(tape, &ops::attention(tape, &q, &k, &v, Some(&mask), scale)?)?; // (B, T, C)
+            let a = ops::dropout(tape, &self.linear(tape, &a, &format!("{p}.attention.output.dense"))?, drop)?;
+            x = self.layer_norm(tape, &ops::add(tape, &a, &x)?, &format!("{p}.attention.output.LayerNorm"))?;
+            let h = self.linear(tape, &x, &format!("{p}.intermediate.dense"))?; // (B, T, F)
+            let h = match cfg.hidden_act {
+                Activation::Gelu => ops::gelu(tape, &h)?,
+                Activation::GeluTanh => ops::gelu_tanh(tape, &h)?,
+                Activation::Relu => ops::relu(tape, &h)?,
+            };
+            let h = ops::dropout(tape, &self.linear(tape, &h, &format!("{p}.output.dense"))?, drop)?;
+            x = self.layer_norm(tape, &ops::add(tape, &h, &x)?, &format!("{p}.output.LayerNorm"))?;
+        }
+        Ok(x)
+    }
+
+    /// The pooler: `tanh(dense(x[:, 0]))` — `(B, C)`.
+    pub fn pool(&self, tape: &Tape, hidden: &Tensor) -> Result<Tensor> {
+        ops::tanh(tape, &self.linear(tape, &ops::token(tape, hidden, 0)?, "pooler.dense")?)
+    }
+
+    /// The head's logits: `(B, L)` for sequence classification, `(B, T, L)` for token
+    /// classification.
+    pub fn logits(&self, tape: &Tape, batch: &Batch, train: bool) -> Result<Tensor> {
+        let hidden = self.encode(tape, batch, train)?;
+        let p = if train { self.config.classifier_dropout.unwrap_or(self.config.hidden_dropout_prob) } else { 0.0 };
+        match self.head {
+            Head::None => Err(Error::Autograd("bert: logits need a classification head".into())),
+            Head::SequenceClassification { .. } => {
+                let pooled = ops::dropout(tape, &self.pool(tape, &hidden)?, p)?;
+                self.linear(tape, &pooled, "classifier")
+            }
+            Head::TokenClassification { .. } => self.linear(tape, &ops::dropout(tape, &hidden, p)?, "classifier"),
+        }
+    }
+
+    /// Sentence embeddings `(B, C)` on the host: mean over real tokens or the [CLS] state,
+    /// optionally L2-normalised (sentence-transformers' `Normalize`).
+    pub fn embed(&self, batch: &Batch, pooling: Pooling, normalize: bool) -> Result<Vec<Vec<f32>>> {
+        let tape = Tape::inference();
+        let hidden = self.encode(&tape, batch, false)?;
+        let pooled = match pooling {
+            Pooling::Mean => ops::mean_pool(&tape, &hidden, &batch.attention_mask.to_device(self.device())?)?,
+            Pooling::Cls => ops::token(&tape, &hidden, 0)?,
+        };
+        let c = self.config.hidden_size;
+        let v = pooled.to_f64_vec();
+        Ok(v.chunks(c)
+            .map(|row| {
+                let norm = if normalize { row.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12) } else { 1.0 };
+                row.iter().map(|x| (x / norm) as f32).collect()
+            })
+            .collect())
+    }
+}
+
+/// The pooling a sentence-transformers directory asks for (`1_Pooling/config.json`), and
+/// whether it L2-normalises (a `Normalize` module in `modules.json`). Defaults: mean, no.
+pub fn sentence_config(dir: &Path) -> Result<(Pooling, bool)> {
+    let pool_path = dir.join("1_Pooling/config.json");
+    let pooling = if pool_path.is_file() {
+        let text = std::fs::read_to_string(&pool_path).map_err(|e| Error::File { path: pool_path.display().to_string(), detail: e.to_string() })?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::File { path: pool_path.display().to_string(), detail: format!("not valid JSON: {e}") })?;
+        let on = |k: &str| v.get(k).and_then(|x| x.as_bool()).unwrap_or(false);
+        if on("pooling_mode_mean_tokens") {
+            Pooling::Mean
+        } else if on("pooling_mode_cls_token") {
+            Pooling::Cls
+        } else {
+            return file_err(&pool_path, "only mean and cls pooling are supported");
+        }
+    } else {
+        Pooling::Mean
+    };
+    let modules = dir.join("modules.json");
+    let normalize = std::fs::read_to_string(&modules).map(|t| t.contains("models.Normalize")).unwrap_or(false);
+    Ok((pooling, normalize))
+}

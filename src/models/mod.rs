@@ -1,0 +1,3 @@
+//! Models built from the ops: BERT (Hugging Face layout and names).
+
+pub mod bert;

@@ -1,0 +1,266 @@
+//! BERT against transformers: the tiny random BERT (committed in weights/tiny-bert) with a
+//! classification head — tokenization, logits, loss and every parameter gradient vs PyTorch —
+//! and the real all-MiniLM-L6-v2 (installed by scripts/install-weights.sh) — last hidden state
+//! vs transformers and sentence embeddings vs sentence-transformers. Fixtures:
+//! weights/generate_fixtures.py. Plus every way a checkpoint can be malformed.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use engram::data::BertTokenizer;
+use engram::models::bert::weights::{read_safetensors, write_safetensors};
+use engram::models::bert::{sentence_config, Bert, Head};
+use engram::testing::assert_close;
+use engram::{ops, Tape, Tensor};
+
+fn root() -> PathBuf {
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if built.join("weights").is_dir() {
+        built
+    } else {
+        PathBuf::from(".")
+    }
+}
+
+const PAIRS: [(&str, &str); 3] = [
+    ("how do i reset my password?", "click the link in the email."),
+    ("the weather is nice today", "it is sunny and warm"),
+    ("a", "b c d e f g h i j k"),
+];
+
+fn tiny() -> (Bert, BertTokenizer, BTreeMap<String, Tensor>) {
+    let dir = root().join("weights/tiny-bert");
+    let (bert, report) = Bert::load(&dir, Head::SequenceClassification { num_labels: 3 }, 0).unwrap();
+    assert!(report.unexpected.is_empty() && report.initialized.is_empty(), "{report:?}");
+    let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), 64).unwrap();
+    let reference = read_safetensors(dir.join("reference.safetensors")).unwrap();
+    (bert, tok, reference)
+}
+
+#[test]
+fn tiny_bert_tokens_logits_loss_and_every_gradient_match_pytorch() {
+    let (bert, tok, r) = tiny();
+    let batch = tok.encode_pairs(&PAIRS).unwrap();
+    assert_eq!(batch.input_ids.to_f64_vec(), r["input_ids"].to_f64_vec(), "input ids differ from the tokenizers reference");
+    assert_eq!(batch.token_type_ids.to_f64_vec(), r["token_type_ids"].to_f64_vec());
+    assert_eq!(batch.attention_mask.to_f64_vec(), r["attention_mask"].to_f64_vec());
+
+    let tape = Tape::training(0);
+    let logits = bert.logits(&tape, &batch, false).unwrap();
+    assert_close("tiny logits", &logits.to_f64_vec(), &r["logits"].to_f64_vec(), 1e-5, 1e-4);
+    let loss = ops::cross_entropy(&tape, &logits, &r["labels"]).unwrap();
+    assert_close("tiny loss", &[loss.item().unwrap()], &r["loss"].to_f64_vec(), 1e-6, 1e-4);
+    let grads = tape.backward(&loss).unwrap();
+    let mut checked = 0;
+    for (name, p) in &bert.params {
+        let g = grads.tensor(p).unwrap_or_else(|| panic!("trainable tensor {name} received no gradient"));
+        let hf = if name.starts_with("classifier.") { format!("grad.{name}") } else { format!("grad.bert.{name}") };
+        let want = r.get(&hf).unwrap_or_else(|| panic!("reference has no {hf}"));
+        assert_close(&format!("d{name}"), &g.to_f64_vec(), &want.to_f64_vec(), 1e-6, 1e-4);
+        checked += 1;
+    }
+    assert_eq!(checked, r.keys().filter(|k| k.starts_with("grad.")).count(), "every PyTorch parameter has an engram twin");
+}
+
+fn minilm_dir() -> PathBuf {
+    let d = root().join("weights/cache/all-MiniLM-L6-v2");
+    assert!(
+        d.join("model.safetensors").is_file(),
+        "{} is missing: run ./scripts/install-weights.sh (the test command does)",
+        d.display()
+    );
+    d
+}
+
+const SENTENCES: [&str; 4] = [
+    "The cat sat on the mat.",
+    "Engram runs BERT models from safetensors checkpoints on the CPU and the GPU.",
+    "Hello!",
+    "A quick brown fox jumps over the lazy dog, twice.",
+];
+
+#[test]
+fn minilm_hidden_states_and_sentence_embeddings_match_transformers() {
+    let dir = minilm_dir();
+    let r = read_safetensors(root().join("weights/minilm_reference.safetensors")).unwrap();
+    let (bert, report) = Bert::load(&dir, Head::None, 0).unwrap();
+    assert!(report.unexpected.is_empty() && report.initialized.is_empty(), "{report:?}");
+    let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), 256).unwrap();
+    let batch = tok.encode(&SENTENCES).unwrap();
+    assert_eq!(batch.input_ids.to_f64_vec(), r["input_ids"].to_f64_vec(), "input ids differ from transformers' tokenizer");
+    assert_eq!(batch.attention_mask.to_f64_vec(), r["attention_mask"].to_f64_vec());
+
+    let hidden = bert.encode(&Tape::inference(), &batch, false).unwrap();
+    let (got, want) = (hidden.to_f64_vec(), r["last_hidden_state"].to_f64_vec());
+    let max_abs = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    eprintln!("MiniLM last hidden state: max |engram − transformers| = {max_abs:e} over {} values", got.len());
+    assert!(max_abs <= 1e-4, "max abs difference {max_abs:e} > 1e-4");
+
+    let (pooling, _) = sentence_config(&dir).unwrap();
+    let emb = bert.embed(&batch, pooling, false).unwrap();
+    let want = r["sentence_embedding"].to_f64_vec();
+    for (i, e) in emb.iter().enumerate() {
+        let w = &want[i * 384..(i + 1) * 384];
+        let dot: f64 = e.iter().zip(w).map(|(a, b)| *a as f64 * b).sum();
+        let cos = dot / (e.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt() * w.iter().map(|b| b * b).sum::<f64>().sqrt());
+        eprintln!("sentence {i}: cosine(engram, sentence-transformers) = {cos:.9}");
+        assert!(cos >= 0.99999, "sentence {i}: cosine {cos}");
+    }
+}
+
+/// A copy of the tiny BERT directory with its tensors renamed / converted by `edit`.
+fn variant(tag: &str, edit: impl FnOnce(&mut BTreeMap<String, Tensor>), config: Option<&str>) -> PathBuf {
+    let src = root().join("weights/tiny-bert");
+    let dir = std::env::temp_dir().join(format!("engram-bert-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    if let Some(c) = config {
+        std::fs::write(dir.join("config.json"), c).unwrap();
+    }
+    let mut t = read_safetensors(src.join("model.safetensors")).unwrap();
+    edit(&mut t);
+    write_safetensors(dir.join("model.safetensors"), &t, None).unwrap();
+    dir
+}
+
+fn load_err(dir: &Path) -> String {
+    match Bert::load(dir, Head::SequenceClassification { num_labels: 3 }, 0) {
+        Ok(_) => panic!("{} loaded but should not", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn checkpoints_without_prefix_and_with_legacy_names_load_identically() {
+    let (bert, tok, r) = tiny();
+    let dir = variant(
+        "legacy",
+        |t| {
+            let old = std::mem::take(t);
+            for (k, v) in old {
+                let k = k.strip_prefix("bert.").unwrap_or(&k).to_string();
+                let k = if k.contains("LayerNorm") { k.replace(".weight", ".gamma").replace(".bias", ".beta") } else { k };
+                t.insert(k, v);
+            }
+        },
+        None,
+    );
+    let (b2, report) = Bert::load(&dir, Head::SequenceClassification { num_labels: 3 }, 0).unwrap();
+    assert!(report.unexpected.is_empty(), "{report:?}");
+    let batch = tok.encode_pairs(&PAIRS).unwrap();
+    let l1 = bert.logits(&Tape::inference(), &batch, false).unwrap().to_f64_vec();
+    let l2 = b2.logits(&Tape::inference(), &batch, false).unwrap().to_f64_vec();
+    assert_eq!(l1, l2);
+    assert_close("legacy logits", &l2, &r["logits"].to_f64_vec(), 1e-5, 1e-4);
+}
+
+#[test]
+fn f16_and_bf16_checkpoints_are_converted_on_load() {
+    let src = root().join("weights/tiny-bert");
+    let t = read_safetensors(src.join("model.safetensors")).unwrap();
+    for (tag, dt) in [("f16", safetensors::Dtype::F16), ("bf16", safetensors::Dtype::BF16)] {
+        let dir = std::env::temp_dir().join(format!("engram-bert-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+        let host: Vec<(String, Vec<u8>, Vec<usize>)> = t
+            .iter()
+            .map(|(k, v)| {
+                let bytes = v
+                    .to_f64_vec()
+                    .iter()
+                    .flat_map(|&x| match dt {
+                        safetensors::Dtype::F16 => half::f16::from_f64(x).to_le_bytes(),
+                        _ => half::bf16::from_f64(x).to_le_bytes(),
+                    })
+                    .collect();
+                (k.clone(), bytes, v.shape().to_vec())
+            })
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> =
+            host.iter().map(|(k, b, s)| (k.clone(), safetensors::tensor::TensorView::new(dt, s.clone(), b).unwrap())).collect();
+        std::fs::write(dir.join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+        let (b, _) = Bert::load(&dir, Head::SequenceClassification { num_labels: 3 }, 0).unwrap();
+        let w = &b.params["encoder.layer.1.intermediate.dense.weight"];
+        let orig = t["bert.encoder.layer.1.intermediate.dense.weight"].to_f64_vec();
+        let tol = if tag == "f16" { 1e-3 } else { 8e-3 };
+        assert_close(&format!("{tag} weights"), &w.to_f64_vec(), &orig, 1e-4, tol);
+    }
+}
+
+#[test]
+fn malformed_checkpoints_are_clear_errors_naming_file_and_tensor() {
+    // Missing tensor.
+    let dir = variant("missing", |t| drop(t.remove("bert.encoder.layer.1.output.dense.weight")), None);
+    let e = load_err(&dir);
+    assert!(e.contains("model.safetensors") && e.contains("missing") && e.contains("encoder.layer.1.output.dense.weight"), "{e}");
+    // Wrong shape.
+    let dir = variant(
+        "shape",
+        |t| {
+            t.insert("bert.embeddings.LayerNorm.weight".into(), Tensor::from_vec(vec![1f32; 31], &[31]).unwrap());
+        },
+        None,
+    );
+    let e = load_err(&dir);
+    assert!(e.contains("embeddings.LayerNorm.weight") && e.contains("[31]") && e.contains("[32]"), "{e}");
+    // Unexpected tensors are reported, not fatal.
+    let dir = variant(
+        "unexpected",
+        |t| {
+            t.insert("cls.predictions.bias".into(), Tensor::from_vec(vec![0f32; 4], &[4]).unwrap());
+        },
+        None,
+    );
+    let (_, report) = Bert::load(&dir, Head::SequenceClassification { num_labels: 3 }, 0).unwrap();
+    assert_eq!(report.unexpected, vec!["cls.predictions.bias".to_string()]);
+    // Corrupt (truncated) file.
+    let dir = variant("corrupt", |_| {}, None);
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("model.safetensors") && e.contains("not a valid safetensors"), "{e}");
+    // A head missing from the checkpoint is initialised, as transformers does.
+    let dir = variant("nohead", |t| t.retain(|k, _| !k.starts_with("classifier.")), None);
+    let (b, report) = Bert::load(&dir, Head::TokenClassification { num_labels: 5 }, 0).unwrap();
+    assert_eq!(report.initialized, vec!["classifier.weight".to_string(), "classifier.bias".to_string()]);
+    assert_eq!(b.params["classifier.weight"].shape(), &[5, 32]);
+}
+
+#[test]
+fn malformed_configs_are_clear_errors_naming_the_field() {
+    let base = std::fs::read_to_string(root().join("weights/tiny-bert/config.json")).unwrap();
+    let cases = [
+        (base.replace("\"hidden_act\": \"gelu\"", "\"hidden_act\": \"swish\""), "hidden_act"),
+        (base.replace("\"model_type\": \"bert\"", "\"model_type\": \"bert\", \"position_embedding_type\": \"relative_key\""), "relative"),
+        (base.replace("\"num_attention_heads\": 4", "\"num_attention_heads\": 5"), "num_attention_heads"),
+        (base.replace("\"model_type\": \"bert\"", "\"model_type\": \"gpt2\""), "model_type"),
+        (base.replace("\"hidden_size\": 32,", ""), "hidden_size"),
+        ("{ not json".to_string(), "not valid JSON"),
+    ];
+    for (i, (text, needle)) in cases.iter().enumerate() {
+        let dir = variant(&format!("config{i}"), |_| {}, Some(text));
+        let e = load_err(&dir);
+        assert!(e.contains("config.json") && e.contains(needle), "case {i}: {e}");
+    }
+    let e = load_err(Path::new("/nonexistent/model"));
+    assert!(e.contains("/nonexistent/model"), "{e}");
+}
+
+#[test]
+fn too_long_text_is_truncated_and_flagged() {
+    let (bert, _, _) = tiny();
+    let tok = BertTokenizer::from_file(root().join("weights/tiny-bert/tokenizer.json"), 16).unwrap();
+    let long = "a b c d e f g h i j k ".repeat(10);
+    let batch = tok.encode(&[long.as_str(), "hello"]).unwrap();
+    assert_eq!(batch.seq_len(), 16);
+    assert_eq!(batch.truncated, vec![true, false]);
+    bert.logits(&Tape::inference(), &batch, false).unwrap();
+    // Beyond the model's position table it is an error, not a panic.
+    let tok = BertTokenizer::from_file(root().join("weights/tiny-bert/tokenizer.json"), 100).unwrap();
+    let e = bert.logits(&Tape::inference(), &tok.encode(&[long.as_str()]).unwrap(), false).unwrap_err().to_string();
+    assert!(e.contains("max_position_embeddings"), "{e}");
+}

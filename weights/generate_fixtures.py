@@ -1,0 +1,139 @@
+"""Reference fixtures for engram's BERT tests, made with PyTorch + transformers + sentence-transformers.
+
+    ./scripts/reference-env.sh && ./scripts/install-weights.sh
+    .venv-ref/bin/python weights/generate_fixtures.py
+
+Writes (all committed, all small):
+  weights/tiny-bert/{config.json, model.safetensors, tokenizer.json}  a 2-layer random BERT with a
+      3-label sequence-classification head and a small real WordPiece vocabulary (a subset of
+      all-MiniLM-L6-v2's uncased vocabulary), saved by transformers' save_pretrained;
+  weights/tiny-bert/reference.safetensors  its inputs, logits, loss and every parameter gradient;
+  weights/minilm_reference.safetensors  all-MiniLM-L6-v2 on a padded batch of real sentences:
+      input ids, mask, last hidden state (transformers) and sentence embeddings (sentence-transformers).
+engram itself never runs Python.
+"""
+import json
+import os
+import re
+
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertForSequenceClassification
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+MINILM = os.path.join(ROOT, "cache", "all-MiniLM-L6-v2")
+TINY = os.path.join(ROOT, "tiny-bert")
+
+SENTENCES = [
+    "The cat sat on the mat.",
+    "Engram runs BERT models from safetensors checkpoints on the CPU and the GPU.",
+    "Hello!",
+    "A quick brown fox jumps over the lazy dog, twice.",
+]
+PAIRS = [
+    ("how do i reset my password?", "click the link in the email."),
+    ("the weather is nice today", "it is sunny and warm"),
+    ("a", "b c d e f g h i j k"),
+]
+
+
+def minilm():
+    tok = AutoTokenizer.from_pretrained(MINILM)
+    model = AutoModel.from_pretrained(MINILM).eval()
+    enc = tok(SENTENCES, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    with torch.no_grad():
+        out = model(**enc).last_hidden_state
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(MINILM, device="cpu")
+    emb = st.encode(SENTENCES, convert_to_tensor=True, normalize_embeddings=False)
+    save_file(
+        {
+            "input_ids": enc["input_ids"].contiguous(),
+            "attention_mask": enc["attention_mask"].contiguous(),
+            "token_type_ids": enc["token_type_ids"].contiguous(),
+            "last_hidden_state": out.contiguous(),
+            "sentence_embedding": emb.float().contiguous(),
+        },
+        os.path.join(ROOT, "minilm_reference.safetensors"),
+        metadata={"sentences": json.dumps(SENTENCES)},
+    )
+    print("minilm: hidden", tuple(out.shape), "embeddings", tuple(emb.shape))
+
+
+def tiny_vocab():
+    """Special tokens, characters and their ## forms, then MiniLM's tokens for our texts."""
+    full = json.load(open(os.path.join(MINILM, "tokenizer.json")))["model"]["vocab"]
+    keep = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = [c for c in "abcdefghijklmnopqrstuvwxyz0123456789.,!?'-:;()"]
+    keep += chars + ["##" + c for c in chars if c.isalnum()]
+    hf = AutoTokenizer.from_pretrained(MINILM)
+    texts = SENTENCES + [t for p in PAIRS for t in p] + ["the a an of to in is it and or not"]
+    for t in texts:
+        keep += hf.tokenize(t)
+    vocab = {}
+    for t in keep:
+        if t in full and t not in vocab:
+            vocab[t] = len(vocab)
+    return vocab
+
+
+def tiny():
+    os.makedirs(TINY, exist_ok=True)
+    vocab = tiny_vocab()
+    tk = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    tk.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True)
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tk.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=37, hidden_act="gelu", max_position_embeddings=64, type_vocab_size=2,
+        layer_norm_eps=1e-12, pad_token_id=0, num_labels=3,
+        id2label={0: "negative", 1: "neutral", 2: "positive"},
+        label2id={"negative": 0, "neutral": 1, "positive": 2},
+    )
+    model = BertForSequenceClassification(config)
+    # Non-trivial LayerNorm and bias values, so a swapped weight/bias cannot pass.
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("bias") or "LayerNorm" in n:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(TINY, safe_serialization=True)
+
+    tk.enable_padding(pad_id=vocab["[PAD]"], pad_token="[PAD]")
+    encs = tk.encode_batch(PAIRS)
+    enc = {
+        "input_ids": torch.tensor([e.ids for e in encs]),
+        "attention_mask": torch.tensor([e.attention_mask for e in encs]),
+        "token_type_ids": torch.tensor([e.type_ids for e in encs]),
+    }
+    tk.no_padding()
+    tk.save(os.path.join(TINY, "tokenizer.json"))
+    labels = torch.tensor([2, 0, 1])
+    model.eval()  # dropout off: the Rust side trains with dropout disabled for the comparison
+    out = model(**enc, labels=labels)
+    out.loss.backward()
+    tensors = {
+        "input_ids": enc["input_ids"].contiguous(),
+        "attention_mask": enc["attention_mask"].contiguous(),
+        "token_type_ids": enc["token_type_ids"].contiguous(),
+        "labels": labels,
+        "logits": out.logits.detach().contiguous(),
+        "loss": out.loss.detach().reshape(1),
+    }
+    for n, p in model.named_parameters():
+        tensors["grad." + n] = p.grad.contiguous()
+    save_file(tensors, os.path.join(TINY, "reference.safetensors"),
+              metadata={"pairs": json.dumps(PAIRS)})
+    print("tiny: vocab", len(vocab), "params", sum(p.numel() for p in model.parameters()), "loss", out.loss.item())
+
+
+if __name__ == "__main__":
+    minilm()
+    tiny()
