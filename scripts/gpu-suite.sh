@@ -5,6 +5,11 @@
 #   ./scripts/gpu-suite.sh build   # here (no GPU needed): pinned nvcc, build, stage into .gpu-carry/
 #   ./scripts/gpu-suite.sh run     # on the GPU machine, from the repository root with .gpu-carry/
 #   ./scripts/gpu-suite.sh         # both, when this machine has the GPU
+#   ./scripts/gpu-suite.sh stash   # on the GPU machine: keep carried weight parts in /tmp
+#
+# all-MiniLM-L6-v2 (87 MiB) is larger than one transfer to the GPU machine may be, so `build` also
+# splits it into .gpu-weights/{a,b,c}; carry a and b with `stash` calls and c with `run`, and `run`
+# reassembles (and checks) it before the tests. Without the parts the MiniLM GPU test says SKIPPED.
 #
 # The GPU machine needs only an NVIDIA driver (CUDA 13.0+); compute-sanitizer is used when found.
 set -euo pipefail
@@ -27,24 +32,55 @@ for line in sys.stdin:
         k = m["target"]["kind"][0]
         print(m["executable"], m["target"]["name"], k)
 ' | while read -r exe name kind; do
-      [ "$kind" = test ] || [ "$name" = gpu ] || continue
+      { [ "$kind" = test ] && [ "$name" != cli ]; } || [ "$name" = gpu ] || continue
       cp "$exe" "$stage/bin/$kind-$name"
     done
+  rm -rf .gpu-weights
+  local w; w=$(./scripts/install-weights.sh)
+  mkdir -p .gpu-weights/a .gpu-weights/b .gpu-weights/c
+  split -n 3 -d "$w/model.safetensors" .gpu-weights/part-
+  for i in 0 1 2; do mv ".gpu-weights/part-0$i" ".gpu-weights/$(echo abc | cut -c$((i + 1)))/model.safetensors.part$i"; done
+  (cd "$w" && cp -r config.json tokenizer.json modules.json 1_Pooling sentence_bert_config.json "$OLDPWD/.gpu-weights/c/")
+  sha256sum "$w/model.safetensors" | cut -d' ' -f1 > .gpu-weights/c/model.sha256
   git rev-parse --short HEAD > "$stage/commit"
   git status --porcelain --untracked-files=no | grep -q . && echo "+dirty" >> "$stage/commit" || true
+  strip "$stage"/bin/* 2>/dev/null || true
+  gzip -9 "$stage"/bin/*   # a third of the size to carry
   du -sh "$stage" | sed 's/^/staged: /'
   ls "$stage/bin"
 }
 
+minilm=/tmp/engram-minilm
+stash() {
+  mkdir -p "$minilm"
+  for d in .gpu-weights/*/; do [ -d "$d" ] && cp -r "$d"* "$minilm/"; done
+  ls "$minilm"
+}
+
+assemble() {
+  stash >/dev/null
+  if [ ! -f "$minilm/model.safetensors" ] && ls "$minilm"/model.safetensors.part0 "$minilm"/model.safetensors.part1 "$minilm"/model.safetensors.part2 >/dev/null 2>&1; then
+    cat "$minilm"/model.safetensors.part0 "$minilm"/model.safetensors.part1 "$minilm"/model.safetensors.part2 > "$minilm/model.safetensors"
+    if [ "$(sha256sum "$minilm/model.safetensors" | cut -d' ' -f1)" != "$(cat "$minilm/model.sha256")" ]; then
+      echo "gpu-suite: reassembled MiniLM does not match its checksum" >&2; rm -f "$minilm/model.safetensors"
+    fi
+  fi
+  [ -f "$minilm/model.safetensors" ] && export ENGRAM_MINILM_DIR=$minilm || true
+}
+
 run() {
+  assemble
   [ -d "$stage/bin" ] || { echo "gpu-suite: no $stage/bin; run '$0 build' first" >&2; exit 1; }
+  local bins=/tmp/engram-bin
+  rm -rf "$bins"; mkdir -p "$bins"
+  for f in "$stage"/bin/*.gz; do gunzip -c "$f" > "$bins/$(basename "$f" .gz)"; chmod +x "$bins/$(basename "$f" .gz)"; done
   local log=${OUT:-/tmp}/gpu-suite.log summary=()
   : > "$log"
   echo "== engram GPU suite: commit $(tr '\n' ' ' < "$stage/commit")" | tee -a "$log"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/== GPU: /' | tee -a "$log" || true
   date -u +"== date: %Y-%m-%d %H:%M UTC" | tee -a "$log"
   local fail=0
-  for t in "$stage"/bin/test-*; do
+  for t in "$bins"/test-*; do
     local name=${t##*/test-}
     local one=${OUT:-/tmp}/one.log
     if "$t" --test-threads=1 >"$one" 2>&1; then ok=ok; else ok=FAILED; fail=1; fi
@@ -52,11 +88,11 @@ run() {
     summary+=("test $name: $ok — $(grep -h 'test result' "$one" | tail -n1 | sed 's/^test result: //; s/; finished.*//' || true)$(grep -q SKIPPED "$one" && echo ' (some SKIPPED)' || true)")
     rm -f "$one"
   done
-  if [ -x "$stage/bin/test-cuda" ]; then
+  if [ -x "$bins/test-cuda" ]; then
     local cs
     cs=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n1 || true)
     if [ -n "$cs" ]; then
-      if "$cs" --tool memcheck --leak-check no --error-exitcode 1 "$stage/bin/test-cuda" --test-threads=1 >>"$log" 2>&1; then
+      if "$cs" --tool memcheck --leak-check no --error-exitcode 1 "$bins/test-cuda" --test-threads=1 >>"$log" 2>&1; then
         summary+=("memcheck over test-cuda: $(grep -o 'ERROR SUMMARY: [0-9]* errors' "$log" | tail -n1)")
       else
         summary+=("memcheck over test-cuda: FAILED ($(grep -o 'ERROR SUMMARY: [0-9]* errors' "$log" | tail -n1))"); fail=1
@@ -66,8 +102,8 @@ run() {
     fi
   fi
   local bench_out=""
-  if [ -x "$stage/bin/bench-gpu" ]; then
-    bench_out=$("$stage/bin/bench-gpu" 2>&1) || { fail=1; bench_out+=$'\nbench FAILED'; }
+  if [ -x "$bins/bench-gpu" ]; then
+    bench_out=$("$bins/bench-gpu" 2>&1) || { fail=1; bench_out+=$'\nbench FAILED'; }
     echo "$bench_out" >> "$log"
   fi
   grep -E "SKIPPED|panicked|FAILED" "$log" | head -n 20 || true
@@ -79,6 +115,7 @@ run() {
 case "${1:-all}" in
   build) build ;;
   run) run ;;
+  stash) stash ;;
   all) build; run ;;
   *) echo "usage: $0 [build|run]" >&2; exit 2 ;;
 esac

@@ -1,59 +1,208 @@
-//! The `engram` command line.
-//!
-//! Today it runs the engine self-check (`engram` or `engram selfcheck`): a one-layer encoder built
-//! from engram's ops learns a small sequence task with AdamW on the CPU, and the command reports
-//! what is not built yet. `finetune`, `eval`, `predict`, `embed` and `inspect` arrive with the
-//! BERT and trainer work.
+//! The `engram` command line: `inspect` and `embed` real BERT checkpoints, and the engine
+//! `selfcheck` (the default). `finetune`, `eval` and `predict` arrive with the trainer.
 
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+use clap::{Parser, Subcommand, ValueEnum};
+use engram::data::BertTokenizer;
+use engram::models::bert::weights::describe_safetensors;
+use engram::models::bert::{sentence_config, Bert, Head};
 use engram::optim::{clip_grad_norm, hf_param_groups, AdamW, AdamWConfig, LinearWarmupDecay};
 use engram::testing::Rng;
-use engram::{ops, Result, Tape, Tensor};
+use engram::{ops, Device, Error, Result, Tape, Tensor};
 
-const USAGE: &str = "usage: engram [selfcheck] [--steps N] [--seed S]\n\n\
-  selfcheck   train a tiny encoder on the CPU and show the loss falling (the default)\n\
-  --steps N   optimizer steps (default 60)\n\
-  --seed S    initialisation and dropout seed (default 0)\n\n\
-Not built yet: finetune, eval, predict, embed, inspect (BERT loading and the trainer), the CUDA backend.";
+#[derive(Parser)]
+#[command(name = "engram", version, about = "A from-scratch engine for running and fine-tuning BERT models")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (mut steps, mut seed) = (60u64, 0u64);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut num = |flag: &str| -> std::result::Result<u64, String> {
-            let v = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-            v.parse().map_err(|_| format!("{flag}: '{v}' is not a non-negative integer"))
-        };
-        let parsed = match a.as_str() {
-            "selfcheck" => Ok(()),
-            "--steps" => num("--steps").map(|v| steps = v),
-            "--seed" => num("--seed").map(|v| seed = v),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            "-V" | "--version" => {
-                println!("engram {}", env!("CARGO_PKG_VERSION"));
-                return ExitCode::SUCCESS;
-            }
-            other => Err(format!("unknown argument '{other}'")),
-        };
-        if let Err(e) = parsed {
-            eprintln!("engram: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+impl From<DeviceArg> for Device {
+    fn from(d: DeviceArg) -> Device {
+        match d {
+            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Cuda => Device::Cuda,
         }
     }
-    match selfcheck(steps, seed) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Train a tiny encoder on a synthetic task and show the loss falling (the default).
+    Selfcheck {
+        #[arg(long, default_value_t = 60)]
+        steps: u64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceArg,
+    },
+    /// Describe an HF model directory: architecture, parameters, dtypes, tokenizer.
+    Inspect {
+        /// Directory with config.json, model.safetensors, tokenizer.json.
+        model: PathBuf,
+    },
+    /// Sentence embeddings as JSONL on stdout, one object per input text, in order.
+    Embed {
+        #[arg(long)]
+        model: PathBuf,
+        /// L2-normalise the embeddings.
+        #[arg(long)]
+        normalize: bool,
+        /// Read texts from FILE, one per line ("-" for stdin).
+        #[arg(long, value_name = "FILE", conflicts_with = "texts")]
+        input: Option<PathBuf>,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Truncation length in tokens (default: the model's max_seq_length, else 512).
+        #[arg(long)]
+        max_length: Option<usize>,
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceArg,
+        /// Texts to embed.
+        texts: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd.unwrap_or(Cmd::Selfcheck { steps: 60, seed: 0, device: DeviceArg::Cpu }) {
+        Cmd::Selfcheck { steps, seed, device } => selfcheck(steps, seed, device.into()).map(|ok| if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
+        Cmd::Inspect { model } => inspect(&model).map(|_| ExitCode::SUCCESS),
+        Cmd::Embed { model, normalize, input, batch_size, max_length, device, texts } => {
+            embed(&model, normalize, input.as_deref(), texts, batch_size, max_length, device.into()).map(|_| ExitCode::SUCCESS)
+        }
+    };
+    match res {
+        Ok(code) => code,
         Err(e) => {
-            eprintln!("engram: selfcheck failed: {e}");
+            eprintln!("engram: error: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn max_seq_length(dir: &Path) -> Option<usize> {
+    let text = std::fs::read_to_string(dir.join("sentence_bert_config.json")).ok()?;
+    serde_json::from_str::<serde_json::Value>(&text).ok()?.get("max_seq_length")?.as_u64().map(|v| v as usize)
+}
+
+fn inspect(dir: &Path) -> Result<()> {
+    let (bert, report) = Bert::load(dir, Head::None, 0)?;
+    let c = &bert.config;
+    let stored = describe_safetensors(dir.join("model.safetensors"))?;
+    let mut dtypes: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    for (_, dt, shape) in &stored {
+        let e = dtypes.entry(dt.as_str()).or_default();
+        e.0 += 1;
+        e.1 += shape.iter().product::<usize>();
+    }
+    println!("model        {}", dir.display());
+    println!("architecture {}", if c.architectures.is_empty() { "BertModel".into() } else { c.architectures.join(", ") });
+    println!(
+        "encoder      {} layers, hidden {}, {} heads × {}, intermediate {}, {:?}, layer_norm_eps {:e}",
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.num_attention_heads,
+        c.head_size(),
+        c.intermediate_size,
+        c.hidden_act,
+        c.layer_norm_eps
+    );
+    println!("embeddings   vocab {}, positions {}, token types {}, pad id {}", c.vocab_size, c.max_position_embeddings, c.type_vocab_size, c.pad_token_id);
+    println!("parameters   {} ({:.1} M) in the backbone + pooler", bert.num_parameters(), bert.num_parameters() as f64 / 1e6);
+    for (dt, (n, numel)) in &dtypes {
+        println!("stored       {n} tensors as {dt} ({numel} values)");
+    }
+    if !c.id2label.is_empty() {
+        println!("labels       {}", c.id2label.join(", "));
+    }
+    if !report.unexpected.is_empty() {
+        println!("unused       {} stored tensors: {}", report.unexpected.len(), report.unexpected.join(", "));
+    }
+    let tpath = dir.join("tokenizer.json");
+    if tpath.is_file() {
+        let max_len = max_seq_length(dir).unwrap_or(c.max_position_embeddings);
+        let tok = BertTokenizer::from_file(&tpath, max_len)?;
+        let ids: Vec<String> = ["[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]"]
+            .iter()
+            .filter_map(|t| tok.token_to_id(t).map(|id| format!("{t}={id}")))
+            .collect();
+        println!("tokenizer    vocab {}, max length {max_len}, special {}", tok.vocab_size(), ids.join(" "));
+    } else {
+        println!("tokenizer    none (no tokenizer.json)");
+    }
+    let (pooling, normalize) = sentence_config(dir)?;
+    println!("sentence     {:?} pooling{}", pooling, if normalize { ", L2-normalised" } else { "" });
+    Ok(())
+}
+
+fn embed(
+    dir: &Path,
+    normalize: bool,
+    input: Option<&Path>,
+    texts: Vec<String>,
+    batch_size: usize,
+    max_length: Option<usize>,
+    device: Device,
+) -> Result<()> {
+    let texts: Vec<String> = match input {
+        Some(p) if p == Path::new("-") => std::io::stdin().lock().lines().collect::<std::io::Result<_>>().map_err(|e| Error::File { path: "stdin".into(), detail: e.to_string() })?,
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| Error::File { path: p.display().to_string(), detail: format!("cannot read: {e}") })?;
+            text.lines().map(|l| l.to_string()).collect()
+        }
+        None => texts,
+    };
+    if texts.is_empty() {
+        return Err(Error::Value { op: "embed", detail: "no texts: give TEXT arguments or --input FILE".into() });
+    }
+    if batch_size == 0 {
+        return Err(Error::Value { op: "embed", detail: "--batch-size must be at least 1".into() });
+    }
+    let (mut bert, _) = Bert::load(dir, Head::None, 0)?;
+    if device != Device::Cpu {
+        bert.to_device(device)?;
+    }
+    let max_len = max_length.or_else(|| max_seq_length(dir)).unwrap_or(512).min(bert.config.max_position_embeddings);
+    let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), max_len)?;
+    let (pooling, _) = sentence_config(dir)?;
+    let start = Instant::now();
+    let (mut tokens, mut truncated) = (0usize, 0usize);
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for chunk in texts.chunks(batch_size) {
+        let refs: Vec<&str> = chunk.iter().map(|s| s.as_str()).collect();
+        let batch = tok.encode(&refs)?;
+        tokens += batch.tokens();
+        truncated += batch.truncated.iter().filter(|&&t| t).count();
+        let emb = bert.embed(&batch, pooling, normalize)?;
+        for (text, e) in chunk.iter().zip(emb) {
+            // Written by hand to keep the key order (text first) and f32's shortest form.
+            let line = format!("{{\"text\":{},\"embedding\":{}}}", serde_json::Value::from(text.as_str()), serde_json::to_string(&e).expect("floats serialise"));
+            writeln!(out, "{line}").map_err(|e| Error::File { path: "stdout".into(), detail: e.to_string() })?;
+        }
+    }
+    out.flush().map_err(|e| Error::File { path: "stdout".into(), detail: e.to_string() })?;
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "engram embed: {} texts, {tokens} tokens in {secs:.2} s ({:.1} texts/s, {:.0} tokens/s) on {device:?}{}",
+        texts.len(),
+        texts.len() as f64 / secs,
+        tokens as f64 / secs,
+        if truncated > 0 { format!("; {truncated} text(s) truncated to {max_len} tokens") } else { String::new() }
+    );
+    Ok(())
 }
 
 /// Task: sequences of random tokens 2..V; label 1 when token 1 ("the fact") occurs anywhere,
@@ -75,7 +224,7 @@ fn batch(rng: &mut Rng, b: usize, t: usize, v: u64) -> Result<(Tensor, Tensor, T
     Ok((Tensor::from_ids(ids, &[b, t])?, Tensor::from_ids(mask, &[b, t])?, Tensor::from_ids(labels, &[b])?))
 }
 
-fn selfcheck(steps: u64, seed: u64) -> Result<bool> {
+fn selfcheck(steps: u64, seed: u64, device: Device) -> Result<bool> {
     let (v, t, c, nh, b) = (16usize, 12usize, 32usize, 4usize, 32usize);
     let mut rng = Rng::new(seed);
     let mut init = |shape: &[usize], std: f64| -> Result<Tensor> {
@@ -106,22 +255,24 @@ fn selfcheck(steps: u64, seed: u64) -> Result<bool> {
     named.push(("classifier.weight".into(), init(&[2, c], 0.1)?));
     named.push(("classifier.bias".into(), zeros(2)?));
     for (_, p) in named.iter_mut() {
-        *p = p.requires_grad();
+        *p = p.to_device(device)?.requires_grad();
     }
     let n_params: usize = named.iter().map(|(_, p)| p.numel()).sum();
-    println!("engram {} — engine self-check (CPU, f32)", env!("CARGO_PKG_VERSION"));
+    println!("engram {} — engine self-check ({device:?}, f32)", env!("CARGO_PKG_VERSION"));
     println!("  a one-layer encoder ({n_params} parameters) learns \"does token 1 occur?\" over padded sequences");
 
     let sched = LinearWarmupDecay { base_lr: 3e-3, warmup: steps / 10, total: steps };
     let mut opt = AdamW::new(AdamWConfig::default());
     let mut data_rng = Rng::new(seed ^ 0x5eed);
     let (eval_ids, eval_mask, eval_labels) = batch(&mut Rng::new(seed ^ 0xe7a1), 256, t, v as u64)?;
+    let (eval_ids, eval_mask) = (eval_ids.to_device(device)?, eval_mask.to_device(device)?);
     let start = Instant::now();
     let acc0 = accuracy(&named, &eval_ids, &eval_mask, &eval_labels, nh)?;
     let mut first_loss = None;
     let mut last_loss = 0.0;
     for step in 0..steps {
         let (ids, mask, labels) = batch(&mut data_rng, b, t, v as u64)?;
+        let (ids, mask, labels) = (ids.to_device(device)?, mask.to_device(device)?, labels.to_device(device)?);
         let tape = Tape::training(seed.wrapping_add(step));
         let logits = forward(&tape, &named, &ids, &mask, nh, 0.1)?;
         let loss = ops::cross_entropy(&tape, &logits, &labels)?;
@@ -138,15 +289,11 @@ fn selfcheck(steps: u64, seed: u64) -> Result<bool> {
         }
     }
     let acc1 = accuracy(&named, &eval_ids, &eval_mask, &eval_labels, nh)?;
-    println!(
-        "  held-out accuracy {:.1}% -> {:.1}% in {:.2} s",
-        100.0 * acc0,
-        100.0 * acc1,
-        start.elapsed().as_secs_f64()
-    );
+    println!("  held-out accuracy {:.1}% -> {:.1}% in {:.2} s", 100.0 * acc0, 100.0 * acc1, start.elapsed().as_secs_f64());
     let ok = steps == 0 || first_loss.is_some_and(|f| last_loss < f);
     println!("  self-check: {}", if ok { "loss fell — engine core OK" } else { "LOSS DID NOT FALL" });
-    println!("\nNot built yet: BERT checkpoints (inspect, embed), the trainer (finetune, eval, predict), the CUDA backend.");
+    println!("\nAlso here: `engram inspect DIR`, `engram embed --model DIR TEXT...` (see ./scripts/install-weights.sh).");
+    println!("Not built yet: the trainer (finetune, eval, predict) and recurrent memory.");
     Ok(ok)
 }
 
@@ -154,7 +301,7 @@ fn forward(tape: &Tape, p: &[(String, Tensor)], ids: &Tensor, mask: &Tensor, nh:
     let w = |n: &str| &p.iter().find(|(k, _)| k == n).expect("parameter exists").1;
     let lin = |x: &Tensor, n: &str| ops::linear(tape, x, w(&format!("{n}.weight")), Some(w(&format!("{n}.bias"))));
     let (b, t) = (ids.shape()[0], ids.shape()[1]);
-    let pos = Tensor::from_ids((0..b * t).map(|i| (i % t) as i64).collect(), &[b, t])?;
+    let pos = Tensor::from_ids((0..b * t).map(|i| (i % t) as i64).collect(), &[b, t])?.to_device(ids.device())?;
     let x = ops::add(
         tape,
         &ops::embedding(tape, ids, w("embeddings.word_embeddings.weight"), Some(0))?,
@@ -177,3 +324,4 @@ fn accuracy(p: &[(String, Tensor)], ids: &Tensor, mask: &Tensor, labels: &Tensor
     let hits = labels.iter().enumerate().filter(|&(i, &l)| (logits[2 * i + 1] > logits[2 * i]) == (l == 1)).count();
     Ok(hits as f64 / labels.len() as f64)
 }
+

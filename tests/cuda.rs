@@ -304,3 +304,96 @@ mod gpu {
         }
     }
 }
+
+#[cfg(feature = "cuda")]
+mod gpu_bert {
+    //! Real BERT on the GPU: the tiny BERT's logits, loss and gradients vs PyTorch, and
+    //! all-MiniLM-L6-v2's last hidden state vs transformers (f32, ≤ 1e-3).
+    use std::path::PathBuf;
+
+    use engram::data::BertTokenizer;
+    use engram::models::bert::weights::read_safetensors;
+    use engram::models::bert::{Bert, Head};
+    use engram::testing::assert_close;
+    use engram::{ops, Device, Tape};
+
+    fn root() -> PathBuf {
+        let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        if built.join("weights").is_dir() {
+            built
+        } else {
+            PathBuf::from(".")
+        }
+    }
+
+    fn gpu(test: &str) -> bool {
+        match engram::device::cuda_available() {
+            Ok(_) => {
+                engram::device::cuda::set_poison(true);
+                true
+            }
+            Err(why) => {
+                eprintln!("SKIPPED: {test}: {why}");
+                false
+            }
+        }
+    }
+
+    #[test]
+    fn tiny_bert_on_the_gpu_matches_pytorch() {
+        if !gpu("tiny bert") {
+            return;
+        }
+        let dir = root().join("weights/tiny-bert");
+        let (mut bert, _) = Bert::load(&dir, Head::SequenceClassification { num_labels: 3 }, 0).unwrap();
+        bert.to_device(Device::Cuda).unwrap();
+        let r = read_safetensors(dir.join("reference.safetensors")).unwrap();
+        let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), 64).unwrap();
+        let pairs = [
+            ("how do i reset my password?", "click the link in the email."),
+            ("the weather is nice today", "it is sunny and warm"),
+            ("a", "b c d e f g h i j k"),
+        ];
+        let batch = tok.encode_pairs(&pairs).unwrap().to_device(Device::Cuda).unwrap();
+        let tape = Tape::training(0);
+        let logits = bert.logits(&tape, &batch, false).unwrap();
+        assert_eq!(logits.device(), Device::Cuda);
+        assert_close("tiny logits (cuda)", &logits.to_f64_vec(), &r["logits"].to_f64_vec(), 1e-5, 1e-4);
+        let loss = ops::cross_entropy(&tape, &logits, &r["labels"].to_device(Device::Cuda).unwrap()).unwrap();
+        let grads = tape.backward(&loss).unwrap();
+        for (name, p) in &bert.params {
+            let g = grads.tensor(p).unwrap_or_else(|| panic!("{name}: no gradient on the GPU"));
+            let hf = if name.starts_with("classifier.") { format!("grad.{name}") } else { format!("grad.bert.{name}") };
+            assert_close(&format!("d{name} (cuda)"), &g.to_f64_vec(), &r[&hf].to_f64_vec(), 1e-5, 1e-4);
+        }
+    }
+
+    #[test]
+    fn minilm_on_the_gpu_matches_transformers() {
+        if !gpu("minilm") {
+            return;
+        }
+        let dir = std::env::var_os("ENGRAM_MINILM_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("weights/cache/all-MiniLM-L6-v2"));
+        if !dir.join("model.safetensors").is_file() {
+            eprintln!("SKIPPED: minilm on the GPU: {} not installed (./scripts/install-weights.sh)", dir.display());
+            return;
+        }
+        let r = read_safetensors(root().join("weights/minilm_reference.safetensors")).unwrap();
+        let (mut bert, _) = Bert::load(&dir, Head::None, 0).unwrap();
+        bert.to_device(Device::Cuda).unwrap();
+        let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), 256).unwrap();
+        let sentences = [
+            "The cat sat on the mat.",
+            "Engram runs BERT models from safetensors checkpoints on the CPU and the GPU.",
+            "Hello!",
+            "A quick brown fox jumps over the lazy dog, twice.",
+        ];
+        let batch = tok.encode(&sentences).unwrap();
+        let hidden = bert.encode(&Tape::inference(), &batch, false).unwrap();
+        assert_eq!(hidden.device(), Device::Cuda);
+        let (got, want) = (hidden.to_f64_vec(), r["last_hidden_state"].to_f64_vec());
+        let max_abs = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        eprintln!("MiniLM on the GPU: max |engram − transformers| = {max_abs:e} over {} values", got.len());
+        assert!(max_abs <= 1e-3, "max abs difference {max_abs:e} > 1e-3");
+    }
+}

@@ -86,3 +86,25 @@ pub fn write_safetensors(path: impl AsRef<Path>, tensors: &BTreeMap<String, Tens
     };
     crate::util::write_atomic(path, &data)
 }
+
+/// Name, stored dtype and shape of every tensor in a safetensors file (header only).
+pub fn describe_safetensors(path: impl AsRef<Path>) -> Result<Vec<(String, String, Vec<usize>)>> {
+    let path = path.as_ref();
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return file_err(path, format!("cannot open the weights: {e}")),
+    };
+    // SAFETY: read-only map, dropped before returning.
+    let mmap = match unsafe { memmap2::Mmap::map(&file) } {
+        Ok(m) => m,
+        Err(e) => return file_err(path, format!("cannot map the weights: {e}")),
+    };
+    let st = match SafeTensors::deserialize(&mmap) {
+        Ok(s) => s,
+        Err(e) => return file_err(path, format!("not a valid safetensors file: {e}")),
+    };
+    let mut v: Vec<(String, String, Vec<usize>)> =
+        st.tensors().into_iter().map(|(n, t)| (n.to_string(), format!("{:?}", t.dtype()), t.shape().to_vec())).collect();
+    v.sort();
+    Ok(v)
+}

@@ -1,0 +1,70 @@
+//! The `engram` binary end to end: `embed` writes one JSON object per input line, in order, with
+//! the embedding the library computes; `inspect` describes a model; bad input exits non-zero with
+//! a message naming the file.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn engram(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_engram")).args(args).current_dir(root()).output().expect("run engram");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn embed_writes_jsonl_in_input_order() {
+    let input = std::env::temp_dir().join(format!("engram-cli-{}.txt", std::process::id()));
+    std::fs::write(&input, "the weather is nice today\n\nhow do i reset my password?\n").unwrap();
+    let (ok, stdout, stderr) = engram(&["embed", "--model", "weights/tiny-bert", "--normalize", "--batch-size", "2", "--input", input.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("valid JSON line")).collect();
+    assert_eq!(lines.len(), 3);
+    let texts: Vec<&str> = lines.iter().map(|l| l["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["the weather is nice today", "", "how do i reset my password?"]);
+    for l in &lines {
+        let e: Vec<f64> = l["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert_eq!(e.len(), 32);
+        let norm = e.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "--normalize gives unit vectors, got {norm}");
+    }
+    assert!(stdout.starts_with("{\"text\":"), "text comes first: {stdout}");
+    // Same vectors as the library (batching and padding do not change them).
+    let (ok, single, _) = engram(&["embed", "--model", "weights/tiny-bert", "--normalize", "how do i reset my password?"]);
+    assert!(ok);
+    let a: serde_json::Value = serde_json::from_str(single.trim()).unwrap();
+    let (x, y) = (a["embedding"].as_array().unwrap(), lines[2]["embedding"].as_array().unwrap());
+    for (p, q) in x.iter().zip(y) {
+        assert!((p.as_f64().unwrap() - q.as_f64().unwrap()).abs() < 1e-5, "padding changed an embedding");
+    }
+}
+
+#[test]
+fn inspect_describes_the_model() {
+    let (ok, stdout, stderr) = engram(&["inspect", "weights/tiny-bert"]);
+    assert!(ok, "{stderr}");
+    for needle in ["BertForSequenceClassification", "2 layers, hidden 32", "4 heads", "labels       negative, neutral, positive", "tokenizer    vocab 135"] {
+        assert!(stdout.contains(needle), "missing '{needle}' in:\n{stdout}");
+    }
+}
+
+#[test]
+fn bad_input_exits_nonzero_naming_the_file() {
+    let (ok, _, stderr) = engram(&["embed", "--model", "weights/does-not-exist", "x"]);
+    assert!(!ok && stderr.contains("weights/does-not-exist"), "{stderr}");
+    let (ok, _, stderr) = engram(&["embed", "--model", "weights/tiny-bert", "--input", "/no/such/file.txt"]);
+    assert!(!ok && stderr.contains("/no/such/file.txt"), "{stderr}");
+    let (ok, _, stderr) = engram(&["embed", "--model", "weights/tiny-bert", "--device", "cuda", "x"]);
+    if !ok {
+        assert!(stderr.contains("cuda") || stderr.contains("CUDA"), "{stderr}");
+    }
+}
+
+#[test]
+fn selfcheck_loss_falls() {
+    let (ok, stdout, stderr) = engram(&["selfcheck", "--steps", "30"]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("loss fell"), "{stdout}");
+}
