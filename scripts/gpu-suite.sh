@@ -83,7 +83,7 @@ run() {
   for t in "$bins"/test-*; do
     local name=${t##*/test-}
     local one=${OUT:-/tmp}/one.log
-    if "$t" --test-threads=1 >"$one" 2>&1; then ok=ok; else ok=FAILED; fail=1; fi
+    if "$t" --test-threads=1 --nocapture >"$one" 2>&1; then ok=ok; else ok=FAILED; fail=1; fi
     cat "$one" >> "$log"
     summary+=("test $name: $ok — $(grep -h 'test result' "$one" | tail -n1 | sed 's/^test result: //; s/; finished.*//' || true)$(grep -q SKIPPED "$one" && echo ' (some SKIPPED)' || true)")
     rm -f "$one"
@@ -106,7 +106,7 @@ run() {
     bench_out=$("$bins/bench-gpu" 2>&1) || { fail=1; bench_out+=$'\nbench FAILED'; }
     echo "$bench_out" >> "$log"
   fi
-  grep -E "SKIPPED|panicked|FAILED" "$log" | head -n 20 || true
+  grep -E "SKIPPED|panicked|FAILED|max \|engram|cosine" "$log" | sort -u | head -n 30 || true
   echo; printf '%s\n' "${summary[@]}"
   echo "$bench_out"
   exit $fail

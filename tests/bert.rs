@@ -65,7 +65,7 @@ fn tiny_bert_tokens_logits_loss_and_every_gradient_match_pytorch() {
 }
 
 fn minilm_dir() -> PathBuf {
-    let d = root().join("weights/cache/all-MiniLM-L6-v2");
+    let d = std::env::var_os("ENGRAM_MINILM_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("weights/cache/all-MiniLM-L6-v2"));
     assert!(
         d.join("model.safetensors").is_file(),
         "{} is missing: run ./scripts/install-weights.sh (the test command does)",
