@@ -14,6 +14,7 @@ pub mod optim;
 pub mod tensor;
 #[doc(hidden)]
 pub mod testing;
+pub mod train;
 pub mod util;
 
 pub use autograd::{Grads, Tape};

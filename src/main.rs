@@ -36,8 +36,122 @@ impl From<DeviceArg> for Device {
     }
 }
 
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum TaskArg {
+    Classify,
+    Ner,
+    Pair,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum OptArg {
+    Adamw,
+    Sgd,
+}
+
+#[derive(clap::Args)]
+struct FinetuneCli {
+    /// HF model directory to start from (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, value_enum)]
+    task: TaskArg,
+    /// Training data: CSV/TSV/JSONL (classify, pair) or CoNLL/JSONL (ner).
+    #[arg(long)]
+    train: PathBuf,
+    #[arg(long)]
+    dev: PathBuf,
+    #[arg(long)]
+    test: Option<PathBuf>,
+    /// Output HF model directory (best checkpoint), with metrics.json, training.svg, checkpoint/.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 2e-5)]
+    lr: f64,
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Micro-batches per optimizer step (the effective batch is batch-size × this).
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    #[arg(long, default_value_t = 128)]
+    max_length: usize,
+    #[arg(long, default_value_t = 0.1)]
+    warmup_ratio: f64,
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f64,
+    /// Global gradient-norm clip (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long, value_enum, default_value = "adamw")]
+    optimizer: OptArg,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    /// Train only the new head (transfer with a frozen encoder).
+    #[arg(long)]
+    freeze_backbone: bool,
+    /// Early stopping: epochs without improvement of --metric before stopping.
+    #[arg(long)]
+    patience: Option<usize>,
+    /// accuracy | macro_f1 | entity_f1 | loss (default: entity_f1 for ner, else accuracy).
+    #[arg(long)]
+    metric: Option<String>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+    /// Use only the first N training examples.
+    #[arg(long)]
+    max_train_examples: Option<usize>,
+    /// Use only the first N dev/test examples.
+    #[arg(long)]
+    max_eval_examples: Option<usize>,
+    /// Continue from OUT/checkpoint exactly where it stopped.
+    #[arg(long)]
+    resume: bool,
+    /// Also checkpoint every N optimizer steps.
+    #[arg(long)]
+    save_steps: Option<u64>,
+    /// Stop after N optimizer steps with a checkpoint (to test --resume).
+    #[arg(long, hide = true)]
+    stop_after_steps: Option<u64>,
+    /// No progress bars or per-epoch reports.
+    #[arg(long)]
+    quiet: bool,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
+    /// Fine-tune an HF BERT checkpoint; writes an HF model directory.
+    Finetune(Box<FinetuneCli>),
+    /// Evaluate a fine-tuned model directory on a labelled file (report on stderr, JSON on stdout).
+    Eval {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value_t = 128)]
+        max_length: usize,
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceArg,
+    },
+    /// Predict with a fine-tuned model: JSONL (label and probabilities; tags and entity spans for NER).
+    Predict {
+        #[arg(long)]
+        model: PathBuf,
+        /// Read texts from FILE, one per line ("-" for stdin); for pair models, history<TAB>candidate.
+        #[arg(long, value_name = "FILE", conflicts_with = "texts")]
+        input: Option<PathBuf>,
+        #[arg(long, default_value_t = 128)]
+        max_length: usize,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceArg,
+        texts: Vec<String>,
+    },
     /// Train a tiny encoder on a synthetic task and show the loss falling (the default).
     Selfcheck {
         #[arg(long, default_value_t = 60)]
@@ -79,6 +193,21 @@ fn main() -> ExitCode {
     let res = match cli.cmd.unwrap_or(Cmd::Selfcheck { steps: 60, seed: 0, device: DeviceArg::Cpu }) {
         Cmd::Selfcheck { steps, seed, device } => selfcheck(steps, seed, device.into()).map(|ok| if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
         Cmd::Inspect { model } => inspect(&model).map(|_| ExitCode::SUCCESS),
+        Cmd::Finetune(f) => finetune(*f).map(|_| ExitCode::SUCCESS),
+        Cmd::Eval { model, data, max_length, device } => engram::train::evaluate_dir(&model, &data, max_length, device.into()).map(|(text, json)| {
+            eprint!("{text}");
+            println!("{}", serde_json::to_string_pretty(&json).expect("metrics serialise"));
+            ExitCode::SUCCESS
+        }),
+        Cmd::Predict { model, input, max_length, batch_size, device, texts } => read_texts(input.as_deref(), texts).and_then(|texts| {
+            let preds = engram::train::predict_dir(&model, &texts, max_length, batch_size, device.into())?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            for p in preds {
+                writeln!(out, "{p}").map_err(|e| Error::File { path: "stdout".into(), detail: e.to_string() })?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
         Cmd::Embed { model, normalize, input, batch_size, max_length, device, texts } => {
             embed(&model, normalize, input.as_deref(), texts, batch_size, max_length, device.into()).map(|_| ExitCode::SUCCESS)
         }
@@ -90,6 +219,69 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn finetune(f: FinetuneCli) -> Result<()> {
+    use engram::train::{FinetuneArgs, OptimizerKind, Task};
+    let task = match f.task {
+        TaskArg::Classify => Task::Classify,
+        TaskArg::Ner => Task::Ner,
+        TaskArg::Pair => Task::Pair,
+    };
+    let mut a = FinetuneArgs::new(f.model, task, f.train, f.dev, f.out);
+    a.test = f.test;
+    a.lr = f.lr;
+    a.epochs = f.epochs;
+    a.batch_size = f.batch_size;
+    a.grad_accum = f.grad_accum;
+    a.max_length = f.max_length;
+    a.warmup_ratio = f.warmup_ratio;
+    a.weight_decay = f.weight_decay;
+    a.max_grad_norm = f.max_grad_norm;
+    a.seed = f.seed;
+    a.optimizer = if f.optimizer == OptArg::Sgd { OptimizerKind::Sgd } else { OptimizerKind::Adamw };
+    a.momentum = f.momentum;
+    a.freeze_backbone = f.freeze_backbone;
+    a.patience = f.patience;
+    if let Some(m) = f.metric {
+        a.metric = m;
+    }
+    a.device = f.device.into();
+    a.max_train_examples = f.max_train_examples;
+    a.max_eval_examples = f.max_eval_examples;
+    a.resume = f.resume;
+    a.save_steps = f.save_steps;
+    a.stop_after_steps = f.stop_after_steps;
+    a.progress = !f.quiet;
+    let s = engram::train::finetune(&a)?;
+    eprintln!(
+        "\ndone: best dev {} = {:.4} at epoch {} of {}{}; {:.1} examples/s, {:.0} tokens/s; model in {}",
+        s.metric,
+        s.best_metric,
+        s.best_epoch,
+        s.epochs_run,
+        if s.stopped_early { " (stopped early)" } else { "" },
+        s.train_examples_per_s,
+        s.train_tokens_per_s,
+        s.out.display()
+    );
+    println!("{}", serde_json::to_string(&s).expect("summary serialises"));
+    Ok(())
+}
+
+fn read_texts(input: Option<&Path>, texts: Vec<String>) -> Result<Vec<String>> {
+    let texts: Vec<String> = match input {
+        Some(p) if p == Path::new("-") => std::io::stdin().lock().lines().collect::<std::io::Result<_>>().map_err(|e| Error::File { path: "stdin".into(), detail: e.to_string() })?,
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| Error::File { path: p.display().to_string(), detail: format!("cannot read: {e}") })?;
+            text.lines().map(|l| l.to_string()).collect()
+        }
+        None => texts,
+    };
+    if texts.is_empty() {
+        return Err(Error::Value { op: "engram", detail: "no texts: give TEXT arguments or --input FILE".into() });
+    }
+    Ok(texts)
 }
 
 fn max_seq_length(dir: &Path) -> Option<usize> {
@@ -156,17 +348,7 @@ fn embed(
     max_length: Option<usize>,
     device: Device,
 ) -> Result<()> {
-    let texts: Vec<String> = match input {
-        Some(p) if p == Path::new("-") => std::io::stdin().lock().lines().collect::<std::io::Result<_>>().map_err(|e| Error::File { path: "stdin".into(), detail: e.to_string() })?,
-        Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| Error::File { path: p.display().to_string(), detail: format!("cannot read: {e}") })?;
-            text.lines().map(|l| l.to_string()).collect()
-        }
-        None => texts,
-    };
-    if texts.is_empty() {
-        return Err(Error::Value { op: "embed", detail: "no texts: give TEXT arguments or --input FILE".into() });
-    }
+    let texts = read_texts(input, texts)?;
     if batch_size == 0 {
         return Err(Error::Value { op: "embed", detail: "--batch-size must be at least 1".into() });
     }

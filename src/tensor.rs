@@ -33,7 +33,8 @@ impl DType {
 }
 
 /// Where a tensor lives. Devices own memory, not math: ops match on the storage themselves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Device {
     Cpu,
     /// The CUDA GPU (index 0; the `cuda` feature).

@@ -130,3 +130,45 @@ fn adamw_kernel<T: Float>(
         w[i] -= step_size * m[i] / denom;
     }
 }
+
+impl AdamW {
+    /// The moments of the named parameters as host tensors `m.<name>`, `v.<name>` (for
+    /// checkpoints); parameters without state yet are left out.
+    pub fn export_state(&self, named: &[(String, &crate::Tensor)]) -> Result<std::collections::BTreeMap<String, crate::Tensor>> {
+        let mut out = std::collections::BTreeMap::new();
+        for (name, p) in named {
+            if let Some(st) = self.state.get(&p.id()) {
+                out.insert(format!("m.{name}"), crate::Tensor::from_buf(st.m.clone(), p.shape())?);
+                out.insert(format!("v.{name}"), crate::Tensor::from_buf(st.v.clone(), p.shape())?);
+            }
+            #[cfg(feature = "cuda")]
+            if let Some((m, v)) = self.cuda_state.get(&p.id()) {
+                let dev = crate::device::cuda::CudaDev::get()?;
+                out.insert(format!("m.{name}"), crate::Tensor::from_vec(dev.dtoh(m, p.numel())?, p.shape())?);
+                out.insert(format!("v.{name}"), crate::Tensor::from_vec(dev.dtoh(v, p.numel())?, p.shape())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restore moments saved by [`AdamW::export_state`] for the (possibly new) parameter
+    /// tensors `named`, and the step count.
+    pub fn import_state(&mut self, steps: u64, named: &[(String, &crate::Tensor)], state: &std::collections::BTreeMap<String, crate::Tensor>) -> Result<()> {
+        self.step = steps;
+        for (name, p) in named {
+            let (Some(m), Some(v)) = (state.get(&format!("m.{name}")), state.get(&format!("v.{name}"))) else { continue };
+            if m.shape() != p.shape() || v.shape() != p.shape() {
+                return Err(Error::Autograd(format!("adamw state for {name} has shape {:?}, the parameter {:?}", m.shape(), p.shape())));
+            }
+            #[cfg(feature = "cuda")]
+            if p.is_cuda() {
+                let dev = crate::device::cuda::CudaDev::get()?;
+                let (mh, vh) = (m.to_cpu()?, v.to_cpu()?);
+                self.cuda_state.insert(p.id(), (dev.htod(mh.data::<f32>("adamw")?)?, dev.htod(vh.data::<f32>("adamw")?)?));
+                continue;
+            }
+            self.state.insert(p.id(), Moments { m: m.to_cpu()?.buf().clone(), v: v.to_cpu()?.buf().clone() });
+        }
+        Ok(())
+    }
+}

@@ -36,6 +36,9 @@ impl Sgd {
             let wd = group.weight_decay;
             for p in group.params.iter_mut() {
                 let Some(g) = grads.get_buf(p) else { continue };
+                if p.is_cuda() {
+                    return Err(Error::Device("sgd: the CUDA backend has no SGD kernel yet; use AdamW on the GPU or SGD on the CPU".into()));
+                }
                 let first = !self.buffers.contains_key(&p.id());
                 let buf = self.buffers.entry(p.id()).or_insert_with(|| g.clone());
                 with_float!("sgd", p.dtype(), T => {

@@ -1,0 +1,224 @@
+//! Labelled data files: CSV/TSV/JSONL for sequence (and pair) classification, CoNLL/JSONL for
+//! token classification. Every error names the file and the line.
+
+use std::path::Path;
+
+use crate::error::{file_err, Result};
+
+/// One training example.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Example {
+    /// Sequence or pair classification (`text_pair` = the candidate response for dialogue pairs).
+    Seq { text: String, text_pair: Option<String>, label: String },
+    /// Token classification: words and one BIO tag per word.
+    Tokens { words: Vec<String>, tags: Vec<String> },
+}
+
+impl Example {
+    pub fn labels(&self) -> Vec<&str> {
+        match self {
+            Example::Seq { label, .. } => vec![label.as_str()],
+            Example::Tokens { tags, .. } => tags.iter().map(|s| s.as_str()).collect(),
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(t),
+        Err(e) => file_err(path, format!("cannot read: {e}")),
+    }
+}
+
+/// Records of a CSV/TSV text with RFC 4180 quoting (quoted fields may hold the delimiter, `""`
+/// and newlines). Returns (line number where the record starts, fields).
+fn parse_delimited(path: &Path, text: &str, delim: char) -> Result<Vec<(usize, Vec<String>)>> {
+    let mut out = Vec::new();
+    let (mut field, mut rec) = (String::new(), Vec::new());
+    let (mut in_quotes, mut line, mut start_line, mut at_field_start) = (false, 1usize, 1usize, true);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if in_quotes {
+            match c {
+                '"' if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    field.push('"');
+                }
+                '"' => in_quotes = false,
+                '\n' => {
+                    line += 1;
+                    field.push('\n');
+                }
+                _ => field.push(c),
+            }
+            continue;
+        }
+        match c {
+            '"' if at_field_start => {
+                in_quotes = true;
+                at_field_start = false;
+            }
+            c if c == delim => {
+                rec.push(std::mem::take(&mut field));
+                at_field_start = true;
+            }
+            '\r' => {}
+            '\n' => {
+                rec.push(std::mem::take(&mut field));
+                if !(rec.len() == 1 && rec[0].is_empty()) {
+                    out.push((start_line, std::mem::take(&mut rec)));
+                }
+                rec.clear();
+                line += 1;
+                start_line = line;
+                at_field_start = true;
+            }
+            _ => {
+                field.push(c);
+                at_field_start = false;
+            }
+        }
+    }
+    if in_quotes {
+        return file_err(path, format!("line {start_line}: a quoted field is never closed"));
+    }
+    if !field.is_empty() || !rec.is_empty() {
+        rec.push(field);
+        out.push((start_line, rec));
+    }
+    Ok(out)
+}
+
+fn ext(path: &Path) -> String {
+    path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default()
+}
+
+/// Sequence-classification examples from `.csv`, `.tsv` (header with `text`, `label`, optional
+/// `text_pair`) or `.jsonl` (objects with the same keys; `label` may be a string or an integer).
+pub fn load_classification(path: impl AsRef<Path>) -> Result<Vec<Example>> {
+    let path = path.as_ref();
+    let text = read(path)?;
+    let mut out = Vec::new();
+    match ext(path).as_str() {
+        "jsonl" | "json" => {
+            for (i, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let v: serde_json::Value = match serde_json::from_str(line) {
+                    Ok(v) => v,
+                    Err(e) => return file_err(path, format!("line {}: not valid JSON: {e}", i + 1)),
+                };
+                let field = |k: &str| -> Option<String> {
+                    match v.get(k)? {
+                        serde_json::Value::String(s) => Some(s.clone()),
+                        serde_json::Value::Number(n) => Some(n.to_string()),
+                        serde_json::Value::Bool(b) => Some(b.to_string()),
+                        _ => None,
+                    }
+                };
+                let (Some(t), Some(label)) = (field("text"), field("label")) else {
+                    return file_err(path, format!("line {}: needs string fields \"text\" and \"label\"", i + 1));
+                };
+                out.push(Example::Seq { text: t, text_pair: field("text_pair"), label });
+            }
+        }
+        e @ ("csv" | "tsv") => {
+            let delim = if e == "csv" { ',' } else { '\t' };
+            let rows = parse_delimited(path, &text, delim)?;
+            let Some((_, header)) = rows.first() else { return file_err(path, "empty file (expected a header row)") };
+            let col = |name: &str| header.iter().position(|h| h.trim().eq_ignore_ascii_case(name));
+            let (Some(ti), Some(li)) = (col("text"), col("label")) else {
+                return file_err(path, format!("the header must name the columns \"text\" and \"label\" (found {header:?})"));
+            };
+            let pi = col("text_pair");
+            for (line, r) in &rows[1..] {
+                if r.len() != header.len() {
+                    return file_err(path, format!("line {line}: {} fields, the header has {}", r.len(), header.len()));
+                }
+                out.push(Example::Seq { text: r[ti].clone(), text_pair: pi.map(|p| r[p].clone()), label: r[li].trim().to_string() });
+            }
+        }
+        other => return file_err(path, format!("unknown extension \".{other}\" for classification data (csv, tsv, jsonl)")),
+    }
+    if out.is_empty() {
+        return file_err(path, "no examples");
+    }
+    Ok(out)
+}
+
+/// Token-classification examples from CoNLL (`.conll`, `.txt`, `.bio`, `.tsv`: one token per
+/// line, the tag in the last column, a blank line between sentences, `-DOCSTART-` lines skipped)
+/// or `.jsonl` (`{"tokens": [...], "tags": [...]}`).
+pub fn load_token_classification(path: impl AsRef<Path>) -> Result<Vec<Example>> {
+    let path = path.as_ref();
+    let text = read(path)?;
+    let mut out = Vec::new();
+    if matches!(ext(path).as_str(), "jsonl" | "json") {
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v: serde_json::Value = match serde_json::from_str(line) {
+                Ok(v) => v,
+                Err(e) => return file_err(path, format!("line {}: not valid JSON: {e}", i + 1)),
+            };
+            let strings = |k: &str| -> Option<Vec<String>> { v.get(k)?.as_array()?.iter().map(|x| x.as_str().map(String::from)).collect() };
+            let (Some(words), Some(tags)) = (strings("tokens"), strings("tags").or_else(|| strings("ner_tags"))) else {
+                return file_err(path, format!("line {}: needs string arrays \"tokens\" and \"tags\"", i + 1));
+            };
+            if words.len() != tags.len() {
+                return file_err(path, format!("line {}: {} tokens but {} tags", i + 1, words.len(), tags.len()));
+            }
+            if !words.is_empty() {
+                out.push(Example::Tokens { words, tags });
+            }
+        }
+    } else {
+        let (mut words, mut tags) = (Vec::new(), Vec::new());
+        for (i, line) in text.lines().enumerate() {
+            let t = line.trim();
+            if t.is_empty() {
+                if !words.is_empty() {
+                    out.push(Example::Tokens { words: std::mem::take(&mut words), tags: std::mem::take(&mut tags) });
+                }
+                continue;
+            }
+            if t.starts_with("-DOCSTART-") {
+                continue;
+            }
+            let cols: Vec<&str> = t.split(['\t', ' ']).filter(|c| !c.is_empty()).collect();
+            if cols.len() < 2 {
+                return file_err(path, format!("line {}: expected a token and a tag, got \"{t}\"", i + 1));
+            }
+            let tag = cols[cols.len() - 1];
+            if tag != "O" && !(tag.starts_with("B-") || tag.starts_with("I-")) {
+                return file_err(path, format!("line {}: tag \"{tag}\" is not BIO (O, B-TYPE, I-TYPE)", i + 1));
+            }
+            words.push(cols[0].to_string());
+            tags.push(tag.to_string());
+        }
+        if !words.is_empty() {
+            out.push(Example::Tokens { words, tags });
+        }
+    }
+    if out.is_empty() {
+        return file_err(path, "no sentences");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quoting_and_errors() {
+        let p = Path::new("x.csv");
+        let rows = parse_delimited(p, "text,label\n\"a, \"\"b\"\"\nc\",pos\nplain,neg\n", ',').unwrap();
+        assert_eq!(rows[1].1, vec!["a, \"b\"\nc".to_string(), "pos".into()]);
+        assert_eq!(rows[2], (4, vec!["plain".to_string(), "neg".into()]));
+        let e = parse_delimited(p, "text,label\n\"open,neg\n", ',').unwrap_err().to_string();
+        assert!(e.contains("x.csv") && e.contains("never closed"), "{e}");
+    }
+}

@@ -1,0 +1,174 @@
+//! Evaluation metrics: accuracy, per-label precision/recall/F1 with support (a classification
+//! report), macro F1, and entity-level precision/recall/F1 for BIO tags with conlleval semantics
+//! (an entity counts only if its type and both boundaries match).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Prf {
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    pub support: usize,
+}
+
+fn prf(tp: usize, pred: usize, gold: usize) -> Prf {
+    let p = if pred == 0 { 0.0 } else { tp as f64 / pred as f64 };
+    let r = if gold == 0 { 0.0 } else { tp as f64 / gold as f64 };
+    let f = if p + r == 0.0 { 0.0 } else { 2.0 * p * r / (p + r) };
+    Prf { precision: p, recall: r, f1: f, support: gold }
+}
+
+/// Label-level metrics (sequence classification, or token tags flattened).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub accuracy: f64,
+    pub macro_f1: f64,
+    pub per_label: BTreeMap<String, Prf>,
+    pub total: usize,
+}
+
+pub fn classification_report(gold: &[usize], pred: &[usize], labels: &[String]) -> Report {
+    let n = labels.len();
+    let (mut tp, mut np, mut ng) = (vec![0; n], vec![0; n], vec![0; n]);
+    let mut correct = 0;
+    for (&g, &p) in gold.iter().zip(pred) {
+        ng[g] += 1;
+        np[p] += 1;
+        if g == p {
+            tp[g] += 1;
+            correct += 1;
+        }
+    }
+    let per_label: BTreeMap<String, Prf> = (0..n).map(|i| (labels[i].clone(), prf(tp[i], np[i], ng[i]))).collect();
+    // sklearn's macro average: over labels present in gold or predictions.
+    let present: Vec<&Prf> = (0..n).filter(|&i| ng[i] + np[i] > 0).map(|i| &per_label[&labels[i]]).collect();
+    let macro_f1 = if present.is_empty() { 0.0 } else { present.iter().map(|p| p.f1).sum::<f64>() / present.len() as f64 };
+    Report { accuracy: if gold.is_empty() { 0.0 } else { correct as f64 / gold.len() as f64 }, macro_f1, per_label, total: gold.len() }
+}
+
+impl Report {
+    /// The text table (like sklearn's `classification_report`).
+    pub fn table(&self) -> String {
+        let w = self.per_label.keys().map(|k| k.len()).max().unwrap_or(5).max(12);
+        let mut s = format!("{:>w$}  precision  recall  f1-score  support\n", "");
+        for (k, p) in &self.per_label {
+            s += &format!("{k:>w$}  {:>9.4}  {:>6.4}  {:>8.4}  {:>7}\n", p.precision, p.recall, p.f1, p.support);
+        }
+        s += &format!("{:>w$}  {:>9}  {:>6}  {:>8.4}  {:>7}\n", "accuracy", "", "", self.accuracy, self.total);
+        s += &format!("{:>w$}  {:>9}  {:>6}  {:>8.4}  {:>7}\n", "macro f1", "", "", self.macro_f1, self.total);
+        s
+    }
+}
+
+/// An entity: (type, first word, last word), inclusive.
+pub type Span = (String, usize, usize);
+
+/// Entities of a BIO sequence, conlleval style: `B-X` starts an X; `I-X` continues an open X, and
+/// also starts one when nothing (or another type) is open.
+pub fn spans(tags: &[&str]) -> Vec<Span> {
+    let mut out = Vec::new();
+    let mut open: Option<(String, usize)> = None;
+    for (i, t) in tags.iter().enumerate() {
+        let (prefix, ty) = match t.split_once('-') {
+            Some((p, ty)) if p == "B" || p == "I" => (p, ty),
+            _ => ("O", ""),
+        };
+        let continues = prefix == "I" && open.as_ref().is_some_and(|(ot, _)| ot == ty);
+        if !continues {
+            if let Some((ot, s)) = open.take() {
+                out.push((ot, s, i - 1));
+            }
+            if prefix != "O" {
+                open = Some((ty.to_string(), i));
+            }
+        }
+    }
+    if let Some((ot, s)) = open {
+        out.push((ot, s, tags.len() - 1));
+    }
+    out
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EntityReport {
+    pub overall: Prf,
+    pub per_type: BTreeMap<String, Prf>,
+    /// Token-level accuracy over words.
+    pub accuracy: f64,
+}
+
+pub fn entity_report(gold: &[Vec<String>], pred: &[Vec<String>]) -> EntityReport {
+    let (mut tp, mut np, mut ng): (BTreeMap<String, usize>, BTreeMap<String, usize>, BTreeMap<String, usize>) = Default::default();
+    let (mut words, mut correct) = (0, 0);
+    for (g, p) in gold.iter().zip(pred) {
+        let gs = spans(&g.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+        let ps = spans(&p.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+        for s in &gs {
+            *ng.entry(s.0.clone()).or_default() += 1;
+            if ps.contains(s) {
+                *tp.entry(s.0.clone()).or_default() += 1;
+            }
+        }
+        for s in &ps {
+            *np.entry(s.0.clone()).or_default() += 1;
+        }
+        words += g.len();
+        correct += g.iter().zip(p).filter(|(a, b)| a == b).count();
+    }
+    let types: std::collections::BTreeSet<&String> = ng.keys().chain(np.keys()).collect();
+    let get = |m: &BTreeMap<String, usize>, k: &str| m.get(k).copied().unwrap_or(0);
+    let per_type = types.iter().map(|t| ((*t).clone(), prf(get(&tp, t), get(&np, t), get(&ng, t)))).collect();
+    let overall = prf(tp.values().sum(), np.values().sum(), ng.values().sum());
+    EntityReport { overall, per_type, accuracy: if words == 0 { 0.0 } else { correct as f64 / words as f64 } }
+}
+
+impl EntityReport {
+    pub fn table(&self) -> String {
+        let w = self.per_type.keys().map(|k| k.len()).max().unwrap_or(6).max(12);
+        let mut s = format!("{:>w$}  precision  recall  f1-score  support\n", "entity");
+        for (k, p) in &self.per_type {
+            s += &format!("{k:>w$}  {:>9.4}  {:>6.4}  {:>8.4}  {:>7}\n", p.precision, p.recall, p.f1, p.support);
+        }
+        let o = &self.overall;
+        s += &format!("{:>w$}  {:>9.4}  {:>6.4}  {:>8.4}  {:>7}\n", "overall", o.precision, o.recall, o.f1, o.support);
+        s += &format!("{:>w$}  {:>9}  {:>6}  {:>8.4}\n", "tag accuracy", "", "", self.accuracy);
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn conlleval_spans_and_scores() {
+        let tags = ["B-PER", "I-PER", "O", "I-LOC", "I-LOC", "B-LOC", "B-ORG", "I-PER"];
+        assert_eq!(
+            spans(&tags),
+            vec![("PER".into(), 0, 1), ("LOC".into(), 3, 4), ("LOC".into(), 5, 5), ("ORG".into(), 6, 6), ("PER".into(), 7, 7)]
+        );
+        // Gold: PER(0-1), LOC(3). Pred: PER(0) (boundary wrong), LOC(3) right, ORG(5) spurious.
+        let r = entity_report(&[v("B-PER I-PER O B-LOC O O")], &[v("B-PER O O B-LOC O B-ORG")]);
+        assert_eq!(r.overall.support, 2);
+        assert!((r.overall.precision - 1.0 / 3.0).abs() < 1e-12);
+        assert!((r.overall.recall - 0.5).abs() < 1e-12);
+        assert!((r.overall.f1 - 0.4).abs() < 1e-12);
+        assert!((r.accuracy - 4.0 / 6.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn report_matches_hand_counts() {
+        let labels = vec!["a".to_string(), "b".into(), "c".into()];
+        let r = classification_report(&[0, 0, 1, 1, 2], &[0, 1, 1, 1, 0], &labels);
+        assert!((r.accuracy - 0.6).abs() < 1e-12);
+        assert_eq!(r.per_label["b"], Prf { precision: 2.0 / 3.0, recall: 1.0, f1: 0.8, support: 2 });
+        assert!((r.macro_f1 - (0.5 + 0.8 + 0.0) / 3.0).abs() < 1e-12);
+    }
+}

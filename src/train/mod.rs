@@ -1,0 +1,10 @@
+//! The trainer: fine-tuning BERT checkpoints for sequence, pair and token classification, with
+//! evaluation, early stopping, HF-format checkpoints and exact resume.
+
+pub mod data;
+pub mod metrics;
+pub mod plot;
+pub mod trainer;
+
+pub use data::{load_classification, load_token_classification, Example};
+pub use trainer::{evaluate_dir, finetune, predict_dir, FinetuneArgs, OptimizerKind, Task};

@@ -1,0 +1,734 @@
+//! `finetune`, `eval` and `predict` on HF model directories.
+//!
+//! Training follows transformers' `Trainer` defaults: AdamW (β = 0.9/0.999, eps 1e-8, weight
+//! decay except biases and LayerNorm weights), linear warmup then linear decay, global grad-norm
+//! clipping, gradient accumulation (gradients of k micro-batches averaged: exactly the big batch
+//! when every micro-batch has the same number of labelled positions), seeded shuffling per epoch,
+//! evaluation on dev after every epoch, early stopping on a chosen metric, the best model kept.
+//!
+//! Determinism: the data order of epoch e is a function of (seed, e); dropout of micro-batch i is
+//! seeded by (seed, i). With the weights, the AdamW moments and the counters saved in
+//! `OUT/checkpoint/`, `--resume` continues bit for bit (CPU).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use super::data::{load_classification, load_token_classification, Example};
+use super::metrics::{classification_report, entity_report, EntityReport, Report};
+use crate::data::{Batch, BertTokenizer};
+use crate::error::{file_err, Error, Result};
+use crate::models::bert::weights::{read_safetensors, write_safetensors};
+use crate::models::bert::{Bert, Head};
+use crate::ops;
+use crate::optim::{clip_grad_norm, hf_param_groups, AdamW, AdamWConfig, LinearWarmupDecay, Sgd, SgdConfig};
+use crate::testing::Rng;
+use crate::util::write_atomic;
+use crate::{Device, Grads, Tape, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// Sequence classification (`text`, `label`; optional `text_pair`).
+    Classify,
+    /// Token classification with BIO tags (NER, token-level intent tags).
+    Ner,
+    /// Text-pair classification (dialogue history as `text`, candidate response as `text_pair`).
+    Pair,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    Adamw,
+    Sgd,
+}
+
+/// Everything `engram finetune` takes; defaults are transformers' `Trainer` defaults where it has one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FinetuneArgs {
+    pub model: PathBuf,
+    pub task: Task,
+    pub train: PathBuf,
+    pub dev: PathBuf,
+    pub test: Option<PathBuf>,
+    pub out: PathBuf,
+    pub lr: f64,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub max_length: usize,
+    pub warmup_ratio: f64,
+    pub weight_decay: f64,
+    pub max_grad_norm: f64,
+    pub seed: u64,
+    pub optimizer: OptimizerKind,
+    pub momentum: f64,
+    pub freeze_backbone: bool,
+    /// Stop after this many epochs without improvement of `metric` on dev.
+    pub patience: Option<usize>,
+    /// accuracy | macro_f1 | entity_f1 | loss (default: accuracy, entity_f1 for NER).
+    pub metric: String,
+    pub device: Device,
+    pub max_train_examples: Option<usize>,
+    pub max_eval_examples: Option<usize>,
+    pub resume: bool,
+    /// Also write the resumable checkpoint every N optimizer steps (always at each epoch's end).
+    pub save_steps: Option<u64>,
+    /// Stop (as if interrupted) after this many optimizer steps, with a checkpoint: for testing resume.
+    pub stop_after_steps: Option<u64>,
+    pub progress: bool,
+}
+
+impl FinetuneArgs {
+    pub fn new(model: PathBuf, task: Task, train: PathBuf, dev: PathBuf, out: PathBuf) -> Self {
+        FinetuneArgs {
+            model,
+            task,
+            train,
+            dev,
+            test: None,
+            out,
+            lr: 2e-5,
+            epochs: 3,
+            batch_size: 32,
+            grad_accum: 1,
+            max_length: 128,
+            warmup_ratio: 0.0,
+            weight_decay: 0.01,
+            max_grad_norm: 1.0,
+            seed: 42,
+            optimizer: OptimizerKind::Adamw,
+            momentum: 0.9,
+            freeze_backbone: false,
+            patience: None,
+            metric: if task == Task::Ner { "entity_f1".into() } else { "accuracy".into() },
+            device: Device::Cpu,
+            max_train_examples: None,
+            max_eval_examples: None,
+            resume: false,
+            save_steps: None,
+            stop_after_steps: None,
+            progress: true,
+        }
+    }
+}
+
+/// Counters saved beside the checkpoint (`trainer_state.json`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct TrainerState {
+    epoch: usize,
+    /// Micro-batches of `epoch` already consumed.
+    micro_in_epoch: usize,
+    global_step: u64,
+    global_micro: u64,
+    best_metric: Option<f64>,
+    best_epoch: Option<usize>,
+    epochs_without_improvement: usize,
+    loss_log: Vec<(u64, f64)>,
+    history: Vec<serde_json::Value>,
+    labels: Vec<String>,
+    args_seed: u64,
+}
+
+/// The outcome of `finetune`: the best dev metric and where the model went.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub best_metric: f64,
+    pub best_epoch: usize,
+    pub metric: String,
+    pub epochs_run: usize,
+    pub stopped_early: bool,
+    pub test: Option<serde_json::Value>,
+    pub out: PathBuf,
+    pub train_examples_per_s: f64,
+    pub train_tokens_per_s: f64,
+}
+
+fn mix(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Fisher–Yates with our RNG: the order of epoch `epoch`.
+fn order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..n).collect();
+    let mut rng = Rng::new(mix(seed, epoch as u64 + 1));
+    for i in (1..n).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        v.swap(i, j);
+    }
+    v
+}
+
+fn load_examples(task: Task, path: &Path, limit: Option<usize>) -> Result<Vec<Example>> {
+    let mut ex = match task {
+        Task::Ner => load_token_classification(path)?,
+        Task::Classify | Task::Pair => load_classification(path)?,
+    };
+    if task == Task::Pair && ex.iter().any(|e| matches!(e, Example::Seq { text_pair: None, .. })) {
+        return file_err(path, "the pair task needs a text_pair column (history in text, candidate in text_pair)");
+    }
+    if let Some(n) = limit {
+        ex.truncate(n);
+    }
+    Ok(ex)
+}
+
+/// Tokenize examples; labels are class ids `(B)` or aligned token labels `(B, T)` with -100 on
+/// special tokens, padding and every sub-token but a word's first.
+fn encode(tok: &BertTokenizer, task: Task, ex: &[&Example], label_ids: &HashMap<String, usize>, path: &Path) -> Result<(Batch, Tensor)> {
+    let lab = |l: &str| -> Result<i64> {
+        label_ids.get(l).map(|&i| i as i64).ok_or_else(|| Error::File { path: path.display().to_string(), detail: format!("label \"{l}\" is not among the model's labels") })
+    };
+    match task {
+        Task::Ner => {
+            let words: Vec<Vec<String>> = ex.iter().map(|e| match e { Example::Tokens { words, .. } => words.clone(), _ => Vec::new() }).collect();
+            let batch = tok.encode_words(&words)?;
+            let t = batch.seq_len();
+            let mut labels = vec![crate::ops::IGNORE_INDEX; ex.len() * t];
+            for (b, e) in ex.iter().enumerate() {
+                let Example::Tokens { tags, .. } = e else { unreachable!() };
+                let mut prev = None;
+                for (i, w) in batch.word_ids[b].iter().enumerate() {
+                    if let Some(w) = *w {
+                        if prev != Some(w) {
+                            labels[b * t + i] = lab(&tags[w as usize])?;
+                        }
+                    }
+                    prev = *w;
+                }
+            }
+            let l = Tensor::from_ids(labels, &[ex.len(), t])?;
+            Ok((batch, l))
+        }
+        Task::Classify | Task::Pair => {
+            let mut labels = Vec::with_capacity(ex.len());
+            let mut singles = Vec::new();
+            let mut pairs = Vec::new();
+            for e in ex {
+                let Example::Seq { text, text_pair, label } = e else { unreachable!() };
+                labels.push(lab(label)?);
+                match text_pair {
+                    Some(p) => pairs.push((text.as_str(), p.as_str())),
+                    None => singles.push(text.as_str()),
+                }
+            }
+            let batch = if !pairs.is_empty() && singles.is_empty() {
+                tok.encode_pairs(&pairs)?
+            } else if pairs.is_empty() {
+                tok.encode(&singles)?
+            } else {
+                return file_err(path, "mixes rows with and without text_pair");
+            };
+            Ok((batch, Tensor::from_ids(labels, &[ex.len()])?))
+        }
+    }
+}
+
+/// Word-level predictions of a token-classification batch: the first sub-token's label per
+/// word; words cut off by truncation are "O".
+fn word_predictions(batch: &Batch, pred_ids: &[usize], b: usize, n_words: usize, labels: &[String]) -> Vec<String> {
+    let t = batch.seq_len();
+    let mut out = vec!["O".to_string(); n_words];
+    let mut seen = vec![false; n_words];
+    for (i, w) in batch.word_ids[b].iter().enumerate() {
+        if let Some(w) = *w {
+            let w = w as usize;
+            if w < n_words && !seen[w] {
+                seen[w] = true;
+                out[w] = labels[pred_ids[b * t + i]].clone();
+            }
+        }
+    }
+    out
+}
+
+fn argmax_rows(v: &[f64], width: usize) -> Vec<usize> {
+    v.chunks(width).map(|r| r.iter().enumerate().fold((0, f64::NEG_INFINITY), |acc, (i, &x)| if x > acc.1 { (i, x) } else { acc }).0).collect()
+}
+
+/// Dev/test evaluation: the metrics JSON, the report text, and the value of each metric name.
+pub struct Evaluation {
+    pub json: serde_json::Value,
+    pub text: String,
+    pub values: BTreeMap<String, f64>,
+}
+
+fn evaluate(bert: &Bert, tok: &BertTokenizer, task: Task, ex: &[Example], labels: &[String], batch_size: usize, path: &Path) -> Result<Evaluation> {
+    let label_ids: HashMap<String, usize> = labels.iter().enumerate().map(|(i, l)| (l.clone(), i)).collect();
+    let (mut gold, mut pred, mut gold_tags, mut pred_tags) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut loss_sum, mut loss_n) = (0.0, 0usize);
+    for chunk in ex.chunks(batch_size.max(1)) {
+        let refs: Vec<&Example> = chunk.iter().collect();
+        let (batch, y) = encode(tok, task, &refs, &label_ids, path)?;
+        let tape = Tape::inference();
+        let logits = bert.logits(&tape, &batch, false)?;
+        let yd = y.to_device(bert.device())?;
+        loss_sum += ops::cross_entropy(&tape, &logits, &yd)?.item()? * chunk.len() as f64;
+        loss_n += chunk.len();
+        let p = argmax_rows(&logits.to_f64_vec(), labels.len());
+        match task {
+            Task::Ner => {
+                for (b, e) in chunk.iter().enumerate() {
+                    let Example::Tokens { words, tags } = e else { unreachable!() };
+                    gold_tags.push(tags.clone());
+                    pred_tags.push(word_predictions(&batch, &p, b, words.len(), labels));
+                }
+            }
+            _ => {
+                gold.extend(y.ids("eval")?.iter().map(|&v| v as usize));
+                pred.extend(p);
+            }
+        }
+    }
+    let loss = loss_sum / loss_n.max(1) as f64;
+    let mut values = BTreeMap::new();
+    values.insert("loss".to_string(), loss);
+    Ok(if task == Task::Ner {
+        let r: EntityReport = entity_report(&gold_tags, &pred_tags);
+        // Tag-level report over words, for macro F1 across tags.
+        let flat_g: Vec<usize> = gold_tags.iter().flatten().map(|t| label_ids.get(t).copied().unwrap_or(0)).collect();
+        let flat_p: Vec<usize> = pred_tags.iter().flatten().map(|t| label_ids.get(t).copied().unwrap_or(0)).collect();
+        let tr: Report = classification_report(&flat_g, &flat_p, labels);
+        values.insert("entity_f1".into(), r.overall.f1);
+        values.insert("entity_precision".into(), r.overall.precision);
+        values.insert("entity_recall".into(), r.overall.recall);
+        values.insert("accuracy".into(), r.accuracy);
+        values.insert("macro_f1".into(), tr.macro_f1);
+        Evaluation {
+            json: serde_json::json!({ "loss": loss, "entities": r, "tags": tr }),
+            text: format!("{}loss {loss:.4}\n", r.table()),
+            values,
+        }
+    } else {
+        let r = classification_report(&gold, &pred, labels);
+        values.insert("accuracy".into(), r.accuracy);
+        values.insert("macro_f1".into(), r.macro_f1);
+        Evaluation { json: serde_json::json!({ "loss": loss, "report": r }), text: format!("{}loss {loss:.4}\n", r.table()), values }
+    })
+}
+
+fn head_for(task: Task, n: usize) -> Head {
+    match task {
+        Task::Ner => Head::TokenClassification { num_labels: n },
+        _ => Head::SequenceClassification { num_labels: n },
+    }
+}
+
+/// The label set: the model's own `id2label` when it already names every training label (a
+/// fine-tuned model trained further), else the sorted training labels.
+fn label_set(config_labels: &[String], train: &[Example]) -> Vec<String> {
+    let mut seen: Vec<String> = train.iter().flat_map(|e| e.labels()).map(String::from).collect();
+    seen.sort();
+    seen.dedup();
+    let generic = config_labels.iter().all(|l| l.starts_with("LABEL_"));
+    if !config_labels.is_empty() && !generic && seen.iter().all(|l| config_labels.contains(l)) {
+        config_labels.to_vec()
+    } else {
+        seen
+    }
+}
+
+/// Save `bert` as an HF model directory transformers loads unchanged.
+pub fn save_hf(bert: &Bert, task: Task, labels: &[String], out: &Path, tokenizer_src: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::File { path: out.display().to_string(), detail: format!("cannot create: {e}") })?;
+    let mut tensors = BTreeMap::new();
+    for (name, t) in &bert.params {
+        let hf = if name.starts_with("classifier.") { name.clone() } else { format!("bert.{name}") };
+        tensors.insert(hf, t.clone());
+    }
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    write_safetensors(out.join("model.safetensors"), &tensors, Some(meta))?;
+    let mut cfg = bert.config.raw.clone();
+    let arch = if task == Task::Ner { "BertForTokenClassification" } else { "BertForSequenceClassification" };
+    let obj = cfg.as_object_mut().ok_or_else(|| Error::File { path: "config.json".into(), detail: "not a JSON object".into() })?;
+    obj.insert("architectures".into(), serde_json::json!([arch]));
+    obj.insert("id2label".into(), serde_json::Value::Object(labels.iter().enumerate().map(|(i, l)| (i.to_string(), serde_json::json!(l))).collect()));
+    obj.insert("label2id".into(), serde_json::Value::Object(labels.iter().enumerate().map(|(i, l)| (l.clone(), serde_json::json!(i))).collect()));
+    obj.remove("num_labels");
+    obj.insert("engram_task".into(), serde_json::json!(task));
+    let text = serde_json::to_string_pretty(&cfg).expect("config serialises");
+    write_atomic(&out.join("config.json"), text.as_bytes())?;
+    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"] {
+        let src = tokenizer_src.join(f);
+        if src.is_file() && src != out.join(f) {
+            let bytes = std::fs::read(&src).map_err(|e| Error::File { path: src.display().to_string(), detail: e.to_string() })?;
+            write_atomic(&out.join(f), &bytes)?;
+        }
+    }
+    Ok(())
+}
+
+fn json_file<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::File { path: path.display().to_string(), detail: format!("cannot read: {e}") })?;
+    serde_json::from_str(&text).map_err(|e| Error::File { path: path.display().to_string(), detail: format!("not valid: {e}") })
+}
+
+enum Opt {
+    AdamW(AdamW),
+    Sgd(Sgd),
+}
+
+fn save_checkpoint(dir: &Path, bert: &Bert, opt: &Opt, state: &TrainerState, task: Task, args: &FinetuneArgs) -> Result<()> {
+    save_hf(bert, task, &state.labels, dir, &args.model)?;
+    let named: Vec<(String, &Tensor)> = bert.params.iter().map(|(k, v)| (k.clone(), v)).collect();
+    let opt_state = match opt {
+        Opt::AdamW(a) => a.export_state(&named)?,
+        Opt::Sgd(_) => BTreeMap::new(),
+    };
+    write_safetensors(dir.join("optimizer.safetensors"), &opt_state, None)?;
+    write_atomic(&dir.join("trainer_state.json"), serde_json::to_string_pretty(state).expect("state serialises").as_bytes())?;
+    write_atomic(&dir.join("training_args.json"), serde_json::to_string_pretty(args).expect("args serialise").as_bytes())
+}
+
+/// Fine-tune `args.model` on `args.train`, evaluating on `args.dev` every epoch; the best model
+/// goes to `args.out` (HF format), the resumable state to `args.out/checkpoint`.
+pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
+    if args.batch_size == 0 || args.grad_accum == 0 || args.epochs == 0 {
+        return Err(Error::Value { op: "finetune", detail: "batch size, gradient accumulation and epochs must be at least 1".into() });
+    }
+    if !(0.0..=1.0).contains(&args.warmup_ratio) {
+        return Err(Error::Value { op: "finetune", detail: format!("warmup ratio {} must be in [0, 1]", args.warmup_ratio) });
+    }
+    let task = args.task;
+    let train = load_examples(task, &args.train, args.max_train_examples)?;
+    let dev = load_examples(task, &args.dev, args.max_eval_examples)?;
+    let ckpt = args.out.join("checkpoint");
+    let resuming = args.resume && ckpt.join("trainer_state.json").is_file();
+    if args.resume && !resuming {
+        eprintln!("engram: no checkpoint in {}; starting from scratch", ckpt.display());
+    }
+    let mut state: TrainerState = if resuming { json_file(&ckpt.join("trainer_state.json"))? } else { TrainerState::default() };
+    let src_dir = if resuming { ckpt.clone() } else { args.model.clone() };
+    let config_labels = crate::models::bert::BertConfig::from_file(src_dir.join("config.json"))?.id2label;
+    let labels = if resuming { state.labels.clone() } else { label_set(&config_labels, &train) };
+    state.labels = labels.clone();
+    state.args_seed = args.seed;
+    let label_ids: HashMap<String, usize> = labels.iter().enumerate().map(|(i, l)| (l.clone(), i)).collect();
+    for (path, set) in [(&args.train, &train), (&args.dev, &dev)] {
+        if let Some(l) = set.iter().flat_map(|e| e.labels()).find(|l| !label_ids.contains_key(*l)) {
+            return file_err(path, format!("label \"{l}\" does not occur in the training data (labels: {})", labels.join(", ")));
+        }
+    }
+    let (mut bert, report) = Bert::load(&src_dir, head_for(task, labels.len()), args.seed)?;
+    if !report.initialized.is_empty() && args.progress {
+        eprintln!("engram: newly initialised: {}", report.initialized.join(", "));
+    }
+    if args.freeze_backbone {
+        for (name, t) in bert.params.iter_mut() {
+            if !name.starts_with("classifier.") {
+                *t = t.detach();
+            }
+        }
+    }
+    if args.device != Device::Cpu {
+        let frozen: Vec<String> = bert.params.iter().filter(|(_, t)| !t.is_tracked()).map(|(k, _)| k.clone()).collect();
+        bert.to_device(args.device)?;
+        for k in frozen {
+            let t = bert.params.get_mut(&k).expect("name from the same map");
+            *t = t.detach();
+        }
+    }
+    let tok = BertTokenizer::from_file(args.model.join("tokenizer.json"), args.max_length.min(bert.config.max_position_embeddings))?;
+
+    let micro_per_epoch = train.len().div_ceil(args.batch_size);
+    let steps_per_epoch = micro_per_epoch.div_ceil(args.grad_accum) as u64;
+    let total = steps_per_epoch * args.epochs as u64;
+    let sched = LinearWarmupDecay { base_lr: args.lr, warmup: (args.warmup_ratio * total as f64).ceil() as u64, total };
+    let mut opt = match args.optimizer {
+        OptimizerKind::Adamw => Opt::AdamW(AdamW::new(AdamWConfig::default())),
+        OptimizerKind::Sgd => Opt::Sgd(Sgd::new(SgdConfig { momentum: args.momentum, dampening: 0.0, nesterov: false })),
+    };
+    if resuming {
+        match &mut opt {
+            Opt::AdamW(a) => {
+                let st = read_safetensors(ckpt.join("optimizer.safetensors"))?;
+                let named: Vec<(String, &Tensor)> = bert.params.iter().map(|(k, v)| (k.clone(), v)).collect();
+                a.import_state(state.global_step, &named, &st)?;
+            }
+            Opt::Sgd(_) => return Err(Error::Value { op: "finetune", detail: "--resume supports AdamW runs only (SGD momentum buffers are not checkpointed yet)".into() }),
+        }
+    }
+    if args.progress {
+        eprintln!(
+            "engram finetune: {} train / {} dev examples, {} labels, {} epochs × {steps_per_epoch} steps (batch {} × accumulation {}), lr {:e}, {:?} on {:?}{}",
+            train.len(),
+            dev.len(),
+            labels.len(),
+            args.epochs,
+            args.batch_size,
+            args.grad_accum,
+            args.lr,
+            args.optimizer,
+            args.device,
+            if resuming { format!(", resuming at epoch {} step {}", state.epoch + 1, state.global_step) } else { String::new() }
+        );
+    }
+    let start = Instant::now();
+    let (mut seen_examples, mut seen_tokens) = (0usize, 0usize);
+    let mut stopped_early = false;
+    let mut interrupted = false;
+    'epochs: while state.epoch < args.epochs {
+        let epoch = state.epoch;
+        let ord = order(train.len(), args.seed, epoch);
+        let micro: Vec<&[usize]> = ord.chunks(args.batch_size).collect();
+        let bar = if args.progress { ProgressBar::new(micro.len() as u64) } else { ProgressBar::hidden() };
+        bar.set_style(
+            ProgressStyle::with_template("epoch {prefix} [{bar:28}] {pos}/{len} {msg} eta {eta}").expect("valid template").progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{}/{}", epoch + 1, args.epochs));
+        bar.set_position(state.micro_in_epoch as u64);
+        let epoch_start = Instant::now();
+        let (mut epoch_loss, mut epoch_n) = (0.0, 0usize);
+        let mut i = state.micro_in_epoch;
+        while i < micro.len() {
+            let group = &micro[i..(i + args.grad_accum).min(micro.len())];
+            let mut grads = Grads::default();
+            let mut loss_sum = 0.0;
+            for idx in group.iter() {
+                let ex: Vec<&Example> = idx.iter().map(|&j| &train[j]).collect();
+                let (batch, y) = encode(&tok, task, &ex, &label_ids, &args.train)?;
+                seen_examples += ex.len();
+                seen_tokens += batch.tokens();
+                let tape = Tape::training(mix(args.seed, state.global_micro));
+                state.global_micro += 1;
+                let logits = bert.logits(&tape, &batch, true)?;
+                let loss = ops::cross_entropy(&tape, &logits, &y.to_device(args.device)?)?;
+                loss_sum += loss.item()?;
+                grads.accumulate(tape.backward(&loss)?)?;
+            }
+            grads.scale(1.0 / group.len() as f64);
+            let trainable: Vec<&Tensor> = bert.params.values().filter(|t| t.is_tracked()).collect();
+            if args.max_grad_norm > 0.0 {
+                clip_grad_norm(&mut grads, &trainable, args.max_grad_norm)?;
+            }
+            let lr = sched.lr(state.global_step);
+            let named: Vec<(String, &mut Tensor)> = bert.params.iter_mut().filter(|(_, t)| t.is_tracked()).map(|(k, v)| (k.clone(), v)).collect();
+            let mut groups = hf_param_groups(named, args.weight_decay);
+            match &mut opt {
+                Opt::AdamW(a) => a.step(&mut groups, &grads, lr)?,
+                Opt::Sgd(s) => s.step(&mut groups, &grads, lr)?,
+            }
+            let step_loss = loss_sum / group.len() as f64;
+            state.global_step += 1;
+            state.loss_log.push((state.global_step, step_loss));
+            epoch_loss += step_loss;
+            epoch_n += 1;
+            i += group.len();
+            state.micro_in_epoch = i;
+            let secs = start.elapsed().as_secs_f64();
+            bar.set_position(i as u64);
+            bar.set_message(format!("loss {step_loss:.4} lr {lr:.2e} {:.1} ex/s {:.0} tok/s", seen_examples as f64 / secs, seen_tokens as f64 / secs));
+            let stop_now = args.stop_after_steps.is_some_and(|s| state.global_step >= s);
+            if args.save_steps.is_some_and(|s| state.global_step % s == 0) || stop_now {
+                save_checkpoint(&ckpt, &bert, &opt, &state, task, args)?;
+            }
+            if stop_now {
+                bar.abandon_with_message(format!("stopped after step {} (checkpoint saved)", state.global_step));
+                interrupted = true;
+                break 'epochs;
+            }
+        }
+        bar.finish_and_clear();
+        let ev = evaluate(&bert, &tok, task, &dev, &labels, args.batch_size.max(32), &args.dev)?;
+        let value = *ev.values.get(&args.metric).ok_or_else(|| Error::Value {
+            op: "finetune",
+            detail: format!("unknown metric \"{}\" (one of: {})", args.metric, ev.values.keys().cloned().collect::<Vec<_>>().join(", ")),
+        })?;
+        let better = match state.best_metric {
+            None => true,
+            Some(b) if args.metric == "loss" => value < b,
+            Some(b) => value > b,
+        };
+        if args.progress {
+            eprintln!(
+                "epoch {}/{}: train loss {:.4}, dev {} {:.4}{} ({:.1} s)",
+                epoch + 1,
+                args.epochs,
+                epoch_loss / epoch_n.max(1) as f64,
+                args.metric,
+                value,
+                if better { " (best so far)" } else { "" },
+                epoch_start.elapsed().as_secs_f64()
+            );
+            eprint!("{}", ev.text);
+        }
+        state.history.push(serde_json::json!({
+            "epoch": epoch + 1, "step": state.global_step, "train_loss": epoch_loss / epoch_n.max(1) as f64,
+            "dev": ev.json, args.metric.clone(): value, "seconds": epoch_start.elapsed().as_secs_f64(),
+        }));
+        if better {
+            state.best_metric = Some(value);
+            state.best_epoch = Some(epoch + 1);
+            state.epochs_without_improvement = 0;
+            save_hf(&bert, task, &labels, &args.out, &args.model)?;
+        } else {
+            state.epochs_without_improvement += 1;
+        }
+        state.epoch += 1;
+        state.micro_in_epoch = 0;
+        save_checkpoint(&ckpt, &bert, &opt, &state, task, args)?;
+        write_metrics(args, &state)?;
+        if args.patience.is_some_and(|p| state.epochs_without_improvement >= p) && state.epoch < args.epochs {
+            if args.progress {
+                eprintln!("early stop: no {} improvement for {} epoch(s)", args.metric, state.epochs_without_improvement);
+            }
+            stopped_early = true;
+            break;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let mut test_json = None;
+    if let (Some(test), false) = (&args.test, interrupted) {
+        let (mut best, _) = Bert::load(&args.out, head_for(task, labels.len()), 0)?;
+        if args.device != Device::Cpu {
+            best.to_device(args.device)?;
+        }
+        let ex = load_examples(task, test, args.max_eval_examples)?;
+        let ev = evaluate(&best, &tok, task, &ex, &labels, 64, test)?;
+        if args.progress {
+            eprintln!("test ({}):\n{}", test.display(), ev.text);
+        }
+        test_json = Some(serde_json::json!({ "metrics": ev.json, "values": ev.values }));
+        state.history.push(serde_json::json!({ "test": test_json }));
+        write_metrics(args, &state)?;
+    }
+    Ok(Summary {
+        best_metric: state.best_metric.unwrap_or(f64::NAN),
+        best_epoch: state.best_epoch.unwrap_or(0),
+        metric: args.metric.clone(),
+        epochs_run: state.epoch,
+        stopped_early,
+        test: test_json,
+        out: args.out.clone(),
+        train_examples_per_s: seen_examples as f64 / secs,
+        train_tokens_per_s: seen_tokens as f64 / secs,
+    })
+}
+
+fn write_metrics(args: &FinetuneArgs, state: &TrainerState) -> Result<()> {
+    let json = serde_json::json!({
+        "metric": args.metric, "best": state.best_metric, "best_epoch": state.best_epoch,
+        "epochs": state.history, "loss_per_step": state.loss_log,
+    });
+    std::fs::create_dir_all(&args.out).map_err(|e| Error::File { path: args.out.display().to_string(), detail: e.to_string() })?;
+    write_atomic(&args.out.join("metrics.json"), serde_json::to_string_pretty(&json).expect("metrics serialise").as_bytes())?;
+    let dev: Vec<(u64, f64)> = state
+        .history
+        .iter()
+        .filter_map(|h| Some((h.get("step")?.as_u64()?, h.get(&args.metric)?.as_f64()?)))
+        .collect();
+    let svg = super::plot::svg(&format!("engram finetune: {}", args.train.display()), &state.loss_log, &dev, &args.metric);
+    write_atomic(&args.out.join("training.svg"), svg.as_bytes())
+}
+
+/// Load a fine-tuned directory: the task from `engram_task` or `architectures`, labels from `id2label`.
+fn load_finetuned(dir: &Path, device: Device) -> Result<(Bert, Task, Vec<String>)> {
+    let cfg = crate::models::bert::BertConfig::from_file(dir.join("config.json"))?;
+    if cfg.id2label.is_empty() {
+        return file_err(dir.join("config.json"), "has no id2label: not a fine-tuned classification model");
+    }
+    let task = match cfg.raw.get("engram_task").and_then(|v| v.as_str()) {
+        Some("ner") => Task::Ner,
+        Some("pair") => Task::Pair,
+        Some("classify") => Task::Classify,
+        _ if cfg.architectures.iter().any(|a| a == "BertForTokenClassification") => Task::Ner,
+        _ => Task::Classify,
+    };
+    let labels = cfg.id2label.clone();
+    let (mut bert, _) = Bert::load(dir, head_for(task, labels.len()), 0)?;
+    if device != Device::Cpu {
+        bert.to_device(device)?;
+    }
+    Ok((bert, task, labels))
+}
+
+/// `engram eval`: the report text and the metrics JSON of a fine-tuned model on a data file.
+pub fn evaluate_dir(dir: &Path, data: &Path, max_length: usize, device: Device) -> Result<(String, serde_json::Value)> {
+    let (bert, task, labels) = load_finetuned(dir, device)?;
+    let ex = load_examples(task, data, None)?;
+    let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), max_length.min(bert.config.max_position_embeddings))?;
+    let ev = evaluate(&bert, &tok, task, &ex, &labels, 64, data)?;
+    Ok((ev.text, serde_json::json!({ "metrics": ev.json, "values": ev.values })))
+}
+
+/// Words of a text with their character spans: whitespace-separated, punctuation split off
+/// (the way BERT's pre-tokenizer sees words).
+pub fn split_words(text: &str) -> Vec<(String, usize, usize)> {
+    let mut out = Vec::new();
+    let mut cur: Option<(String, usize)> = None;
+    for (ci, ch) in text.chars().enumerate() {
+        if ch.is_whitespace() || ch.is_ascii_punctuation() {
+            if let Some((w, s)) = cur.take() {
+                let len = w.chars().count();
+                out.push((w, s, s + len));
+            }
+            if !ch.is_whitespace() {
+                out.push((ch.to_string(), ci, ci + 1));
+            }
+        } else {
+            match &mut cur {
+                Some((w, _)) => w.push(ch),
+                None => cur = Some((ch.to_string(), ci)),
+            }
+        }
+    }
+    if let Some((w, s)) = cur {
+        let len = w.chars().count();
+        out.push((w, s, s + len));
+    }
+    out
+}
+
+/// `engram predict`: one JSON object per text — label and probabilities, or (NER) word tags
+/// and entity spans with character offsets.
+pub fn predict_dir(dir: &Path, texts: &[String], max_length: usize, batch_size: usize, device: Device) -> Result<Vec<serde_json::Value>> {
+    let (bert, task, labels) = load_finetuned(dir, device)?;
+    let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), max_length.min(bert.config.max_position_embeddings))?;
+    let mut out = Vec::new();
+    for chunk in texts.chunks(batch_size.max(1)) {
+        match task {
+            Task::Ner => {
+                let words: Vec<Vec<(String, usize, usize)>> = chunk.iter().map(|t| split_words(t)).collect();
+                let plain: Vec<Vec<String>> = words.iter().map(|w| if w.is_empty() { vec![String::new()] } else { w.iter().map(|x| x.0.clone()).collect() }).collect();
+                let batch = tok.encode_words(&plain)?;
+                let logits = bert.logits(&Tape::inference(), &batch, false)?;
+                let p = argmax_rows(&logits.to_f64_vec(), labels.len());
+                for (b, text) in chunk.iter().enumerate() {
+                    let tags = if words[b].is_empty() { Vec::new() } else { word_predictions(&batch, &p, b, words[b].len(), &labels) };
+                    let tag_refs: Vec<&str> = tags.iter().map(|s| s.as_str()).collect();
+                    let entities: Vec<serde_json::Value> = super::metrics::spans(&tag_refs)
+                        .into_iter()
+                        .map(|(ty, s, e)| {
+                            let (cs, ce) = (words[b][s].1, words[b][e].2);
+                            let span: String = text.chars().skip(cs).take(ce - cs).collect();
+                            serde_json::json!({ "type": ty, "start": cs, "end": ce, "text": span })
+                        })
+                        .collect();
+                    let toks: Vec<&str> = words[b].iter().map(|w| w.0.as_str()).collect();
+                    out.push(serde_json::json!({ "text": text, "tokens": toks, "tags": tags, "entities": entities }));
+                }
+            }
+            Task::Classify | Task::Pair => {
+                let pairs: Vec<(&str, &str)> = chunk.iter().map(|t| t.split_once('\t').unwrap_or((t.as_str(), ""))).collect();
+                let batch = if task == Task::Pair { tok.encode_pairs(&pairs)? } else { tok.encode(&chunk.iter().map(|s| s.as_str()).collect::<Vec<_>>())? };
+                let logits = bert.logits(&Tape::inference(), &batch, false)?.to_f64_vec();
+                for (b, row) in logits.chunks(labels.len()).enumerate() {
+                    let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = row.iter().map(|x| (x - m).exp()).sum();
+                    let probs: serde_json::Map<String, serde_json::Value> = row.iter().zip(&labels).map(|(x, l)| (l.clone(), serde_json::json!(((x - m).exp() / z) as f32))).collect();
+                    let best = argmax_rows(row, labels.len())[0];
+                    out.push(serde_json::json!({ "text": chunk[b], "label": labels[best], "probs": probs }));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
