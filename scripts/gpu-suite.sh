@@ -44,6 +44,8 @@ for line in sys.stdin:
   sha256sum "$w/model.safetensors" | cut -d' ' -f1 > .gpu-weights/c/model.sha256
   git rev-parse --short HEAD > "$stage/commit"
   git status --porcelain --untracked-files=no | grep -q . && echo "+dirty" >> "$stage/commit" || true
+  cargo build --release --locked --features "$feats" --bin engram 2>/dev/null
+  cp target/release/engram "$stage/bin/engram"
   strip "$stage"/bin/* 2>/dev/null || true
   gzip -9 "$stage"/bin/*   # a third of the size to carry
   du -sh "$stage" | sed 's/^/staged: /'
@@ -81,6 +83,7 @@ run() {
   date -u +"== date: %Y-%m-%d %H:%M UTC" | tee -a "$log"
   local fail=0
   for t in "$bins"/test-*; do
+    [ -e "$t" ] || continue
     local name=${t##*/test-}
     local one=${OUT:-/tmp}/one.log
     if "$t" --test-threads=1 --nocapture >"$one" 2>&1; then ok=ok; else ok=FAILED; fail=1; fi
@@ -112,10 +115,22 @@ run() {
   exit $fail
 }
 
+# engram vs PyTorch + transformers fine-tuning on the GPU (PyTorch is on that machine); needs the
+# MiniLM parts and data/cache (./scripts/install-data.sh) carried. Extra arguments go to the script.
+compare() {
+  assemble
+  [ -n "${ENGRAM_MINILM_DIR:-}" ] || { echo "gpu-suite: MiniLM not assembled (stash the parts first)" >&2; exit 1; }
+  mkdir -p /tmp/engram-bin
+  gunzip -c "$stage/bin/engram.gz" > /tmp/engram-bin/engram && chmod +x /tmp/engram-bin/engram
+  PYTHONUNBUFFERED=1 python3 scripts/compare_torch.py --model "$ENGRAM_MINILM_DIR" --engram /tmp/engram-bin/engram --device cuda \
+    --json "${OUT:-/tmp}/compare.json" "$@" 2>&1 | grep -vE "Warning|warn\(|MISSING|UNEXPECTED|^Notes|^- |^Key|^-+\+|^$|BertFor|Consider"
+}
+
 case "${1:-all}" in
   build) build ;;
   run) run ;;
   stash) stash ;;
+  compare) shift; compare "$@" ;;
   all) build; run ;;
   *) echo "usage: $0 [build|run]" >&2; exit 2 ;;
 esac

@@ -182,9 +182,15 @@ fn load_examples(task: Task, path: &Path, limit: Option<usize>) -> Result<Vec<Ex
 
 /// Tokenize examples; labels are class ids `(B)` or aligned token labels `(B, T)` with -100 on
 /// special tokens, padding and every sub-token but a word's first.
-fn encode(tok: &BertTokenizer, task: Task, ex: &[&Example], label_ids: &HashMap<String, usize>, path: &Path) -> Result<(Batch, Tensor)> {
+/// In evaluation (`strict = false`) a BIO tag the model does not know (an entity type absent from
+/// training) is left out of the loss; it still counts as a gold entity the model missed.
+fn encode(tok: &BertTokenizer, task: Task, ex: &[&Example], label_ids: &HashMap<String, usize>, path: &Path, strict: bool) -> Result<(Batch, Tensor)> {
     let lab = |l: &str| -> Result<i64> {
-        label_ids.get(l).map(|&i| i as i64).ok_or_else(|| Error::File { path: path.display().to_string(), detail: format!("label \"{l}\" is not among the model's labels") })
+        match label_ids.get(l) {
+            Some(&i) => Ok(i as i64),
+            None if !strict && task == Task::Ner => Ok(crate::ops::IGNORE_INDEX),
+            None => Err(Error::File { path: path.display().to_string(), detail: format!("label \"{l}\" is not among the model's labels") }),
+        }
     };
     match task {
         Task::Ner => {
@@ -266,7 +272,7 @@ fn evaluate(bert: &Bert, tok: &BertTokenizer, task: Task, ex: &[Example], labels
     let (mut loss_sum, mut loss_n) = (0.0, 0usize);
     for chunk in ex.chunks(batch_size.max(1)) {
         let refs: Vec<&Example> = chunk.iter().collect();
-        let (batch, y) = encode(tok, task, &refs, &label_ids, path)?;
+        let (batch, y) = encode(tok, task, &refs, &label_ids, path, false)?;
         let tape = Tape::inference();
         let logits = bert.logits(&tape, &batch, false)?;
         let yd = y.to_device(bert.device())?;
@@ -325,6 +331,14 @@ fn head_for(task: Task, n: usize) -> Head {
 /// fine-tuned model trained further), else the sorted training labels.
 fn label_set(config_labels: &[String], train: &[Example]) -> Vec<String> {
     let mut seen: Vec<String> = train.iter().flat_map(|e| e.labels()).map(String::from).collect();
+    // BIO: every entity type seen gets both its B- and I- tag, even if one never occurs in training.
+    let types: Vec<String> = seen.iter().filter_map(|l| l.strip_prefix("B-").or_else(|| l.strip_prefix("I-")).map(String::from)).collect();
+    if matches!(train.first(), Some(Example::Tokens { .. })) {
+        for t in types {
+            seen.push(format!("B-{t}"));
+            seen.push(format!("I-{t}"));
+        }
+    }
     seen.sort();
     seen.dedup();
     let generic = config_labels.iter().all(|l| l.starts_with("LABEL_"));
@@ -412,7 +426,8 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
     state.labels = labels.clone();
     state.args_seed = args.seed;
     let label_ids: HashMap<String, usize> = labels.iter().enumerate().map(|(i, l)| (l.clone(), i)).collect();
-    for (path, set) in [(&args.train, &train), (&args.dev, &dev)] {
+    let checked: &[(&PathBuf, &Vec<Example>)] = if task == Task::Ner { &[(&args.train, &train)] } else { &[(&args.train, &train), (&args.dev, &dev)] };
+    for &(path, set) in checked {
         if let Some(l) = set.iter().flat_map(|e| e.labels()).find(|l| !label_ids.contains_key(*l)) {
             return file_err(path, format!("label \"{l}\" does not occur in the training data (labels: {})", labels.join(", ")));
         }
@@ -494,7 +509,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
             let mut loss_sum = 0.0;
             for idx in group.iter() {
                 let ex: Vec<&Example> = idx.iter().map(|&j| &train[j]).collect();
-                let (batch, y) = encode(&tok, task, &ex, &label_ids, &args.train)?;
+                let (batch, y) = encode(&tok, task, &ex, &label_ids, &args.train, true)?;
                 seen_examples += ex.len();
                 seen_tokens += batch.tokens();
                 let tape = Tape::training(mix(args.seed, state.global_micro));
@@ -596,8 +611,8 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
         if args.progress {
             eprintln!("test ({}):\n{}", test.display(), ev.text);
         }
-        test_json = Some(serde_json::json!({ "metrics": ev.json, "values": ev.values }));
-        state.history.push(serde_json::json!({ "test": test_json }));
+        state.history.push(serde_json::json!({ "test": { "metrics": ev.json, "values": ev.values } }));
+        test_json = Some(serde_json::json!(ev.values));
         write_metrics(args, &state)?;
     }
     Ok(Summary {
@@ -723,7 +738,7 @@ pub fn predict_dir(dir: &Path, texts: &[String], max_length: usize, batch_size: 
                 for (b, row) in logits.chunks(labels.len()).enumerate() {
                     let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let z: f64 = row.iter().map(|x| (x - m).exp()).sum();
-                    let probs: serde_json::Map<String, serde_json::Value> = row.iter().zip(&labels).map(|(x, l)| (l.clone(), serde_json::json!(((x - m).exp() / z) as f32))).collect();
+                    let probs: serde_json::Map<String, serde_json::Value> = row.iter().zip(&labels).map(|(x, l)| (l.clone(), serde_json::json!(((x - m).exp() / z * 1e6).round() / 1e6))).collect();
                     let best = argmax_rows(row, labels.len())[0];
                     out.push(serde_json::json!({ "text": chunk[b], "label": labels[best], "probs": probs }));
                 }

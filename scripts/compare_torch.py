@@ -1,0 +1,221 @@
+"""engram vs PyTorch + transformers: the same fine-tuning recipe on the same real data, 3 seeds each.
+
+    python3 scripts/compare_torch.py --model DIR --engram path/to/engram [--device cuda] [--seeds 1 2 3]
+
+For each task (Rotten Tomatoes sentiment: accuracy; WNUT-16 NER: entity F1, conlleval semantics)
+it fine-tunes the model with engram (`engram finetune`) and with a PyTorch loop that follows the
+same recipe step for step: same files, same label sets, same tokenizer and truncation, AdamW with
+no decay on biases/LayerNorm, linear warmup (ceil(ratio · total) steps) then linear decay, global
+grad-norm clip 1.0, batch 32, per-epoch dev evaluation, the best dev epoch's model scored on test.
+engram's fused attention has no attention-probability dropout, so the PyTorch model is run with
+attention_probs_dropout_prob = 0 (hidden dropout 0.1 on both). Prints one table (medians of the
+seeds) and writes the raw numbers as JSON. Reference only: engram never imports Python.
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertForTokenClassification, get_linear_schedule_with_warmup
+
+TASKS = {
+    "rt": dict(task="classify", train="data/cache/rt/train.csv", dev="data/cache/rt/dev.csv", test="data/cache/rt/test.csv",
+               metric="accuracy", epochs=3, lr=5e-5),
+    "wnut16": dict(task="ner", train="data/cache/wnut16/train.conll", dev="data/cache/wnut16/dev.conll", test="data/cache/wnut16/test.conll",
+                   metric="entity_f1", epochs=5, lr=5e-5),
+}
+BATCH, MAX_LEN, WARMUP, WD, CLIP = 32, 128, 0.1, 0.01, 1.0
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return [(r["text"], r["label"]) for r in csv.DictReader(f)]
+
+
+def read_conll(path):
+    sents, words, tags = [], [], []
+    for line in open(path):
+        line = line.strip()
+        if not line:
+            if words:
+                sents.append((words, tags))
+            words, tags = [], []
+            continue
+        cols = line.split()
+        words.append(cols[0])
+        tags.append(cols[-1])
+    if words:
+        sents.append((words, tags))
+    return sents
+
+
+def spans(tags):
+    out, open_ = [], None
+    for i, t in enumerate(tags):
+        p, _, ty = t.partition("-")
+        if p not in ("B", "I"):
+            p, ty = "O", ""
+        if not (p == "I" and open_ and open_[0] == ty):
+            if open_:
+                out.append((open_[0], open_[1], i - 1))
+            open_ = (ty, i) if p != "O" else None
+    if open_:
+        out.append((open_[0], open_[1], len(tags) - 1))
+    return out
+
+
+def entity_f1(gold, pred):
+    tp = np_ = ng = 0
+    for g, p in zip(gold, pred):
+        gs, ps = spans(g), spans(p)
+        ng += len(gs)
+        np_ += len(ps)
+        tp += sum(1 for s in gs if s in ps)
+    prec = tp / np_ if np_ else 0.0
+    rec = tp / ng if ng else 0.0
+    return 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+
+
+def torch_run(model_dir, spec, seed, device, limit=None):
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ner = spec["task"] == "ner"
+    if ner:
+        train, dev, test = (read_conll(spec[k]) for k in ("train", "dev", "test"))
+        types = sorted({t[2:] for _, ts in train for t in ts if t != "O"})
+        labels = sorted({t for _, ts in train for t in ts} | {f"{p}-{t}" for t in types for p in "BI"})
+    else:
+        train, dev, test = (read_csv(spec[k]) for k in ("train", "dev", "test"))
+        labels = sorted({l for _, l in train})
+    if limit:
+        train, dev, test = train[:limit], dev[:limit], test[:limit]
+    lid = {l: i for i, l in enumerate(labels)}
+    cfg = BertConfig.from_pretrained(model_dir, num_labels=len(labels), attention_probs_dropout_prob=0.0)
+    cls = BertForTokenClassification if ner else BertForSequenceClassification
+    model = cls.from_pretrained(model_dir, config=cfg).to(device)
+
+    def encode(items):
+        if ner:
+            enc = tok([w for w, _ in items], is_split_into_words=True, truncation=True, max_length=MAX_LEN, padding=True, return_tensors="pt")
+            y = torch.full(enc["input_ids"].shape, -100, dtype=torch.long)
+            for b, (_, tags) in enumerate(items):
+                prev = None
+                for i, w in enumerate(enc.word_ids(b)):
+                    if w is not None and w != prev:
+                        y[b, i] = lid[tags[w]]
+                    prev = w
+        else:
+            enc = tok([t for t, _ in items], truncation=True, max_length=MAX_LEN, padding=True, return_tensors="pt")
+            y = torch.tensor([lid[l] for _, l in items])
+        return {k: v.to(device) for k, v in enc.items()}, y.to(device), enc
+
+    no_decay = lambda n: "bias" in n or "LayerNorm" in n
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not no_decay(n)], "weight_decay": WD},
+        {"params": [p for n, p in model.named_parameters() if no_decay(n)], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=spec["lr"], betas=(0.9, 0.999), eps=1e-8)
+    steps_per_epoch = math.ceil(len(train) / BATCH)
+    total = steps_per_epoch * spec["epochs"]
+    sched = get_linear_schedule_with_warmup(opt, math.ceil(WARMUP * total), total)
+
+    def evaluate(items):
+        model.eval()
+        gold, pred = [], []
+        with torch.no_grad():
+            for i in range(0, len(items), 64):
+                chunk = items[i:i + 64]
+                x, y, enc = encode(chunk)
+                p = model(**x).logits.argmax(-1).cpu()
+                if ner:
+                    for b, (words, tags) in enumerate(chunk):
+                        out, seen = ["O"] * len(words), set()
+                        for t, w in enumerate(enc.word_ids(b)):
+                            if w is not None and w not in seen:
+                                seen.add(w)
+                                out[w] = labels[p[b, t]]
+                        gold.append(tags)
+                        pred.append(out)
+                else:
+                    gold += y.cpu().tolist()
+                    pred += p.tolist()
+        model.train()
+        if ner:
+            return entity_f1(gold, pred)
+        return sum(int(a == b) for a, b in zip(gold, pred)) / len(gold)
+
+    g = torch.Generator().manual_seed(seed)
+    best, best_state = -1.0, None
+    model.train()
+    for epoch in range(spec["epochs"]):
+        perm = torch.randperm(len(train), generator=g).tolist()
+        for s in range(0, len(perm), BATCH):
+            x, y, _ = encode([train[j] for j in perm[s:s + BATCH]])
+            loss = model(**x, labels=y).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+        d = evaluate(dev)
+        if d > best:
+            best, best_state = d, {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    return {"dev": best, "test": evaluate(test)}
+
+
+def engram_run(engram, model_dir, spec, seed, device, out, limit=None):
+    cmd = [engram, "finetune", "--model", model_dir, "--task", spec["task"], "--train", spec["train"], "--dev", spec["dev"],
+           "--test", spec["test"], "--out", out, "--epochs", str(spec["epochs"]), "--lr", str(spec["lr"]), "--batch-size", str(BATCH),
+           "--max-length", str(MAX_LEN), "--warmup-ratio", str(WARMUP), "--weight-decay", str(WD), "--max-grad-norm", str(CLIP),
+           "--seed", str(seed), "--device", device, "--quiet"]
+    if limit:
+        cmd += ["--max-train-examples", str(limit), "--max-eval-examples", str(limit)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.exit(f"engram failed: {res.stderr}")
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    return {"dev": summary["best_metric"], "test": summary["test"][spec["metric"]]}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--engram", required=True)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--tasks", nargs="+", default=list(TASKS))
+    ap.add_argument("--json", default="compare_torch.json")
+    ap.add_argument("--limit", type=int, help="first N examples of each split (smoke runs)")
+    ap.add_argument("--epochs", type=int, help="override the tasks' epoch counts")
+    a = ap.parse_args()
+    results = {}
+    for name in a.tasks:
+        spec = dict(TASKS[name])
+        if a.epochs:
+            spec["epochs"] = a.epochs
+        for seed in a.seeds:
+            t0 = time.time()
+            e = engram_run(a.engram, a.model, spec, seed, a.device, f"/tmp/engram-compare-{name}-{seed}", a.limit)
+            t1 = time.time()
+            p = torch_run(a.model, spec, seed, "cuda" if a.device == "cuda" else "cpu", a.limit)
+            t2 = time.time()
+            results.setdefault(name, []).append({"seed": seed, "engram": e, "torch": p, "engram_s": t1 - t0, "torch_s": t2 - t1})
+            print(f"{name} seed {seed}: engram test {e['test']:.4f} ({t1 - t0:.0f} s), torch test {p['test']:.4f} ({t2 - t1:.0f} s)", flush=True)
+    json.dump(results, open(a.json, "w"), indent=1)
+    print("\n| task | metric | engram test (median of %d) | PyTorch test (median) | difference (points) |" % len(a.seeds))
+    print("|---|---|---|---|---|")
+    for name, runs in results.items():
+        e = statistics.median(r["engram"]["test"] for r in runs)
+        p = statistics.median(r["torch"]["test"] for r in runs)
+        print(f"| {name} | {TASKS[name]['metric']} | {100 * e:.2f} | {100 * p:.2f} | {100 * (e - p):+.2f} |")
+
+
+if __name__ == "__main__":
+    main()
