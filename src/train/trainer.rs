@@ -354,6 +354,10 @@ pub fn save_hf(bert: &Bert, task: Task, labels: &[String], out: &Path, tokenizer
     std::fs::create_dir_all(out).map_err(|e| Error::File { path: out.display().to_string(), detail: format!("cannot create: {e}") })?;
     let mut tensors = BTreeMap::new();
     for (name, t) in &bert.params {
+        // BertForTokenClassification has no pooler (add_pooling_layer=False).
+        if task == Task::Ner && name.starts_with("pooler.") {
+            continue;
+        }
         let hf = if name.starts_with("classifier.") { name.clone() } else { format!("bert.{name}") };
         tensors.insert(hf, t.clone());
     }
@@ -433,8 +437,18 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
         }
     }
     let (mut bert, report) = Bert::load(&src_dir, head_for(task, labels.len()), args.seed)?;
-    if !report.initialized.is_empty() && args.progress {
+    if !resuming && report.initialized.is_empty() && config_labels != labels {
+        // The checkpoint's head was trained for other labels: start the head afresh.
+        bert.reinit_head(args.seed)?;
+        if args.progress {
+            eprintln!("engram: the checkpoint's head has labels [{}]; re-initialised for [{}]", config_labels.join(", "), labels.join(", "));
+        }
+    }
+    if args.progress && !report.initialized.is_empty() {
         eprintln!("engram: newly initialised: {}", report.initialized.join(", "));
+    }
+    if args.progress && !report.mismatched.is_empty() {
+        eprintln!("engram: head re-initialised (shape mismatch): {}", report.mismatched.join(", "));
     }
     if args.freeze_backbone {
         for (name, t) in bert.params.iter_mut() {

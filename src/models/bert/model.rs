@@ -41,8 +41,8 @@ pub struct LoadReport {
     pub unexpected: Vec<String>,
     /// Tensors not in the checkpoint that were freshly initialised (a new head, a missing pooler).
     pub initialized: Vec<String>,
-    /// The dtype the checkpoint stored its floats in.
-    pub stored_dtypes: Vec<String>,
+    /// Stored head tensors whose shape did not fit the requested head (re-initialised).
+    pub mismatched: Vec<String>,
 }
 
 pub struct Bert {
@@ -147,7 +147,17 @@ impl Bert {
         let mut missing = Vec::new();
         let mut rng = Rng::new(seed);
         for (name, shape) in &expected {
-            match by_canon.remove(name) {
+            let stored = by_canon.remove(name);
+            // A head trained for another label set (different size): re-initialised, as
+            // transformers does with ignore_mismatched_sizes=True.
+            let stored = match stored {
+                Some((n, t)) if name.starts_with("classifier.") && t.shape() != shape.as_slice() => {
+                    report.mismatched.push(format!("{n} {:?} -> {shape:?}", t.shape()));
+                    None
+                }
+                other => other,
+            };
+            match stored {
                 Some((stored_name, t)) => {
                     if t.shape() != shape.as_slice() {
                         return file_err(
@@ -188,6 +198,26 @@ impl Bert {
             .collect();
         let params = params.into_iter().map(|(k, v)| (k, v.requires_grad())).collect();
         Ok((Bert { config, head, params, dir: dir.to_path_buf() }, report))
+    }
+
+    /// Replace the task head with a fresh one (normal(0, initializer_range) weights, zero bias),
+    /// for a label set other than the one the checkpoint's head was trained on.
+    pub fn reinit_head(&mut self, seed: u64) -> Result<()> {
+        let mut rng = Rng::new(seed ^ 0x6865_6164);
+        let device = self.device();
+        for name in ["classifier.weight", "classifier.bias"] {
+            let Some(old) = self.params.get(name) else { continue };
+            let shape = old.shape().to_vec();
+            let n = shape.iter().product();
+            let t = if name.ends_with("bias") {
+                Tensor::from_vec(vec![0f32; n], &shape)?
+            } else {
+                let std = self.config.initializer_range;
+                Tensor::from_vec(rng.normal_vec(n).into_iter().map(|x| (x * std) as f32).collect::<Vec<f32>>(), &shape)?
+            };
+            self.params.insert(name.to_string(), t.to_device(device)?.requires_grad());
+        }
+        Ok(())
     }
 
     pub fn num_parameters(&self) -> usize {

@@ -1,0 +1,201 @@
+//! The trainer on the tiny BERT and the small synthetic files in tests/fixtures/data: gradient
+//! accumulation equals the big batch, an interrupted run resumed from its checkpoint ends with
+//! bit-identical weights, a frozen backbone stays frozen, the output directory reloads with the
+//! same predictions, NER labels align to first sub-tokens, and bad data is an error naming the file.
+
+use std::path::{Path, PathBuf};
+
+use engram::models::bert::weights::read_safetensors;
+use engram::train::{finetune, predict_dir, FinetuneArgs, OptimizerKind, Task};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tmp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("engram-train-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// A copy of the tiny BERT with dropout off (so different batchings see the same network).
+fn tiny_without_dropout() -> PathBuf {
+    let dir = tmp("tiny-nodrop");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = root().join("weights/tiny-bert");
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let cfg = std::fs::read_to_string(src.join("config.json")).unwrap();
+    let cfg = cfg.replace("\"hidden_dropout_prob\": 0.1", "\"hidden_dropout_prob\": 0.0").replace("\"attention_probs_dropout_prob\": 0.1", "\"attention_probs_dropout_prob\": 0.0");
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    dir
+}
+
+fn args(model: &Path, task: Task, out: PathBuf) -> FinetuneArgs {
+    let d = root().join("tests/fixtures/data");
+    let (train, dev) = match task {
+        Task::Ner => (d.join("tiny_train.conll"), d.join("tiny_dev.conll")),
+        _ => (d.join("tiny_train.csv"), d.join("tiny_dev.csv")),
+    };
+    let mut a = FinetuneArgs::new(model.to_path_buf(), task, train, dev, out);
+    a.lr = 1e-3;
+    a.epochs = 2;
+    a.batch_size = 8;
+    a.warmup_ratio = 0.1;
+    a.progress = false;
+    a.seed = 3;
+    a
+}
+
+fn weights(dir: &Path) -> Vec<(String, Vec<f64>)> {
+    read_safetensors(dir.join("model.safetensors")).unwrap().into_iter().map(|(k, v)| (k, v.to_f64_vec())).collect()
+}
+
+#[test]
+fn gradient_accumulation_4x8_equals_batch_32() {
+    let model = tiny_without_dropout();
+    let mut big = args(&model, Task::Classify, tmp("big"));
+    big.epochs = 1;
+    big.batch_size = 32;
+    big.max_train_examples = Some(32);
+    let mut acc = big.clone();
+    acc.out = tmp("acc");
+    acc.batch_size = 8;
+    acc.grad_accum = 4;
+    finetune(&big).unwrap();
+    finetune(&acc).unwrap();
+    let (wb, wa) = (weights(&big.out.join("checkpoint")), weights(&acc.out.join("checkpoint")));
+    let base = weights(&model);
+    let mut moved = 0.0f64;
+    for ((n, b), (_, a)) in wb.iter().zip(&wa) {
+        for (x, y) in b.iter().zip(a) {
+            assert!((x - y).abs() <= 1e-6 + 1e-4 * x.abs(), "{n}: batch 32 gives {x}, 4×8 accumulation gives {y}");
+        }
+    }
+    for ((_, b), (_, o)) in wb.iter().zip(&base) {
+        moved = moved.max(b.iter().zip(o).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max));
+    }
+    assert!(moved > 1e-4, "the step must change the weights (max change {moved})");
+}
+
+#[test]
+fn resume_from_a_mid_run_checkpoint_gives_bitwise_identical_weights() {
+    let model = root().join("weights/tiny-bert");
+    let full = args(&model, Task::Classify, tmp("full"));
+    finetune(&full).unwrap();
+    let mut part = args(&model, Task::Classify, tmp("part"));
+    part.stop_after_steps = Some(3); // mid-epoch (6 steps per epoch)
+    finetune(&part).unwrap();
+    part.stop_after_steps = None;
+    part.resume = true;
+    finetune(&part).unwrap();
+    let a = std::fs::read(full.out.join("checkpoint/model.safetensors")).unwrap();
+    let b = std::fs::read(part.out.join("checkpoint/model.safetensors")).unwrap();
+    assert!(a == b, "resumed weights differ from the uninterrupted run");
+    let oa = std::fs::read(full.out.join("checkpoint/optimizer.safetensors")).unwrap();
+    let ob = std::fs::read(part.out.join("checkpoint/optimizer.safetensors")).unwrap();
+    assert!(oa == ob, "resumed AdamW moments differ");
+    let ma: serde_json::Value = serde_json::from_slice(&std::fs::read(full.out.join("metrics.json")).unwrap()).unwrap();
+    let mb: serde_json::Value = serde_json::from_slice(&std::fs::read(part.out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(ma["loss_per_step"], mb["loss_per_step"]);
+}
+
+#[test]
+fn output_dir_is_an_hf_model_that_reloads_with_the_same_predictions() {
+    let model = root().join("weights/tiny-bert");
+    let mut a = args(&model, Task::Classify, tmp("hf"));
+    a.test = Some(root().join("tests/fixtures/data/tiny_dev.csv"));
+    let s = finetune(&a).unwrap();
+    assert!(s.best_metric.is_finite() && s.test.is_some());
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(a.out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["architectures"][0], "BertForSequenceClassification");
+    assert_eq!(cfg["id2label"]["0"], "neg");
+    assert_eq!(cfg["label2id"]["pos"], 1);
+    let names: Vec<String> = read_safetensors(a.out.join("model.safetensors")).unwrap().into_keys().collect();
+    assert!(names.contains(&"bert.encoder.layer.1.output.dense.weight".to_string()) && names.contains(&"classifier.weight".to_string()));
+    for f in ["tokenizer.json", "metrics.json", "training.svg", "checkpoint/trainer_state.json"] {
+        assert!(a.out.join(f).is_file(), "{f} missing");
+    }
+    let texts = vec!["the cat is nice and warm".to_string(), "my lazy dog".to_string()];
+    let p1 = predict_dir(&a.out, &texts, 64, 8, engram::Device::Cpu).unwrap();
+    let p2 = predict_dir(&a.out, &texts, 64, 1, engram::Device::Cpu).unwrap();
+    assert_eq!(p1.len(), 2);
+    for (x, y) in p1.iter().zip(&p2) {
+        assert_eq!(x["label"], y["label"]);
+        let (px, py) = (x["probs"]["pos"].as_f64().unwrap(), y["probs"]["pos"].as_f64().unwrap());
+        assert!((px - py).abs() < 1e-5, "batching changed a probability: {px} vs {py}");
+    }
+}
+
+#[test]
+fn frozen_backbone_trains_only_the_head_and_sgd_works() {
+    let model = root().join("weights/tiny-bert");
+    let mut a = args(&model, Task::Classify, tmp("frozen"));
+    a.freeze_backbone = true;
+    a.optimizer = OptimizerKind::Sgd;
+    a.lr = 0.05;
+    a.epochs = 1;
+    finetune(&a).unwrap();
+    let before = weights(&model);
+    let after = weights(&a.out.join("checkpoint"));
+    for ((n, x), (_, y)) in before.iter().zip(&after) {
+        let changed = x.iter().zip(y).any(|(p, q)| p != q);
+        assert_eq!(changed, n.starts_with("classifier."), "{n}: changed = {changed}");
+    }
+}
+
+#[test]
+fn ner_trains_and_predicts_entity_spans() {
+    let model = root().join("weights/tiny-bert");
+    let mut a = args(&model, Task::Ner, tmp("ner"));
+    a.epochs = 12;
+    a.lr = 5e-3;
+    a.batch_size = 4;
+    let s = finetune(&a).unwrap();
+    assert_eq!(s.metric, "entity_f1");
+    let p = predict_dir(&a.out, &["the quick brown fox is on my email".to_string()], 64, 4, engram::Device::Cpu).unwrap();
+    let tags = p[0]["tags"].as_array().unwrap();
+    assert_eq!(tags.len(), 8);
+    assert_eq!(p[0]["tokens"][2], "brown");
+    for e in p[0]["entities"].as_array().unwrap() {
+        let (st, en) = (e["start"].as_u64().unwrap() as usize, e["end"].as_u64().unwrap() as usize);
+        assert_eq!(&"the quick brown fox is on my email"[st..en], e["text"].as_str().unwrap());
+    }
+    assert!(s.best_metric > 0.5, "tiny NER should learn the fixed pattern (entity F1 {})", s.best_metric);
+}
+
+#[test]
+fn bad_data_is_an_error_naming_the_file_and_line() {
+    let model = root().join("weights/tiny-bert");
+    let bad = tmp("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    let cases = [
+        ("a.csv", "text,label\nok,pos\n\"never closed,neg\n", "never closed"),
+        ("b.csv", "words,label\nx,pos\n", "header must name"),
+        ("c.csv", "text,label\nx,pos,extra\n", "line 2"),
+        ("d.jsonl", "{\"text\": \"x\", \"label\": \"pos\"}\n{oops\n", "line 2"),
+        ("e.xml", "<x/>", "unknown extension"),
+    ];
+    for (name, body, needle) in cases {
+        let p = bad.join(name);
+        std::fs::write(&p, body).unwrap();
+        let mut a = args(&model, Task::Classify, tmp("badout"));
+        a.train = p.clone();
+        let e = finetune(&a).unwrap_err().to_string();
+        assert!(e.contains(name) && e.contains(needle), "{name}: {e}");
+    }
+    let p = bad.join("f.conll");
+    std::fs::write(&p, "x O\ny Q-PER\n").unwrap();
+    let mut a = args(&model, Task::Ner, tmp("badout2"));
+    a.train = p;
+    let e = finetune(&a).unwrap_err().to_string();
+    assert!(e.contains("f.conll") && e.contains("line 2") && e.contains("BIO"), "{e}");
+    // A dev label the model never saw in training (classification) is an error, not a panic.
+    let p = bad.join("dev.csv");
+    std::fs::write(&p, "text,label\nx,maybe\n").unwrap();
+    let mut a = args(&model, Task::Classify, tmp("badout3"));
+    a.dev = p;
+    let e = finetune(&a).unwrap_err().to_string();
+    assert!(e.contains("dev.csv") && e.contains("maybe"), "{e}");
+}
