@@ -11,7 +11,7 @@ use engram::data::BertTokenizer;
 use engram::models::bert::weights::describe_safetensors;
 use engram::models::bert::{sentence_config, Bert, Head};
 use engram::optim::{clip_grad_norm, hf_param_groups, AdamW, AdamWConfig, LinearWarmupDecay};
-use engram::testing::Rng;
+use engram::util::Rng;
 use engram::{ops, Device, Error, Result, Tape, Tensor};
 
 #[derive(Parser)]

@@ -3,7 +3,7 @@
 //! fully padded key rows). Tolerance: rel 1e-6 per element (see `testing::gradcheck`).
 
 use engram::ops;
-use engram::testing::{assert_gradcheck, gradcheck, Rng};
+use engram::testing::{assert_gradcheck, gradcheck, Rng, RngExt};
 use engram::{Tape, Tensor};
 
 fn ids(v: Vec<i64>, shape: &[usize]) -> Tensor {

@@ -283,7 +283,7 @@ mod tests {
 
     #[test]
     fn gemm_matches_naive_at_awkward_shapes_and_transposes() {
-        let mut rng = crate::testing::Rng::new(7);
+        let mut rng = crate::util::Rng::new(7);
         for &(m, k, n) in &[(1, 1, 1), (1, 7, 3), (5, 300, 17), (67, 9, 33), (130, 513, 15), (4, 16, 64)] {
             for &(ta, tb) in &[(false, false), (false, true), (true, false), (true, true)] {
                 let a = rng.normal_vec(m * k);
@@ -302,7 +302,7 @@ mod tests {
 
     #[test]
     fn f32_simd_tile_matches_f64_reference() {
-        let mut rng = crate::testing::Rng::new(11);
+        let mut rng = crate::util::Rng::new(11);
         for &(m, k, n) in &[(1, 1, 1), (7, 300, 17), (13, 513, 33), (64, 64, 64), (100, 31, 48)] {
             for &(ta, tb) in &[(false, false), (false, true), (true, false)] {
                 let a = rng.normal_vec(m * k);

@@ -25,7 +25,7 @@ use crate::models::bert::weights::{read_safetensors, write_safetensors};
 use crate::models::bert::{Bert, Head};
 use crate::ops;
 use crate::optim::{clip_grad_norm, hf_param_groups, AdamW, AdamWConfig, LinearWarmupDecay, Sgd, SgdConfig};
-use crate::testing::Rng;
+use crate::util::Rng;
 use crate::util::write_atomic;
 use crate::{Device, Grads, Tape, Tensor};
 

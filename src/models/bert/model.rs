@@ -13,7 +13,7 @@ use crate::data::Batch;
 use crate::error::{file_err, shape_err, Error, Result};
 use crate::ops;
 use crate::tensor::{Device, Tensor};
-use crate::testing::Rng;
+use crate::util::Rng;
 use crate::Tape;
 
 /// The task head on top of the encoder.
