@@ -9,7 +9,12 @@ use engram::models::bert::weights::read_safetensors;
 use engram::train::{finetune, predict_dir, FinetuneArgs, OptimizerKind, Task};
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if built.join("weights").is_dir() {
+        built
+    } else {
+        PathBuf::from(".") // a test binary carried to another machine, run from the repository root
+    }
 }
 
 fn tmp(tag: &str) -> PathBuf {
