@@ -24,7 +24,7 @@ mod gpu {
     use engram::{ops, Device, Result, Tape, Tensor};
 
     /// True when a GPU is here (and turns output poisoning on); otherwise says why it skips.
-    fn gpu(test: &str) -> bool {
+    pub(super) fn gpu(test: &str) -> bool {
         match engram::device::cuda_available() {
             Ok(_) => {
                 engram::device::cuda::set_poison(true);
@@ -315,6 +315,7 @@ mod gpu_bert {
     use engram::models::bert::weights::read_safetensors;
     use engram::models::bert::{Bert, Head};
     use engram::testing::assert_close;
+    use super::gpu::gpu;
     use engram::{ops, Device, Tape};
 
     fn root() -> PathBuf {
@@ -323,19 +324,6 @@ mod gpu_bert {
             built
         } else {
             PathBuf::from(".")
-        }
-    }
-
-    fn gpu(test: &str) -> bool {
-        match engram::device::cuda_available() {
-            Ok(_) => {
-                engram::device::cuda::set_poison(true);
-                true
-            }
-            Err(why) => {
-                eprintln!("SKIPPED: {test}: {why}");
-                false
-            }
         }
     }
 

@@ -15,20 +15,8 @@ use crate::tensor::Tensor;
 /// Every tensor of a safetensors file, by its stored name.
 pub fn read_safetensors(path: impl AsRef<Path>) -> Result<BTreeMap<String, Tensor>> {
     let path = path.as_ref();
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) => return file_err(path, format!("cannot open the weights: {e}")),
-    };
-    // SAFETY: the map is read-only and dropped before this function returns; a concurrent
-    // truncation of the file by another process is the one way this could fault.
-    let mmap = match unsafe { memmap2::Mmap::map(&file) } {
-        Ok(m) => m,
-        Err(e) => return file_err(path, format!("cannot map the weights: {e}")),
-    };
-    let st = match SafeTensors::deserialize(&mmap) {
-        Ok(s) => s,
-        Err(e) => return file_err(path, format!("not a valid safetensors file: {e}")),
-    };
+    let mmap = map(path)?;
+    let st = parse(path, &mmap)?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
         let shape = view.shape().to_vec();
@@ -90,21 +78,30 @@ pub fn write_safetensors(path: impl AsRef<Path>, tensors: &BTreeMap<String, Tens
 /// Name, stored dtype and shape of every tensor in a safetensors file (header only).
 pub fn describe_safetensors(path: impl AsRef<Path>) -> Result<Vec<(String, String, Vec<usize>)>> {
     let path = path.as_ref();
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) => return file_err(path, format!("cannot open the weights: {e}")),
-    };
-    // SAFETY: read-only map, dropped before returning.
-    let mmap = match unsafe { memmap2::Mmap::map(&file) } {
-        Ok(m) => m,
-        Err(e) => return file_err(path, format!("cannot map the weights: {e}")),
-    };
-    let st = match SafeTensors::deserialize(&mmap) {
-        Ok(s) => s,
-        Err(e) => return file_err(path, format!("not a valid safetensors file: {e}")),
-    };
+    let mmap = map(path)?;
+    let st = parse(path, &mmap)?;
     let mut v: Vec<(String, String, Vec<usize>)> =
         st.tensors().into_iter().map(|(n, t)| (n.to_string(), format!("{:?}", t.dtype()), t.shape().to_vec())).collect();
     v.sort();
     Ok(v)
+}
+
+fn map(path: &Path) -> Result<memmap2::Mmap> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return file_err(path, format!("cannot open the weights: {e}")),
+    };
+    // SAFETY: the map is read-only and lives only while the file is being read; a concurrent
+    // truncation of the file by another process is the one way this could fault.
+    match unsafe { memmap2::Mmap::map(&file) } {
+        Ok(m) => Ok(m),
+        Err(e) => file_err(path, format!("cannot map the weights: {e}")),
+    }
+}
+
+fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<SafeTensors<'a>> {
+    match SafeTensors::deserialize(bytes) {
+        Ok(s) => Ok(s),
+        Err(e) => file_err(path, format!("not a valid safetensors file: {e}")),
+    }
 }
