@@ -149,6 +149,22 @@ mod gpu {
     }
 
     #[test]
+    fn concat_narrow_parity() {
+        if !gpu("concat/narrow") {
+            return;
+        }
+        let mut r = Rng::new(21);
+        let a = randn(&mut r, &[3, 5, 33]).requires_grad();
+        let m = randn(&mut r, &[3, 4, 33]).requires_grad();
+        let n = randn(&mut r, &[2, 5, 33]).requires_grad();
+        parity("concat axis 1 (memory splice)", &[a.clone(), m], |t, i| {
+            ops::concat(t, &[&ops::narrow(t, &i[0], 1, 0, 1)?, &i[1], &ops::narrow(t, &i[0], 1, 1, 4)?], 1)
+        });
+        parity("concat axis 0 + aliased", &[a.clone(), n], |t, i| ops::concat(t, &[&i[0], &i[1], &i[0]], 0));
+        parity("narrow axis 2", &[a], |t, i| ops::narrow(t, &i[0], 2, 7, 19));
+    }
+
+    #[test]
     fn layer_norm_parity() {
         if !gpu("layer_norm") {
             return;

@@ -192,3 +192,45 @@ fn gradcheck_catches_a_wrong_gradient() {
     .unwrap();
     assert!(res.max_rel_err > 1e-2, "gradcheck did not notice a wrong gradient: {res:?}");
 }
+
+#[test]
+fn concat_and_narrow_on_every_axis() {
+    let mut r = Rng::new(15);
+    let a = r.param(&[2, 3, 5]);
+    let b = r.param(&[2, 1, 5]);
+    let c = r.param(&[2, 4, 5]);
+    assert_gradcheck("concat axis 1", &[a.clone(), b, c], 15, |t, v| ops::concat(t, &[&v[0], &v[1], &v[2]], 1));
+    let d = r.param(&[3, 3, 5]);
+    assert_gradcheck("concat axis 0", &[a.clone(), d], 16, |t, v| ops::concat(t, &[&v[0], &v[1]], 0));
+    let e = r.param(&[2, 3, 2]);
+    assert_gradcheck("concat axis 2", &[a.clone(), e], 17, |t, v| ops::concat(t, &[&v[0], &v[1]], 2));
+    // The same tensor twice: both bands accumulate into one gradient.
+    assert_gradcheck("concat aliased", &[a.clone()], 18, |t, v| ops::concat(t, &[&v[0], &v[0]], 1));
+    assert_gradcheck("narrow axis 1", &[a.clone()], 19, |t, v| ops::narrow(t, &v[0], 1, 1, 2));
+    assert_gradcheck("narrow axis 0", &[a.clone()], 20, |t, v| ops::narrow(t, &v[0], 0, 1, 1));
+    assert_gradcheck("narrow axis 2", &[a.clone()], 21, |t, v| ops::narrow(t, &v[0], 2, 4, 1));
+    // narrow ∘ concat: the splice the memory model does (read back the middle band).
+    let m = r.param(&[2, 2, 5]);
+    assert_gradcheck("splice", &[a, m], 22, |t, v| {
+        let x = ops::concat(t, &[&ops::narrow(t, &v[0], 1, 0, 1)?, &v[1], &ops::narrow(t, &v[0], 1, 1, 2)?], 1)?;
+        ops::narrow(t, &x, 1, 1, 3)
+    });
+}
+
+#[test]
+fn concat_and_narrow_values_and_bad_shapes() {
+    let t = Tape::inference();
+    let a = Tensor::from_vec((0..6).map(|x| x as f32).collect::<Vec<_>>(), &[2, 3]).unwrap();
+    let b = Tensor::from_vec(vec![10f32, 11.0], &[2, 1]).unwrap();
+    let c = ops::concat(&t, &[&a, &b], 1).unwrap();
+    assert_eq!(c.shape(), &[2, 4]);
+    assert_eq!(c.to_f64_vec(), vec![0.0, 1.0, 2.0, 10.0, 3.0, 4.0, 5.0, 11.0]);
+    let n = ops::narrow(&t, &c, 1, 2, 2).unwrap();
+    assert_eq!(n.to_f64_vec(), vec![2.0, 10.0, 5.0, 11.0]);
+    let z = ops::narrow(&t, &c, 0, 2, 0).unwrap();
+    assert_eq!(z.shape(), &[0, 4]);
+    assert!(ops::concat(&t, &[&a, &b], 0).is_err());
+    assert!(ops::concat(&t, &[], 0).is_err());
+    assert!(ops::narrow(&t, &a, 1, 2, 2).is_err());
+    assert!(ops::narrow(&t, &a, 2, 0, 1).is_err());
+}

@@ -3,6 +3,7 @@
 //! and returns a `Result` whose error names the op and the shapes.
 
 pub mod attention;
+pub mod concat;
 pub mod cross_entropy;
 pub mod dropout;
 pub mod elementwise;
@@ -19,6 +20,7 @@ pub mod softmax;
 pub mod tanh;
 
 pub use attention::attention;
+pub use concat::{concat, narrow};
 pub use cross_entropy::{cross_entropy, IGNORE_INDEX};
 pub use dropout::dropout;
 pub use elementwise::{add, bias_add, scale};
