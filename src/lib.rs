@@ -8,6 +8,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod float;
+pub mod memory;
 pub mod models;
 pub mod ops;
 pub mod optim;

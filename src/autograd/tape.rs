@@ -25,6 +25,8 @@ struct Node {
 /// nothing and makes dropout the identity.
 pub struct Tape {
     training: bool,
+    /// False on a [`Tape::no_grad`] tape: dropout is on but nothing is recorded.
+    grad: bool,
     seed: u64,
     dropout_calls: Cell<u64>,
     nodes: RefCell<Vec<Node>>,
@@ -32,11 +34,28 @@ pub struct Tape {
 
 impl Tape {
     pub fn training(seed: u64) -> Tape {
-        Tape { training: true, seed, dropout_calls: Cell::new(0), nodes: RefCell::new(Vec::new()) }
+        Tape { training: true, grad: true, seed, dropout_calls: Cell::new(0), nodes: RefCell::new(Vec::new()) }
+    }
+
+    /// Training-mode forward (dropout on, seeded like [`Tape::training`]) that records and saves
+    /// nothing — `torch.no_grad()` under `model.train()`. Truncated backpropagation through time
+    /// runs the segments before the truncation point on one.
+    pub fn no_grad(seed: u64) -> Tape {
+        Tape { training: true, grad: false, seed, dropout_calls: Cell::new(0), nodes: RefCell::new(Vec::new()) }
     }
 
     pub fn inference() -> Tape {
-        Tape { training: false, seed: 0, dropout_calls: Cell::new(0), nodes: RefCell::new(Vec::new()) }
+        Tape { training: false, grad: false, seed: 0, dropout_calls: Cell::new(0), nodes: RefCell::new(Vec::new()) }
+    }
+
+    /// A [`Tape::no_grad`] twin of this tape (an inference tape stays inference), with a dropout
+    /// stream of its own derived from this tape's seed.
+    pub fn frozen(&self) -> Tape {
+        if self.training {
+            Tape::no_grad(crate::ops::dropout::mix_seed(self.seed, u64::MAX))
+        } else {
+            Tape::inference()
+        }
     }
 
     pub fn is_training(&self) -> bool {
@@ -76,7 +95,7 @@ impl Tape {
         shape: Vec<usize>,
         save: impl FnOnce(&Tensor) -> B,
     ) -> Tensor {
-        let tracked = self.training && inputs.iter().any(|t| t.is_tracked());
+        let tracked = self.grad && inputs.iter().any(|t| t.is_tracked());
         let out = Tensor::from_parts(data, shape, tracked);
         if tracked {
             let op = Box::new(save(&out));
@@ -96,7 +115,7 @@ impl Tape {
     }
 
     pub(crate) fn tracks(&self, inputs: &[&Tensor]) -> bool {
-        self.training && inputs.iter().any(|t| t.is_tracked())
+        self.grad && inputs.iter().any(|t| t.is_tracked())
     }
 
     /// Backward from a scalar loss (upstream gradient 1).

@@ -13,6 +13,8 @@ use crate::tensor::{Device, Tensor};
 /// file itself asks for is replaced).
 pub struct BertTokenizer {
     inner: Tokenizer,
+    /// The same tokenizer without padding or truncation (long inputs cut into segments).
+    raw: Tokenizer,
     path: PathBuf,
     max_len: usize,
 }
@@ -67,6 +69,11 @@ impl BertTokenizer {
             Ok(t) => t,
             Err(e) => return file_err(path, format!("not a usable tokenizer.json: {e}")),
         };
+        let mut raw = inner.clone();
+        raw.with_padding(None);
+        if let Err(e) = raw.with_truncation(None) {
+            return file_err(path, format!("cannot switch truncation off: {e}"));
+        }
         let (pad_id, pad_token) = match ["[PAD]", "<pad>"].iter().find_map(|t| inner.token_to_id(t).map(|id| (id, t.to_string()))) {
             Some(p) => p,
             None => match inner.get_padding() {
@@ -90,7 +97,7 @@ impl BertTokenizer {
         })) {
             return file_err(path, format!("cannot truncate to {max_len} tokens: {e}"));
         }
-        Ok(BertTokenizer { inner, path: path.to_path_buf(), max_len })
+        Ok(BertTokenizer { inner, raw, path: path.to_path_buf(), max_len })
     }
 
     pub fn max_len(&self) -> usize {
@@ -111,6 +118,22 @@ impl BertTokenizer {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Token ids of a whole text, no special tokens, never truncated (for segmenting long inputs).
+    pub fn ids_untruncated(&self, text: &str) -> Result<Vec<u32>> {
+        match self.raw.encode(text, false) {
+            Ok(e) => Ok(e.get_ids().to_vec()),
+            Err(e) => file_err(&self.path, format!("tokenization failed: {e}")),
+        }
+    }
+
+    /// The id of a special token (`[CLS]`, `[SEP]`, `[PAD]`), or an error naming the file.
+    pub fn special_id(&self, token: &str) -> Result<u32> {
+        match self.inner.token_to_id(token) {
+            Some(id) => Ok(id),
+            None => file_err(&self.path, format!("the vocabulary has no {token} token")),
+        }
     }
 
     /// Tokenize single texts.

@@ -252,22 +252,38 @@ impl Bert {
     /// training tape to take effect). Attention-probability dropout is not applied (the fused
     /// attention op has none yet); hidden-state dropout is, where HF applies it.
     pub fn encode(&self, tape: &Tape, batch: &Batch, train: bool) -> Result<Tensor> {
+        let ids = batch.input_ids.to_device(self.device())?;
+        let words = ops::embedding(tape, &ids, self.p("embeddings.word_embeddings.weight")?, None)?;
+        self.encode_embeds(tape, &words, &batch.token_type_ids, &batch.attention_mask, train)
+    }
+
+    /// The word-embedding table `(V, C)`.
+    pub fn word_embeddings(&self) -> Result<&Tensor> {
+        self.p("embeddings.word_embeddings.weight")
+    }
+
+    /// The encoder from word embeddings `words (B, T, C)` on (HF's `inputs_embeds`): position and
+    /// token-type embeddings are added, then LayerNorm, dropout and the layers. The recurrent
+    /// memory splices its memory states into `words` at the [MEM] positions.
+    pub fn encode_embeds(&self, tape: &Tape, words: &Tensor, token_type_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Result<Tensor> {
         let cfg = &self.config;
-        let (b, t) = (batch.batch_size(), batch.seq_len());
+        let s = words.shape();
+        if s.len() != 3 || s[2] != cfg.hidden_size || token_type_ids.shape() != &s[..2] || attention_mask.shape() != &s[..2] {
+            return shape_err(
+                "bert",
+                format!("embeddings {s:?}, token types {:?} and mask {:?} do not fit hidden size {}", token_type_ids.shape(), attention_mask.shape(), cfg.hidden_size),
+            );
+        }
+        let (b, t) = (s[0], s[1]);
         if t > cfg.max_position_embeddings {
             return shape_err("bert", format!("{t} tokens exceed max_position_embeddings = {}", cfg.max_position_embeddings));
         }
         let device = self.device();
         let drop = if train { cfg.hidden_dropout_prob } else { 0.0 };
         let pos = Tensor::from_ids((0..b * t).map(|i| (i % t) as i64).collect(), &[b, t])?.to_device(device)?;
-        let ids = batch.input_ids.to_device(device)?;
-        let types = batch.token_type_ids.to_device(device)?;
-        let mask = batch.attention_mask.to_device(device)?;
-        let e = ops::add(
-            tape,
-            &ops::embedding(tape, &ids, self.p("embeddings.word_embeddings.weight")?, None)?,
-            &ops::embedding(tape, &pos, self.p("embeddings.position_embeddings.weight")?, None)?,
-        )?;
+        let types = token_type_ids.to_device(device)?;
+        let mask = attention_mask.to_device(device)?;
+        let e = ops::add(tape, words, &ops::embedding(tape, &pos, self.p("embeddings.position_embeddings.weight")?, None)?)?;
         let e = ops::add(tape, &e, &ops::embedding(tape, &types, self.p("embeddings.token_type_embeddings.weight")?, None)?)?;
         let mut x = ops::dropout(tape, &self.layer_norm(tape, &e, "embeddings.LayerNorm")?, drop)?; // (B, T, C)
         let nh = cfg.num_attention_heads;
@@ -300,6 +316,12 @@ impl Bert {
     /// classification.
     pub fn logits(&self, tape: &Tape, batch: &Batch, train: bool) -> Result<Tensor> {
         let hidden = self.encode(tape, batch, train)?;
+        self.head(tape, &hidden, train)
+    }
+
+    /// The task head on the encoder's output `hidden (B, T, C)`.
+    pub fn head(&self, tape: &Tape, hidden: &Tensor, train: bool) -> Result<Tensor> {
+        let hidden = hidden.clone();
         let p = if train { self.config.classifier_dropout.unwrap_or(self.config.hidden_dropout_prob) } else { 0.0 };
         match self.head {
             Head::None => Err(Error::Autograd("bert: logits need a classification head".into())),
