@@ -120,6 +120,19 @@ struct FinetuneCli {
     /// No progress bars or per-epoch reports.
     #[arg(long)]
     quiet: bool,
+    /// Context memory: M recurrent memory tokens carried across segments of long inputs (0 with
+    /// --segment-len: the chunk-and-average baseline). A plain BERT gets memory with this flag.
+    #[arg(long, help_heading = "Context memory")]
+    memory_tokens: Option<usize>,
+    /// Text tokens per segment (default: max length − memory tokens − 2).
+    #[arg(long, help_heading = "Context memory")]
+    segment_len: Option<usize>,
+    /// Backpropagate through the last K segments only (default: all).
+    #[arg(long, help_heading = "Context memory")]
+    bptt: Option<usize>,
+    /// Longest input, in segments; longer inputs are an error.
+    #[arg(long, default_value_t = 64, help_heading = "Context memory")]
+    max_segments: usize,
 }
 
 #[derive(Subcommand)]
@@ -150,6 +163,9 @@ enum Cmd {
         batch_size: usize,
         #[arg(long, value_enum, default_value = "cpu")]
         device: DeviceArg,
+        /// Memory models: print the memory state norm after each segment.
+        #[arg(long)]
+        memory_norms: bool,
         texts: Vec<String>,
     },
     /// Train a tiny encoder on a synthetic task and show the loss falling (the default).
@@ -199,8 +215,8 @@ fn main() -> ExitCode {
             println!("{}", serde_json::to_string_pretty(&json).expect("metrics serialise"));
             ExitCode::SUCCESS
         }),
-        Cmd::Predict { model, input, max_length, batch_size, device, texts } => read_texts(input.as_deref(), texts).and_then(|texts| {
-            let preds = engram::train::predict_dir(&model, &texts, max_length, batch_size, device.into())?;
+        Cmd::Predict { model, input, max_length, batch_size, device, memory_norms, texts } => read_texts(input.as_deref(), texts).and_then(|texts| {
+            let preds = engram::train::predict_dir(&model, &texts, max_length, batch_size, device.into(), memory_norms)?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             for p in preds {
@@ -253,6 +269,22 @@ fn finetune(f: FinetuneCli) -> Result<()> {
     a.save_steps = f.save_steps;
     a.stop_after_steps = f.stop_after_steps;
     a.progress = !f.quiet;
+    if f.memory_tokens.is_some() || f.segment_len.is_some() {
+        use engram::memory::MemoryConfig;
+        let m = f.memory_tokens.unwrap_or(0);
+        let seg = match f.segment_len {
+            Some(s) => s,
+            None => f.max_length.checked_sub(m + 2).filter(|&s| s > 0).ok_or_else(|| Error::Value {
+                op: "finetune",
+                detail: format!("--max-length {} leaves no room for {m} memory tokens and [CLS]/[SEP]", f.max_length),
+            })?,
+        };
+        let mut cfg = if m > 0 { MemoryConfig::memory(m, seg, f.bptt) } else { MemoryConfig::chunk_mean(seg) };
+        cfg.max_segments = f.max_segments;
+        a.memory = Some(cfg);
+    } else if f.bptt.is_some() {
+        return Err(Error::Value { op: "finetune", detail: "--bptt needs --memory-tokens".into() });
+    }
     let s = engram::train::finetune(&a)?;
     eprintln!(
         "\ndone: best dev {} = {:.4} at epoch {} of {}{}; {:.1} examples/s, {:.0} tokens/s; model in {}",

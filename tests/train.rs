@@ -123,8 +123,8 @@ fn output_dir_is_an_hf_model_that_reloads_with_the_same_predictions() {
         assert!(a.out.join(f).is_file(), "{f} missing");
     }
     let texts = vec!["the cat is nice and warm".to_string(), "my lazy dog".to_string()];
-    let p1 = predict_dir(&a.out, &texts, 64, 8, engram::Device::Cpu).unwrap();
-    let p2 = predict_dir(&a.out, &texts, 64, 1, engram::Device::Cpu).unwrap();
+    let p1 = predict_dir(&a.out, &texts, 64, 8, engram::Device::Cpu, false).unwrap();
+    let p2 = predict_dir(&a.out, &texts, 64, 1, engram::Device::Cpu, false).unwrap();
     assert_eq!(p1.len(), 2);
     for (x, y) in p1.iter().zip(&p2) {
         assert_eq!(x["label"], y["label"]);
@@ -159,7 +159,7 @@ fn ner_trains_and_predicts_entity_spans() {
     a.batch_size = 4;
     let s = finetune(&a).unwrap();
     assert_eq!(s.metric, "entity_f1");
-    let p = predict_dir(&a.out, &["the quick brown fox is on my email".to_string()], 64, 4, engram::Device::Cpu).unwrap();
+    let p = predict_dir(&a.out, &["the quick brown fox is on my email".to_string()], 64, 4, engram::Device::Cpu, false).unwrap();
     let tags = p[0]["tags"].as_array().unwrap();
     assert_eq!(tags.len(), 8);
     assert_eq!(p[0]["tokens"][2], "brown");
@@ -203,4 +203,49 @@ fn bad_data_is_an_error_naming_the_file_and_line() {
     a.dev = p;
     let e = finetune(&a).unwrap_err().to_string();
     assert!(e.contains("dev.csv") && e.contains("maybe"), "{e}");
+}
+
+#[test]
+fn memory_model_trains_saves_reloads_and_resumes_exactly() {
+    use engram::memory::{MemoryConfig, MEMORY_PARAM};
+    let model = tiny_without_dropout();
+    let mut a = args(&model, Task::Classify, tmp("mem"));
+    // Segments of 4 text tokens: the fixture sentences take 2–4 segments each.
+    a.memory = Some(MemoryConfig::memory(2, 4, None));
+    let s = finetune(&a).unwrap();
+    let names: Vec<String> = read_safetensors(a.out.join("model.safetensors")).unwrap().into_keys().collect();
+    assert!(!names.iter().any(|n| n.contains("memory")), "model.safetensors must stay a plain BERT");
+    let mem = read_safetensors(a.out.join("memory.safetensors")).unwrap();
+    assert_eq!(mem[MEMORY_PARAM].shape(), &[2, 32]);
+    let cfg: MemoryConfig = serde_json::from_slice(&std::fs::read(a.out.join("memory.json")).unwrap()).unwrap();
+    assert_eq!(cfg, MemoryConfig::memory(2, 4, None));
+    // Reloaded and re-evaluated: the same dev accuracy and loss as the epoch that saved it.
+    let (_, json) = engram::train::evaluate_dir(&a.out, &a.dev, 128, engram::Device::Cpu).unwrap();
+    let metrics: serde_json::Value = serde_json::from_slice(&std::fs::read(a.out.join("metrics.json")).unwrap()).unwrap();
+    let best = &metrics["epochs"][s.best_epoch - 1]["dev"];
+    assert_eq!(json["values"]["accuracy"].as_f64().unwrap(), s.best_metric);
+    assert!((json["values"]["loss"].as_f64().unwrap() - best["loss"].as_f64().unwrap()).abs() < 1e-6);
+    // predict streams segments; batching does not change it; memory norms per segment.
+    let texts = vec!["the quick brown fox jumps over the lazy dog twice".to_string(), "my lazy dog".to_string()];
+    let p1 = predict_dir(&a.out, &texts, 64, 8, engram::Device::Cpu, true).unwrap();
+    let p2 = predict_dir(&a.out, &texts, 64, 1, engram::Device::Cpu, true).unwrap();
+    for (x, y) in p1.iter().zip(&p2) {
+        assert_eq!(x["label"], y["label"]);
+        assert!((x["probs"]["pos"].as_f64().unwrap() - y["probs"]["pos"].as_f64().unwrap()).abs() < 1e-5);
+        assert_eq!(x["memory_norms"].as_array().unwrap().len(), x["segments"].as_u64().unwrap() as usize);
+    }
+    assert_eq!(p1[0]["segments"], 3);
+    // Interrupted after 3 steps and resumed: bit-identical memory and weights.
+    let mut part = args(&model, Task::Classify, tmp("mem-part"));
+    part.memory = a.memory.clone();
+    part.stop_after_steps = Some(3);
+    finetune(&part).unwrap();
+    part.stop_after_steps = None;
+    part.resume = true;
+    part.memory = None; // comes back from the checkpoint
+    finetune(&part).unwrap();
+    let ka = std::fs::read(a.out.join("checkpoint/memory.safetensors")).unwrap();
+    let kb = std::fs::read(part.out.join("checkpoint/memory.safetensors")).unwrap();
+    assert!(ka == kb, "resumed memory differs");
+    assert!(weights(&a.out.join("checkpoint")) == weights(&part.out.join("checkpoint")));
 }

@@ -21,6 +21,7 @@ use super::data::{load_classification, load_token_classification, Example};
 use super::metrics::{classification_report, entity_report, EntityReport, Report};
 use crate::data::{Batch, BertTokenizer};
 use crate::error::{file_err, Error, Result};
+use crate::memory::{self, MemoryConfig};
 use crate::models::bert::weights::{read_safetensors, write_safetensors};
 use crate::models::bert::{Bert, Head};
 use crate::ops;
@@ -81,6 +82,10 @@ pub struct FinetuneArgs {
     /// Stop (as if interrupted) after this many optimizer steps, with a checkpoint: for testing resume.
     pub stop_after_steps: Option<u64>,
     pub progress: bool,
+    /// Long inputs cut into segments: recurrent memory tokens, or the chunk-and-average
+    /// baseline (see `memory`). `None`: truncate to `max_length` like transformers.
+    #[serde(default)]
+    pub memory: Option<MemoryConfig>,
 }
 
 impl FinetuneArgs {
@@ -113,6 +118,7 @@ impl FinetuneArgs {
             save_steps: None,
             stop_after_steps: None,
             progress: true,
+            memory: None,
         }
     }
 }
@@ -184,7 +190,59 @@ fn load_examples(task: Task, path: &Path, limit: Option<usize>) -> Result<Vec<Ex
 /// special tokens, padding and every sub-token but a word's first.
 /// In evaluation (`strict = false`) a BIO tag the model does not know (an entity type absent from
 /// training) is left out of the loss; it still counts as a gold entity the model missed.
-fn encode(tok: &BertTokenizer, task: Task, ex: &[&Example], label_ids: &HashMap<String, usize>, path: &Path, strict: bool) -> Result<(Batch, Tensor)> {
+/// A tokenized batch: padded and truncated to the window, or cut into memory segments.
+enum Inputs {
+    Plain(Batch),
+    Long(memory::Segments),
+}
+
+impl Inputs {
+    fn tokens(&self) -> usize {
+        match self {
+            Inputs::Plain(b) => b.tokens(),
+            Inputs::Long(s) => s.tokens,
+        }
+    }
+
+    fn batch(&self) -> &Batch {
+        match self {
+            Inputs::Plain(b) => b,
+            Inputs::Long(_) => unreachable!("token classification never runs on segments"),
+        }
+    }
+}
+
+/// The head's logits for `inputs` (the memory model's when `mem` is set).
+fn logits(bert: &Bert, mem: Option<&MemoryConfig>, tape: &Tape, inputs: &Inputs, train: bool) -> Result<Tensor> {
+    match (inputs, mem) {
+        (Inputs::Plain(b), _) => bert.logits(tape, b, train),
+        (Inputs::Long(s), Some(cfg)) => Ok(memory::forward(bert, cfg, tape, s, train, false)?.logits),
+        (Inputs::Long(_), None) => Err(Error::Value { op: "finetune", detail: "segmented inputs need a memory config".into() }),
+    }
+}
+
+fn encode(tok: &BertTokenizer, task: Task, mem: Option<&MemoryConfig>, ex: &[&Example], label_ids: &HashMap<String, usize>, path: &Path, strict: bool) -> Result<(Inputs, Tensor)> {
+    if let Some(cfg) = mem {
+        let mut labels = Vec::with_capacity(ex.len());
+        let mut units = Vec::with_capacity(ex.len());
+        for e in ex {
+            let Example::Seq { text, text_pair, label } = e else {
+                return file_err(path, "memory segments need sequence or pair examples (not token classification)");
+            };
+            labels.push(match label_ids.get(label) {
+                Some(&i) => i as i64,
+                None => return file_err(path, format!("label \"{label}\" is not among the model's labels")),
+            });
+            units.push(memory::units(tok, text, text_pair.as_deref())?);
+        }
+        let seg = memory::segment(tok, cfg, &units, &path.display().to_string())?;
+        return Ok((Inputs::Long(seg), Tensor::from_ids(labels, &[ex.len()])?));
+    }
+    let (b, y) = encode_plain(tok, task, ex, label_ids, path, strict)?;
+    Ok((Inputs::Plain(b), y))
+}
+
+fn encode_plain(tok: &BertTokenizer, task: Task, ex: &[&Example], label_ids: &HashMap<String, usize>, path: &Path, strict: bool) -> Result<(Batch, Tensor)> {
     let lab = |l: &str| -> Result<i64> {
         match label_ids.get(l) {
             Some(&i) => Ok(i as i64),
@@ -266,15 +324,15 @@ pub struct Evaluation {
     pub values: BTreeMap<String, f64>,
 }
 
-fn evaluate(bert: &Bert, tok: &BertTokenizer, task: Task, ex: &[Example], labels: &[String], batch_size: usize, path: &Path) -> Result<Evaluation> {
+fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: Task, ex: &[Example], labels: &[String], batch_size: usize, path: &Path) -> Result<Evaluation> {
     let label_ids: HashMap<String, usize> = labels.iter().enumerate().map(|(i, l)| (l.clone(), i)).collect();
     let (mut gold, mut pred, mut gold_tags, mut pred_tags) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut loss_sum, mut loss_n) = (0.0, 0usize);
     for chunk in ex.chunks(batch_size.max(1)) {
         let refs: Vec<&Example> = chunk.iter().collect();
-        let (batch, y) = encode(tok, task, &refs, &label_ids, path, false)?;
+        let (inputs, y) = encode(tok, task, mem, &refs, &label_ids, path, false)?;
         let tape = Tape::inference();
-        let logits = bert.logits(&tape, &batch, false)?;
+        let logits = logits(bert, mem, &tape, &inputs, false)?;
         let yd = y.to_device(bert.device())?;
         loss_sum += ops::cross_entropy(&tape, &logits, &yd)?.item()? * chunk.len() as f64;
         loss_n += chunk.len();
@@ -284,7 +342,7 @@ fn evaluate(bert: &Bert, tok: &BertTokenizer, task: Task, ex: &[Example], labels
                 for (b, e) in chunk.iter().enumerate() {
                     let Example::Tokens { words, tags } = e else { unreachable!() };
                     gold_tags.push(tags.clone());
-                    pred_tags.push(word_predictions(&batch, &p, b, words.len(), labels));
+                    pred_tags.push(word_predictions(inputs.batch(), &p, b, words.len(), labels));
                 }
             }
             _ => {
@@ -350,12 +408,16 @@ fn label_set(config_labels: &[String], train: &[Example]) -> Vec<String> {
 }
 
 /// Save `bert` as an HF model directory transformers loads unchanged.
-pub fn save_hf(bert: &Bert, task: Task, labels: &[String], out: &Path, tokenizer_src: &Path) -> Result<()> {
+pub fn save_hf(bert: &Bert, mem: Option<&MemoryConfig>, task: Task, labels: &[String], out: &Path, tokenizer_src: &Path) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| Error::File { path: out.display().to_string(), detail: format!("cannot create: {e}") })?;
     let mut tensors = BTreeMap::new();
     for (name, t) in &bert.params {
         // BertForTokenClassification has no pooler (add_pooling_layer=False).
         if task == Task::Ner && name.starts_with("pooler.") {
+            continue;
+        }
+        // The memory goes to memory.safetensors: model.safetensors stays a plain BERT.
+        if name.starts_with("memory.") {
             continue;
         }
         let hf = if name.starts_with("classifier.") { name.clone() } else { format!("bert.{name}") };
@@ -381,7 +443,16 @@ pub fn save_hf(bert: &Bert, task: Task, labels: &[String], out: &Path, tokenizer
             write_atomic(&out.join(f), &bytes)?;
         }
     }
-    Ok(())
+    match mem {
+        Some(cfg) => memory::save(bert, cfg, out),
+        None => {
+            // A plain model written over a memory model's directory must not pick up its memory.
+            for f in [memory::CONFIG_FILE, memory::WEIGHTS_FILE] {
+                let _ = std::fs::remove_file(out.join(f));
+            }
+            Ok(())
+        }
+    }
 }
 
 fn json_file<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
@@ -394,8 +465,8 @@ enum Opt {
     Sgd(Sgd),
 }
 
-fn save_checkpoint(dir: &Path, bert: &Bert, opt: &Opt, state: &TrainerState, task: Task, args: &FinetuneArgs) -> Result<()> {
-    save_hf(bert, task, &state.labels, dir, &args.model)?;
+fn save_checkpoint(dir: &Path, bert: &Bert, mem: Option<&MemoryConfig>, opt: &Opt, state: &TrainerState, task: Task, args: &FinetuneArgs) -> Result<()> {
+    save_hf(bert, mem, task, &state.labels, dir, &args.model)?;
     let named: Vec<(String, &Tensor)> = bert.params.iter().map(|(k, v)| (k.clone(), v)).collect();
     let opt_state = match opt {
         Opt::AdamW(a) => a.export_state(&named)?,
@@ -450,9 +521,28 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
     if args.progress && !report.mismatched.is_empty() {
         eprintln!("engram: head re-initialised (shape mismatch): {}", report.mismatched.join(", "));
     }
+    // Memory: the checkpoint's when resuming, else the one asked for, else the source model's own.
+    let mem_cfg = if resuming { memory::read_config(&ckpt)? } else { args.memory.clone().or(memory::read_config(&args.model)?) };
+    let mem = mem_cfg.as_ref();
+    if let Some(cfg) = mem {
+        if task == Task::Ner {
+            return Err(Error::Value { op: "finetune", detail: "memory segments are for classify and pair tasks, not token classification".into() });
+        }
+        let loaded = memory::attach(&mut bert, cfg, &src_dir, args.seed)?;
+        if args.progress {
+            eprintln!(
+                "engram: {:?} over segments of {} tokens + {} memory tokens (bptt {}), memory {}",
+                cfg.mode,
+                cfg.segment_len,
+                cfg.memory_tokens,
+                cfg.bptt.map_or("full".to_string(), |k| k.to_string()),
+                if loaded { "loaded" } else { "initialised" }
+            );
+        }
+    }
     if args.freeze_backbone {
         for (name, t) in bert.params.iter_mut() {
-            if !name.starts_with("classifier.") {
+            if !name.starts_with("classifier.") && !name.starts_with("memory.") {
                 *t = t.detach();
             }
         }
@@ -523,12 +613,12 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
             let mut loss_sum = 0.0;
             for idx in group.iter() {
                 let ex: Vec<&Example> = idx.iter().map(|&j| &train[j]).collect();
-                let (batch, y) = encode(&tok, task, &ex, &label_ids, &args.train, true)?;
+                let (inputs, y) = encode(&tok, task, mem, &ex, &label_ids, &args.train, true)?;
                 seen_examples += ex.len();
-                seen_tokens += batch.tokens();
+                seen_tokens += inputs.tokens();
                 let tape = Tape::training(mix(args.seed, state.global_micro));
                 state.global_micro += 1;
-                let logits = bert.logits(&tape, &batch, true)?;
+                let logits = logits(&bert, mem, &tape, &inputs, true)?;
                 let loss = ops::cross_entropy(&tape, &logits, &y.to_device(args.device)?)?;
                 loss_sum += loss.item()?;
                 grads.accumulate(tape.backward(&loss)?)?;
@@ -557,7 +647,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
             bar.set_message(format!("loss {step_loss:.4} lr {lr:.2e} {:.1} ex/s {:.0} tok/s", seen_examples as f64 / secs, seen_tokens as f64 / secs));
             let stop_now = args.stop_after_steps.is_some_and(|s| state.global_step >= s);
             if args.save_steps.is_some_and(|s| state.global_step % s == 0) || stop_now {
-                save_checkpoint(&ckpt, &bert, &opt, &state, task, args)?;
+                save_checkpoint(&ckpt, &bert, mem, &opt, &state, task, args)?;
             }
             if stop_now {
                 bar.abandon_with_message(format!("stopped after step {} (checkpoint saved)", state.global_step));
@@ -566,7 +656,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
             }
         }
         bar.finish_and_clear();
-        let ev = evaluate(&bert, &tok, task, &dev, &labels, args.batch_size.max(32), &args.dev)?;
+        let ev = evaluate(&bert, mem, &tok, task, &dev, &labels, args.batch_size.max(32), &args.dev)?;
         let value = *ev.values.get(&args.metric).ok_or_else(|| Error::Value {
             op: "finetune",
             detail: format!("unknown metric \"{}\" (one of: {})", args.metric, ev.values.keys().cloned().collect::<Vec<_>>().join(", ")),
@@ -597,13 +687,13 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
             state.best_metric = Some(value);
             state.best_epoch = Some(epoch + 1);
             state.epochs_without_improvement = 0;
-            save_hf(&bert, task, &labels, &args.out, &args.model)?;
+            save_hf(&bert, mem, task, &labels, &args.out, &args.model)?;
         } else {
             state.epochs_without_improvement += 1;
         }
         state.epoch += 1;
         state.micro_in_epoch = 0;
-        save_checkpoint(&ckpt, &bert, &opt, &state, task, args)?;
+        save_checkpoint(&ckpt, &bert, mem, &opt, &state, task, args)?;
         write_metrics(args, &state)?;
         if args.patience.is_some_and(|p| state.epochs_without_improvement >= p) && state.epoch < args.epochs {
             if args.progress {
@@ -616,12 +706,9 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
     let secs = start.elapsed().as_secs_f64();
     let mut test_json = None;
     if let (Some(test), false) = (&args.test, interrupted) {
-        let (mut best, _) = Bert::load(&args.out, head_for(task, labels.len()), 0)?;
-        if args.device != Device::Cpu {
-            best.to_device(args.device)?;
-        }
+        let (best, _, _, best_mem) = load_finetuned(&args.out, args.device)?;
         let ex = load_examples(task, test, args.max_eval_examples)?;
-        let ev = evaluate(&best, &tok, task, &ex, &labels, 64, test)?;
+        let ev = evaluate(&best, best_mem.as_ref(), &tok, task, &ex, &labels, 64, test)?;
         if args.progress {
             eprintln!("test ({}):\n{}", test.display(), ev.text);
         }
@@ -659,7 +746,7 @@ fn write_metrics(args: &FinetuneArgs, state: &TrainerState) -> Result<()> {
 }
 
 /// Load a fine-tuned directory: the task from `engram_task` or `architectures`, labels from `id2label`.
-fn load_finetuned(dir: &Path, device: Device) -> Result<(Bert, Task, Vec<String>)> {
+fn load_finetuned(dir: &Path, device: Device) -> Result<(Bert, Task, Vec<String>, Option<MemoryConfig>)> {
     let cfg = crate::models::bert::BertConfig::from_file(dir.join("config.json"))?;
     if cfg.id2label.is_empty() {
         return file_err(dir.join("config.json"), "has no id2label: not a fine-tuned classification model");
@@ -673,18 +760,25 @@ fn load_finetuned(dir: &Path, device: Device) -> Result<(Bert, Task, Vec<String>
     };
     let labels = cfg.id2label.clone();
     let (mut bert, _) = Bert::load(dir, head_for(task, labels.len()), 0)?;
+    let mem = memory::read_config(dir)?;
+    if let Some(cfg) = &mem {
+        let loaded = memory::attach(&mut bert, cfg, dir, 0)?;
+        if !loaded && cfg.mode == memory::Mode::Memory {
+            return file_err(dir.join(memory::CONFIG_FILE), "names a memory model but memory.safetensors does not match it");
+        }
+    }
     if device != Device::Cpu {
         bert.to_device(device)?;
     }
-    Ok((bert, task, labels))
+    Ok((bert, task, labels, mem))
 }
 
 /// `engram eval`: the report text and the metrics JSON of a fine-tuned model on a data file.
 pub fn evaluate_dir(dir: &Path, data: &Path, max_length: usize, device: Device) -> Result<(String, serde_json::Value)> {
-    let (bert, task, labels) = load_finetuned(dir, device)?;
+    let (bert, task, labels, mem) = load_finetuned(dir, device)?;
     let ex = load_examples(task, data, None)?;
     let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), max_length.min(bert.config.max_position_embeddings))?;
-    let ev = evaluate(&bert, &tok, task, &ex, &labels, 64, data)?;
+    let ev = evaluate(&bert, mem.as_ref(), &tok, task, &ex, &labels, 64, data)?;
     Ok((ev.text, serde_json::json!({ "metrics": ev.json, "values": ev.values })))
 }
 
@@ -717,9 +811,11 @@ pub fn split_words(text: &str) -> Vec<(String, usize, usize)> {
 }
 
 /// `engram predict`: one JSON object per text — label and probabilities, or (NER) word tags
-/// and entity spans with character offsets.
-pub fn predict_dir(dir: &Path, texts: &[String], max_length: usize, batch_size: usize, device: Device) -> Result<Vec<serde_json::Value>> {
-    let (bert, task, labels) = load_finetuned(dir, device)?;
+/// and entity spans with character offsets. A memory model streams long texts through its
+/// segments (dialogue turns one per line, `\n` in the text); `memory_norms` adds the mean norm of
+/// the memory states after each segment.
+pub fn predict_dir(dir: &Path, texts: &[String], max_length: usize, batch_size: usize, device: Device, memory_norms: bool) -> Result<Vec<serde_json::Value>> {
+    let (bert, task, labels, mem) = load_finetuned(dir, device)?;
     let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), max_length.min(bert.config.max_position_embeddings))?;
     let mut out = Vec::new();
     for chunk in texts.chunks(batch_size.max(1)) {
@@ -747,14 +843,32 @@ pub fn predict_dir(dir: &Path, texts: &[String], max_length: usize, batch_size: 
             }
             Task::Classify | Task::Pair => {
                 let pairs: Vec<(&str, &str)> = chunk.iter().map(|t| t.split_once('\t').unwrap_or((t.as_str(), ""))).collect();
-                let batch = if task == Task::Pair { tok.encode_pairs(&pairs)? } else { tok.encode(&chunk.iter().map(|s| s.as_str()).collect::<Vec<_>>())? };
-                let logits = bert.logits(&Tape::inference(), &batch, false)?.to_f64_vec();
+                let (logits, norms) = match &mem {
+                    Some(cfg) => {
+                        let inputs: Vec<(String, Option<String>)> = chunk
+                            .iter()
+                            .zip(&pairs)
+                            .map(|(t, &(a, b))| if task == Task::Pair { (a.replace("\\n", "\n"), Some(b.to_string())) } else { (t.replace("\\n", "\n"), None) })
+                            .collect();
+                        let out = memory::predict_logits(&bert, cfg, &tok, &inputs, memory_norms)?;
+                        (out.logits.to_f64_vec(), out.memory_norms)
+                    }
+                    None => {
+                        let batch = if task == Task::Pair { tok.encode_pairs(&pairs)? } else { tok.encode(&chunk.iter().map(|s| s.as_str()).collect::<Vec<_>>())? };
+                        (bert.logits(&Tape::inference(), &batch, false)?.to_f64_vec(), None)
+                    }
+                };
                 for (b, row) in logits.chunks(labels.len()).enumerate() {
                     let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let z: f64 = row.iter().map(|x| (x - m).exp()).sum();
                     let probs: serde_json::Map<String, serde_json::Value> = row.iter().zip(&labels).map(|(x, l)| (l.clone(), serde_json::json!(((x - m).exp() / z * 1e6).round() / 1e6))).collect();
                     let best = argmax_rows(row, labels.len())[0];
-                    out.push(serde_json::json!({ "text": chunk[b], "label": labels[best], "probs": probs }));
+                    let mut obj = serde_json::json!({ "text": chunk[b], "label": labels[best], "probs": probs });
+                    if let Some(n) = &norms {
+                        obj["segments"] = serde_json::json!(n[b].len());
+                        obj["memory_norms"] = serde_json::json!(n[b].iter().map(|x| (x * 1e4).round() / 1e4).collect::<Vec<f64>>());
+                    }
+                    out.push(obj);
                 }
             }
         }
