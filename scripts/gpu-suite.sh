@@ -6,6 +6,7 @@
 #   ./scripts/gpu-suite.sh run     # on the GPU machine, from the repository root with .gpu-carry/
 #   ./scripts/gpu-suite.sh         # both, when this machine has the GPU
 #   ./scripts/gpu-suite.sh stash   # on the GPU machine: keep carried weight parts in /tmp
+#   ./scripts/gpu-suite.sh memory  # on the GPU machine: the long-range recall benchmark
 #
 # all-MiniLM-L6-v2 (87 MiB) is larger than one transfer to the GPU machine may be, so `build` also
 # splits it into .gpu-weights/{a,b,c}; carry a and b with `stash` calls and c with `run`, and `run`
@@ -126,11 +127,22 @@ compare() {
     --json "${OUT:-/tmp}/compare.json" "$@" 2>&1 | grep -vE "Warning|warn\(|MISSING|UNEXPECTED|^Notes|^- |^Key|^-+\+|^$|BertFor|Consider"
 }
 
+# The long-range recall benchmark (scripts/memory-bench.sh) on the GPU with MiniLM; needs the
+# MiniLM parts. Extra arguments go to the script.
+memory() {
+  assemble
+  [ -n "${ENGRAM_MINILM_DIR:-}" ] || { echo "gpu-suite: MiniLM not assembled (stash the parts first)" >&2; exit 1; }
+  mkdir -p /tmp/engram-bin
+  gunzip -c "$stage/bin/engram.gz" > /tmp/engram-bin/engram && chmod +x /tmp/engram-bin/engram
+  ./scripts/memory-bench.sh --engram /tmp/engram-bin/engram --model "$ENGRAM_MINILM_DIR" --device cuda --out /tmp/engram-memory-bench "$@" 2>&1 | tee "${OUT:-/tmp}/memory-bench.log"
+}
+
 case "${1:-all}" in
   build) build ;;
   run) run ;;
   stash) stash ;;
   compare) shift; compare "$@" ;;
+  memory) shift; memory "$@" ;;
   all) build; run ;;
   *) echo "usage: $0 [build|run]" >&2; exit 2 ;;
 esac

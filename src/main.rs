@@ -120,6 +120,9 @@ struct FinetuneCli {
     /// No progress bars or per-epoch reports.
     #[arg(long)]
     quiet: bool,
+    /// Cut over-long inputs from the left, keeping their end (transformers' truncation_side="left").
+    #[arg(long)]
+    truncate_left: bool,
     /// Context memory: M recurrent memory tokens carried across segments of long inputs (0 with
     /// --segment-len: the chunk-and-average baseline). A plain BERT gets memory with this flag.
     #[arg(long, help_heading = "Context memory")]
@@ -168,6 +171,26 @@ enum Cmd {
         memory_norms: bool,
         texts: Vec<String>,
     },
+    /// Write the long-range recall benchmark (deterministic): train/dev/test JSONL of documents
+    /// whose label needs a fact from the first segment and a question from the last.
+    RecallData {
+        #[arg(long)]
+        out: PathBuf,
+        /// Document length in words (≈ tokens).
+        #[arg(long, default_value_t = 512)]
+        words: usize,
+        /// Dialogues (history one turn per line + candidate response) instead of documents.
+        #[arg(long)]
+        dialogue: bool,
+        #[arg(long, default_value_t = 2000)]
+        train: usize,
+        #[arg(long, default_value_t = 500)]
+        dev: usize,
+        #[arg(long, default_value_t = 500)]
+        test: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Train a tiny encoder on a synthetic task and show the loss falling (the default).
     Selfcheck {
         #[arg(long, default_value_t = 60)]
@@ -209,6 +232,12 @@ fn main() -> ExitCode {
     let res = match cli.cmd.unwrap_or(Cmd::Selfcheck { steps: 60, seed: 0, device: DeviceArg::Cpu }) {
         Cmd::Selfcheck { steps, seed, device } => selfcheck(steps, seed, device.into()).map(|ok| if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
         Cmd::Inspect { model } => inspect(&model).map(|_| ExitCode::SUCCESS),
+        Cmd::RecallData { out, words, dialogue, train, dev, test, seed } => {
+            engram::memory::recall::write(&out, dialogue, words, [train, dev, test], seed).map(|_| {
+                eprintln!("wrote {} recall {} of ~{words} words to {}", train + dev + test, if dialogue { "dialogues" } else { "documents" }, out.display());
+                ExitCode::SUCCESS
+            })
+        }
         Cmd::Finetune(f) => finetune(*f).map(|_| ExitCode::SUCCESS),
         Cmd::Eval { model, data, max_length, device } => engram::train::evaluate_dir(&model, &data, max_length, device.into()).map(|(text, json)| {
             eprint!("{text}");
@@ -269,6 +298,7 @@ fn finetune(f: FinetuneCli) -> Result<()> {
     a.save_steps = f.save_steps;
     a.stop_after_steps = f.stop_after_steps;
     a.progress = !f.quiet;
+    a.truncate_left = f.truncate_left;
     if f.memory_tokens.is_some() || f.segment_len.is_some() {
         use engram::memory::MemoryConfig;
         let m = f.memory_tokens.unwrap_or(0);

@@ -71,6 +71,19 @@ impl Tape {
         self.len() == 0
     }
 
+    /// Bytes of the distinct tensors the recorded nodes hold for backward (activations and
+    /// parameters alike): what a training step keeps alive between forward and backward.
+    pub fn held_bytes(&self) -> usize {
+        let mut seen = std::collections::HashSet::new();
+        self.nodes
+            .borrow()
+            .iter()
+            .flat_map(|n| n.inputs.iter())
+            .filter(|t| seen.insert(t.id()))
+            .map(|t| t.numel() * t.dtype().size_in_bytes())
+            .sum()
+    }
+
     /// Names of the recorded ops, in forward order (for debugging and tests).
     pub fn op_names(&self) -> Vec<&'static str> {
         self.nodes.borrow().iter().map(|n| n.name).collect()

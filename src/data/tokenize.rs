@@ -100,6 +100,17 @@ impl BertTokenizer {
         Ok(BertTokenizer { inner, raw, path: path.to_path_buf(), max_len })
     }
 
+    /// Cut over-long inputs from the left (keep the end: the latest dialogue turns), as
+    /// transformers' `truncation_side="left"`, instead of from the right.
+    pub fn truncate_left(mut self, left: bool) -> Result<BertTokenizer> {
+        let direction = if left { TruncationDirection::Left } else { TruncationDirection::Right };
+        let params = TruncationParams { direction, max_length: self.max_len, strategy: TruncationStrategy::LongestFirst, stride: 0 };
+        if let Err(e) = self.inner.with_truncation(Some(params)) {
+            return file_err(&self.path, format!("cannot truncate: {e}"));
+        }
+        Ok(self)
+    }
+
     pub fn max_len(&self) -> usize {
         self.max_len
     }

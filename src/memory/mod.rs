@@ -21,6 +21,8 @@
 //! Saved beside an HF model dir as `memory.json` (this config) and `memory.safetensors` (the
 //! memory embeddings), so `model.safetensors` stays a plain BERT that transformers loads.
 
+pub mod recall;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 

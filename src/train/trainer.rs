@@ -86,6 +86,9 @@ pub struct FinetuneArgs {
     /// baseline (see `memory`). `None`: truncate to `max_length` like transformers.
     #[serde(default)]
     pub memory: Option<MemoryConfig>,
+    /// Truncate over-long inputs from the left (keep their end), transformers' `truncation_side="left"`.
+    #[serde(default)]
+    pub truncate_left: bool,
 }
 
 impl FinetuneArgs {
@@ -119,6 +122,7 @@ impl FinetuneArgs {
             stop_after_steps: None,
             progress: true,
             memory: None,
+            truncate_left: false,
         }
     }
 }
@@ -555,7 +559,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
             *t = t.detach();
         }
     }
-    let tok = BertTokenizer::from_file(args.model.join("tokenizer.json"), args.max_length.min(bert.config.max_position_embeddings))?;
+    let tok = BertTokenizer::from_file(args.model.join("tokenizer.json"), args.max_length.min(bert.config.max_position_embeddings))?.truncate_left(args.truncate_left)?;
 
     let micro_per_epoch = train.len().div_ceil(args.batch_size);
     let steps_per_epoch = micro_per_epoch.div_ceil(args.grad_accum) as u64;
