@@ -4,21 +4,27 @@
 # epochs, lr and batch for all. Documents 4× and 8× the window; a dialogue variant at 4×.
 # Data comes from `engram recall-data` (deterministic, generated here). Prints one table.
 #
+# Curriculum (as in the RMT paper): every model is trained in stages on documents 1×, 2×, 4×, 8×
+# the window, each stage starting from the previous stage's output, so all models get the same
+# data and steps; each stage is evaluated on its own test set and the table reports the stages
+# named by --factors. Trained directly on 8× (190 steps) the memory model stays at chance.
+#
 #   scripts/memory-bench.sh --engram target/release/engram --model weights/cache/all-MiniLM-L6-v2 --device cuda
 #
 # Options (defaults): --window 64  --memory-tokens 4  --factors "4 8"  --dialogue-factor 4
-#   --train 2000 --eval 500 --epochs 3 --lr 1e-4 --batch 32 --seed 1 --out /tmp/engram-memory-bench
+#   --train 2000 --eval 500 --epochs 2 (per stage) --lr 1e-4 --batch 32 --seed 1 --curriculum "1 2 4 8"
+#   --out /tmp/engram-memory-bench
 #   --only "memory chunk head tail" (which models to run)
 set -euo pipefail
 engram=target/release/engram model=weights/cache/all-MiniLM-L6-v2 device=cpu
-window=64 m=4 factors="4 8" dfactor=4 train=2000 eval=500 epochs=3 lr=1e-4 batch=32 seed=1
+window=64 m=4 factors="4 8" dfactor=4 train=2000 eval=500 epochs=2 lr=1e-4 batch=32 seed=1 curriculum="1 2 4 8"
 out=/tmp/engram-memory-bench only="memory chunk head tail"
 while [ $# -gt 0 ]; do
   case "$1" in
     --engram) engram=$2 ;; --model) model=$2 ;; --device) device=$2 ;; --window) window=$2 ;;
     --memory-tokens) m=$2 ;; --factors) factors=$2 ;; --dialogue-factor) dfactor=$2 ;; --train) train=$2 ;;
     --eval) eval=$2 ;; --epochs) epochs=$2 ;; --lr) lr=$2 ;; --batch) batch=$2 ;; --seed) seed=$2 ;;
-    --out) out=$2 ;; --only) only=$2 ;;
+    --out) out=$2 ;; --only) only=$2 ;; --curriculum) curriculum=$2 ;;
     *) echo "memory-bench: unknown option $1" >&2; exit 2 ;;
   esac
   shift 2
@@ -26,13 +32,13 @@ done
 mkdir -p "$out"
 rows=()
 
-# run NAME TASK DATA EXTRA...: fine-tune, print and record "name test-accuracy seconds".
+# run NAME TASK DATA FROM EXTRA...: fine-tune FROM, print and record "name test-accuracy seconds".
 run() {
-  local name=$1 task=$2 data=$3; shift 3
+  local name=$1 task=$2 data=$3 from=$4; shift 4
   local dir="$out/run-$name" t0 t1 acc
   rm -rf "$dir"; mkdir -p "$(dirname "$dir")"
   t0=$(date +%s.%N)
-  "$engram" finetune --model "$model" --task "$task" --train "$data/train.jsonl" --dev "$data/dev.jsonl" --test "$data/test.jsonl" \
+  "$engram" finetune --model "$from" --task "$task" --train "$data/train.jsonl" --dev "$data/dev.jsonl" --test "$data/test.jsonl" \
     --out "$dir" --epochs "$epochs" --lr "$lr" --batch-size "$batch" --warmup-ratio 0.1 --seed "$seed" --device "$device" --quiet "$@" \
     > "$dir.log" 2>&1 || { echo "memory-bench: $name failed:"; tail -n 5 "$dir.log"; rows+=("$name FAILED -"); return 0; }
   t1=$(date +%s.%N)
@@ -43,27 +49,39 @@ run() {
 }
 
 want() { case " $only " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
-models() {  # models TASK DATA LABEL
-  local task=$1 data=$2 label=$3
-  want memory && run "$label/memory" "$task" "$data" --memory-tokens "$m" --segment-len $((window - m - 2))
-  want head && run "$label/truncate-keep-start" "$task" "$data" --max-length "$window"
-  want tail && run "$label/truncate-keep-end" "$task" "$data" --max-length "$window" --truncate-left
-  want chunk && run "$label/chunk-average" "$task" "$data" --memory-tokens 0 --segment-len $((window - 2))
+# stages KIND TASK MAX NAME EXTRA...: train NAME through the curriculum up to MAX× on KIND data.
+stages() {
+  local kind=$1 task=$2 max=$3 name=$4; shift 4
+  local from=$model f
+  for f in $curriculum; do
+    [ "$f" -le "$max" ] || break
+    run "$kind-${f}x/$name" "$task" "$out/$kind-x$f" "$from" "$@"
+    from="$out/run-$kind-${f}x/$name"
+    [ -f "$from/config.json" ] || return 0
+  done
+}
+models() {  # models KIND TASK MAX
+  local kind=$1 task=$2 max=$3
+  want memory && stages "$kind" "$task" "$max" memory --memory-tokens "$m" --segment-len $((window - m - 2))
+  want head && stages "$kind" "$task" "$max" truncate-keep-start --max-length "$window"
+  want tail && stages "$kind" "$task" "$max" truncate-keep-end --max-length "$window" --truncate-left
+  want chunk && stages "$kind" "$task" "$max" chunk-average --memory-tokens 0 --segment-len $((window - 2))
   return 0
 }
 
 echo "== engram long-range recall: $model on $device, window $window, m = $m, $train train / $eval dev / $eval test, $epochs epochs, lr $lr, batch $batch"
-for f in $factors; do
-  d="$out/docs-x$f"
-  "$engram" recall-data --out "$d" --words $((f * window)) --train "$train" --dev "$eval" --test "$eval" --seed "$seed" 2>/dev/null
-  models classify "$d" "docs-${f}x"
+max=0; for f in $factors; do [ "$f" -gt "$max" ] && max=$f; done
+for f in $curriculum; do
+  "$engram" recall-data --out "$out/docs-x$f" --words $((f * window)) --train "$train" --dev "$eval" --test "$eval" --seed "$seed" 2>/dev/null
+  "$engram" recall-data --dialogue --out "$out/dialogue-x$f" --words $((f * window)) --train "$train" --dev "$eval" --test "$eval" --seed "$seed" 2>/dev/null
 done
-if [ "$dfactor" != 0 ]; then
-  d="$out/dialogue-x$dfactor"
-  "$engram" recall-data --dialogue --out "$d" --words $((dfactor * window)) --train "$train" --dev "$eval" --test "$eval" --seed "$seed" 2>/dev/null
-  models pair "$d" "dialogue-${dfactor}x"
-fi
+[ "$max" != 0 ] && models docs classify "$max"
+[ "$dfactor" != 0 ] && models dialogue pair "$dfactor"
 echo
-echo "| task/model | test accuracy % | wall s |"
+echo "| task/model | test accuracy % | wall s (stage) |"
 echo "|---|---|---|"
-for r in "${rows[@]}"; do set -- $r; echo "| $1 | $2 | $3 |"; done
+for r in "${rows[@]}"; do
+  set -- $r
+  f=${1%%x/*}; f=${f##*-}
+  case " $factors $dfactor " in *" $f "*) echo "| $1 | $2 | $3 |" ;; esac
+done
