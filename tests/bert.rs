@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::root;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -15,14 +17,6 @@ use engram::models::bert::{sentence_config, Bert, Head};
 use engram::testing::assert_close;
 use engram::{ops, Tape, Tensor};
 
-fn root() -> PathBuf {
-    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    if built.join("weights").is_dir() {
-        built
-    } else {
-        PathBuf::from(".")
-    }
-}
 
 const PAIRS: [(&str, &str); 3] = [
     ("how do i reset my password?", "click the link in the email."),

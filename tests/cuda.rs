@@ -332,16 +332,9 @@ mod gpu_bert {
     use engram::models::bert::{Bert, Head};
     use engram::testing::assert_close;
     use super::gpu::gpu;
+    use crate::common::root;
     use engram::{ops, Device, Tape};
 
-    fn root() -> PathBuf {
-        let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        if built.join("weights").is_dir() {
-            built
-        } else {
-            PathBuf::from(".")
-        }
-    }
 
     #[test]
     fn tiny_bert_on_the_gpu_matches_pytorch() {

@@ -2,7 +2,9 @@
 //! plain model, batch-order invariance, truncated BPTT, and f64 finite differences of the
 //! memory, a LayerNorm and the classifier through three segments of the tiny BERT.
 
-use std::path::PathBuf;
+mod common;
+
+use common::root;
 
 use engram::data::BertTokenizer;
 use engram::memory::{self, pack, segment, MemoryConfig, Unit, MEMORY_PARAM};
@@ -10,14 +12,6 @@ use engram::models::bert::{Bert, Head};
 use engram::testing::{assert_close, assert_gradcheck};
 use engram::{DType, Tape};
 
-fn root() -> PathBuf {
-    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    if built.join("weights").is_dir() {
-        built
-    } else {
-        PathBuf::from(".")
-    }
-}
 
 fn tiny(mem: &MemoryConfig) -> (Bert, BertTokenizer) {
     let dir = root().join("weights/tiny-bert");

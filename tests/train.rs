@@ -3,19 +3,14 @@
 //! bit-identical weights, a frozen backbone stays frozen, the output directory reloads with the
 //! same predictions, NER labels align to first sub-tokens, and bad data is an error naming the file.
 
+mod common;
+
+use common::root;
 use std::path::{Path, PathBuf};
 
 use engram::models::bert::weights::read_safetensors;
 use engram::train::{finetune, predict_dir, FinetuneArgs, OptimizerKind, Task};
 
-fn root() -> PathBuf {
-    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    if built.join("weights").is_dir() {
-        built
-    } else {
-        PathBuf::from(".") // a test binary carried to another machine, run from the repository root
-    }
-}
 
 fn tmp(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("engram-train-{tag}-{}", std::process::id()));

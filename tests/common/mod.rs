@@ -6,6 +6,17 @@ pub mod toy;
 use engram::Tensor;
 use serde_json::Value;
 
+/// The repository root: the source tree, or the working directory when the test binary was
+/// carried to another machine and runs from the repository root there.
+pub fn root() -> std::path::PathBuf {
+    let built = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if built.join("weights").is_dir() {
+        built
+    } else {
+        std::path::PathBuf::from(".")
+    }
+}
+
 /// Reads `tests/fixtures/<name>` from the source tree, or relative to the working directory when
 /// the test binary was carried to another machine.
 pub fn load(name: &str) -> Value {
