@@ -108,7 +108,7 @@ mod gpu {
         let mask = Tensor::from_ids((0..b * t).map(|i| ((i % t) < 100) as i64).collect(), &[b, t])?.to_device(Device::Cuda)?;
         let scale = 1.0 / (hs as f64).sqrt();
         let flops = 4.0 * (b * nh * t * t * hs) as f64;
-        let ms = time(&dev, 20, || ops::attention(&tape, &q, &k, &v, Some(&mask), scale).map(|_| ()))?;
+        let ms = time(&dev, 20, || ops::attention(&tape, &q, &k, &v, Some(&mask), scale, 0.0).map(|_| ()))?;
         rows.push(Row {
             what: "attention_fwd_v1 B32 NH12 T128 HS64".into(),
             ms,
@@ -118,13 +118,25 @@ mod gpu {
         let dout = randn(11, &[b, nh, t, hs])?;
         let ms = time(&dev, 10, || {
             let tr = Tape::training(0);
-            let o = ops::attention(&tr, &q, &k, &v, Some(&mask), scale)?;
+            let o = ops::attention(&tr, &q, &k, &v, Some(&mask), scale, 0.0)?;
             tr.backward_with(&o, &dout).map(|_| ())
         })?;
         rows.push(Row {
             what: "attention fwd+bwd (v1)".into(),
             ms,
             metric: format!("{:.2} TFLOP/s", 3.5 * flops / (ms * 1e-3) / 1e12),
+            yardstick: String::new(),
+        });
+        // The same with attention-probability dropout 0.1 (the mask is redrawn, never stored).
+        let ms_d = time(&dev, 10, || {
+            let tr = Tape::training(0);
+            let o = ops::attention(&tr, &q, &k, &v, Some(&mask), scale, 0.1)?;
+            tr.backward_with(&o, &dout).map(|_| ())
+        })?;
+        rows.push(Row {
+            what: "attention fwd+bwd, dropout 0.1 (v1)".into(),
+            ms: ms_d,
+            metric: format!("{:.2}x the no-dropout time", ms_d / ms),
             yardstick: String::new(),
         });
 

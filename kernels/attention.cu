@@ -1,8 +1,11 @@
-// Fused scaled-dot-product self-attention with a key padding mask, one op:
-//   S = scale·Q·Kᵀ (masked keys → −∞), P = softmax(S) (a fully masked row → P = 0, O = 0), O = P·V.
+// Fused scaled-dot-product self-attention with a key padding mask and dropout of the probabilities, one op:
+//   S = scale·Q·Kᵀ (masked keys → −∞), P = softmax(S) (a fully masked row → P = 0, O = 0),
+//   D = P ⊙ keep / (1 − p), O = D·V. keep is the counter-based mask of dropout (dropout_keep, index
+//   ((b·NH + h)·Tq + i)·Tk + j); p = 0 keeps everything (inv = 1), so inference pays one branch.
 // Shapes: q (B, NH, Tq, HS), k, v (B, NH, Tk, HS), mask (B, Tk) i64 (1 attend, 0 padding) or null,
 // probs (B, NH, Tq, Tk) saved for the backward (as the CPU reference does).
-// Backward with dP = dO·Vᵀ, dS = P ⊙ (dP − rowsum(P ⊙ dP)):  dQ = scale·dS·K,  dK = scale·dSᵀ·Q,  dV = Pᵀ·dO.
+// Backward with dP = (dO·Vᵀ) ⊙ keep / (1 − p), dS = P ⊙ (dP − rowsum(P ⊙ dP)):
+//   dQ = scale·dS·K,  dK = scale·dSᵀ·Q,  dV = Dᵀ·dO.
 // Variants:
 //   attention_fwd_v1: one block per (query row, batch·head), scores in shared memory — production
 //   attention_bwd_q_v1: one block per query row: dS (to scratch) and dQ — production
@@ -11,7 +14,8 @@
 #include "common.cuh"
 
 extern "C" __global__ void attention_fwd_v1(float* out, float* probs, const float* q, const float* k, const float* v,
-                                            const long long* mask, int B, int NH, int Tq, int Tk, int HS, float scale) {
+                                            const long long* mask, int B, int NH, int Tq, int Tk, int HS, float scale,
+                                            unsigned long long seed, float p, float inv) {
     extern __shared__ float4 sm4[];  // float4: 16-byte aligned, so vectorised shared loads stay in bounds
     float* sm = reinterpret_cast<float*>(sm4);
     float* s = sm;                     // Tk scores, then probabilities
@@ -46,10 +50,11 @@ extern "C" __global__ void attention_fwd_v1(float* out, float* probs, const floa
             s[j] = e;
             sum += e;
         }
-        const float inv = 1.f / block_sum(sum);
+        const float rs = 1.f / block_sum(sum);
         for (int j = threadIdx.x; j < Tk; j += blockDim.x) {
-            s[j] *= inv;
-            pr[j] = s[j];
+            const float pj = s[j] * rs;
+            pr[j] = pj;
+            s[j] = (p > 0.f) ? (dropout_keep(seed, (bh * Tq + i) * Tk + j, p) ? pj * inv : 0.f) : pj;
         }
     }
     __syncthreads();
@@ -61,7 +66,8 @@ extern "C" __global__ void attention_fwd_v1(float* out, float* probs, const floa
 }
 
 extern "C" __global__ void attention_bwd_q_v1(float* dq, float* ds, const float* dout, const float* probs, const float* k,
-                                              const float* v, int B, int NH, int Tq, int Tk, int HS, float scale) {
+                                              const float* v, int B, int NH, int Tq, int Tk, int HS, float scale,
+                                              unsigned long long seed, float p, float inv) {
     extern __shared__ float4 sm4[];
     float* sm = reinterpret_cast<float*>(sm4);
     float* s = sm;                      // Tk: dP, then dS
@@ -77,6 +83,7 @@ extern "C" __global__ void attention_bwd_q_v1(float* dq, float* ds, const float*
     for (int j = threadIdx.x; j < Tk; j += blockDim.x) {
         float dp = 0.f;
         for (int d = 0; d < HS; ++d) dp += dos[d] * vh[(long long)j * HS + d];
+        if (p > 0.f) dp = dropout_keep(seed, (bh * Tq + i) * Tk + j, p) ? dp * inv : 0.f;
         s[j] = dp;
         t += pr[j] * dp;
     }
@@ -95,7 +102,8 @@ extern "C" __global__ void attention_bwd_q_v1(float* dq, float* ds, const float*
 }
 
 extern "C" __global__ void attention_bwd_kv_v1(float* dk, float* dv, const float* ds, const float* probs, const float* q,
-                                               const float* dout, int B, int NH, int Tq, int Tk, int HS, float scale) {
+                                               const float* dout, int B, int NH, int Tq, int Tk, int HS, float scale,
+                                               unsigned long long seed, float p, float inv) {
     const int j = blockIdx.x;
     const long long bh = blockIdx.y;
     const float* qh = q + bh * Tq * HS;
@@ -105,7 +113,8 @@ extern "C" __global__ void attention_bwd_kv_v1(float* dk, float* dv, const float
         for (int i = 0; i < Tq; ++i) {
             const long long ij = (bh * Tq + i) * Tk + j;
             ak += ds[ij] * qh[(long long)i * HS + d];
-            av += probs[ij] * doh[(long long)i * HS + d];
+            const float dij = (p > 0.f) ? (dropout_keep(seed, ij, p) ? probs[ij] * inv : 0.f) : probs[ij];
+            av += dij * doh[(long long)i * HS + d];
         }
         dk[(bh * Tk + j) * HS + d] += scale * ak;
         dv[(bh * Tk + j) * HS + d] += av;

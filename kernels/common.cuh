@@ -5,6 +5,19 @@
 #include <stdint.h>
 #include <math.h>
 
+// The counter-based dropout mask of src/ops/dropout.rs: element i of a call with seed s is kept
+// iff uniform(s, i) ≥ p, uniform = top 24 bits of SplitMix64(s + i·φ) / 2²⁴ — the CPU's mask exactly.
+__device__ __forceinline__ unsigned long long mix64(unsigned long long z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+__device__ __forceinline__ bool dropout_keep(unsigned long long seed, long long i, float p) {
+    const unsigned long long h = mix64(seed + (unsigned long long)i * 0x9e3779b97f4a7c15ULL);
+    const float u = (float)(h >> 40) * (1.f / 16777216.f);
+    return u >= p;
+}
+
 #define GRID_STRIDE(i, n) \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (long long)(n); \
          i += (long long)blockDim.x * gridDim.x)

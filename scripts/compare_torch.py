@@ -6,10 +6,17 @@ For each task (Rotten Tomatoes sentiment: accuracy; WNUT-16 NER: entity F1, conl
 it fine-tunes the model with engram (`engram finetune`) and with a PyTorch loop that follows the
 same recipe step for step: same files, same label sets, same tokenizer and truncation, AdamW with
 no decay on biases/LayerNorm, linear warmup (ceil(ratio · total) steps) then linear decay, global
-grad-norm clip 1.0, batch 32, per-epoch dev evaluation, the best dev epoch's model scored on test.
-engram's fused attention has no attention-probability dropout, so the PyTorch model is run with
-attention_probs_dropout_prob = 0 (hidden dropout 0.1 on both). Prints one table (medians of the
-seeds) and writes the raw numbers as JSON. Reference only: engram never imports Python.
+grad-norm clip 1.0, batch 32, per-epoch dev evaluation, the best dev epoch's model scored on test,
+the model's own dropout settings (hidden, attention-probability and classifier dropout 0.1) on both.
+Each side draws its own head initialisation, data order and dropout masks from the seed.
+
+--matched removes the seed noise so the engines themselves are compared: per seed, the PyTorch
+model's freshly initialised head is saved (with every dropout set to 0 in its config.json) and both
+engines start from that directory, and the PyTorch loop replays engram's data order (engram_order,
+pinned against the Rust trainer's own test). What is left is the arithmetic of the two engines.
+
+Prints one table (medians of the seeds) and writes the raw numbers as JSON. Reference only: engram
+never imports Python.
 """
 import argparse
 import csv
@@ -31,6 +38,29 @@ TASKS = {
                    metric="entity_f1", epochs=5, lr=5e-5),
 }
 BATCH, MAX_LEN, WARMUP, WD, CLIP = 32, 128, 0.1, 0.01, 1.0
+U64 = (1 << 64) - 1
+
+
+def _splitmix(z):
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & U64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & U64
+    return z ^ (z >> 31)
+
+
+def engram_order(n, seed, epoch):
+    """The Rust trainer's `order(n, seed, epoch)`: Fisher-Yates driven by SplitMix64."""
+    state = _splitmix(seed ^ (((epoch + 1) * 0x9E3779B97F4A7C15) & U64))
+    v = list(range(n))
+    for i in range(n - 1, 0, -1):
+        state = (state + 0x9E3779B97F4A7C15) & U64
+        j = _splitmix(state) % (i + 1)
+        v[i], v[j] = v[j], v[i]
+    return v
+
+
+# The same vectors as src/train/trainer.rs `epoch_order_is_pinned`.
+assert engram_order(10, 1, 0) == [9, 5, 0, 3, 1, 2, 8, 6, 4, 7]
+assert engram_order(10, 7, 3) == [4, 3, 1, 2, 8, 7, 5, 9, 0, 6]
 
 
 def read_csv(path):
@@ -82,7 +112,9 @@ def entity_f1(gold, pred):
     return 2 * prec * rec / (prec + rec) if prec + rec else 0.0
 
 
-def torch_run(model_dir, spec, seed, device, limit=None):
+def torch_run(model_dir, spec, seed, device, limit=None, matched_dir=None):
+    """Fine-tune with PyTorch. With `matched_dir`, save the initial model there (dropout off) for
+    engram to start from, and follow engram's data order."""
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(model_dir)
     ner = spec["task"] == "ner"
@@ -96,9 +128,15 @@ def torch_run(model_dir, spec, seed, device, limit=None):
     if limit:
         train, dev, test = train[:limit], dev[:limit], test[:limit]
     lid = {l: i for i, l in enumerate(labels)}
-    cfg = BertConfig.from_pretrained(model_dir, num_labels=len(labels), attention_probs_dropout_prob=0.0)
+    extra = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0) if matched_dir else {}
+    cfg = BertConfig.from_pretrained(model_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                                     label2id={l: i for i, l in enumerate(labels)}, **extra)
     cls = BertForTokenClassification if ner else BertForSequenceClassification
-    model = cls.from_pretrained(model_dir, config=cfg).to(device)
+    model = cls.from_pretrained(model_dir, config=cfg)
+    if matched_dir:
+        model.save_pretrained(matched_dir)
+        tok.save_pretrained(matched_dir)
+    model = model.to(device)
 
     def encode(items):
         if ner:
@@ -154,7 +192,7 @@ def torch_run(model_dir, spec, seed, device, limit=None):
     best, best_state = -1.0, None
     model.train()
     for epoch in range(spec["epochs"]):
-        perm = torch.randperm(len(train), generator=g).tolist()
+        perm = engram_order(len(train), seed, epoch) if matched_dir else torch.randperm(len(train), generator=g).tolist()
         for s in range(0, len(perm), BATCH):
             x, y, _ = encode([train[j] for j in perm[s:s + BATCH]])
             loss = model(**x, labels=y).loss
@@ -194,6 +232,7 @@ def main():
     ap.add_argument("--json", default="compare_torch.json")
     ap.add_argument("--limit", type=int, help="first N examples of each split (smoke runs)")
     ap.add_argument("--epochs", type=int, help="override the tasks' epoch counts")
+    ap.add_argument("--matched", action="store_true", help="same initial head, same data order, no dropout: compare the engines, not the seeds")
     a = ap.parse_args()
     results = {}
     for name in a.tasks:
@@ -201,13 +240,17 @@ def main():
         if a.epochs:
             spec["epochs"] = a.epochs
         for seed in a.seeds:
+            tdev = "cuda" if a.device == "cuda" else "cpu"
+            start = f"/tmp/engram-compare-start-{name}-{seed}" if a.matched else None
             t0 = time.time()
-            e = engram_run(a.engram, a.model, spec, seed, a.device, f"/tmp/engram-compare-{name}-{seed}", a.limit)
-            t1 = time.time()
-            p = torch_run(a.model, spec, seed, "cuda" if a.device == "cuda" else "cpu", a.limit)
-            t2 = time.time()
-            results.setdefault(name, []).append({"seed": seed, "engram": e, "torch": p, "engram_s": t1 - t0, "torch_s": t2 - t1})
-            print(f"{name} seed {seed}: engram test {e['test']:.4f} ({t1 - t0:.0f} s), torch test {p['test']:.4f} ({t2 - t1:.0f} s)", flush=True)
+            p = torch_run(a.model, spec, seed, tdev, a.limit, matched_dir=start)
+            torch_s = time.time() - t0
+            t0 = time.time()
+            e = engram_run(a.engram, start or a.model, spec, seed, a.device, f"/tmp/engram-compare-{name}-{seed}", a.limit)
+            engram_s = time.time() - t0
+            results.setdefault(name, []).append({"seed": seed, "engram": e, "torch": p, "engram_s": engram_s, "torch_s": torch_s, "matched": a.matched})
+            print(f"{name} seed {seed}: engram dev {e['dev']:.4f} test {e['test']:.4f} ({engram_s:.0f} s), "
+                  f"torch dev {p['dev']:.4f} test {p['test']:.4f} ({torch_s:.0f} s)", flush=True)
     json.dump(results, open(a.json, "w"), indent=1)
     print("\n| task | metric | engram test (median of %d) | PyTorch test (median) | difference (points) |" % len(a.seeds))
     print("|---|---|---|---|---|")

@@ -536,8 +536,7 @@ fn selfcheck(steps: u64, seed: u64, device: Device) -> Result<bool> {
     println!("  held-out accuracy {:.1}% -> {:.1}% in {:.2} s", 100.0 * acc0, 100.0 * acc1, start.elapsed().as_secs_f64());
     let ok = steps == 0 || first_loss.is_some_and(|f| last_loss < f);
     println!("  self-check: {}", if ok { "loss fell — engine core OK" } else { "LOSS DID NOT FALL" });
-    println!("\nAlso here: `engram inspect DIR`, `engram embed --model DIR TEXT...` (see ./scripts/install-weights.sh).");
-    println!("Not built yet: the trainer (finetune, eval, predict) and recurrent memory.");
+    println!("\nAlso here: `engram finetune`, `eval`, `predict`, `embed`, `inspect`, `recall-data` (see the README).");
     Ok(ok)
 }
 
@@ -554,7 +553,7 @@ fn forward(tape: &Tape, p: &[(String, Tensor)], ids: &Tensor, mask: &Tensor, nh:
     let x = ops::layer_norm(tape, &x, w("embeddings.LayerNorm.weight"), w("embeddings.LayerNorm.bias"), 1e-12)?; // (B, T, C)
     let c = x.shape()[2];
     let heads = |n: &str| -> Result<Tensor> { ops::split_heads(tape, &lin(&x, n)?, nh) };
-    let a = ops::attention(tape, &heads("query")?, &heads("key")?, &heads("value")?, Some(mask), 1.0 / ((c / nh) as f64).sqrt())?;
+    let a = ops::attention(tape, &heads("query")?, &heads("key")?, &heads("value")?, Some(mask), 1.0 / ((c / nh) as f64).sqrt(), drop)?;
     let a = ops::dropout(tape, &lin(&ops::merge_heads(tape, &a)?, "output")?, drop)?;
     let x = ops::layer_norm(tape, &ops::add(tape, &x, &a)?, w("attention.LayerNorm.weight"), w("attention.LayerNorm.bias"), 1e-12)?;
     let f = lin(&ops::gelu(tape, &lin(&x, "intermediate")?)?, "ffn_output")?;

@@ -204,14 +204,17 @@ mod gpu {
                 })
                 .collect();
             let mask = Tensor::from_ids(mask, &[b, tk]).unwrap();
+            let mask2 = mask.clone();
             let scale = 1.0 / (hs as f64).sqrt();
             let name = format!("attention b{b} nh{nh} tq{tq} tk{tk} hs{hs}");
-            parity(&name, &[q.clone(), k.clone(), v.clone(), mask], |t, i| ops::attention(t, &i[0], &i[1], &i[2], Some(&i[3]), scale));
-            parity(&format!("{name} unmasked"), &[q.clone(), k, v], |t, i| ops::attention(t, &i[0], &i[1], &i[2], None, scale));
+            parity(&name, &[q.clone(), k.clone(), v.clone(), mask], |t, i| ops::attention(t, &i[0], &i[1], &i[2], Some(&i[3]), scale, 0.0));
+            parity(&format!("{name} unmasked"), &[q.clone(), k.clone(), v.clone()], |t, i| ops::attention(t, &i[0], &i[1], &i[2], None, scale, 0.0));
+            // Dropout of the probabilities: the kernels redraw the CPU's counter-based mask.
+            parity(&format!("{name} dropout"), &[q.clone(), k, v, mask2], |t, i| ops::attention(t, &i[0], &i[1], &i[2], Some(&i[3]), scale, 0.2));
         }
         // Self-attention with q = k = v (one tensor, three gradient contributions).
         let x = randn(&mut r, &[2, 2, 6, 5]).requires_grad();
-        parity("attention q=k=v", &[x], |t, i| ops::attention(t, &i[0], &i[0], &i[0], None, 0.5));
+        parity("attention q=k=v", &[x], |t, i| ops::attention(t, &i[0], &i[0], &i[0], None, 0.5, 0.0));
     }
 
     #[test]

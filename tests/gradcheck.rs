@@ -96,11 +96,14 @@ fn attention_with_padding_and_fully_masked_row() {
     // Batch 0: no padding; batch 1: two padded keys; batch 2: every key padded.
     let mask = ids(vec![1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0], &[b, t]);
     assert_gradcheck("attention", &[q.clone(), k.clone(), v.clone()], 15, |tp, x| {
-        ops::attention(tp, &x[0], &x[1], &x[2], Some(&mask), 0.37)
+        ops::attention(tp, &x[0], &x[1], &x[2], Some(&mask), 0.37, 0.0)
     });
-    assert_gradcheck("attention no mask", &[q.clone(), k, v], 16, |tp, x| ops::attention(tp, &x[0], &x[1], &x[2], None, 0.5));
+    assert_gradcheck("attention no mask", &[q.clone(), k, v], 16, |tp, x| ops::attention(tp, &x[0], &x[1], &x[2], None, 0.5, 0.0));
     // q = k = v aliasing (self-attention on one tensor) must sum all three contributions.
-    assert_gradcheck("attention aliased", &[q], 17, |tp, x| ops::attention(tp, &x[0], &x[0], &x[0], Some(&mask), 0.3));
+    assert_gradcheck("attention aliased", &[q.clone()], 17, |tp, x| ops::attention(tp, &x[0], &x[0], &x[0], Some(&mask), 0.3, 0.0));
+    // Dropout of the probabilities (seeded mask, fixed between evaluations) with padding.
+    let (k, v) = (r.param(&[b, nh, t, hs]), r.param(&[b, nh, t, hs]));
+    assert_gradcheck("attention dropout", &[q, k, v], 19, |tp, x| ops::attention(tp, &x[0], &x[1], &x[2], Some(&mask), 0.45, 0.3));
 }
 
 #[test]
@@ -110,7 +113,7 @@ fn attention_cross_lengths_batch_one() {
     let k = r.param(&[1, 1, 6, 5]);
     let v = r.param(&[1, 1, 6, 5]);
     let mask = ids(vec![1, 0, 1, 1, 0, 1], &[1, 6]);
-    assert_gradcheck("attention Tq≠Tk", &[q, k, v], 18, |tp, x| ops::attention(tp, &x[0], &x[1], &x[2], Some(&mask), 0.8));
+    assert_gradcheck("attention Tq≠Tk", &[q, k, v], 18, |tp, x| ops::attention(tp, &x[0], &x[1], &x[2], Some(&mask), 0.8, 0.0));
 }
 
 #[test]

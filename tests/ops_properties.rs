@@ -10,6 +10,52 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_vec(v, shape).unwrap()
 }
 
+/// f64 tensor with normal entries, tracked.
+fn randn64(shape: &[usize], seed: u64) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::from_vec(Rng::new(seed).normal_vec(n), shape).unwrap().requires_grad()
+}
+
+#[test]
+fn attention_dropout_is_the_composite_with_the_same_mask() {
+    // The fused op with dropout_p must equal matmul → scale → softmax → ops::dropout → matmul on a
+    // tape with the same seed (the probabilities' flat (B, NH, Tq, Tk) index is dropout's index), in
+    // the output and in every input gradient; and dropout must act only on a training tape.
+    let (b, nh, tq, tk, hs, p) = (2, 3, 5, 6, 4, 0.4);
+    let (q, k, v) = (randn64(&[b, nh, tq, hs], 1), randn64(&[b, nh, tk, hs], 2), randn64(&[b, nh, tk, hs], 3));
+    let dy = Tensor::from_vec(Rng::new(4).normal_vec(b * nh * tq * hs), &[b, nh, tq, hs]).unwrap();
+    let composite = |tape: &Tape| -> Tensor {
+        let s = ops::scale(tape, &ops::matmul_nt(tape, &q, &k).unwrap(), 0.7).unwrap();
+        let pr = ops::dropout(tape, &ops::softmax(tape, &s).unwrap(), p).unwrap();
+        ops::matmul(tape, &pr, &v).unwrap()
+    };
+    let grads = |fused: bool| {
+        let tape = Tape::training(11);
+        let y = if fused { ops::attention(&tape, &q, &k, &v, None, 0.7, p).unwrap() } else { composite(&tape) };
+        let g = tape.backward_with(&y, &dy).unwrap();
+        let gv = |t: &Tensor| g.get::<f64>(t).unwrap().to_vec();
+        (y.to_f64_vec(), gv(&q), gv(&k), gv(&v))
+    };
+    let (fy, fq, fk, fv) = grads(true);
+    let (cy, cq, ck, cv) = grads(false);
+    let dropped = {
+        let tape = Tape::training(11);
+        let s = ops::scale(&tape, &ops::matmul_nt(&tape, &q, &k).unwrap(), 0.7).unwrap();
+        ops::dropout(&tape, &ops::softmax(&tape, &s).unwrap(), p).unwrap().to_f64_vec().iter().filter(|&&x| x == 0.0).count()
+    };
+    assert!(dropped > 0 && dropped < b * nh * tq * tk / 2, "{dropped} dropped: the test must exercise the mask");
+    for (name, f, c) in [("out", &fy, &cy), ("dq", &fq, &cq), ("dk", &fk, &ck), ("dv", &fv, &cv)] {
+        engram::testing::assert_close(name, f, c, 1e-12, 1e-10);
+    }
+    // Inference: no dropout; equals the op with dropout_p = 0.
+    let inf = ops::attention(&Tape::inference(), &q, &k, &v, None, 0.7, p).unwrap().to_f64_vec();
+    let plain = ops::attention(&Tape::inference(), &q, &k, &v, None, 0.7, 0.0).unwrap().to_f64_vec();
+    assert_eq!(inf, plain);
+    assert_ne!(inf, fy);
+    let e = ops::attention(&Tape::inference(), &q, &k, &v, None, 0.7, 1.0).unwrap_err().to_string();
+    assert!(e.contains("attention") && e.contains("dropout_p"), "{e}");
+}
+
 #[test]
 fn dropout_drops_p_scales_the_rest_and_replays() {
     let x = randn(&[64, 1000], 1).requires_grad();
@@ -112,7 +158,7 @@ fn bad_inputs_are_errors_naming_the_op_and_shapes() {
     assert!(e.contains("cross_entropy") && e.contains("target 3"), "{e}");
     let q = randn(&[1, 2, 3, 4], 5);
     let mask = Tensor::from_ids(vec![1, 2, 1], &[1, 3]).unwrap();
-    let e = msg(ops::attention(&tape, &q, &q, &q, Some(&mask), 1.0).unwrap_err());
+    let e = msg(ops::attention(&tape, &q, &q, &q, Some(&mask), 1.0, 0.0).unwrap_err());
     assert!(e.contains("attention") && e.contains("0 (padding) or 1"), "{e}");
     let e = msg(ops::split_heads(&tape, &randn(&[1, 2, 10], 6), 3).unwrap_err());
     assert!(e.contains("split_heads"), "{e}");

@@ -29,7 +29,7 @@ fn run_case(c: &serde_json::Value) {
         "tanh" => ops::tanh(&tape, &x["x"]),
         "layer_norm" => ops::layer_norm(&tape, &x["x"], &x["w"], &x["b"], p["eps"].as_f64().unwrap()),
         "softmax" => ops::softmax(&tape, &x["x"]),
-        "attention" => ops::attention(&tape, &x["q"], &x["k"], &x["v"], Some(&ids["mask"]), p["scale"].as_f64().unwrap()),
+        "attention" => ops::attention(&tape, &x["q"], &x["k"], &x["v"], Some(&ids["mask"]), p["scale"].as_f64().unwrap(), 0.0),
         "embedding" => ops::embedding(&tape, &ids["ids"], &x["table"], p["padding_idx"].as_i64()),
         "cross_entropy" => ops::cross_entropy(&tape, &x["logits"], &ids["targets"]),
         "mean_pool" => ops::mean_pool(&tape, &x["x"], &ids["mask"]),

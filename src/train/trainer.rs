@@ -879,3 +879,14 @@ pub fn predict_dir(dir: &Path, texts: &[String], max_length: usize, batch_size: 
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    /// The data order is part of the contract with `scripts/compare_torch.py --matched`, which replays
+    /// it in Python (its `engram_order`) and checks the same two vectors.
+    #[test]
+    fn epoch_order_is_pinned() {
+        assert_eq!(super::order(10, 1, 0), vec![9, 5, 0, 3, 1, 2, 8, 6, 4, 7]);
+        assert_eq!(super::order(10, 7, 3), vec![4, 3, 1, 2, 8, 7, 5, 9, 0, 6]);
+    }
+}

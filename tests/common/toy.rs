@@ -27,7 +27,7 @@ pub fn forward(tape: &Tape, p: &BTreeMap<String, Tensor>, d: &Dims, ids: &Tensor
             ops::split_heads(tape, &h, d.nh) // (B, NH, T, HS)
         };
         let (q, k, v) = (proj("q")?, proj("k")?, proj("v")?);
-        let a = ops::merge_heads(tape, &ops::attention(tape, &q, &k, &v, Some(mask), scale)?)?; // (B, T, C)
+        let a = ops::merge_heads(tape, &ops::attention(tape, &q, &k, &v, Some(mask), scale, 0.0)?)?; // (B, T, C)
         let o = ops::linear(tape, &a, w(&format!("l{l}.o.weight")), Some(w(&format!("l{l}.o.bias"))))?;
         x = ops::layer_norm(tape, &ops::add(tape, &x, &o)?, w(&format!("l{l}.ln1.weight")), w(&format!("l{l}.ln1.bias")), 1e-12)?;
         let f = ops::gelu(tape, &ops::linear(tape, &x, w(&format!("l{l}.ff1.weight")), Some(w(&format!("l{l}.ff1.bias"))))?)?;

@@ -249,8 +249,8 @@ impl Bert {
     }
 
     /// The encoder's last hidden state `(B, T, C)`. `train` turns dropout on (it needs a
-    /// training tape to take effect). Attention-probability dropout is not applied (the fused
-    /// attention op has none yet); hidden-state dropout is, where HF applies it.
+    /// training tape to take effect): hidden-state dropout where HF applies it and
+    /// `attention_probs_dropout_prob` inside the fused attention.
     pub fn encode(&self, tape: &Tape, batch: &Batch, train: bool) -> Result<Tensor> {
         let ids = batch.input_ids.to_device(self.device())?;
         let words = ops::embedding(tape, &ids, self.p("embeddings.word_embeddings.weight")?, None)?;
@@ -280,6 +280,7 @@ impl Bert {
         }
         let device = self.device();
         let drop = if train { cfg.hidden_dropout_prob } else { 0.0 };
+        let attn_drop = if train { cfg.attention_probs_dropout_prob } else { 0.0 };
         let pos = Tensor::from_ids((0..b * t).map(|i| (i % t) as i64).collect(), &[b, t])?.to_device(device)?;
         let types = token_type_ids.to_device(device)?;
         let mask = attention_mask.to_device(device)?;
@@ -292,7 +293,7 @@ impl Bert {
             let p = format!("encoder.layer.{l}");
             let heads = |n: &str| -> Result<Tensor> { ops::split_heads(tape, &self.linear(tape, &x, &format!("{p}.attention.self.{n}"))?, nh) };
             let (q, k, v) = (heads("query")?, heads("key")?, heads("value")?); // (B, NH, T, HS)
-            let a = ops::merge_heads(tape, &ops::attention(tape, &q, &k, &v, Some(&mask), scale)?)?; // (B, T, C)
+            let a = ops::merge_heads(tape, &ops::attention(tape, &q, &k, &v, Some(&mask), scale, attn_drop)?)?; // (B, T, C)
             let a = ops::dropout(tape, &self.linear(tape, &a, &format!("{p}.attention.output.dense"))?, drop)?;
             x = self.layer_norm(tape, &ops::add(tape, &a, &x)?, &format!("{p}.attention.output.LayerNorm"))?;
             let h = self.linear(tape, &x, &format!("{p}.intermediate.dense"))?; // (B, T, F)
