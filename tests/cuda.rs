@@ -19,7 +19,8 @@ fn cuda_suite_skipped_without_the_cuda_feature() {
 mod gpu {
     use super::common::toy::*;
     use super::common::*;
-    use engram::optim::{clip_grad_norm, hf_param_groups, AdamW, AdamWConfig};
+    use engram::autograd::Grads;
+    use engram::optim::{clip_grad_norm, hf_param_groups, AdamW, AdamWConfig, ParamGroup, Sgd, SgdConfig};
     use engram::testing::{assert_close, Rng};
     use engram::{ops, Device, Result, Tape, Tensor};
 
@@ -290,28 +291,49 @@ mod gpu {
             assert_close(&format!("d{name} (cuda)"), &got.to_f64_vec(), &want.to_f64_vec(), ATOL, RTOL);
         }
 
-        // Training: 25 AdamW steps with clipping on both devices; the loss curves agree.
+        // Training: 25 AdamW steps, then 25 SGD-with-momentum steps (the CUDA kernels adamw_step_v1,
+        // sgd_step_v1 vs the CPU references), clipping and weight decay on both devices.
+        let data = [(&ids, &mask, &labels), (&gids, &gmask, &glabels)];
         let mut p_cpu = p_cpu;
         let (mut oc, mut og) = (AdamW::new(AdamWConfig::default()), AdamW::new(AdamWConfig::default()));
-        let (mut cc, mut cg) = (Vec::new(), Vec::new());
+        train_both("AdamW", [&mut p_cpu, &mut p_gpu], &d, data, 0.5, |i, g, grads| [&mut oc, &mut og][i].step(g, grads, 3e-3));
+        let sgd = || Sgd::new(SgdConfig { momentum: 0.9, ..Default::default() });
+        let (mut sc, mut sg) = (sgd(), sgd());
+        train_both("SGD", [&mut p_cpu, &mut p_gpu], &d, data, 0.9, |i, g, grads| [&mut sc, &mut sg][i].step(g, grads, 0.05));
+    }
+
+    type Params = std::collections::BTreeMap<String, Tensor>;
+
+    /// 25 steps of `step(device index, groups, grads)` on the CPU (0) and GPU (1) copies, with
+    /// clipping and HF weight-decay groups: the loss curves and the final weights agree, and the
+    /// GPU loss falls below `fall` × its start.
+    fn train_both(
+        what: &str,
+        params: [&mut Params; 2],
+        d: &Dims,
+        data: [(&Tensor, &Tensor, &Tensor); 2],
+        fall: f64,
+        mut step: impl FnMut(usize, &mut [ParamGroup], &Grads) -> Result<()>,
+    ) {
+        let [p_cpu, p_gpu] = params;
+        let mut curves = [Vec::new(), Vec::new()];
         for _ in 0..25 {
-            for (params, opt, curve, (i, m, l)) in [
-                (&mut p_cpu, &mut oc, &mut cc, (&ids, &mask, &labels)),
-                (&mut p_gpu, &mut og, &mut cg, (&gids, &gmask, &glabels)),
-            ] {
+            for (dev, p) in [&mut *p_cpu, &mut *p_gpu].into_iter().enumerate() {
+                let (i, m, l) = data[dev];
                 let tape = Tape::training(0);
-                let loss = forward(&tape, params, &d, i, m, l).unwrap();
-                curve.push(loss.item().unwrap());
+                let loss = forward(&tape, p, d, i, m, l).unwrap();
+                curves[dev].push(loss.item().unwrap());
                 let mut grads = tape.backward(&loss).unwrap();
-                let refs: Vec<&Tensor> = params.values().collect();
+                let refs: Vec<&Tensor> = p.values().collect();
                 clip_grad_norm(&mut grads, &refs, 1.0).unwrap();
-                let named: Vec<(String, &mut Tensor)> = params.iter_mut().map(|(k, v)| (k.replace("ln", "LayerNorm"), v)).collect();
-                opt.step(&mut hf_param_groups(named, 0.01), &grads, 3e-3).unwrap();
+                let named: Vec<(String, &mut Tensor)> = p.iter_mut().map(|(k, v)| (k.replace("ln", "LayerNorm"), v)).collect();
+                step(dev, &mut hf_param_groups(named, 0.01), &grads).unwrap_or_else(|e| panic!("{what} step: {e}"));
             }
         }
-        assert_close("toy loss curve (cuda vs cpu)", &cg, &cc, 1e-4, 1e-3);
-        assert!(cg.last().unwrap() < &(0.5 * cg[0]), "GPU training did not reduce the loss: {cg:?}");
-        for (name, t) in &p_cpu {
+        let [cc, cg] = &curves;
+        assert_close(&format!("toy loss curve, {what} (cuda vs cpu)"), cg, cc, 1e-4, 1e-3);
+        assert!(cg.last().unwrap() < &(fall * cg[0]), "{what}: GPU training did not reduce the loss: {cg:?}");
+        for (name, t) in p_cpu.iter() {
             assert_eq!(p_gpu[name].device(), Device::Cuda, "{name} left the GPU");
             // The key bias has an analytically zero gradient (softmax is shift-invariant per query
             // row), so its "gradient" is rounding noise that Adam's m/√v normalisation turns into
@@ -319,7 +341,7 @@ mod gpu {
             if name.ends_with(".k.bias") {
                 continue;
             }
-            assert_close(&format!("{name} after training (cuda)"), &p_gpu[name].to_f64_vec(), &t.to_f64_vec(), 1e-4, 1e-3);
+            assert_close(&format!("{name} after {what} training (cuda)"), &p_gpu[name].to_f64_vec(), &t.to_f64_vec(), 1e-4, 1e-3);
         }
     }
 }

@@ -81,24 +81,38 @@ fn gradient_accumulation_4x8_equals_batch_32() {
 
 #[test]
 fn resume_from_a_mid_run_checkpoint_gives_bitwise_identical_weights() {
-    let model = root().join("weights/tiny-bert");
-    let full = args(&model, Task::Classify, tmp("full"));
-    finetune(&full).unwrap();
-    let mut part = args(&model, Task::Classify, tmp("part"));
-    part.stop_after_steps = Some(3); // mid-epoch (6 steps per epoch)
-    finetune(&part).unwrap();
-    part.stop_after_steps = None;
-    part.resume = true;
-    finetune(&part).unwrap();
-    let a = std::fs::read(full.out.join("checkpoint/model.safetensors")).unwrap();
-    let b = std::fs::read(part.out.join("checkpoint/model.safetensors")).unwrap();
-    assert!(a == b, "resumed weights differ from the uninterrupted run");
-    let oa = std::fs::read(full.out.join("checkpoint/optimizer.safetensors")).unwrap();
-    let ob = std::fs::read(part.out.join("checkpoint/optimizer.safetensors")).unwrap();
-    assert!(oa == ob, "resumed AdamW moments differ");
-    let ma: serde_json::Value = serde_json::from_slice(&std::fs::read(full.out.join("metrics.json")).unwrap()).unwrap();
-    let mb: serde_json::Value = serde_json::from_slice(&std::fs::read(part.out.join("metrics.json")).unwrap()).unwrap();
-    assert_eq!(ma["loss_per_step"], mb["loss_per_step"]);
+    for opt in [OptimizerKind::Adamw, OptimizerKind::Sgd] {
+        let model = root().join("weights/tiny-bert");
+        let tag = format!("{opt:?}").to_lowercase();
+        let mut full = args(&model, Task::Classify, tmp(&format!("full-{tag}")));
+        full.optimizer = opt;
+        finetune(&full).unwrap();
+        let mut part = full.clone();
+        part.out = tmp(&format!("part-{tag}"));
+        part.stop_after_steps = Some(3); // mid-epoch (6 steps per epoch)
+        finetune(&part).unwrap();
+        part.stop_after_steps = None;
+        part.resume = true;
+        finetune(&part).unwrap();
+        let a = std::fs::read(full.out.join("checkpoint/model.safetensors")).unwrap();
+        let b = std::fs::read(part.out.join("checkpoint/model.safetensors")).unwrap();
+        assert!(a == b, "{tag}: resumed weights differ from the uninterrupted run");
+        // The optimizer state (AdamW moments; SGD momentum buffers) is saved and restored exactly.
+        let state = read_safetensors(full.out.join("checkpoint/optimizer.safetensors")).unwrap();
+        let key = if opt == OptimizerKind::Sgd { "momentum_buffer.classifier.weight" } else { "m.classifier.weight" };
+        assert!(state.contains_key(key), "{tag}: optimizer.safetensors lacks {key}");
+        let oa = std::fs::read(full.out.join("checkpoint/optimizer.safetensors")).unwrap();
+        let ob = std::fs::read(part.out.join("checkpoint/optimizer.safetensors")).unwrap();
+        assert!(oa == ob, "{tag}: resumed optimizer state differs");
+        let ma: serde_json::Value = serde_json::from_slice(&std::fs::read(full.out.join("metrics.json")).unwrap()).unwrap();
+        let mb: serde_json::Value = serde_json::from_slice(&std::fs::read(part.out.join("metrics.json")).unwrap()).unwrap();
+        assert_eq!(ma["loss_per_step"], mb["loss_per_step"], "{tag}");
+        // Resuming with the other optimizer is refused, naming the file, and changes nothing.
+        part.optimizer = if opt == OptimizerKind::Sgd { OptimizerKind::Adamw } else { OptimizerKind::Sgd };
+        let e = finetune(&part).unwrap_err().to_string();
+        assert!(e.contains("training_args.json") && e.contains("same optimizer"), "{e}");
+        assert!(std::fs::read(part.out.join("checkpoint/model.safetensors")).unwrap() == b, "{tag}: a refused resume wrote weights");
+    }
 }
 
 #[test]

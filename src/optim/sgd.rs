@@ -1,4 +1,5 @@
-//! SGD with momentum, step for step as `torch.optim.SGD`.
+//! SGD with momentum, step for step as `torch.optim.SGD`; CPU reference and the CUDA kernel
+//! `sgd_step_v1` (kernels/sgd.cu). The momentum buffers export by parameter name for `--resume`.
 
 use std::collections::HashMap;
 
@@ -20,11 +21,18 @@ pub struct SgdConfig {
 pub struct Sgd {
     pub config: SgdConfig,
     buffers: HashMap<TensorId, Buf>,
+    #[cfg(feature = "cuda")]
+    cuda_buffers: HashMap<TensorId, cudarc::driver::CudaSlice<f32>>,
 }
 
 impl Sgd {
     pub fn new(config: SgdConfig) -> Self {
-        Sgd { config, buffers: HashMap::new() }
+        Sgd {
+            config,
+            buffers: HashMap::new(),
+            #[cfg(feature = "cuda")]
+            cuda_buffers: HashMap::new(),
+        }
     }
 
     /// `d = g + wd·p`; `buf ← d` (first step) else `buf ← μ·buf + (1 − dampening)·d`;
@@ -36,8 +44,20 @@ impl Sgd {
             let wd = group.weight_decay;
             for p in group.params.iter_mut() {
                 let Some(g) = grads.get_buf(p) else { continue };
-                if p.is_cuda() {
-                    return Err(Error::Device("sgd: the CUDA backend has no SGD kernel yet; use AdamW on the GPU or SGD on the CPU".into()));
+                #[cfg(feature = "cuda")]
+                if let Buf::Cuda(crate::device::CudaBuf::F32(gd)) = g {
+                    use crate::device::cuda::{cfg_1d, launch, CudaDev};
+                    let dev = CudaDev::get()?;
+                    let first = !self.cuda_buffers.contains_key(&p.id());
+                    let buf = match self.cuda_buffers.entry(p.id()) {
+                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(e) => e.insert(dev.zeros::<f32>(p.numel())?),
+                    };
+                    let n = p.numel() as i64;
+                    let (lrf, wdf, muf, dampf) = (lr as f32, wd as f32, momentum as f32, (1.0 - dampening) as f32);
+                    let (nest, fst) = (nesterov as i32, first as i32);
+                    p.update_cuda(|w| launch!(dev, "sgd", "sgd_step_v1", cfg_1d(n as usize); w, gd, buf, &lrf, &wdf, &muf, &dampf, &nest, &fst, &n))?;
+                    continue;
                 }
                 let first = !self.buffers.contains_key(&p.id());
                 let buf = self.buffers.entry(p.id()).or_insert_with(|| g.clone());
@@ -60,6 +80,45 @@ impl Sgd {
                     })
                 })?;
             }
+        }
+        Ok(())
+    }
+}
+
+impl Sgd {
+    /// The momentum buffers as `momentum_buffer.<name>` tensors (empty before the first step).
+    pub fn export_state(&self, named: &[(String, &crate::Tensor)]) -> Result<std::collections::BTreeMap<String, crate::Tensor>> {
+        let mut out = std::collections::BTreeMap::new();
+        for (name, p) in named {
+            if let Some(b) = self.buffers.get(&p.id()) {
+                out.insert(format!("momentum_buffer.{name}"), crate::Tensor::from_buf(b.clone(), p.shape())?);
+            }
+            #[cfg(feature = "cuda")]
+            if let Some(b) = self.cuda_buffers.get(&p.id()) {
+                let dev = crate::device::cuda::CudaDev::get()?;
+                out.insert(format!("momentum_buffer.{name}"), crate::Tensor::from_vec(dev.dtoh(b, p.numel())?, p.shape())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restore buffers written by [`Sgd::export_state`]; a parameter without one starts fresh.
+    pub fn import_state(&mut self, named: &[(String, &crate::Tensor)], state: &std::collections::BTreeMap<String, crate::Tensor>) -> Result<()> {
+        for (name, p) in named {
+            let Some(b) = state.get(&format!("momentum_buffer.{name}")) else { continue };
+            if b.shape() != p.shape() {
+                return Err(Error::Autograd(format!("sgd momentum buffer for {name} has shape {:?}, the parameter {:?}", b.shape(), p.shape())));
+            }
+            #[cfg(feature = "cuda")]
+            if p.is_cuda() {
+                let dev = crate::device::cuda::CudaDev::get()?;
+                self.cuda_buffers.insert(p.id(), dev.htod(b.to_cpu()?.data::<f32>("sgd")?)?);
+                continue;
+            }
+            if b.dtype() != p.dtype() {
+                return Err(Error::Autograd(format!("sgd momentum buffer for {name} is {:?}, the parameter {:?}", b.dtype(), p.dtype())));
+            }
+            self.buffers.insert(p.id(), b.to_cpu()?.buf().clone());
         }
         Ok(())
     }

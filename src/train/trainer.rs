@@ -474,7 +474,7 @@ fn save_checkpoint(dir: &Path, bert: &Bert, mem: Option<&MemoryConfig>, opt: &Op
     let named: Vec<(String, &Tensor)> = bert.params.iter().map(|(k, v)| (k.clone(), v)).collect();
     let opt_state = match opt {
         Opt::AdamW(a) => a.export_state(&named)?,
-        Opt::Sgd(_) => BTreeMap::new(),
+        Opt::Sgd(s) => s.export_state(&named)?,
     };
     write_safetensors(dir.join("optimizer.safetensors"), &opt_state, None)?;
     write_atomic(&dir.join("trainer_state.json"), serde_json::to_string_pretty(state).expect("state serialises").as_bytes())?;
@@ -570,13 +570,20 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
         OptimizerKind::Sgd => Opt::Sgd(Sgd::new(SgdConfig { momentum: args.momentum, dampening: 0.0, nesterov: false })),
     };
     if resuming {
+        // The saved state belongs to one optimizer; resuming with another would silently start it afresh.
+        let saved: serde_json::Value = json_file(&ckpt.join("training_args.json"))?;
+        let want = serde_json::to_value(args.optimizer).expect("optimizer serialises");
+        if saved.get("optimizer").is_some_and(|o| *o != want) {
+            return file_err(
+                ckpt.join("training_args.json"),
+                format!("the checkpoint was trained with --optimizer {}; resume with the same optimizer (asked: {want})", saved["optimizer"]),
+            );
+        }
+        let st = read_safetensors(ckpt.join("optimizer.safetensors"))?;
+        let named: Vec<(String, &Tensor)> = bert.params.iter().map(|(k, v)| (k.clone(), v)).collect();
         match &mut opt {
-            Opt::AdamW(a) => {
-                let st = read_safetensors(ckpt.join("optimizer.safetensors"))?;
-                let named: Vec<(String, &Tensor)> = bert.params.iter().map(|(k, v)| (k.clone(), v)).collect();
-                a.import_state(state.global_step, &named, &st)?;
-            }
-            Opt::Sgd(_) => return Err(Error::Value { op: "finetune", detail: "--resume supports AdamW runs only (SGD momentum buffers are not checkpointed yet)".into() }),
+            Opt::AdamW(a) => a.import_state(state.global_step, &named, &st)?,
+            Opt::Sgd(s) => s.import_state(&named, &st)?,
         }
     }
     if args.progress {
