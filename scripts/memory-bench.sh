@@ -12,19 +12,20 @@
 #   scripts/memory-bench.sh --engram target/release/engram --model weights/cache/all-MiniLM-L6-v2 --device cuda
 #
 # Options (defaults): --window 64  --memory-tokens 4  --factors "4 8"  --dialogue-factor 4
-#   --train 2000 --eval 500 --epochs 2 (per stage) --lr 1e-4 --batch 32 --seed 1 --curriculum "1 2 4 8"
+#   --train 2000 --eval 500 --epochs 2 (per stage) --final-epochs (the last stage's; default --epochs)
+#   --lr 1e-4 --batch 32 --seed 1 --curriculum "1 2 4 8"
 #   --out /tmp/engram-memory-bench
 #   --only "memory chunk head tail" (which models to run)
 set -euo pipefail
 engram=target/release/engram model=weights/cache/all-MiniLM-L6-v2 device=cpu
-window=64 m=4 factors="4 8" dfactor=4 train=2000 eval=500 epochs=2 lr=1e-4 batch=32 seed=1 curriculum="1 2 4 8"
+window=64 m=4 factors="4 8" dfactor=4 train=2000 eval=500 epochs=2 final_epochs= lr=1e-4 batch=32 seed=1 curriculum="1 2 4 8"
 out=/tmp/engram-memory-bench only="memory chunk head tail"
 while [ $# -gt 0 ]; do
   case "$1" in
     --engram) engram=$2 ;; --model) model=$2 ;; --device) device=$2 ;; --window) window=$2 ;;
     --memory-tokens) m=$2 ;; --factors) factors=$2 ;; --dialogue-factor) dfactor=$2 ;; --train) train=$2 ;;
     --eval) eval=$2 ;; --epochs) epochs=$2 ;; --lr) lr=$2 ;; --batch) batch=$2 ;; --seed) seed=$2 ;;
-    --out) out=$2 ;; --only) only=$2 ;; --curriculum) curriculum=$2 ;;
+    --out) out=$2 ;; --only) only=$2 ;; --curriculum) curriculum=$2 ;; --final-epochs) final_epochs=$2 ;;
     *) echo "memory-bench: unknown option $1" >&2; exit 2 ;;
   esac
   shift 2
@@ -32,14 +33,14 @@ done
 mkdir -p "$out"
 rows=()
 
-# run NAME TASK DATA FROM EXTRA...: fine-tune FROM, print and record "name test-accuracy seconds".
+# run NAME TASK DATA FROM EPOCHS EXTRA...: fine-tune FROM, print and record "name test-accuracy seconds".
 run() {
-  local name=$1 task=$2 data=$3 from=$4; shift 4
+  local name=$1 task=$2 data=$3 from=$4 ep=$5; shift 5
   local dir="$out/run-$name" t0 t1 acc
   rm -rf "$dir"; mkdir -p "$(dirname "$dir")"
   t0=$(date +%s.%N)
   "$engram" finetune --model "$from" --task "$task" --train "$data/train.jsonl" --dev "$data/dev.jsonl" --test "$data/test.jsonl" \
-    --out "$dir" --epochs "$epochs" --lr "$lr" --batch-size "$batch" --warmup-ratio 0.1 --seed "$seed" --device "$device" --quiet "$@" \
+    --out "$dir" --epochs "$ep" --lr "$lr" --batch-size "$batch" --warmup-ratio 0.1 --seed "$seed" --device "$device" --quiet "$@" \
     > "$dir.log" 2>&1 || { echo "memory-bench: $name failed:"; tail -n 5 "$dir.log"; rows+=("$name FAILED -"); return 0; }
   t1=$(date +%s.%N)
   acc=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print("%.1f" % (100*[e for e in m["epochs"] if "test" in e][-1]["test"]["values"]["accuracy"]))' "$dir/metrics.json")
@@ -52,10 +53,11 @@ want() { case " $only " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 # stages KIND TASK MAX NAME EXTRA...: train NAME through the curriculum up to MAX× on KIND data.
 stages() {
   local kind=$1 task=$2 max=$3 name=$4; shift 4
-  local from=$model f
+  local from=$model f ep
   for f in $curriculum; do
     [ "$f" -le "$max" ] || break
-    run "$kind-${f}x/$name" "$task" "$out/$kind-x$f" "$from" "$@"
+    ep=$epochs; [ "$f" -eq "$max" ] && ep=${final_epochs:-$epochs}
+    run "$kind-${f}x/$name" "$task" "$out/$kind-x$f" "$from" "$ep" "$@"
     from="$out/run-$kind-${f}x/$name"
     [ -f "$from/config.json" ] || return 0
   done
@@ -69,7 +71,7 @@ models() {  # models KIND TASK MAX
   return 0
 }
 
-echo "== engram long-range recall: $model on $device, window $window, m = $m, $train train / $eval dev / $eval test, $epochs epochs, lr $lr, batch $batch"
+echo "== engram long-range recall: $model on $device, window $window, m = $m, $train train / $eval dev / $eval test, $epochs epochs per stage (last: ${final_epochs:-$epochs}), lr $lr, batch $batch"
 max=0; for f in $factors; do [ "$f" -gt "$max" ] && max=$f; done
 for f in $curriculum; do
   "$engram" recall-data --out "$out/docs-x$f" --words $((f * window)) --train "$train" --dev "$eval" --test "$eval" --seed "$seed" 2>/dev/null
