@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use super::dropout::uniform;
+use super::dropout::apply_mask;
 use super::gemm::{gemm, MatRef};
 use super::same_dtype;
 use super::softmax::{softmax_row_backward, softmax_row_in_place};
@@ -85,23 +85,23 @@ pub fn attention(tape: &Tape, q: &Tensor, k: &Tensor, v: &Tensor, key_mask: Opti
     })
 }
 
-/// Dropout of the attention probabilities: seed, p and 1 / (1 − p).
+/// Dropout of the attention probabilities: the seed of the call and p.
 #[derive(Clone, Copy)]
 pub(crate) struct ProbDropout {
     seed: u64,
-    p: f32,
-    inv: f64,
+    p: f64,
 }
 
 impl ProbDropout {
     fn new(seed: u64, p: f64) -> Self {
-        ProbDropout { seed, p: p as f32, inv: 1.0 / (1.0 - p) }
+        ProbDropout { seed, p }
     }
 
     /// `x ⊙ keep / (1 − p)` for the block of probabilities starting at flat index `base`.
     fn apply<T: Float>(&self, x: &[T], base: usize) -> Vec<T> {
-        let inv = T::from_f64(self.inv);
-        x.iter().enumerate().map(|(i, &v)| if uniform(self.seed, (base + i) as u64) >= self.p { v * inv } else { T::ZERO }).collect()
+        let mut v = x.to_vec();
+        apply_mask(&mut v, self.seed, self.p, base as u64);
+        v
     }
 }
 
@@ -212,7 +212,7 @@ mod cuda {
         let sf = scale as f32;
         let null: u64 = 0;
         // p = 0 turns the kernels' dropout off (every probability kept, factor 1).
-        let dr = drop.map_or(DropArgs { seed: 0, p: 0.0, inv: 1.0 }, |d| DropArgs { seed: d.seed, p: d.p, inv: d.inv as f32 });
+        let dr = drop.map_or(DropArgs { seed: 0, p: 0.0, inv: 1.0 }, |d| DropArgs { seed: d.seed, p: d.p as f32, inv: (1.0 / (1.0 - d.p)) as f32 });
         let c = cfg(tq, b * nh, tk, hs)?;
         match key_mask.map(|m| m.cuda_i64(OP)).transpose()? {
             Some(m) => launch!(dev, "attention", "attention_fwd_v1", c; &mut out, &mut probs, q.cuda_f32(OP)?, k.cuda_f32(OP)?, v.cuda_f32(OP)?, m,

@@ -45,17 +45,18 @@ pub fn dropout(tape: &Tape, x: &Tensor, p: f64) -> Result<Tensor> {
     }
     with_float!("dropout", x.dtype(), T => {
         let mut y = x.data::<T>("dropout")?.to_vec();
-        apply_mask(&mut y, seed, p);
+        apply_mask(&mut y, seed, p, 0);
         Ok(tape.record("dropout", &[x], T::wrap(y), x.shape().to_vec(), |_| DropoutBwd::<T> { seed, p, _t: Default::default() }))
     })
 }
 
-/// `v[i] *= keep(i) / (1 − p)`.
-fn apply_mask<T: Float>(v: &mut [T], seed: u64, p: f64) {
+/// `v[i] *= keep(base + i) / (1 − p)`: elements `base..base + v.len()` of a call's mask (the fused
+/// attention drops its probabilities with it too).
+pub(crate) fn apply_mask<T: Float>(v: &mut [T], seed: u64, p: f64, base: u64) {
     let inv = T::from_f64(1.0 / (1.0 - p));
     let pf = p as f32;
     v.par_iter_mut().enumerate().for_each(|(i, x)| {
-        *x = if uniform(seed, i as u64) >= pf { *x * inv } else { T::ZERO };
+        *x = if uniform(seed, base + i as u64) >= pf { *x * inv } else { T::ZERO };
     });
 }
 
@@ -69,7 +70,7 @@ impl<T: Float> Backward for DropoutBwd<T> {
     // dx += dy · keep / (1 − p), with the same mask recomputed from the seed.
     fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
         let mut g = T::slice(dout).expect("dout dtype").to_vec();
-        apply_mask(&mut g, self.seed, self.p);
+        apply_mask(&mut g, self.seed, self.p, 0);
         sink.add_buf(&inputs[0], &T::wrap(g))
     }
 }
