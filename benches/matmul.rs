@@ -1,6 +1,8 @@
-//! CPU matmul throughput at BERT-base shapes (batch 32 × seq 128 = 4096 tokens, hidden 768,
-//! intermediate 3072), through `ops::linear` exactly as a BERT layer calls it. Criterion's
-//! "elem/s" is set to FLOP/s (2·M·N·K per call), so "Gelem/s" reads as GFLOP/s.
+//! CPU matmul throughput through `ops::linear` exactly as a BERT layer calls it: forward at
+//! BERT-base shapes (batch 32 × seq 128 = 4096 tokens, hidden 768, intermediate 3072), and
+//! forward + backward (x·wᵀ, dy·w, dyᵀ·x — all three operand layouts the GEMM packs) at the
+//! all-MiniLM-L6-v2 fine-tuning shapes (1,280 tokens, hidden 384, intermediate 1536).
+//! Criterion's "elem/s" is set to FLOP/s (2·M·N·K per GEMM), so "Gelem/s" reads as GFLOP/s.
 //!
 //!     cargo bench --bench matmul
 
@@ -26,6 +28,23 @@ fn bench(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::from_parameter(format!("{m}x{n}x{k}")), &(x, w), |b, (x, w)| {
             let tape = Tape::inference();
             b.iter(|| black_box(ops::linear(&tape, x, w, None).unwrap()))
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("linear_f32_fwd_bwd");
+    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(6));
+    for &(m, n, k) in &[(1280, 384, 384), (1280, 1536, 384), (1280, 384, 1536)] {
+        let x = randn(&[m, k], 1).requires_grad();
+        let w = randn(&[n, k], 2).requires_grad();
+        let dy = randn(&[m, n], 3);
+        g.throughput(Throughput::Elements((3 * 2 * m * n * k) as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(format!("{m}x{n}x{k}")), &(x, w, dy), |b, (x, w, dy)| {
+            b.iter(|| {
+                let tape = Tape::training(1);
+                let y = ops::linear(&tape, x, w, None).unwrap();
+                black_box(tape.backward_with(&y, dy).unwrap())
+            })
         });
     }
     g.finish();

@@ -45,6 +45,17 @@ pub trait Float:
     fn slice_mut(buf: &mut Buf) -> Option<&mut [Self]>;
     fn wrap(v: Vec<Self>) -> Buf;
 
+    /// Mutable view as `f32` when `Self` is `f32`.
+    #[inline(always)]
+    fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]> {
+        if std::any::TypeId::of::<Self>() == std::any::TypeId::of::<f32>() {
+            // SAFETY: Self is f32, so the layout is identical.
+            Some(unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<f32>(), s.len()) })
+        } else {
+            None
+        }
+    }
+
     /// View as `f32` when `Self` is `f32` (lets a kernel take a hand-written f32 path).
     #[inline(always)]
     fn as_f32(s: &[Self]) -> Option<&[f32]> {

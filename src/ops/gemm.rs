@@ -16,7 +16,7 @@ use crate::float::Float;
 
 const MR: usize = 6;
 const NR: usize = 16;
-const KC: usize = 256;
+const KC: usize = 384;
 /// Rows of C per task: A block MC×KC f32 = 192 KiB, sized for a 512 KiB–1 MiB L2, so each pass
 /// over the packed B (which lives in L3) feeds 3× more FLOPs than MC = 64 did (the N = 3072
 /// shape went from 49 to ~100 GFLOP/s). Shrunk for short M so every core still gets work.
@@ -81,10 +81,24 @@ fn gemm_impl<T: Float>(c: &mut [T], a: MatRef<T>, b: MatRef<T>, parallel: bool, 
     let pack_panel = |(jp, dst): (usize, &mut [T])| {
         let j0 = jp * NR;
         let nr = NR.min(n - j0);
-        for p in 0..k {
-            let row = &mut dst[p * NR..p * NR + nr];
-            for (j, x) in row.iter_mut().enumerate() {
-                *x = b.at(p, j0 + j);
+        if b.cs == 1 {
+            // Row-major B: each k row of the panel is a contiguous run.
+            for p in 0..k {
+                dst[p * NR..p * NR + nr].copy_from_slice(&b.data[p * b.rs + j0..p * b.rs + j0 + nr]);
+            }
+        } else if b.rs == 1 {
+            // Transposed B (the `x · wᵀ` of every linear): each column is contiguous in k.
+            for j in 0..nr {
+                let col = &b.data[(j0 + j) * b.cs..(j0 + j) * b.cs + k];
+                for (p, &x) in col.iter().enumerate() {
+                    dst[p * NR + j] = x;
+                }
+            }
+        } else {
+            for p in 0..k {
+                for j in 0..nr {
+                    dst[p * NR + j] = b.at(p, j0 + j);
+                }
             }
         }
     };
@@ -95,7 +109,10 @@ fn gemm_impl<T: Float>(c: &mut [T], a: MatRef<T>, b: MatRef<T>, parallel: bool, 
     }
 
     let threads = if parallel { rayon::current_num_threads() } else { 1 };
-    let mc = MC.min(m.div_ceil(threads).div_ceil(MR) * MR).max(MR);
+    // Row blocks of at most MC rows, their count a multiple of the thread count so no core idles
+    // through the last round (M = 1280 on 2 threads: 8 blocks of 160, not 7 of 192).
+    let blocks = m.div_ceil(MC).div_ceil(threads) * threads;
+    let mc = m.div_ceil(blocks).div_ceil(MR).max(1) * MR;
     let row_block = |(ci, cblk): (usize, &mut [T])| {
         let i0 = ci * mc;
         let mrows = cblk.len() / n;
@@ -110,13 +127,7 @@ fn gemm_impl<T: Float>(c: &mut [T], a: MatRef<T>, b: MatRef<T>, parallel: bool, 
                 let kc = KC.min(k - k0);
                 // A packed: panel ip holds rows ip*MR..ip*MR+MR of columns k0..k0+kc, k-major.
                 for ip in 0..m_panels {
-                    let dst = &mut ap[ip * kc * MR..(ip + 1) * kc * MR];
-                    let mr = MR.min(mrows - ip * MR);
-                    for p in 0..kc {
-                        for i in 0..MR {
-                            dst[p * MR + i] = if i < mr { a.at(i0 + ip * MR + i, k0 + p) } else { T::ZERO };
-                        }
-                    }
+                    pack_a(&mut ap[ip * kc * MR..(ip + 1) * kc * MR], a, i0 + ip * MR, MR.min(mrows - ip * MR), k0, kc);
                 }
                 for jp in jb..jb_end {
                     let bpanel = &bp[(jp * k + k0) * NR..(jp * k + k0 + kc) * NR];
@@ -138,6 +149,36 @@ fn gemm_impl<T: Float>(c: &mut [T], a: MatRef<T>, b: MatRef<T>, parallel: bool, 
     }
 }
 
+/// Packs rows r0..r0+mr, columns k0..k0+kc of A into one MR-tall panel, k-major, zero-padded
+/// to MR rows.
+#[inline(always)]
+fn pack_a<T: Float>(dst: &mut [T], a: MatRef<T>, r0: usize, mr: usize, k0: usize, kc: usize) {
+    if mr < MR {
+        dst.fill(T::ZERO);
+    }
+    if a.cs == 1 {
+        // Row-major A: read each row's k run contiguously.
+        for i in 0..mr {
+            let row = &a.data[(r0 + i) * a.rs + k0..(r0 + i) * a.rs + k0 + kc];
+            for (p, &x) in row.iter().enumerate() {
+                dst[p * MR + i] = x;
+            }
+        }
+    } else if a.rs == 1 {
+        // Transposed A (the `dyᵀ · x` of a weight gradient): the MR rows at each k are contiguous.
+        for p in 0..kc {
+            let col = (k0 + p) * a.cs + r0;
+            dst[p * MR..p * MR + mr].copy_from_slice(&a.data[col..col + mr]);
+        }
+    } else {
+        for p in 0..kc {
+            for i in 0..mr {
+                dst[p * MR + i] = a.at(r0 + i, k0 + p);
+            }
+        }
+    }
+}
+
 /// The MR×NR tile of C at (row0, col0) += A panel (kc × MR) · B panel (kc × NR).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
@@ -154,6 +195,17 @@ fn tile<T: Float>(
     nr: usize,
 ) {
     assert!(ap.len() >= kc * MR && bp.len() >= kc * NR, "gemm panels too short");
+    #[cfg(target_arch = "x86_64")]
+    if simd && mr == MR && nr == NR {
+        if let (Some(a32), Some(b32), Some(c32)) = (T::as_f32(ap), T::as_f32(bp), T::as_f32_mut(c)) {
+            let base = row0 * ldc + col0;
+            assert!(c32.len() >= base + (MR - 1) * ldc + NR, "gemm tile outside C");
+            // SAFETY: `simd` was set only when the CPU has AVX2+FMA; panel lengths and the C
+            // tile's extent were checked just above.
+            unsafe { avx2::kernel_f32_into(kc, a32.as_ptr(), b32.as_ptr(), c32.as_mut_ptr().add(base), ldc) };
+            return;
+        }
+    }
     let mut acc = [[T::ZERO; NR]; MR];
     if simd {
         simd_kernel(kc, ap, bp, &mut acc);
@@ -208,6 +260,28 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn kernel_generic<T: Float>(kc: usize, ap: &[T], bp: &[T], acc: &mut [[T; NR]; MR]) {
         super::kernel_generic(kc, ap, bp, acc)
+    }
+
+    /// A full 6×16 f32 tile of C (row stride `ldc`) += A panel · B panel: the same loop as
+    /// `kernel_f32`, then C is updated with AVX loads/stores instead of a scalar add per element.
+    ///
+    /// # Safety
+    /// AVX2+FMA must be present; `a` points at kc·MR floats, `b` at kc·NR floats, and `c` at a
+    /// tile with MR rows of NR writable floats each, `ldc` apart.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn kernel_f32_into(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize) {
+        let mut acc = [[0f32; NR]; MR];
+        // SAFETY: forwarded caller contract.
+        unsafe {
+            kernel_f32(kc, a, b, &mut acc);
+            for (i, row) in acc.iter().enumerate() {
+                let dst = c.add(i * ldc);
+                let s0 = _mm256_add_ps(_mm256_loadu_ps(dst), _mm256_loadu_ps(row.as_ptr()));
+                let s1 = _mm256_add_ps(_mm256_loadu_ps(dst.add(8)), _mm256_loadu_ps(row.as_ptr().add(8)));
+                _mm256_storeu_ps(dst, s0);
+                _mm256_storeu_ps(dst.add(8), s1);
+            }
+        }
     }
 
     /// 6×16 f32 tile: 12 ymm accumulators, two B vectors and six A broadcasts per k step.

@@ -13,5 +13,5 @@ pub fn relu(tape: &Tape, x: &Tensor) -> Result<Tensor> {
     if x.is_cuda() {
         return super::elementwise::cuda::unary(tape, "relu", "relu", "relu_fwd_v1", "relu_bwd_v1", x);
     }
-    with_float!("relu", x.dtype(), T => unary::<T>(tape, "relu", x, |v: T| if v > T::ZERO { v } else { T::ZERO }, |v: T| if v > T::ZERO { T::ONE } else { T::ZERO }))
+    with_float!("relu", x.dtype(), T => unary::<T, _, _>(tape, "relu", x, |v: T| if v > T::ZERO { v } else { T::ZERO }, |v: T| if v > T::ZERO { T::ONE } else { T::ZERO }))
 }

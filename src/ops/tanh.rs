@@ -13,7 +13,7 @@ pub fn tanh(tape: &Tape, x: &Tensor) -> Result<Tensor> {
     if x.is_cuda() {
         return super::elementwise::cuda::unary(tape, "tanh", "tanh", "tanh_fwd_v1", "tanh_bwd_v1", x);
     }
-    with_float!("tanh", x.dtype(), T => unary::<T>(tape, "tanh", x, |v: T| v.tanh(), tanh_df))
+    with_float!("tanh", x.dtype(), T => unary::<T, _, _>(tape, "tanh", x, |v: T| v.tanh(), tanh_df::<T>))
 }
 
 // d/dx tanh x = 1 − tanh² x

@@ -122,13 +122,21 @@ fn adamw_kernel<T: Float>(
     let (decay, b1, b2) = (T::from_f64(decay), T::from_f64(1.0 - beta1), T::from_f64(beta2));
     let (one_m_b2, eps, step_size, bc2_sqrt) =
         (T::from_f64(1.0 - beta2), T::from_f64(eps), T::from_f64(step_size), T::from_f64(bc2_sqrt));
-    for i in 0..w.len() {
-        w[i] *= decay;
-        m[i] += b1 * (g[i] - m[i]);
-        v[i] = v[i] * b2 + one_m_b2 * g[i] * g[i];
-        let denom = v[i].sqrt() / bc2_sqrt + eps;
-        w[i] -= step_size * m[i] / denom;
-    }
+    // Elementwise and order-free, so chunks run in parallel and the zipped loop (no index
+    // bounds checks) vectorises; sqrt and division are correctly rounded either way, so the
+    // result is bit-for-bit the scalar loop's.
+    let body = |(((w, g), m), v): (((&mut [T], &[T]), &mut [T]), &mut [T])| {
+        for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            *w *= decay;
+            *m += b1 * (g - *m);
+            *v = *v * b2 + one_m_b2 * g * g;
+            let denom = v.sqrt() / bc2_sqrt + eps;
+            *w -= step_size * *m / denom;
+        }
+    };
+    const CHUNK: usize = 1 << 14;
+    use rayon::prelude::*;
+    w.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(m.par_chunks_mut(CHUNK)).zip(v.par_chunks_mut(CHUNK)).for_each(body);
 }
 
 impl AdamW {
