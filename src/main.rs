@@ -228,6 +228,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    engram::util::tune_allocator();
     let cli = Cli::parse();
     let res = match cli.cmd.unwrap_or(Cmd::Selfcheck { steps: 60, seed: 0, device: DeviceArg::Cpu }) {
         Cmd::Selfcheck { steps, seed, device } => selfcheck(steps, seed, device.into()).map(|ok| if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }),

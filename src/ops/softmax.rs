@@ -31,12 +31,11 @@ pub(crate) fn softmax_row_in_place<T: Float>(row: &mut [T]) {
         row.iter_mut().for_each(|v| *v = T::ZERO);
         return;
     }
-    let mut s = T::ZERO;
+    // Exponentials in their own loop (it vectorises: exp_fast is branch-free for f32), then the sum.
     for v in row.iter_mut() {
-        *v = (*v - m).exp();
-        s += *v;
+        *v = (*v - m).exp_fast();
     }
-    let inv = T::ONE / s;
+    let inv = T::ONE / row.iter().copied().sum::<T>();
     row.iter_mut().for_each(|v| *v *= inv);
 }
 

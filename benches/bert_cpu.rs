@@ -1,0 +1,94 @@
+//! End-to-end CPU cost of the real all-MiniLM-L6-v2 (+ a 2-label sequence-classification head) at
+//! sequence length 128: inference at batch 1 and 32, and one full fine-tuning step at batch 32
+//! (forward with dropout, cross-entropy, backward, grad-norm clip 1.0, AdamW). Median of the
+//! repetitions after one warm-up. The peer is PyTorch on the same machine in the same run:
+//! `scripts/cpu-vs-torch.sh` runs this and `scripts/bench_cpu_torch.py` and prints the ratios.
+//!
+//!   cargo bench --bench bert_cpu [-- --json out.json] [--reps N] [--only infer|train]
+//!
+//! Falls back to the committed tiny BERT when the real weights are not installed (the numbers are
+//! then only a smoke run); ENGRAM_MODEL_DIR picks another model.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use engram::data::BertTokenizer;
+use engram::models::bert::{Bert, Head};
+use engram::optim::{clip_grad_norm, hf_param_groups, AdamW, AdamWConfig};
+use engram::{ops, Tape, Tensor};
+
+const SEQ: usize = 128;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn time(reps: usize, mut f: impl FnMut()) -> f64 {
+    f(); // warm-up: first-touch page faults, rayon start-up
+    median((0..reps).map(|_| {
+        let t0 = Instant::now();
+        f();
+        t0.elapsed().as_secs_f64() * 1e3
+    }).collect())
+}
+
+fn main() {
+    engram::util::tune_allocator(); // as the CLI does
+    let args: Vec<String> = std::env::args().collect();
+    let opt = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let reps: usize = opt("--reps").map(|s| s.parse().expect("--reps N")).unwrap_or(5);
+    let only = opt("--only").unwrap_or_default();
+    let run = |name: &str| name.contains(only.as_str());
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::var_os("ENGRAM_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        let minilm = root.join("weights/cache/all-MiniLM-L6-v2");
+        if minilm.join("model.safetensors").is_file() {
+            minilm
+        } else {
+            root.join("weights/tiny-bert")
+        }
+    });
+    let (mut bert, _) = Bert::load(&dir, Head::SequenceClassification { num_labels: 2 }, 0).expect("model");
+    let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), SEQ).expect("tokenizer");
+    // Real text, long enough that every row is cut to exactly SEQ tokens (no padding).
+    let text = "the film is a quiet, patient study of grief and of the small kindnesses that get people through it, ".repeat(12);
+    let batch_of = |b: usize| {
+        let texts: Vec<&str> = (0..b).map(|_| text.as_str()).collect();
+        let batch = tok.encode(&texts).expect("tokenize");
+        assert_eq!(batch.input_ids.shape(), [b, SEQ]);
+        batch
+    };
+    let (b1, b32) = (batch_of(1), batch_of(32));
+    let y = Tensor::from_ids((0..32).map(|i| i % 2).collect(), &[32]).expect("labels");
+    println!("engram CPU, {} ({} threads), sequence length {SEQ}, median of {reps}", dir.display(), rayon::current_num_threads());
+
+    let infer = |b: &engram::data::Batch| {
+        std::hint::black_box(bert.logits(&Tape::inference(), b, false).expect("forward"));
+    };
+    let infer_1 = if run("infer") { time(reps, || infer(&b1)) } else { f64::NAN };
+    let infer_32 = if run("infer") { time(reps, || infer(&b32)) } else { f64::NAN };
+    let mut opt_state = AdamW::new(AdamWConfig::default());
+    let mut step = 0u64;
+    let train_32 = if !run("train") { f64::NAN } else { time(reps, || {
+        step += 1;
+        let tape = Tape::training(step);
+        let logits = bert.logits(&tape, &b32, true).expect("forward");
+        let loss = ops::cross_entropy(&tape, &logits, &y).expect("loss");
+        let mut grads = tape.backward(&loss).expect("backward");
+        let trainable: Vec<&Tensor> = bert.params.values().filter(|t| t.is_tracked()).collect();
+        clip_grad_norm(&mut grads, &trainable, 1.0).expect("clip");
+        let named: Vec<(String, &mut Tensor)> =
+            bert.params.iter_mut().filter(|(_, t)| t.is_tracked()).map(|(k, v)| (k.clone(), v)).collect();
+        let mut groups = hf_param_groups(named, 0.01);
+        opt_state.step(&mut groups, &grads, 1e-5).expect("adamw");
+    }) };
+    let rows = [("inference, batch 1", infer_1), ("inference, batch 32", infer_32), ("train step, batch 32", train_32)];
+    for (name, ms) in rows {
+        println!("{name:<22} {ms:9.1} ms");
+    }
+    if let Some(path) = opt("--json") {
+        let body: Vec<String> = rows.iter().map(|(n, ms)| format!("\"{n}\": {ms:.3}")).collect();
+        std::fs::write(&path, format!("{{{}}}\n", body.join(", "))).expect("write --json");
+    }
+}
