@@ -4,7 +4,7 @@
 //! repetitions after one warm-up. The peer is PyTorch on the same machine in the same run:
 //! `scripts/cpu-vs-torch.sh` runs this and `scripts/bench_cpu_torch.py` and prints the ratios.
 //!
-//!   cargo bench --bench bert_cpu [-- --json out.json] [--reps N] [--only infer|train]
+//!   cargo bench --bench bert_cpu [-- --json out.json] [--reps N] [--only ROW-SUBSTRING, e.g. "inference" or "train"]
 //!
 //! Falls back to the committed tiny BERT when the real weights are not installed (the numbers are
 //! then only a smoke run); ENGRAM_MODEL_DIR picks another model.
@@ -39,7 +39,7 @@ fn main() {
     let opt = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let reps: usize = opt("--reps").map(|s| s.parse().expect("--reps N")).unwrap_or(5);
     let only = opt("--only").unwrap_or_default();
-    let run = |name: &str| name.contains(only.as_str());
+    let run = |row: &str| row.contains(only.as_str());
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let dir = std::env::var_os("ENGRAM_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| {
         let minilm = root.join("weights/cache/all-MiniLM-L6-v2");
@@ -66,11 +66,11 @@ fn main() {
     let infer = |b: &engram::data::Batch| {
         std::hint::black_box(bert.logits(&Tape::inference(), b, false).expect("forward"));
     };
-    let infer_1 = if run("infer") { time(reps, || infer(&b1)) } else { f64::NAN };
-    let infer_32 = if run("infer") { time(reps, || infer(&b32)) } else { f64::NAN };
+    let infer_1 = if run("inference, batch 1") { time(reps, || infer(&b1)) } else { f64::NAN };
+    let infer_32 = if run("inference, batch 32") { time(reps, || infer(&b32)) } else { f64::NAN };
     let mut opt_state = AdamW::new(AdamWConfig::default());
     let mut step = 0u64;
-    let train_32 = if !run("train") { f64::NAN } else { time(reps, || {
+    let train_32 = if !run("train step, batch 32") { f64::NAN } else { time(reps, || {
         step += 1;
         let tape = Tape::training(step);
         let logits = bert.logits(&tape, &b32, true).expect("forward");

@@ -177,22 +177,6 @@ pub fn exp_f32(x: f32) -> f32 {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::exp_f32;
-
-    #[test]
-    fn exp_f32_is_accurate_over_the_normal_range() {
-        for i in -8700..=8800 {
-            let x = i as f32 * 0.01;
-            let (got, want) = (exp_f32(x) as f64, (x as f64).exp());
-            assert!((got - want).abs() <= 3e-7 * want, "exp({x}) = {got}, want {want}");
-        }
-        assert_eq!(exp_f32(-87.5), 0.0);
-        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
-        assert!(exp_f32(f32::NAN).is_nan());
-    }
-}
 
 /// Run `$body` with `$T` bound to the float type matching `$dtype`; other dtypes are an error
 /// naming `$op`.
@@ -216,4 +200,21 @@ macro_rules! with_float {
             }),
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exp_f32;
+
+    #[test]
+    fn exp_f32_is_accurate_over_the_normal_range() {
+        for i in -8700..=8800 {
+            let x = i as f32 * 0.01;
+            let (got, want) = (exp_f32(x) as f64, (x as f64).exp());
+            assert!((got - want).abs() <= 3e-7 * want, "exp({x}) = {got}, want {want}");
+        }
+        assert_eq!(exp_f32(-87.5), 0.0);
+        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+        assert!(exp_f32(f32::NAN).is_nan());
+    }
 }

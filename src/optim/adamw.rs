@@ -125,7 +125,8 @@ fn adamw_kernel<T: Float>(
     // Elementwise and order-free, so chunks run in parallel and the zipped loop (no index
     // bounds checks) vectorises; sqrt and division are correctly rounded either way, so the
     // result is bit-for-bit the scalar loop's.
-    let body = |(((w, g), m), v): (((&mut [T], &[T]), &mut [T]), &mut [T])| {
+    type Chunks<'a, T> = (((&'a mut [T], &'a [T]), &'a mut [T]), &'a mut [T]);
+    let body = |(((w, g), m), v): Chunks<T>| {
         for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
             *w *= decay;
             *m += b1 * (g - *m);
