@@ -88,6 +88,16 @@ fn gemm_impl<T: Float>(c: &mut [T], a: MatRef<T>, b: MatRef<T>, parallel: bool, 
             }
         } else if b.rs == 1 {
             // Transposed B (the `x · wᵀ` of every linear): each column is contiguous in k.
+            #[cfg(target_arch = "x86_64")]
+            if simd && nr == NR {
+                if let (Some(src), Some(d32)) = (T::as_f32(b.data), T::as_f32_mut(dst)) {
+                    let cols = &src[j0 * b.cs..];
+                    assert!(d32.len() >= k * NR && cols.len() >= (NR - 1) * b.cs + k, "gemm B panel out of range");
+                    // SAFETY: AVX2 checked (`simd`); the bounds were asserted just above.
+                    unsafe { avx2::pack_bt_panel_f32(cols.as_ptr(), b.cs, k, d32.as_mut_ptr()) };
+                    return;
+                }
+            }
             for j in 0..nr {
                 let col = &b.data[(j0 + j) * b.cs..(j0 + j) * b.cs + k];
                 for (p, &x) in col.iter().enumerate() {
@@ -260,6 +270,61 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn kernel_generic<T: Float>(kc: usize, ap: &[T], bp: &[T], acc: &mut [[T; NR]; MR]) {
         super::kernel_generic(kc, ap, bp, acc)
+    }
+
+    /// Packs a full NR-wide panel of a transposed B: `src` holds NR rows of length ≥ k, `ld`
+    /// apart (rows of the `(out, in)` weight), and `dst[p·NR + j] = src[j·ld + p]`. 8×8 blocks go
+    /// through registers (unpack/shuffle/permute transpose), so each load and store is a full
+    /// vector instead of one strided scalar store per element; the k % 8 tail is scalar.
+    ///
+    /// # Safety
+    /// AVX2 must be present; `src` must be readable at `j·ld + p` for j < NR, p < k, and `dst`
+    /// writable for k·NR floats.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn pack_bt_panel_f32(src: *const f32, ld: usize, k: usize, dst: *mut f32) {
+        let k8 = k / 8 * 8;
+        // SAFETY: every offset below is j·ld + p with j < NR, p < k (reads) or p·NR + j (writes).
+        unsafe {
+            for half in 0..NR / 8 {
+                let rows = src.add(half * 8 * ld);
+                let mut p = 0;
+                while p < k8 {
+                    let r = |t: usize| _mm256_loadu_ps(rows.add(t * ld + p));
+                    let (r0, r1, r2, r3, r4, r5, r6, r7) = (r(0), r(1), r(2), r(3), r(4), r(5), r(6), r(7));
+                    let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+                    let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+                    let (t4, t5) = (_mm256_unpacklo_ps(r4, r5), _mm256_unpackhi_ps(r4, r5));
+                    let (t6, t7) = (_mm256_unpacklo_ps(r6, r7), _mm256_unpackhi_ps(r6, r7));
+                    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                    let cols = [
+                        _mm256_permute2f128_ps::<0x20>(u0, u4),
+                        _mm256_permute2f128_ps::<0x20>(u1, u5),
+                        _mm256_permute2f128_ps::<0x20>(u2, u6),
+                        _mm256_permute2f128_ps::<0x20>(u3, u7),
+                        _mm256_permute2f128_ps::<0x31>(u0, u4),
+                        _mm256_permute2f128_ps::<0x31>(u1, u5),
+                        _mm256_permute2f128_ps::<0x31>(u2, u6),
+                        _mm256_permute2f128_ps::<0x31>(u3, u7),
+                    ];
+                    for (t, c) in cols.into_iter().enumerate() {
+                        _mm256_storeu_ps(dst.add((p + t) * NR + half * 8), c);
+                    }
+                    p += 8;
+                }
+                for p in k8..k {
+                    for j in 0..8 {
+                        *dst.add(p * NR + half * 8 + j) = *rows.add(j * ld + p);
+                    }
+                }
+            }
+        }
     }
 
     /// A full 6×16 f32 tile of C (row stride `ldc`) += A panel · B panel: the same loop as
