@@ -225,7 +225,7 @@ fn tile<T: Float>(
     for (i, row) in acc.iter().enumerate().take(mr) {
         let dst = &mut c[(row0 + i) * ldc + col0..(row0 + i) * ldc + col0 + nr];
         for (d, s) in dst.iter_mut().zip(row) {
-            *d = *d + *s;
+            *d += *s;
         }
     }
 }
