@@ -41,14 +41,7 @@ fn main() {
     let only = opt("--only").unwrap_or_default();
     let run = |row: &str| row.contains(only.as_str());
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let dir = std::env::var_os("ENGRAM_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        let minilm = root.join("weights/cache/all-MiniLM-L6-v2");
-        if minilm.join("model.safetensors").is_file() {
-            minilm
-        } else {
-            root.join("weights/tiny-bert")
-        }
-    });
+    let dir = engram::testing::bench_model_dir(&root);
     let (mut bert, _) = Bert::load(&dir, Head::SequenceClassification { num_labels: 2 }, 0).expect("model");
     let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), SEQ).expect("tokenizer");
     // Real text, long enough that every row is cut to exactly SEQ tokens (no padding).

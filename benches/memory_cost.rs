@@ -19,14 +19,7 @@ use engram::Tape;
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let dir = std::env::var_os("ENGRAM_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        let minilm = root.join("weights/cache/all-MiniLM-L6-v2");
-        if minilm.join("model.safetensors").is_file() {
-            minilm
-        } else {
-            root.join("weights/tiny-bert")
-        }
-    });
+    let dir = engram::testing::bench_model_dir(&root);
     let (window, m, batch) = (64usize, 4usize, 4usize);
     let cfg = MemoryConfig::memory(m, window - m - 2, None);
     let (mut bert, _) = Bert::load(&dir, Head::SequenceClassification { num_labels: 2 }, 0).expect("model");

@@ -94,3 +94,17 @@ pub fn assert_close(name: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64)
         );
     }
 }
+
+/// The model a benchmark runs on: `ENGRAM_MODEL_DIR` if set, else the installed all-MiniLM-L6-v2
+/// under `root`, else the committed tiny BERT (a smoke run).
+pub fn bench_model_dir(root: &std::path::Path) -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("ENGRAM_MODEL_DIR") {
+        return dir.into();
+    }
+    let minilm = root.join("weights/cache/all-MiniLM-L6-v2");
+    if minilm.join("model.safetensors").is_file() {
+        minilm
+    } else {
+        root.join("weights/tiny-bert")
+    }
+}
