@@ -17,7 +17,8 @@ use engram::models::bert::{Bert, Head};
 use engram::optim::{clip_grad_norm, hf_param_groups, AdamW, AdamWConfig};
 use engram::{ops, Tape, Tensor};
 
-const SEQ: usize = 128;
+/// Sequence length (cut to the model's max_position_embeddings for the tiny smoke model).
+const SEQ_MAX: usize = 128;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -43,18 +44,20 @@ fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let dir = engram::testing::bench_model_dir(&root);
     let (mut bert, _) = Bert::load(&dir, Head::SequenceClassification { num_labels: 2 }, 0).expect("model");
-    let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), SEQ).expect("tokenizer");
-    // Real text, long enough that every row is cut to exactly SEQ tokens (no padding).
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).expect("config.json")).expect("config.json");
+    let seq = SEQ_MAX.min(config["max_position_embeddings"].as_u64().map_or(SEQ_MAX, |v| v as usize));
+    let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), seq).expect("tokenizer");
+    // Real text, long enough that every row is cut to exactly `seq` tokens (no padding).
     let text = "the film is a quiet, patient study of grief and of the small kindnesses that get people through it, ".repeat(12);
     let batch_of = |b: usize| {
         let texts: Vec<&str> = (0..b).map(|_| text.as_str()).collect();
         let batch = tok.encode(&texts).expect("tokenize");
-        assert_eq!(batch.input_ids.shape(), [b, SEQ]);
+        assert_eq!(batch.input_ids.shape(), [b, seq]);
         batch
     };
     let (b1, b32) = (batch_of(1), batch_of(32));
     let y = Tensor::from_ids((0..32).map(|i| i % 2).collect(), &[32]).expect("labels");
-    println!("engram CPU, {} ({} threads), sequence length {SEQ}, median of {reps}", dir.display(), rayon::current_num_threads());
+    println!("engram CPU, {} ({} threads), sequence length {seq}, median of {reps}", dir.display(), rayon::current_num_threads());
 
     let infer = |b: &engram::data::Batch| {
         std::hint::black_box(bert.logits(&Tape::inference(), b, false).expect("forward"));
