@@ -5,6 +5,7 @@
 //! `scripts/cpu-vs-torch.sh` runs this and `scripts/bench_cpu_torch.py` and prints the ratios.
 //!
 //!   cargo bench --bench bert_cpu [-- --json out.json] [--reps N] [--only ROW-SUBSTRING, e.g. "inference" or "train"]
+//!                                    [--profile: after timing, one more run of each row with a per-op table]
 //!
 //! Falls back to the committed tiny BERT when the real weights are not installed (the numbers are
 //! then only a smoke run); ENGRAM_MODEL_DIR picks another model.
@@ -59,26 +60,51 @@ fn main() {
     let y = Tensor::from_ids((0..32).map(|i| i % 2).collect(), &[32]).expect("labels");
     println!("engram CPU, {} ({} threads), sequence length {seq}, median of {reps}", dir.display(), rayon::current_num_threads());
 
-    let infer = |b: &engram::data::Batch| {
-        std::hint::black_box(bert.logits(&Tape::inference(), b, false).expect("forward"));
+    let profile = args.iter().any(|a| a == "--profile");
+    let show = |row: &str, tape: &Tape, extra: &[(&str, f64)]| {
+        if let Some(p) = tape.profile() {
+            println!("\n-- per-op time, {row} (one run) --\n{p}");
+            for (name, ms) in extra {
+                println!("{name:<18} {ms:>46.1}");
+            }
+        }
     };
+    let infer_with = |tape: &Tape, b: &engram::data::Batch| {
+        std::hint::black_box(bert.logits(tape, b, false).expect("forward"));
+    };
+    let infer = |b: &engram::data::Batch| infer_with(&Tape::inference(), b);
     let infer_1 = if run("inference, batch 1") { time(reps, || infer(&b1)) } else { f64::NAN };
     let infer_32 = if run("inference, batch 32") { time(reps, || infer(&b32)) } else { f64::NAN };
+    if profile {
+        for (row, b) in [("inference, batch 1", &b1), ("inference, batch 32", &b32)] {
+            if run(row) {
+                let tape = Tape::inference().profiled();
+                infer_with(&tape, b);
+                show(row, &tape, &[]);
+            }
+        }
+    }
     let mut opt_state = AdamW::new(AdamWConfig::default());
     let mut step = 0u64;
-    let train_32 = if !run("train step, batch 32") { f64::NAN } else { time(reps, || {
+    let mut train = |profiled: bool| {
         step += 1;
-        let tape = Tape::training(step);
+        let tape = if profiled { Tape::training(step).profiled() } else { Tape::training(step) };
         let logits = bert.logits(&tape, &b32, true).expect("forward");
         let loss = ops::cross_entropy(&tape, &logits, &y).expect("loss");
         let mut grads = tape.backward(&loss).expect("backward");
+        let t_opt = std::time::Instant::now();
         let trainable: Vec<&Tensor> = bert.params.values().filter(|t| t.is_tracked()).collect();
         clip_grad_norm(&mut grads, &trainable, 1.0).expect("clip");
         let named: Vec<(String, &mut Tensor)> =
             bert.params.iter_mut().filter(|(_, t)| t.is_tracked()).map(|(k, v)| (k.clone(), v)).collect();
         let mut groups = hf_param_groups(named, 0.01);
         opt_state.step(&mut groups, &grads, 1e-5).expect("adamw");
-    }) };
+        show("train step, batch 32", &tape, &[("clip + AdamW", t_opt.elapsed().as_secs_f64() * 1e3)]);
+    };
+    let train_32 = if !run("train step, batch 32") { f64::NAN } else { time(reps, || train(false)) };
+    if profile && run("train step, batch 32") {
+        train(true);
+    }
     let rows = [("inference, batch 1", infer_1), ("inference, batch 32", infer_32), ("train step, batch 32", train_32)];
     for (name, ms) in rows {
         println!("{name:<22} {ms:9.1} ms");

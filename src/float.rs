@@ -166,10 +166,14 @@ pub fn exp_f32(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4; // ln 2 − LN2_HI
     const ROUND: f32 = 12_582_912.0; // 1.5·2²³
     let xc = x.clamp(-87.0, 88.0);
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    let t = xc * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    let y = p * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // t = 1.5·2²³ + n holds n (|n| ≤ 127) in its low mantissa bits: 2^n's exponent field is
+    // those bits + 127, taken with integer ops (a float → int cast saturates, which does not
+    // vectorise).
+    let y = p * f32::from_bits((t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127)) << 23);
     if x < -87.0 {
         0.0
     } else {

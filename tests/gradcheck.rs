@@ -116,6 +116,22 @@ fn attention_cross_lengths_batch_one() {
     assert_gradcheck("attention Tq≠Tk", &[q, k, v], 18, |tp, x| ops::attention(tp, &x[0], &x[1], &x[2], Some(&mask), 0.8, 0.0));
 }
 
+/// Shapes past the CPU kernel's 32-column blocks: Tk = 67 (two blocks + 3), HS = 33 (one + 1),
+/// an odd number of rows in every vector–matrix product, padding and probability dropout.
+#[test]
+fn attention_wide_rows_blocks_and_tails() {
+    let mut r = Rng::new(10);
+    let (tq, tk, hs) = (3, 67, 33);
+    let q = r.param(&[1, 2, tq, hs]);
+    let k = r.param(&[1, 2, tk, hs]);
+    let v = r.param(&[1, 2, tk, hs]);
+    let mask = ids((0..tk as i64).map(|j| i64::from(j % 5 != 3)).collect(), &[1, tk]);
+    assert_gradcheck("attention wide", &[q.clone(), k.clone(), v.clone()], 20, |tp, x| {
+        ops::attention(tp, &x[0], &x[1], &x[2], Some(&mask), 0.21, 0.0)
+    });
+    assert_gradcheck("attention wide dropout", &[q, k, v], 21, |tp, x| ops::attention(tp, &x[0], &x[1], &x[2], Some(&mask), 0.21, 0.25));
+}
+
 #[test]
 fn embedding_repeated_ids_and_padding_idx() {
     let mut r = Rng::new(10);

@@ -2,8 +2,10 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::time::Instant;
 
 use super::grads::{GradSink, Grads};
+use super::profile::{Profile, Recorder};
 use crate::error::{Error, Result};
 use crate::tensor::{Buf, DType, Tensor, TensorId};
 
@@ -30,22 +32,24 @@ pub struct Tape {
     seed: u64,
     dropout_calls: Cell<u64>,
     nodes: RefCell<Vec<Node>>,
+    /// Per-op wall times when built with [`Tape::profiled`].
+    profile: Option<RefCell<Recorder>>,
 }
 
 impl Tape {
     pub fn training(seed: u64) -> Tape {
-        Tape { training: true, grad: true, seed, dropout_calls: Cell::new(0), nodes: RefCell::new(Vec::new()) }
+        Tape { training: true, grad: true, seed, dropout_calls: Cell::new(0), nodes: RefCell::new(Vec::new()), profile: None }
     }
 
     /// Training-mode forward (dropout on, seeded like [`Tape::training`]) that records and saves
     /// nothing — `torch.no_grad()` under `model.train()`. Truncated backpropagation through time
     /// runs the segments before the truncation point on one.
     pub fn no_grad(seed: u64) -> Tape {
-        Tape { training: true, grad: false, seed, dropout_calls: Cell::new(0), nodes: RefCell::new(Vec::new()) }
+        Tape { training: true, grad: false, seed, dropout_calls: Cell::new(0), nodes: RefCell::new(Vec::new()), profile: None }
     }
 
     pub fn inference() -> Tape {
-        Tape { training: false, grad: false, seed: 0, dropout_calls: Cell::new(0), nodes: RefCell::new(Vec::new()) }
+        Tape { training: false, grad: false, seed: 0, dropout_calls: Cell::new(0), nodes: RefCell::new(Vec::new()), profile: None }
     }
 
     /// A [`Tape::no_grad`] twin of this tape (an inference tape stays inference), with a dropout
@@ -56,6 +60,18 @@ impl Tape {
         } else {
             Tape::inference()
         }
+    }
+
+    /// This tape, timing every op it sees (forward and backward; see [`Profile`]). The clock of
+    /// the first op starts here.
+    pub fn profiled(mut self) -> Tape {
+        self.profile = Some(RefCell::new(Recorder::new()));
+        self
+    }
+
+    /// The per-op times so far (None unless built with [`Tape::profiled`]).
+    pub fn profile(&self) -> Option<Profile> {
+        self.profile.as_ref().map(|r| r.borrow().profile.clone())
     }
 
     pub fn is_training(&self) -> bool {
@@ -112,13 +128,23 @@ impl Tape {
         let out = Tensor::from_parts(data, shape, tracked);
         if tracked {
             let op = Box::new(save(&out));
-            self.push(name, inputs, &out, op);
+            self.push_node(name, inputs, &out, op);
+        }
+        if let Some(r) = &self.profile {
+            r.borrow_mut().forward(name);
         }
         out
     }
 
     /// Like [`Tape::record`] for an output whose tensor already exists (views).
     pub(crate) fn push(&self, name: &'static str, inputs: &[&Tensor], out: &Tensor, op: Box<dyn Backward>) {
+        self.push_node(name, inputs, out, op);
+        if let Some(r) = &self.profile {
+            r.borrow_mut().forward(name);
+        }
+    }
+
+    fn push_node(&self, name: &'static str, inputs: &[&Tensor], out: &Tensor, op: Box<dyn Backward>) {
         self.nodes.borrow_mut().push(Node {
             name,
             inputs: inputs.iter().map(|t| (*t).clone()).collect(),
@@ -178,10 +204,14 @@ impl Tape {
         for node in nodes.into_iter().rev() {
             let Some(d) = map.remove(&node.output) else { continue };
             let mut sink = GradSink::new(&mut map);
+            let t0 = self.profile.as_ref().map(|_| Instant::now());
             node.op.backward(&node.inputs, &d, &mut sink).map_err(|e| match e {
                 Error::Autograd(m) => Error::Autograd(format!("{} backward: {m}", node.name)),
                 other => other,
             })?;
+            if let (Some(r), Some(t0)) = (&self.profile, t0) {
+                r.borrow_mut().backward(node.name, t0.elapsed());
+            }
         }
         Ok(Grads::from_map(map))
     }

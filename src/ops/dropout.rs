@@ -60,6 +60,16 @@ pub(crate) fn apply_mask<T: Float>(v: &mut [T], seed: u64, p: f64, base: u64) {
     });
 }
 
+/// [`apply_mask`] without rayon, for one row inside a kernel that is already parallel.
+#[inline(always)]
+pub(crate) fn apply_mask_seq<T: Float>(v: &mut [T], seed: u64, p: f64, base: u64) {
+    let inv = T::from_f64(1.0 / (1.0 - p));
+    let pf = p as f32;
+    for (i, x) in v.iter_mut().enumerate() {
+        *x = if uniform(seed, base + i as u64) >= pf { *x * inv } else { T::ZERO };
+    }
+}
+
 struct DropoutBwd<T> {
     seed: u64,
     p: f64,

@@ -25,8 +25,13 @@ pub fn softmax(tape: &Tape, x: &Tensor) -> Result<Tensor> {
 }
 
 /// Numerically stable softmax of one row, in place. A row of all −∞ becomes all zeros.
+///
+/// The max and the sum run in 8 interleaved lanes (then the lanes and the tail in order): a fixed
+/// order, so results do not depend on the build, and loops the compiler can vectorise (a single
+/// running sum or max cannot be, without reassociating).
+#[inline(always)] // so it is compiled into callers' AVX2 builds (attention)
 pub(crate) fn softmax_row_in_place<T: Float>(row: &mut [T]) {
-    let m = row.iter().copied().fold(T::neg_infinity(), T::max);
+    let m = lanes(row, T::neg_infinity(), T::max);
     if m == T::neg_infinity() {
         row.iter_mut().for_each(|v| *v = T::ZERO);
         return;
@@ -35,11 +40,28 @@ pub(crate) fn softmax_row_in_place<T: Float>(row: &mut [T]) {
     for v in row.iter_mut() {
         *v = (*v - m).exp_fast();
     }
-    let inv = T::ONE / row.iter().copied().sum::<T>();
+    let inv = T::ONE / lanes(row, T::ZERO, |a, b| a + b);
     row.iter_mut().for_each(|v| *v *= inv);
 }
 
+/// Fold `row` with `f` in 8 interleaved lanes, then the lanes in order, then the tail.
+#[inline(always)]
+fn lanes<T: Float>(row: &[T], init: T, f: impl Fn(T, T) -> T) -> T {
+    const L: usize = 8;
+    let mut acc = [init; L];
+    let chunks = row.chunks_exact(L);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for l in 0..L {
+            acc[l] = f(acc[l], c[l]);
+        }
+    }
+    let lanes = acc.into_iter().fold(init, &f);
+    tail.iter().copied().fold(lanes, f)
+}
+
 /// `dx_i += y_i · (dy_i − Σ_j y_j·dy_j)` for one row.
+#[inline(always)]
 pub(crate) fn softmax_row_backward<T: Float>(dx: &mut [T], y: &[T], dy: &[T]) {
     let dot: T = y.iter().zip(dy).map(|(a, b)| *a * *b).sum();
     for i in 0..dx.len() {
