@@ -82,7 +82,12 @@ impl<'a> GradSink<'a> {
     /// Add a freshly computed device gradient to `t`'s slot (moved in when the slot is new).
     #[cfg(feature = "cuda")]
     pub fn add_cuda_owned(&mut self, t: &Tensor, g: cudarc::driver::CudaSlice<f32>) -> Result<()> {
-        let g = Buf::Cuda(crate::device::CudaBuf::F32(g));
+        self.add_owned(t, Buf::Cuda(crate::device::CudaBuf::F32(g)))
+    }
+
+    /// Add a freshly made gradient buffer (same layout) to `t`'s slot: it becomes the slot when
+    /// there is none yet (no copy), else it is added in.
+    pub fn add_owned(&mut self, t: &Tensor, g: Buf) -> Result<()> {
         if !t.is_tracked() {
             return Ok(());
         }

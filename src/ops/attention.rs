@@ -367,9 +367,9 @@ impl<T: Float> Backward for AttentionBwd<T> {
                 };
                 head_bwd(&head, &mut HeadGrads { dq, dk, dv })
             });
-        sink.add_buf(&inputs[0], &T::wrap(dq))?;
-        sink.add_buf(&inputs[1], &T::wrap(dk))?;
-        sink.add_buf(&inputs[2], &T::wrap(dv))
+        sink.add_owned(&inputs[0], T::wrap(dq))?;
+        sink.add_owned(&inputs[1], T::wrap(dk))?;
+        sink.add_owned(&inputs[2], T::wrap(dv))
     }
 }
 

@@ -55,8 +55,14 @@ pub fn dropout(tape: &Tape, x: &Tensor, p: f64) -> Result<Tensor> {
 pub(crate) fn apply_mask<T: Float>(v: &mut [T], seed: u64, p: f64, base: u64) {
     let inv = T::from_f64(1.0 / (1.0 - p));
     let pf = p as f32;
-    v.par_iter_mut().enumerate().for_each(|(i, x)| {
-        *x = if uniform(seed, base + i as u64) >= pf { *x * inv } else { T::ZERO };
+    const CHUNK: usize = 1 << 12;
+    v.par_chunks_mut(CHUNK).enumerate().for_each(|(c, xs)| {
+        let b = base + (c * CHUNK) as u64;
+        super::elementwise::wide(#[inline(always)] || {
+            for (i, x) in xs.iter_mut().enumerate() {
+                *x = if uniform(seed, b + i as u64) >= pf { *x * inv } else { T::ZERO };
+            }
+        })
     });
 }
 
@@ -81,7 +87,7 @@ impl<T: Float> Backward for DropoutBwd<T> {
     fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
         let mut g = T::slice(dout).expect("dout dtype").to_vec();
         apply_mask(&mut g, self.seed, self.p, 0);
-        sink.add_buf(&inputs[0], &T::wrap(g))
+        sink.add_owned(&inputs[0], T::wrap(g))
     }
 }
 
