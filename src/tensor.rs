@@ -5,7 +5,7 @@
 //! write, so a tape that still holds the old value keeps it).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::error::{shape_err, Error, Result};
 use crate::device::CudaBuf;
@@ -131,6 +131,9 @@ struct Inner {
     shape: Vec<usize>,
     data: Arc<Buf>,
     requires_grad: bool,
+    /// Data derived from `data` once and kept (inference keeps its linear weights packed for the
+    /// GEMM); emptied by [`Tensor::update`], so it never outlives the values it came from.
+    derived: OnceLock<Arc<Buf>>,
 }
 
 #[derive(Debug, Clone)]
@@ -151,7 +154,7 @@ impl Tensor {
 
     pub(crate) fn from_parts(data: Buf, shape: Vec<usize>, requires_grad: bool) -> Tensor {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
-        Tensor(Arc::new(Inner { id: TensorId::fresh(), shape, data: Arc::new(data), requires_grad }))
+        Tensor(Arc::new(Inner { id: TensorId::fresh(), shape, data: Arc::new(data), requires_grad, derived: OnceLock::new() }))
     }
 
     pub fn from_vec<T: Float>(data: Vec<T>, shape: &[usize]) -> Result<Tensor> {
@@ -177,6 +180,7 @@ impl Tensor {
             shape: self.0.shape.clone(),
             data: self.0.data.clone(),
             requires_grad: true,
+            derived: OnceLock::new(),
         }))
     }
 
@@ -187,12 +191,13 @@ impl Tensor {
             shape: self.0.shape.clone(),
             data: self.0.data.clone(),
             requires_grad: false,
+            derived: OnceLock::new(),
         }))
     }
 
     /// Same storage, another shape (no copy). Used by the `reshape` op.
     pub(crate) fn with_shape(&self, shape: Vec<usize>, requires_grad: bool) -> Tensor {
-        Tensor(Arc::new(Inner { id: TensorId::fresh(), shape, data: self.0.data.clone(), requires_grad }))
+        Tensor(Arc::new(Inner { id: TensorId::fresh(), shape, data: self.0.data.clone(), requires_grad, derived: OnceLock::new() }))
     }
 
     pub fn id(&self) -> TensorId {
@@ -288,6 +293,7 @@ impl Tensor {
     pub fn update_cuda(&mut self, f: impl FnOnce(&mut cudarc::driver::CudaSlice<f32>) -> Result<()>) -> Result<()> {
         let dtype = self.dtype();
         let inner = Arc::make_mut(&mut self.0);
+        inner.derived = OnceLock::new();
         match Arc::make_mut(&mut inner.data) {
             Buf::Cuda(CudaBuf::F32(s)) => f(s),
             _ => Err(Error::DType { op: "update_cuda", dtype, detail: "expected an f32 CUDA tensor".into() }),
@@ -349,11 +355,19 @@ impl Tensor {
         Ok(self.to_f64_vec()[0])
     }
 
+    /// Data derived from this tensor's current values by `make`, computed on first use and kept
+    /// with the tensor (one slot, one kind of derived data: the CPU `linear` keeps an inference
+    /// weight packed for its GEMM) until [`Tensor::update`] changes the values.
+    pub(crate) fn derived(&self, make: impl FnOnce() -> Buf) -> Arc<Buf> {
+        self.0.derived.get_or_init(|| Arc::new(make())).clone()
+    }
+
     /// Write into this tensor's elements in place, keeping its identity (optimizer steps).
     /// Copy on write: if a tape or another handle still shares the data, it keeps the old values.
     pub fn update<T: Float>(&mut self, f: impl FnOnce(&mut [T])) -> Result<()> {
         let dtype = self.dtype();
         let inner = Arc::make_mut(&mut self.0);
+        inner.derived = OnceLock::new();
         let s = T::slice_mut(Arc::make_mut(&mut inner.data)).ok_or_else(|| Error::DType {
             op: "update",
             dtype,

@@ -87,6 +87,28 @@ fn dropout_drops_p_scales_the_rest_and_replays() {
     assert!(matches!(ops::dropout(&tape, &x, 1.0), Err(Error::Value { .. })));
 }
 
+/// Inference keeps a linear's weight packed with the tensor; the packed copy must give the same
+/// output as the training path, and must not survive an in-place update of the weight.
+#[test]
+fn packed_inference_weights_match_and_follow_updates() {
+    let (x, mut w, b) = (randn(&[37, 45], 31), randn(&[50, 45], 32).requires_grad(), randn(&[50], 33));
+    let fresh = |x: &Tensor, w: &Tensor| {
+        // A training tape takes the unpacked path (and a fresh tensor has no packed copy).
+        ops::linear(&Tape::training(1), x, &w.detach().requires_grad(), Some(&b)).unwrap().to_f64_vec()
+    };
+    let want = fresh(&x, &w);
+    for _ in 0..2 {
+        // The second call reads the kept packed weight.
+        let got = ops::linear(&Tape::inference(), &x, &w, Some(&b)).unwrap().to_f64_vec();
+        assert_eq!(got, want, "packed and unpacked linear differ");
+    }
+    w.update::<f32>(|v| v.iter_mut().enumerate().for_each(|(i, x)| *x = *x * 0.5 + (i % 7) as f32 * 0.01)).unwrap();
+    let want2 = fresh(&x, &w);
+    assert_ne!(want, want2);
+    let got2 = ops::linear(&Tape::inference(), &x, &w, Some(&b)).unwrap().to_f64_vec();
+    assert_eq!(got2, want2, "a stale packed weight survived update()");
+}
+
 #[test]
 fn inference_tape_records_and_saves_nothing() {
     let w = randn(&[8, 5], 2).requires_grad();

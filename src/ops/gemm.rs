@@ -74,7 +74,28 @@ pub(crate) fn simd_available() -> bool {
 }
 
 fn gemm_impl<T: Float>(c: &mut [T], a: MatRef<T>, b: MatRef<T>, parallel: bool, simd: bool) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let bp = pack_b_impl(b, parallel, simd);
+    gemm_packed_impl(c, a, &bp, b.cols, parallel, simd);
+}
+
+/// B packed once for many products (`gemm_packed`): the panels `gemm` would build on each call.
+/// Inference keeps its weights this way (`Tensor::derived`), since they do not change between calls.
+pub(crate) fn pack_b<T: Float>(b: MatRef<T>, parallel: bool) -> Vec<T> {
+    pack_b_impl(b, parallel, simd_available())
+}
+
+/// `c (M, N) += a · B` with B given as `pack_b` made it from a (K, N) matrix, K = `a.cols`.
+pub(crate) fn gemm_packed<T: Float>(c: &mut [T], a: MatRef<T>, bp: &[T], n: usize, parallel: bool) {
+    assert_eq!(bp.len(), n.div_ceil(NR) * a.cols * NR, "gemm_packed: packed B does not fit (K = {}, N = {n})", a.cols);
+    debug_assert_eq!(c.len(), a.rows * n);
+    if a.rows == 0 || n == 0 || a.cols == 0 {
+        return;
+    }
+    gemm_packed_impl(c, a, bp, n, parallel, simd_available());
+}
+
+fn pack_b_impl<T: Float>(b: MatRef<T>, parallel: bool, simd: bool) -> Vec<T> {
+    let (k, n) = (b.rows, b.cols);
     let n_panels = n.div_ceil(NR);
     // B packed: panel jp holds rows 0..K of columns jp*NR..jp*NR+NR, zero-padded, k-major.
     let mut bp = vec![T::ZERO; n_panels * k * NR];
@@ -118,6 +139,12 @@ fn gemm_impl<T: Float>(c: &mut [T], a: MatRef<T>, b: MatRef<T>, parallel: bool, 
         bp.chunks_mut(k * NR).enumerate().for_each(pack_panel);
     }
 
+    bp
+}
+
+fn gemm_packed_impl<T: Float>(c: &mut [T], a: MatRef<T>, bp: &[T], n: usize, parallel: bool, simd: bool) {
+    let (m, k) = (a.rows, a.cols);
+    let n_panels = n.div_ceil(NR);
     let threads = if parallel { rayon::current_num_threads() } else { 1 };
     // Row blocks of at most MC rows, their count a multiple of the thread count so no core idles
     // through the last round (M = 1280 on 2 threads: 8 blocks of 160, not 7 of 192).
