@@ -21,6 +21,9 @@ fn rand(n: usize, seed: u64, shape: &[usize]) -> Tensor {
     Tensor::from_vec(v, shape).expect("shape")
 }
 
+/// One op applied on a tape.
+type OpFn<'a> = dyn Fn(&Tape) -> Result<Tensor> + 'a;
+
 /// Best forward and backward ms over `reps` runs of `f` on a training tape, upstream gradient `dy`.
 fn time(reps: usize, dy: &Tensor, f: impl Fn(&Tape) -> Result<Tensor>) -> (f64, f64) {
     let (mut fw, mut bw) = (f64::MAX, f64::MAX);
@@ -66,7 +69,7 @@ fn main() {
     let x = rand(rows * c, 5, &[rows, c]).requires_grad();
     let dy = rand(rows * c, 6, &[rows, c]);
     let (w, bias) = (rand(c, 7, &[c]).requires_grad(), rand(c, 8, &[c]).requires_grad());
-    let cases: [(&str, Box<dyn Fn(&Tape) -> Result<Tensor>>); 4] = [
+    let cases: [(&str, Box<OpFn>); 4] = [
         ("gelu (4096, 1536)", Box::new(|tp| ops::gelu(tp, &x))),
         ("dropout 0.1 (4096, 1536)", Box::new(|tp| ops::dropout(tp, &x, 0.1))),
         ("add (4096, 1536)", Box::new(|tp| ops::add(tp, &x, &x))),
