@@ -131,9 +131,10 @@ struct Inner {
     shape: Vec<usize>,
     data: Arc<Buf>,
     requires_grad: bool,
-    /// Data derived from `data` once and kept (inference keeps its linear weights packed for the
-    /// GEMM); emptied by [`Tensor::update`], so it never outlives the values it came from.
-    derived: OnceLock<Arc<Buf>>,
+    /// Data derived from `data` once and kept, with the name of what it is (inference keeps its
+    /// linear weights packed for the GEMM); emptied by [`Tensor::update`], so it never outlives
+    /// the values it came from.
+    derived: OnceLock<(&'static str, Arc<Buf>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -355,11 +356,17 @@ impl Tensor {
         Ok(self.to_f64_vec()[0])
     }
 
-    /// Data derived from this tensor's current values by `make`, computed on first use and kept
-    /// with the tensor (one slot, one kind of derived data: the CPU `linear` keeps an inference
-    /// weight packed for its GEMM) until [`Tensor::update`] changes the values.
-    pub(crate) fn derived(&self, make: impl FnOnce() -> Buf) -> Arc<Buf> {
-        self.0.derived.get_or_init(|| Arc::new(make())).clone()
+    /// Data derived from this tensor's current values by `make` — `kind` names what it is —
+    /// computed on first use and kept with the tensor until [`Tensor::update`] changes the values
+    /// (the CPU `linear` keeps an inference weight packed for its GEMM). One slot: a second kind
+    /// asked of the same tensor is made each time, never confused with the first.
+    pub(crate) fn derived(&self, kind: &'static str, make: impl FnOnce() -> Buf) -> Arc<Buf> {
+        let mut make = Some(make);
+        let (k, buf) = self.0.derived.get_or_init(|| (kind, Arc::new((make.take().expect("once"))())));
+        match make {
+            Some(make) if *k != kind => Arc::new(make()),
+            _ => buf.clone(),
+        }
     }
 
     /// Write into this tensor's elements in place, keeping its identity (optimizer steps).
@@ -390,4 +397,28 @@ fn cuda_to_host(c: &CudaBuf) -> Result<Buf> {
 #[cfg(not(feature = "cuda"))]
 fn cuda_to_host(c: &CudaBuf) -> Result<Buf> {
     match *c {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_data_is_kept_per_kind_and_dropped_on_update() {
+        let mut t = Tensor::from_vec(vec![1.0f32, 2.0], &[2]).unwrap();
+        let calls = std::cell::Cell::new(0);
+        let make = |x: f32| {
+            calls.set(calls.get() + 1);
+            Buf::F32(vec![x])
+        };
+        let a = t.derived("a", || make(1.0));
+        let a2 = t.derived("a", || make(9.0));
+        assert!(Arc::ptr_eq(&a, &a2) && calls.get() == 1, "kept after the first call");
+        let b = t.derived("b", || make(2.0));
+        assert_eq!((b.len(), calls.get()), (1, 2));
+        assert!(matches!(&*b, Buf::F32(v) if v[0] == 2.0), "another kind is never the first one's data");
+        t.update::<f32>(|v| v[0] = 5.0).unwrap();
+        let a3 = t.derived("a", || make(3.0));
+        assert!(matches!(&*a3, Buf::F32(v) if v[0] == 3.0), "update empties the slot");
+    }
 }

@@ -131,7 +131,7 @@ pub fn linear(tape: &Tape, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Res
             // No backward: the weight's GEMM packing is made once and kept with the tensor (until
             // an optimizer step changes it), instead of on every call — at batch 1 the packing
             // of the weights was a large share of a forward.
-            let packed = w.derived(|| T::wrap(pack_b(wm, true)));
+            let packed = w.derived("gemm packed Bᵀ", || T::wrap(pack_b(wm, true)));
             gemm_packed(&mut y, xm, T::slice(&packed).expect("packed weight dtype"), out, true);
         }
         let mut inputs = vec![x, w];
