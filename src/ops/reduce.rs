@@ -32,3 +32,25 @@ pub(crate) fn sum_rows<T: Float>(acc: &mut [T], x: &[T]) {
         acc.iter_mut().zip(&s).for_each(|(a, v)| *a += *v);
     }
 }
+
+/// Fold `row` with `f` in 8 interleaved lanes, then the lanes in order, then the tail.
+#[inline(always)]
+pub(crate) fn lanes<T: Float>(row: &[T], init: T, f: impl Fn(T, T) -> T) -> T {
+    const L: usize = 8;
+    let mut acc = [init; L];
+    let chunks = row.chunks_exact(L);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for l in 0..L {
+            acc[l] = f(acc[l], c[l]);
+        }
+    }
+    let lanes = acc.into_iter().fold(init, &f);
+    tail.iter().copied().fold(lanes, f)
+}
+
+/// `Σ row` in the fixed 8-lane order of [`lanes`] (vectorisable, the same in every build).
+#[inline(always)]
+pub(crate) fn lane_sum<T: Float>(row: &[T]) -> T {
+    lanes(row, T::ZERO, |a, b| a + b)
+}

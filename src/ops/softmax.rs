@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use super::last_dim;
+use super::reduce::{lane_sum, lanes};
 use crate::autograd::{Backward, GradSink, Tape};
 use crate::error::Result;
 use crate::float::Float;
@@ -40,24 +41,8 @@ pub(crate) fn softmax_row_in_place<T: Float>(row: &mut [T]) {
     for v in row.iter_mut() {
         *v = (*v - m).exp_fast();
     }
-    let inv = T::ONE / lanes(row, T::ZERO, |a, b| a + b);
+    let inv = T::ONE / lane_sum(row);
     row.iter_mut().for_each(|v| *v *= inv);
-}
-
-/// Fold `row` with `f` in 8 interleaved lanes, then the lanes in order, then the tail.
-#[inline(always)]
-fn lanes<T: Float>(row: &[T], init: T, f: impl Fn(T, T) -> T) -> T {
-    const L: usize = 8;
-    let mut acc = [init; L];
-    let chunks = row.chunks_exact(L);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for l in 0..L {
-            acc[l] = f(acc[l], c[l]);
-        }
-    }
-    let lanes = acc.into_iter().fold(init, &f);
-    tail.iter().copied().fold(lanes, f)
 }
 
 /// `dx_i += y_i · (dy_i − Σ_j y_j·dy_j)` for one row.
