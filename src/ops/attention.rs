@@ -116,8 +116,9 @@ struct AttnDims {
 // The CPU kernels work on one (batch, head) at a time, row by row, on vector–matrix products in
 // axpy form (`vec_mat`): with Kᵀ and Vᵀ transposed once per head, every inner loop runs along a
 // contiguous row with no reduction, so it vectorises without reassociating any sum, and the
-// per-head operands (a few KiB to tens of KiB) stay in L1/L2. (v1 ran the general GEMM per head:
-// its packing dominated at K = HS = 32 — 43 GFLOP/s against the linears' 180 on MiniLM.)
+// per-head operands (a few KiB to tens of KiB) stay in L1/L2. v1 ran the general GEMM per head;
+// its packing dominated at K = HS = 32: 37–42 GFLOP/s forward at MiniLM's (32, 12, 128, 32), this
+// v2 62–76 (`cargo bench --bench ops_cpu`, 2-core EPYC, 2026-11-23; backward 1.3–1.4× faster).
 //
 // Each kernel is compiled twice — as written, and inside an AVX2+FMA-enabled function for CPUs
 // that have them (checked at run time, inside the rayon task: closures do not inherit
