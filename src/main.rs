@@ -123,6 +123,10 @@ struct FinetuneCli {
     /// Cut over-long inputs from the left, keeping their end (transformers' truncation_side="left").
     #[arg(long)]
     truncate_left: bool,
+    /// Time every op of the training steps (forward and backward) and what runs around them;
+    /// the table goes to OUT/profile.txt (and stderr). On CUDA set ENGRAM_CUDA_SYNC=1 with it.
+    #[arg(long)]
+    profile: bool,
     /// Context memory: M recurrent memory tokens carried across segments of long inputs (0 with
     /// --segment-len: the chunk-and-average baseline). A plain BERT gets memory with this flag.
     #[arg(long, help_heading = "Context memory")]
@@ -300,6 +304,7 @@ fn finetune(f: FinetuneCli) -> Result<()> {
     a.stop_after_steps = f.stop_after_steps;
     a.progress = !f.quiet;
     a.truncate_left = f.truncate_left;
+    a.profile = f.profile;
     if f.memory_tokens.is_some() || f.segment_len.is_some() {
         use engram::memory::MemoryConfig;
         let m = f.memory_tokens.unwrap_or(0);

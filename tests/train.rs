@@ -258,3 +258,32 @@ fn memory_model_trains_saves_reloads_and_resumes_exactly() {
     assert!(ka == kb, "resumed memory differs");
     assert!(weights(&a.out.join("checkpoint")) == weights(&part.out.join("checkpoint")));
 }
+
+/// `--profile` changes nothing about training (bitwise-equal weights) and writes a per-op table
+/// whose counts match the steps run: 2 epochs × 6 micro-batches, one cross-entropy each.
+#[test]
+fn profiled_training_is_identical_and_counts_every_step() {
+    let model = root().join("weights/tiny-bert");
+    let plain = args(&model, Task::Classify, tmp("noprof"));
+    finetune(&plain).unwrap();
+    let mut prof = plain.clone();
+    prof.out = tmp("prof");
+    prof.profile = true;
+    finetune(&prof).unwrap();
+    let a = std::fs::read(plain.out.join("checkpoint/model.safetensors")).unwrap();
+    let b = std::fs::read(prof.out.join("checkpoint/model.safetensors")).unwrap();
+    assert!(a == b, "profiling changed the trained weights");
+    assert!(!plain.out.join("profile.txt").exists());
+    let table = std::fs::read_to_string(prof.out.join("profile.txt")).unwrap();
+    assert!(table.contains("(12 micro-batches"), "{table}");
+    let row = |op: &str| -> Vec<String> {
+        let line = table.lines().find(|l| l.split_whitespace().next() == Some(op)).unwrap_or_else(|| panic!("no {op} row in\n{table}"));
+        line.split_whitespace().map(str::to_string).collect()
+    };
+    assert_eq!((row("cross_entropy")[1].as_str(), row("cross_entropy")[3].as_str()), ("12", "12"));
+    let lin = row("linear");
+    assert_eq!(lin[1], lin[3], "every linear forward has its backward");
+    for extra in ["tokenise + batch", "clip + optimizer", "dev evaluation", "wall, all epochs"] {
+        assert!(table.contains(extra), "{extra} missing:\n{table}");
+    }
+}

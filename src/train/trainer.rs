@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,7 @@ use crate::ops;
 use crate::optim::{clip_grad_norm, hf_param_groups, AdamW, AdamWConfig, LinearWarmupDecay, Sgd, SgdConfig};
 use crate::util::Rng;
 use crate::util::write_atomic;
+use crate::autograd::Profile;
 use crate::{Device, Grads, Tape, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +90,10 @@ pub struct FinetuneArgs {
     /// Truncate over-long inputs from the left (keep their end), transformers' `truncation_side="left"`.
     #[serde(default)]
     pub truncate_left: bool,
+    /// Time every op of the training steps (forward and backward, see `autograd::Profile`), plus
+    /// batching, the optimizer and evaluation, and write the table to OUT/profile.txt.
+    #[serde(default)]
+    pub profile: bool,
 }
 
 impl FinetuneArgs {
@@ -123,6 +128,7 @@ impl FinetuneArgs {
             progress: true,
             memory: None,
             truncate_left: false,
+            profile: false,
         }
     }
 }
@@ -603,6 +609,9 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
     }
     let start = Instant::now();
     let (mut seen_examples, mut seen_tokens) = (0usize, 0usize);
+    // --profile: per-op times of the training tapes, and wall time of what runs around them.
+    let mut prof = Profile::default();
+    let (mut t_batch, mut t_opt, mut t_eval) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let mut stopped_early = false;
     let mut interrupted = false;
     'epochs: while state.epoch < args.epochs {
@@ -623,17 +632,24 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
             let mut grads = Grads::default();
             let mut loss_sum = 0.0;
             for idx in group.iter() {
+                let t0 = Instant::now();
                 let ex: Vec<&Example> = idx.iter().map(|&j| &train[j]).collect();
                 let (inputs, y) = encode(&tok, task, mem, &ex, &label_ids, &args.train, true)?;
+                t_batch += t0.elapsed();
                 seen_examples += ex.len();
                 seen_tokens += inputs.tokens();
                 let tape = Tape::training(mix(args.seed, state.global_micro));
+                let tape = if args.profile { tape.profiled() } else { tape };
                 state.global_micro += 1;
                 let logits = logits(&bert, mem, &tape, &inputs, true)?;
                 let loss = ops::cross_entropy(&tape, &logits, &y.to_device(args.device)?)?;
                 loss_sum += loss.item()?;
                 grads.accumulate(tape.backward(&loss)?)?;
+                if let Some(p) = tape.profile() {
+                    prof.merge(&p);
+                }
             }
+            let t0 = Instant::now();
             grads.scale(1.0 / group.len() as f64);
             let trainable: Vec<&Tensor> = bert.params.values().filter(|t| t.is_tracked()).collect();
             if args.max_grad_norm > 0.0 {
@@ -646,6 +662,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
                 Opt::AdamW(a) => a.step(&mut groups, &grads, lr)?,
                 Opt::Sgd(s) => s.step(&mut groups, &grads, lr)?,
             }
+            t_opt += t0.elapsed();
             let step_loss = loss_sum / group.len() as f64;
             state.global_step += 1;
             state.loss_log.push((state.global_step, step_loss));
@@ -667,7 +684,9 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
             }
         }
         bar.finish_and_clear();
+        let t0 = Instant::now();
         let ev = evaluate(&bert, mem, &tok, task, &dev, &labels, args.batch_size.max(32), &args.dev)?;
+        t_eval += t0.elapsed();
         let value = *ev.values.get(&args.metric).ok_or_else(|| Error::Value {
             op: "finetune",
             detail: format!("unknown metric \"{}\" (one of: {})", args.metric, ev.values.keys().cloned().collect::<Vec<_>>().join(", ")),
@@ -715,6 +734,27 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    if args.profile {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let text = format!(
+            "per-op time of the training steps ({} micro-batches; on CUDA meaningful only with ENGRAM_CUDA_SYNC=1)\n{prof}\n\
+             {:<18} {:>46.1}\n{:<18} {:>46.1}\n{:<18} {:>46.1}\n{:<18} {:>46.1}\n",
+            prof.get("cross_entropy").map_or(0, |t| t.fwd_calls),
+            "tokenise + batch",
+            ms(t_batch),
+            "clip + optimizer",
+            ms(t_opt),
+            "dev evaluation",
+            ms(t_eval),
+            "wall, all epochs",
+            secs * 1e3
+        );
+        let path = args.out.join("profile.txt");
+        std::fs::write(&path, &text).map_err(|e| Error::File { path: path.display().to_string(), detail: format!("cannot write: {e}") })?;
+        if args.progress {
+            eprintln!("{text}(written to {})", path.display());
+        }
+    }
     let mut test_json = None;
     if let (Some(test), false) = (&args.test, interrupted) {
         let (best, _, _, best_mem) = load_finetuned(&args.out, args.device)?;
