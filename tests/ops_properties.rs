@@ -182,6 +182,9 @@ fn bad_inputs_are_errors_naming_the_op_and_shapes() {
     let mask = Tensor::from_ids(vec![1, 2, 1], &[1, 3]).unwrap();
     let e = msg(ops::attention(&tape, &q, &q, &q, Some(&mask), 1.0, 0.0).unwrap_err());
     assert!(e.contains("attention") && e.contains("0 (padding) or 1"), "{e}");
+    let empty = Tensor::from_vec(Vec::<f32>::new(), &[1, 2, 0, 4]).unwrap();
+    let e = msg(ops::attention(&tape, &empty, &q, &q, None, 1.0, 0.0).unwrap_err());
+    assert!(e.contains("attention") && e.contains("non-zero"), "{e}");
     let e = msg(ops::split_heads(&tape, &randn(&[1, 2, 10], 6), 3).unwrap_err());
     assert!(e.contains("split_heads"), "{e}");
     let e = msg(ops::gelu(&tape, &ids).unwrap_err());

@@ -38,6 +38,9 @@ pub fn attention(tape: &Tape, q: &Tensor, k: &Tensor, v: &Tensor, key_mask: Opti
         return shape_err(OP, format!("need q (B, NH, Tq, HS) and k, v (B, NH, Tk, HS); got q {sq:?}, k {sk:?}, v {sv:?}"));
     }
     let (b, nh, tq, hs, tk) = (sq[0], sq[1], sq[2], sq[3], sk[2]);
+    if [b, nh, tq, hs, tk].contains(&0) {
+        return shape_err(OP, format!("every dimension must be non-zero; got q {sq:?}, k {sk:?}"));
+    }
     let drop = (tape.is_training() && dropout_p > 0.0).then(|| ProbDropout::new(tape.next_dropout_seed(), dropout_p));
     #[cfg(feature = "cuda")]
     if q.is_cuda() || k.is_cuda() || v.is_cuda() {

@@ -53,17 +53,10 @@ pub fn dropout(tape: &Tape, x: &Tensor, p: f64) -> Result<Tensor> {
 /// `v[i] *= keep(base + i) / (1 − p)`: elements `base..base + v.len()` of a call's mask (the fused
 /// attention drops its probabilities with it too).
 pub(crate) fn apply_mask<T: Float>(v: &mut [T], seed: u64, p: f64, base: u64) {
-    let inv = T::from_f64(1.0 / (1.0 - p));
-    let pf = p as f32;
     const CHUNK: usize = 1 << 12;
-    v.par_chunks_mut(CHUNK).enumerate().for_each(|(c, xs)| {
-        let b = base + (c * CHUNK) as u64;
-        // Scalar on purpose: the hash's 64-bit multiplies have no AVX2 instruction, and the
-        // emulated vector form measured no faster than this loop.
-        for (i, x) in xs.iter_mut().enumerate() {
-            *x = if uniform(seed, b + i as u64) >= pf { *x * inv } else { T::ZERO };
-        }
-    });
+    // Plain (not `wide`) chunks on purpose: the hash's 64-bit multiplies have no AVX2
+    // instruction, and the emulated vector form measured no faster.
+    v.par_chunks_mut(CHUNK).enumerate().for_each(|(c, xs)| apply_mask_seq(xs, seed, p, base + (c * CHUNK) as u64));
 }
 
 /// [`apply_mask`] without rayon, for one row inside a kernel that is already parallel.
