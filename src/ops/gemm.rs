@@ -62,6 +62,43 @@ pub(crate) fn gemm<T: Float>(c: &mut [T], a: MatRef<T>, b: MatRef<T>, parallel: 
     gemm_impl::<T>(c, a, b, parallel, simd_available());
 }
 
+/// AVX-512F for the f32 MR×2NR kernel (checked at run time; `ENGRAM_GEMM_AVX512=0` turns it off,
+/// for comparing the two kernels on one machine).
+fn avx512_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| {
+            std::is_x86_feature_detected!("avx512f") && std::env::var_os("ENGRAM_GEMM_AVX512").is_none_or(|v| v != "0")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The MR×2NR tile at (row0, col0) += A panel · [B panel 0 | B panel 1] through the AVX-512
+/// kernel, when T is f32 and the tile is full; false (nothing done) otherwise.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn tile_pair_avx512<T: Float>(kc: usize, ap: &[T], bp0: &[T], bp1: &[T], c: &mut [T], ldc: usize, row0: usize, col0: usize, mr: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if mr == MR {
+        if let (Some(a32), Some(b0), Some(b1), Some(c32)) = (T::as_f32(ap), T::as_f32(bp0), T::as_f32(bp1), T::as_f32_mut(c)) {
+            assert!(a32.len() >= kc * MR && b0.len() >= kc * NR && b1.len() >= kc * NR, "gemm panels too short");
+            let base = row0 * ldc + col0;
+            assert!(c32.len() >= base + (MR - 1) * ldc + 2 * NR, "gemm tile outside C");
+            // SAFETY: only called when `avx512_available()`; panel lengths and the C tile's
+            // extent were checked just above.
+            unsafe { avx512::kernel_f32_pair_into(kc, a32.as_ptr(), b0.as_ptr(), b1.as_ptr(), c32.as_mut_ptr().add(base), ldc) };
+            return true;
+        }
+    }
+    let _ = (kc, ap, bp0, bp1, c, ldc, row0, col0, mr);
+    false
+}
+
 pub(crate) fn simd_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -75,7 +112,7 @@ pub(crate) fn simd_available() -> bool {
 
 fn gemm_impl<T: Float>(c: &mut [T], a: MatRef<T>, b: MatRef<T>, parallel: bool, simd: bool) {
     let bp = pack_b_impl(b, parallel, simd);
-    gemm_packed_impl(c, a, &bp, b.cols, parallel, simd);
+    gemm_packed_impl(c, a, &bp, b.cols, parallel, simd, avx512_available());
 }
 
 /// B packed once for many products (`gemm_packed`): the panels `gemm` would build on each call.
@@ -91,7 +128,7 @@ pub(crate) fn gemm_packed<T: Float>(c: &mut [T], a: MatRef<T>, bp: &[T], n: usiz
     if a.rows == 0 || n == 0 || a.cols == 0 {
         return;
     }
-    gemm_packed_impl(c, a, bp, n, parallel, simd_available());
+    gemm_packed_impl(c, a, bp, n, parallel, simd_available(), avx512_available());
 }
 
 fn pack_b_impl<T: Float>(b: MatRef<T>, parallel: bool, simd: bool) -> Vec<T> {
@@ -142,8 +179,9 @@ fn pack_b_impl<T: Float>(b: MatRef<T>, parallel: bool, simd: bool) -> Vec<T> {
     bp
 }
 
-fn gemm_packed_impl<T: Float>(c: &mut [T], a: MatRef<T>, bp: &[T], n: usize, parallel: bool, simd: bool) {
+fn gemm_packed_impl<T: Float>(c: &mut [T], a: MatRef<T>, bp: &[T], n: usize, parallel: bool, simd: bool, wide512: bool) {
     let (m, k) = (a.rows, a.cols);
+    let wide512 = simd && wide512;
     let n_panels = n.div_ceil(NR);
     let threads = if parallel { rayon::current_num_threads() } else { 1 };
     // Row blocks of at most MC rows, their count a multiple of the thread count so no core idles
@@ -166,14 +204,30 @@ fn gemm_packed_impl<T: Float>(c: &mut [T], a: MatRef<T>, bp: &[T], n: usize, par
                 for ip in 0..m_panels {
                     pack_a(&mut ap[ip * kc * MR..(ip + 1) * kc * MR], a, i0 + ip * MR, MR.min(mrows - ip * MR), k0, kc);
                 }
-                for jp in jb..jb_end {
+                let mut jp = jb;
+                while jp < jb_end {
                     let bpanel = &bp[(jp * k + k0) * NR..(jp * k + k0 + kc) * NR];
                     let nr = NR.min(n - jp * NR);
+                    // With AVX-512, two adjacent full panels go through one MR×2NR kernel.
+                    if wide512 && jp + 1 < jb_end && (jp + 2) * NR <= n {
+                        let bpanel2 = &bp[((jp + 1) * k + k0) * NR..((jp + 1) * k + k0 + kc) * NR];
+                        for ip in 0..m_panels {
+                            let apanel = &ap[ip * kc * MR..(ip + 1) * kc * MR];
+                            let mr = MR.min(mrows - ip * MR);
+                            if !tile_pair_avx512::<T>(kc, apanel, bpanel, bpanel2, cblk, n, ip * MR, jp * NR, mr) {
+                                tile::<T>(simd, kc, apanel, bpanel, cblk, n, ip * MR, jp * NR, mr, NR);
+                                tile::<T>(simd, kc, apanel, bpanel2, cblk, n, ip * MR, (jp + 1) * NR, mr, NR);
+                            }
+                        }
+                        jp += 2;
+                        continue;
+                    }
                     for ip in 0..m_panels {
                         let apanel = &ap[ip * kc * MR..(ip + 1) * kc * MR];
                         let mr = MR.min(mrows - ip * MR);
                         tile::<T>(simd, kc, apanel, bpanel, cblk, n, ip * MR, jp * NR, mr, nr);
                     }
+                    jp += 1;
                 }
                 k0 += kc;
             }
@@ -408,6 +462,46 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    /// A full 6×32 f32 tile of C (row stride `ldc`) += A panel · [B panel 0 | B panel 1]: 12 zmm
+    /// accumulators, two 16-wide B vectors and six A broadcasts per k step. Every element of C
+    /// gets the same FMA chain over k as in the AVX2 6×16 kernel, so the results are identical;
+    /// a 512-bit FMA does twice the work per instruction where the core executes it full width.
+    ///
+    /// # Safety
+    /// AVX-512F must be present; `a` points at kc·MR floats, `b0` and `b1` at kc·NR floats each,
+    /// and `c` at a tile with MR rows of 2·NR writable floats each, `ldc` apart.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn kernel_f32_pair_into(kc: usize, a: *const f32, b0: *const f32, b1: *const f32, c: *mut f32, ldc: usize) {
+        const _: () = assert!(MR == 6 && NR == 16);
+        let z = _mm512_setzero_ps();
+        let mut acc = [[z; 2]; MR];
+        // SAFETY: p < kc keeps every read inside the panels; the stores stay in the C tile
+        // (caller's contract).
+        unsafe {
+            for p in 0..kc {
+                let v0 = _mm512_loadu_ps(b0.add(p * NR));
+                let v1 = _mm512_loadu_ps(b1.add(p * NR));
+                let ar = a.add(p * MR);
+                for (i, ci) in acc.iter_mut().enumerate() {
+                    let x = _mm512_set1_ps(*ar.add(i));
+                    ci[0] = _mm512_fmadd_ps(x, v0, ci[0]);
+                    ci[1] = _mm512_fmadd_ps(x, v1, ci[1]);
+                }
+            }
+            for (i, ci) in acc.iter().enumerate() {
+                let dst = c.add(i * ldc);
+                _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), ci[0]));
+                _mm512_storeu_ps(dst.add(NR), _mm512_add_ps(_mm512_loadu_ps(dst.add(NR)), ci[1]));
+            }
+        }
+    }
+}
+
 /// Batched `c[b] += op(a[b]) · op(b[b])` over contiguous batches; `a` is (M, K) per batch
 /// (stored (K, M) when `ta`), `b` is (K, N) per batch (stored (N, K) when `tb`).
 #[allow(clippy::too_many_arguments)]
@@ -462,6 +556,29 @@ mod tests {
                     let w = want[i] + init[i];
                     assert!((c[i] - w).abs() <= 1e-12 * (1.0 + w.abs()), "({m},{k},{n}) ta={ta} tb={tb} [{i}]: {} vs {w}", c[i]);
                 }
+            }
+        }
+    }
+
+    /// The AVX-512 6×32 kernel and the AVX2 6×16 kernel run the same FMA chain per element of C:
+    /// identical results, at shapes with pairs of full panels, a lone panel and ragged edges.
+    #[test]
+    fn avx512_pair_kernel_is_bit_identical_to_avx2() {
+        if !(simd_available() && avx512_available()) {
+            eprintln!("skipped: this CPU has no AVX-512F (or ENGRAM_GEMM_AVX512=0), so only the AVX2 kernel runs");
+            return;
+        }
+        let mut rng = crate::util::Rng::new(12);
+        for &(m, k, n) in &[(13, 513, 33), (64, 64, 64), (100, 31, 48), (200, 384, 1536)] {
+            for &(ta, tb) in &[(false, false), (false, true), (true, false)] {
+                let a: Vec<f32> = rng.normal_vec(m * k).into_iter().map(|x| x as f32).collect();
+                let b: Vec<f32> = rng.normal_vec(k * n).into_iter().map(|x| x as f32).collect();
+                let (am, bm) = (MatRef::new(&a, m, k, ta), MatRef::new(&b, k, n, tb));
+                let bp = pack_b_impl(bm, true, true);
+                let (mut c1, mut c2) = (vec![0.25f32; m * n], vec![0.25f32; m * n]);
+                gemm_packed_impl(&mut c1, am, &bp, n, true, true, false);
+                gemm_packed_impl(&mut c2, am, &bp, n, true, true, true);
+                assert!(c1.iter().zip(&c2).all(|(x, y)| x.to_bits() == y.to_bits()), "({m},{k},{n}) ta={ta} tb={tb}");
             }
         }
     }

@@ -145,7 +145,7 @@ pub fn linear(tape: &Tape, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Res
 /// for deployments short of memory.
 fn keep_packed_weights() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("ENGRAM_PACKED_WEIGHTS").map_or(true, |v| v != "0"))
+    *ON.get_or_init(|| std::env::var_os("ENGRAM_PACKED_WEIGHTS").is_none_or(|v| v != "0"))
 }
 
 struct LinearBwd<T> {
