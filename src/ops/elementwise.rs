@@ -15,14 +15,23 @@ const PAR_MIN: usize = 1 << 14;
 /// to split a BERT activation over every core.
 const CHUNK: usize = 1 << 12;
 
-/// Call `f` from a function compiled with AVX2+FMA when the CPU has them (checked at run time),
-/// so the loop in `f`, inlined there, vectorises 256 bits wide; otherwise call it as is. The same
-/// operations run either way. Call it inside each rayon task: closures do not inherit
+/// Call `f` from a function compiled with AVX2+FMA — and AVX-512F where the CPU has it (the
+/// GEMM's `ENGRAM_GEMM_AVX512=0` turns that off too) — when the CPU has them (checked at run
+/// time), so the loop in `f`, inlined there, vectorises 256 or 512 bits wide; otherwise call it as
+/// is. The same operations run either way. Call it inside each rayon task: closures do not inherit
 /// `#[target_feature]`.
 #[inline(always)]
 pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     if super::gemm::simd_available() {
+        if super::gemm::avx512_available() {
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn run512<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked just above).
+            return unsafe { run512(f) };
+        }
         #[target_feature(enable = "avx2,fma")]
         unsafe fn run<R>(f: impl FnOnce() -> R) -> R {
             f()

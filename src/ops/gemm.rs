@@ -64,7 +64,7 @@ pub(crate) fn gemm<T: Float>(c: &mut [T], a: MatRef<T>, b: MatRef<T>, parallel: 
 
 /// AVX-512F for the f32 MR×2NR kernel (checked at run time; `ENGRAM_GEMM_AVX512=0` turns it off,
 /// for comparing the two kernels on one machine).
-fn avx512_available() -> bool {
+pub(crate) fn avx512_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
