@@ -18,9 +18,10 @@ fn tmp(tag: &str) -> PathBuf {
     d
 }
 
-/// A copy of the tiny BERT with dropout off (so different batchings see the same network).
-fn tiny_without_dropout() -> PathBuf {
-    let dir = tmp("tiny-nodrop");
+/// A copy of the tiny BERT with dropout off (so different batchings see the same network). Each
+/// test passes its own `tag`: tests run in parallel, and `tmp` empties the directory first.
+fn tiny_without_dropout(tag: &str) -> PathBuf {
+    let dir = tmp(&format!("tiny-nodrop-{tag}"));
     std::fs::create_dir_all(&dir).unwrap();
     let src = root().join("weights/tiny-bert");
     for f in ["model.safetensors", "tokenizer.json"] {
@@ -54,7 +55,7 @@ fn weights(dir: &Path) -> Vec<(String, Vec<f64>)> {
 
 #[test]
 fn gradient_accumulation_4x8_equals_batch_32() {
-    let model = tiny_without_dropout();
+    let model = tiny_without_dropout("accum");
     let mut big = args(&model, Task::Classify, tmp("big"));
     big.epochs = 1;
     big.batch_size = 32;
@@ -217,7 +218,7 @@ fn bad_data_is_an_error_naming_the_file_and_line() {
 #[test]
 fn memory_model_trains_saves_reloads_and_resumes_exactly() {
     use engram::memory::{MemoryConfig, MEMORY_PARAM};
-    let model = tiny_without_dropout();
+    let model = tiny_without_dropout("mem");
     let mut a = args(&model, Task::Classify, tmp("mem"));
     // Segments of 4 text tokens: the fixture sentences take 2–4 segments each.
     a.memory = Some(MemoryConfig::memory(2, 4, None));
