@@ -11,13 +11,7 @@ use std::time::Instant;
 use engram::{ops, Result, Tape, Tensor};
 
 fn rand(n: usize, seed: u64, shape: &[usize]) -> Tensor {
-    let mut s = seed;
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 6.0 - 3.0
-        })
-        .collect();
+    let v: Vec<f32> = engram::testing::Rng::new(seed).normal_vec(n).into_iter().map(|x| x as f32).collect();
     Tensor::from_vec(v, shape).expect("shape")
 }
 

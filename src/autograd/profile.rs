@@ -114,13 +114,7 @@ mod tests {
     use crate::{ops, Tape, Tensor};
 
     fn input(n: usize, seed: u64) -> Tensor {
-        let mut s = seed;
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect();
+        let v: Vec<f32> = crate::util::Rng::new(seed).normal_vec(n).into_iter().map(|x| x as f32).collect();
         Tensor::from_vec(v, &[n / 64, 64]).unwrap()
     }
 

@@ -534,13 +534,7 @@ mod tests {
     use super::*;
 
     fn rand(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-            })
-            .collect()
+        crate::util::Rng::new(seed).normal_vec(n).into_iter().map(|x| x as f32).collect()
     }
 
     /// The AVX2 build of the kernels and the plain build must agree bit for bit (same operations,

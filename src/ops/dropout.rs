@@ -53,7 +53,7 @@ pub fn dropout(tape: &Tape, x: &Tensor, p: f64) -> Result<Tensor> {
 /// `v[i] *= keep(base + i) / (1 − p)`: elements `base..base + v.len()` of a call's mask (the fused
 /// attention drops its probabilities with it too).
 pub(crate) fn apply_mask<T: Float>(v: &mut [T], seed: u64, p: f64, base: u64) {
-    const CHUNK: usize = 1 << 12;
+    use super::elementwise::CHUNK;
     // Plain (not `wide`) chunks on purpose: the hash's 64-bit multiplies have no AVX2
     // instruction, and the emulated vector form measured no faster.
     v.par_chunks_mut(CHUNK).enumerate().for_each(|(c, xs)| apply_mask_seq(xs, seed, p, base + (c * CHUNK) as u64));

@@ -13,7 +13,7 @@ const PAR_MIN: usize = 1 << 14;
 
 /// Elements per rayon task in the pointwise loops: big enough to amortise the task, small enough
 /// to split a BERT activation over every core.
-const CHUNK: usize = 1 << 12;
+pub(crate) const CHUNK: usize = 1 << 12;
 
 /// Call `f` from a function compiled with AVX2+FMA — and AVX-512F where the CPU has it (the
 /// GEMM's `ENGRAM_GEMM_AVX512=0` turns that off too) — when the CPU has them (checked at run
