@@ -251,6 +251,13 @@ fn main() -> ExitCode {
         }),
         Cmd::Predict { model, input, max_length, batch_size, device, memory_norms, texts } => read_texts(input.as_deref(), texts).and_then(|texts| {
             let preds = engram::train::predict_dir(&model, &texts, max_length, batch_size, device.into(), memory_norms)?;
+            let cut = preds.iter().filter(|p| p.get("truncated").is_some()).count();
+            if cut > 0 {
+                eprintln!(
+                    "engram predict: {cut} of {} inputs were longer than the window and were truncated (\"truncated\": true; a memory model reads them whole)",
+                    preds.len()
+                );
+            }
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             for p in preds {

@@ -216,6 +216,75 @@ fn bad_data_is_an_error_naming_the_file_and_line() {
 }
 
 #[test]
+fn bad_hyperparameters_and_divergence_are_errors_that_keep_the_best_model() {
+    let model = root().join("weights/tiny-bert");
+    let cases: [(&str, fn(&mut FinetuneArgs)); 5] = [
+        ("--lr", |a| a.lr = f64::NAN),
+        ("--lr", |a| a.lr = f64::INFINITY),
+        ("--weight-decay", |a| a.weight_decay = f64::NAN),
+        ("--max-grad-norm", |a| a.max_grad_norm = -1.0),
+        ("--momentum", |a| {
+            a.optimizer = OptimizerKind::Sgd;
+            a.momentum = 1.5
+        }),
+    ];
+    for (needle, set) in cases {
+        let mut a = args(&model, Task::Classify, tmp("hyper"));
+        set(&mut a);
+        let e = finetune(&a).unwrap_err().to_string();
+        assert!(e.contains(needle), "{needle}: {e}");
+        assert!(!a.out.join("model.safetensors").exists(), "{needle}: nothing may be written");
+    }
+    let mut a = args(&model, Task::Classify, tmp("hyper"));
+    a.max_train_examples = Some(0);
+    let e = finetune(&a).unwrap_err().to_string();
+    assert!(e.contains("tiny_train.csv") && e.contains("no training examples"), "{e}");
+
+    // A finite but absurd learning rate without clipping: the weights overflow and the loss turns
+    // NaN within the first epoch. Training must stop there with an error, not save a NaN model.
+    let mut a = args(&model, Task::Classify, tmp("diverge"));
+    a.lr = 1e30;
+    a.warmup_ratio = 0.0;
+    a.max_grad_norm = 0.0;
+    let e = finetune(&a).unwrap_err().to_string();
+    assert!(e.contains("diverged") && e.contains("no model was written"), "{e}");
+    assert!(!a.out.join("model.safetensors").exists());
+    // Diverging after a good epoch (resumed with an absurd lr): the error names the best epoch,
+    // and the model in OUT is that epoch's, untouched.
+    let mut a = args(&model, Task::Classify, tmp("diverge2"));
+    a.epochs = 1;
+    finetune(&a).unwrap();
+    let good = weights(&a.out);
+    a.epochs = 2;
+    a.resume = true;
+    a.lr = 1e30;
+    a.max_grad_norm = 0.0;
+    let e = finetune(&a).unwrap_err().to_string();
+    assert!(e.contains("diverged") && e.contains("best model so far (epoch 1)"), "{e}");
+    assert_eq!(weights(&a.out), good, "the best model in OUT must be kept as it was");
+}
+
+#[test]
+fn over_long_inputs_are_marked_truncated() {
+    let model = tiny_without_dropout("trunc");
+    let mut a = args(&model, Task::Classify, tmp("trunc"));
+    a.epochs = 1;
+    finetune(&a).unwrap();
+    let long = vec!["good "; 200].concat();
+    let p = predict_dir(&a.out, &["good".to_string(), long], 128, 8, engram::Device::Cpu, false).unwrap();
+    assert!(p[0].get("truncated").is_none(), "{}", p[0]);
+    assert_eq!(p[1]["truncated"], serde_json::json!(true), "{}", p[1]);
+    let dev = tmp("trunc-dev");
+    std::fs::create_dir_all(&dev).unwrap();
+    let f = dev.join("dev.csv");
+    let label = predict_dir(&a.out, &["x".to_string()], 128, 8, engram::Device::Cpu, false).unwrap()[0]["label"].as_str().unwrap().to_string();
+    std::fs::write(&f, format!("text,label\nshort,{label}\n{},{label}\n", vec!["word "; 300].concat())).unwrap();
+    let (text, json) = engram::train::evaluate_dir(&a.out, &f, 128, engram::Device::Cpu).unwrap();
+    assert_eq!(json["metrics"]["truncated"], serde_json::json!(1), "{json}");
+    assert!(text.contains("1 of 2 inputs were longer than"), "{text}");
+}
+
+#[test]
 fn memory_model_trains_saves_reloads_and_resumes_exactly() {
     use engram::memory::{MemoryConfig, MEMORY_PARAM};
     let model = tiny_without_dropout("mem");

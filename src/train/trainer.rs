@@ -338,9 +338,13 @@ fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: 
     let label_ids: HashMap<String, usize> = labels.iter().enumerate().map(|(i, l)| (l.clone(), i)).collect();
     let (mut gold, mut pred, mut gold_tags, mut pred_tags) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut loss_sum, mut loss_n) = (0.0, 0usize);
+    let mut truncated = 0usize;
     for chunk in ex.chunks(batch_size.max(1)) {
         let refs: Vec<&Example> = chunk.iter().collect();
         let (inputs, y) = encode(tok, task, mem, &refs, &label_ids, path, false)?;
+        if let Inputs::Plain(b) = &inputs {
+            truncated += b.truncated.iter().filter(|&&t| t).count();
+        }
         let tape = Tape::inference();
         let logits = logits(bert, mem, &tape, &inputs, false)?;
         let yd = y.to_device(bert.device())?;
@@ -364,7 +368,13 @@ fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: 
     let loss = loss_sum / loss_n.max(1) as f64;
     let mut values = BTreeMap::new();
     values.insert("loss".to_string(), loss);
-    Ok(if task == Task::Ner {
+    // Inputs longer than the window were cut (as transformers' truncation=True does): say how many.
+    let cut = if truncated > 0 {
+        format!("{truncated} of {} inputs were longer than {} tokens and were truncated\n", ex.len(), tok.max_len())
+    } else {
+        String::new()
+    };
+    let mut ev = if task == Task::Ner {
         let r: EntityReport = entity_report(&gold_tags, &pred_tags);
         // Tag-level report over words, for macro F1 across tags.
         let flat_g: Vec<usize> = gold_tags.iter().flatten().map(|t| label_ids.get(t).copied().unwrap_or(0)).collect();
@@ -385,7 +395,10 @@ fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: 
         values.insert("accuracy".into(), r.accuracy);
         values.insert("macro_f1".into(), r.macro_f1);
         Evaluation { json: serde_json::json!({ "loss": loss, "report": r }), text: format!("{}loss {loss:.4}\n", r.table()), values }
-    })
+    };
+    ev.json["truncated"] = serde_json::json!(truncated);
+    ev.text.push_str(&cut);
+    Ok(ev)
 }
 
 fn head_for(task: Task, n: usize) -> Head {
@@ -487,6 +500,45 @@ fn save_checkpoint(dir: &Path, bert: &Bert, mem: Option<&MemoryConfig>, opt: &Op
     write_atomic(&dir.join("training_args.json"), serde_json::to_string_pretty(args).expect("args serialise").as_bytes())
 }
 
+/// Learning rate, weight decay, clip norm and momentum must be finite and in range: a NaN or an
+/// infinity here would train to a NaN model and still save it as the best one.
+fn check_hyperparameters(args: &FinetuneArgs) -> Result<()> {
+    let bad = |what: &str, v: f64, range: &str| Err(Error::Value { op: "finetune", detail: format!("{what} {v} must be finite and {range}") });
+    if !(args.lr.is_finite() && args.lr >= 0.0) {
+        return bad("--lr", args.lr, "≥ 0");
+    }
+    if !(args.weight_decay.is_finite() && args.weight_decay >= 0.0) {
+        return bad("--weight-decay", args.weight_decay, "≥ 0");
+    }
+    if !(args.max_grad_norm.is_finite() && args.max_grad_norm >= 0.0) {
+        return bad("--max-grad-norm", args.max_grad_norm, "≥ 0 (0 = no clipping)");
+    }
+    if args.optimizer == OptimizerKind::Sgd && !(args.momentum.is_finite() && (0.0..1.0).contains(&args.momentum)) {
+        return bad("--momentum", args.momentum, "in [0, 1)");
+    }
+    Ok(())
+}
+
+/// A non-finite loss or gradient norm stops training with an error rather than letting the
+/// optimizer write NaN into every weight: the best model of the epochs before stays in `out`.
+fn check_finite(what: &str, v: f64, state: &TrainerState, out: &Path) -> Result<()> {
+    if v.is_finite() {
+        return Ok(());
+    }
+    let kept = match state.best_epoch {
+        Some(e) => format!("the best model so far (epoch {e}) is in {}", out.display()),
+        None => "no model was written".to_string(),
+    };
+    Err(Error::Value {
+        op: "finetune",
+        detail: format!(
+            "training diverged: the {what} is {v} at step {} (epoch {}); {kept}; try a lower --lr or --max-grad-norm 1",
+            state.global_step + 1,
+            state.epoch + 1
+        ),
+    })
+}
+
 /// Fine-tune `args.model` on `args.train`, evaluating on `args.dev` every epoch; the best model
 /// goes to `args.out` (HF format), the resumable state to `args.out/checkpoint`.
 pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
@@ -496,8 +548,12 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
     if !(0.0..=1.0).contains(&args.warmup_ratio) {
         return Err(Error::Value { op: "finetune", detail: format!("warmup ratio {} must be in [0, 1]", args.warmup_ratio) });
     }
+    check_hyperparameters(args)?;
     let task = args.task;
     let train = load_examples(task, &args.train, args.max_train_examples)?;
+    if train.is_empty() {
+        return file_err(&args.train, "no training examples left (--max-train-examples 0)");
+    }
     let dev = load_examples(task, &args.dev, args.max_eval_examples)?;
     let ckpt = args.out.join("checkpoint");
     let resuming = args.resume && ckpt.join("trainer_state.json").is_file();
@@ -650,10 +706,12 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
                 }
             }
             let t0 = Instant::now();
+            check_finite("training loss", loss_sum, &state, &args.out)?;
             grads.scale(1.0 / group.len() as f64);
             let trainable: Vec<&Tensor> = bert.params.values().filter(|t| t.is_tracked()).collect();
             if args.max_grad_norm > 0.0 {
-                clip_grad_norm(&mut grads, &trainable, args.max_grad_norm)?;
+                let norm = clip_grad_norm(&mut grads, &trainable, args.max_grad_norm)?;
+                check_finite("gradient norm", norm, &state, &args.out)?;
             }
             let lr = sched.lr(state.global_step);
             let named: Vec<(String, &mut Tensor)> = bert.params.iter_mut().filter(|(_, t)| t.is_tracked()).map(|(k, v)| (k.clone(), v)).collect();
@@ -889,11 +947,16 @@ pub fn predict_dir(dir: &Path, texts: &[String], max_length: usize, batch_size: 
                         })
                         .collect();
                     let toks: Vec<&str> = words[b].iter().map(|w| w.0.as_str()).collect();
-                    out.push(serde_json::json!({ "text": text, "tokens": toks, "tags": tags, "entities": entities }));
+                    let mut obj = serde_json::json!({ "text": text, "tokens": toks, "tags": tags, "entities": entities });
+                    if batch.truncated[b] {
+                        obj["truncated"] = serde_json::json!(true); // words past the window are tagged "O"
+                    }
+                    out.push(obj);
                 }
             }
             Task::Classify | Task::Pair => {
                 let pairs: Vec<(&str, &str)> = chunk.iter().map(|t| t.split_once('\t').unwrap_or((t.as_str(), ""))).collect();
+                let mut cut = vec![false; chunk.len()];
                 let (logits, norms) = match &mem {
                     Some(cfg) => {
                         let inputs: Vec<(String, Option<String>)> = chunk
@@ -906,6 +969,7 @@ pub fn predict_dir(dir: &Path, texts: &[String], max_length: usize, batch_size: 
                     }
                     None => {
                         let batch = if task == Task::Pair { tok.encode_pairs(&pairs)? } else { tok.encode(&chunk.iter().map(|s| s.as_str()).collect::<Vec<_>>())? };
+                        cut.clone_from(&batch.truncated);
                         (bert.logits(&Tape::inference(), &batch, false)?.to_f64_vec(), None)
                     }
                 };
@@ -915,6 +979,9 @@ pub fn predict_dir(dir: &Path, texts: &[String], max_length: usize, batch_size: 
                     let probs: serde_json::Map<String, serde_json::Value> = row.iter().zip(&labels).map(|(x, l)| (l.clone(), serde_json::json!(((x - m).exp() / z * 1e6).round() / 1e6))).collect();
                     let best = argmax_rows(row, labels.len())[0];
                     let mut obj = serde_json::json!({ "text": chunk[b], "label": labels[best], "probs": probs });
+                    if cut[b] {
+                        obj["truncated"] = serde_json::json!(true);
+                    }
                     if let Some(n) = &norms {
                         obj["segments"] = serde_json::json!(n[b].len());
                         obj["memory_norms"] = serde_json::json!(n[b].iter().map(|x| (x * 1e4).round() / 1e4).collect::<Vec<f64>>());
