@@ -329,6 +329,11 @@ fn finetune(f: FinetuneCli) -> Result<()> {
         return Err(Error::Value { op: "finetune", detail: "--bptt needs --memory-tokens".into() });
     }
     let s = engram::train::finetune(&a)?;
+    if s.interrupted {
+        eprintln!("\nstopped after step {}; checkpoint in {}; continue with --resume", s.global_step, s.out.join("checkpoint").display());
+        println!("{}", serde_json::to_string(&s).expect("summary serialises"));
+        return Ok(());
+    }
     eprintln!(
         "\ndone: best dev {} = {:.4} at epoch {} of {}{}; {:.1} examples/s, {:.0} tokens/s; model in {}",
         s.metric,

@@ -113,6 +113,19 @@ fn resume_from_a_mid_run_checkpoint_gives_bitwise_identical_weights() {
         let e = finetune(&part).unwrap_err().to_string();
         assert!(e.contains("training_args.json") && e.contains("same optimizer"), "{e}");
         assert!(std::fs::read(part.out.join("checkpoint/model.safetensors")).unwrap() == b, "{tag}: a refused resume wrote weights");
+        part.optimizer = opt;
+        // So is resuming on other data (here: the first 40 examples of 48) or with another batch size or seed.
+        let mut other = part.clone();
+        other.max_train_examples = Some(40);
+        let e = finetune(&other).unwrap_err().to_string();
+        assert!(e.contains("tiny_train.csv") && e.contains("not the data the checkpoint"), "{e}");
+        for (flag, set) in [("--batch-size", (|a: &mut FinetuneArgs| a.batch_size = 4) as fn(&mut FinetuneArgs)), ("--seed", |a| a.seed += 1)] {
+            let mut other = part.clone();
+            set(&mut other);
+            let e = finetune(&other).unwrap_err().to_string();
+            assert!(e.contains("training_args.json") && e.contains(flag), "{flag}: {e}");
+        }
+        assert!(std::fs::read(part.out.join("checkpoint/model.safetensors")).unwrap() == b, "{tag}: a refused resume wrote weights");
     }
 }
 

@@ -148,6 +148,79 @@ struct TrainerState {
     history: Vec<serde_json::Value>,
     labels: Vec<String>,
     args_seed: u64,
+    /// What the run trains on: example count and a hash of their text and labels, so `--resume`
+    /// with other data is an error rather than a silently different run.
+    #[serde(default)]
+    train_examples: Option<usize>,
+    #[serde(default)]
+    train_fingerprint: Option<String>,
+}
+
+/// FNV-1a over every example's fields (with separators): a fingerprint of the training data.
+fn fingerprint(ex: &[Example]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |s: &str| {
+        for b in s.bytes().chain([0xff]) {
+            h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+    };
+    for e in ex {
+        match e {
+            Example::Seq { text, text_pair, label } => {
+                eat(text);
+                eat(text_pair.as_deref().unwrap_or("\u{0}none"));
+                eat(label);
+            }
+            Example::Tokens { words, tags } => {
+                words.iter().for_each(|w| eat(w));
+                tags.iter().for_each(|t| eat(t));
+            }
+        }
+        eat("\u{0}end");
+    }
+    format!("{h:016x}")
+}
+
+/// `--resume` continues the same run: the data and the flags that fix the batches, the data
+/// order and the model must be the checkpoint's. (The learning rate, epochs, patience and the
+/// like may change: a resumed run with new ones is still well defined, just not identical.)
+fn check_resume(args: &FinetuneArgs, state: &TrainerState, saved: &serde_json::Value, train: &[Example], ckpt: &Path) -> Result<()> {
+    if let (Some(n), Some(f)) = (state.train_examples, &state.train_fingerprint) {
+        let (m, g) = (train.len(), fingerprint(train));
+        if n != m || *f != g {
+            return file_err(
+                &args.train,
+                format!(
+                    "is not the data the checkpoint in {} was trained on ({n} examples, fingerprint {f}; this is {m} examples, {g}); \
+                     --resume continues the same run: give the same --train and --max-train-examples, or drop --resume",
+                    ckpt.display()
+                ),
+            );
+        }
+    }
+    let mine = serde_json::to_value(args).expect("args serialise");
+    for (key, flag) in [
+        ("task", "--task"),
+        ("batch_size", "--batch-size"),
+        ("grad_accum", "--grad-accum"),
+        ("seed", "--seed"),
+        ("max_length", "--max-length"),
+        ("truncate_left", "--truncate-left"),
+        ("freeze_backbone", "--freeze-backbone"),
+        ("memory", "--memory-tokens/--segment-len/--bptt"),
+    ] {
+        if let Some(was) = saved.get(key) {
+            let now = mine.get(key).cloned().unwrap_or(serde_json::Value::Null);
+            // No memory flags on resume: the checkpoint's memory config is used.
+            if *was != now && !(key == "memory" && now.is_null()) {
+                return file_err(
+                    ckpt.join("training_args.json"),
+                    format!("the checkpoint was trained with {flag} = {was}; resume with the same value (asked: {now}), or drop --resume"),
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The outcome of `finetune`: the best dev metric and where the model went.
@@ -162,6 +235,9 @@ pub struct Summary {
     pub out: PathBuf,
     pub train_examples_per_s: f64,
     pub train_tokens_per_s: f64,
+    /// Stopped by `stop_after_steps` with a checkpoint to resume from (no final evaluation).
+    pub interrupted: bool,
+    pub global_step: u64,
 }
 
 fn mix(a: u64, b: u64) -> u64 {
@@ -564,6 +640,12 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
     let src_dir = if resuming { ckpt.clone() } else { args.model.clone() };
     let config_labels = crate::models::bert::BertConfig::from_file(src_dir.join("config.json"))?.id2label;
     let labels = if resuming { state.labels.clone() } else { label_set(&config_labels, &train) };
+    if resuming {
+        check_resume(args, &state, &json_file(&ckpt.join("training_args.json"))?, &train, &ckpt)?;
+    } else {
+        state.train_examples = Some(train.len());
+        state.train_fingerprint = Some(fingerprint(&train));
+    }
     state.labels = labels.clone();
     state.args_seed = args.seed;
     let label_ids: HashMap<String, usize> = labels.iter().enumerate().map(|(i, l)| (l.clone(), i)).collect();
@@ -835,6 +917,8 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
         out: args.out.clone(),
         train_examples_per_s: seen_examples as f64 / secs,
         train_tokens_per_s: seen_tokens as f64 / secs,
+        interrupted,
+        global_step: state.global_step,
     })
 }
 
