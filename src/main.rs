@@ -405,7 +405,7 @@ fn inspect(dir: &Path) -> Result<()> {
     let tpath = dir.join("tokenizer.json");
     if tpath.is_file() {
         let max_len = max_seq_length(dir).unwrap_or(c.max_position_embeddings);
-        let tok = BertTokenizer::from_file(&tpath, max_len)?;
+        let tok = BertTokenizer::from_file(&tpath, max_len)?.fits(c.vocab_size)?;
         let ids: Vec<String> = ["[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]"]
             .iter()
             .filter_map(|t| tok.token_to_id(t).map(|id| format!("{t}={id}")))
@@ -437,7 +437,7 @@ fn embed(
         bert.to_device(device)?;
     }
     let max_len = max_length.or_else(|| max_seq_length(dir)).unwrap_or(512).min(bert.config.max_position_embeddings);
-    let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), max_len)?;
+    let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), max_len)?.fits(bert.config.vocab_size)?;
     let (pooling, _) = sentence_config(dir)?;
     let start = Instant::now();
     let (mut tokens, mut truncated) = (0usize, 0usize);

@@ -56,6 +56,19 @@ fn bad_input_exits_nonzero_naming_the_file() {
     assert!(!ok && stderr.contains("weights/does-not-exist"), "{stderr}");
     let (ok, _, stderr) = engram(&["embed", "--model", "weights/tiny-bert", "--input", "/no/such/file.txt"]);
     assert!(!ok && stderr.contains("/no/such/file.txt"), "{stderr}");
+    // A tokenizer from another checkpoint (ids past the model's vocab_size) names both files.
+    let dir = std::env::temp_dir().join(format!("engram-cli-mixed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(root().join("weights/tiny-bert").join(f), dir.join(f)).unwrap();
+    }
+    let mut tok: serde_json::Value = serde_json::from_slice(&std::fs::read(root().join("weights/tiny-bert/tokenizer.json")).unwrap()).unwrap();
+    tok["model"]["vocab"]["zebra"] = serde_json::json!(500);
+    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
+    for cmd in ["embed", "predict"] {
+        let (ok, _, stderr) = engram(&[cmd, "--model", dir.to_str().unwrap(), "a zebra"]);
+        assert!(!ok && stderr.contains("tokenizer.json") && stderr.contains("config.json") && stderr.contains("vocab_size = 135"), "{cmd}: {stderr}");
+    }
     let (ok, _, stderr) = engram(&["embed", "--model", "weights/tiny-bert", "--device", "cuda", "x"]);
     if !ok {
         assert!(stderr.contains("cuda") || stderr.contains("CUDA"), "{stderr}");

@@ -115,6 +115,24 @@ impl BertTokenizer {
         self.max_len
     }
 
+    /// The tokenizer must belong to the model: every id it can produce indexes the model's word
+    /// embeddings (`vocab_size` rows). A tokenizer from another checkpoint is an error here,
+    /// naming both files, instead of an out-of-range id deep in the first forward.
+    pub fn fits(self, vocab_size: usize) -> Result<BertTokenizer> {
+        let top = self.inner.get_vocab(true).into_values().max().unwrap_or(0) as usize;
+        if top >= vocab_size {
+            let cfg = self.path.with_file_name("config.json");
+            return file_err(
+                &self.path,
+                format!(
+                    "has token ids up to {top}, but {} gives vocab_size = {vocab_size}: the tokenizer and the model come from different checkpoints",
+                    cfg.display()
+                ),
+            );
+        }
+        Ok(self)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

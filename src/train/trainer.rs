@@ -703,7 +703,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
             *t = t.detach();
         }
     }
-    let tok = BertTokenizer::from_file(args.model.join("tokenizer.json"), args.max_length.min(bert.config.max_position_embeddings))?.truncate_left(args.truncate_left)?;
+    let tok = BertTokenizer::from_file(args.model.join("tokenizer.json"), args.max_length.min(bert.config.max_position_embeddings))?.truncate_left(args.truncate_left)?.fits(bert.config.vocab_size)?;
 
     let micro_per_epoch = train.len().div_ceil(args.batch_size);
     let steps_per_epoch = micro_per_epoch.div_ceil(args.grad_accum) as u64;
@@ -970,7 +970,7 @@ fn load_finetuned(dir: &Path, device: Device) -> Result<(Bert, Task, Vec<String>
 pub fn evaluate_dir(dir: &Path, data: &Path, max_length: usize, device: Device) -> Result<(String, serde_json::Value)> {
     let (bert, task, labels, mem) = load_finetuned(dir, device)?;
     let ex = load_examples(task, data, None)?;
-    let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), max_length.min(bert.config.max_position_embeddings))?;
+    let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), max_length.min(bert.config.max_position_embeddings))?.fits(bert.config.vocab_size)?;
     let ev = evaluate(&bert, mem.as_ref(), &tok, task, &ex, &labels, 64, data)?;
     Ok((ev.text, serde_json::json!({ "metrics": ev.json, "values": ev.values })))
 }
@@ -1009,7 +1009,7 @@ pub fn split_words(text: &str) -> Vec<(String, usize, usize)> {
 /// the memory states after each segment.
 pub fn predict_dir(dir: &Path, texts: &[String], max_length: usize, batch_size: usize, device: Device, memory_norms: bool) -> Result<Vec<serde_json::Value>> {
     let (bert, task, labels, mem) = load_finetuned(dir, device)?;
-    let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), max_length.min(bert.config.max_position_embeddings))?;
+    let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), max_length.min(bert.config.max_position_embeddings))?.fits(bert.config.vocab_size)?;
     let mut out = Vec::new();
     for chunk in texts.chunks(batch_size.max(1)) {
         match task {
