@@ -25,7 +25,8 @@ impl Example {
 
 fn read(path: &Path) -> Result<String> {
     match std::fs::read_to_string(path) {
-        Ok(t) => Ok(t),
+        // A UTF-8 byte-order mark (spreadsheet exports) is not part of the first column's name.
+        Ok(t) => Ok(t.strip_prefix('\u{feff}').map(str::to_string).unwrap_or(t)),
         Err(e) => file_err(path, format!("cannot read: {e}")),
     }
 }
@@ -89,6 +90,24 @@ fn parse_delimited(path: &Path, text: &str, delim: char) -> Result<Vec<(usize, V
     Ok(out)
 }
 
+/// The keys of a JSON line and their kinds, for error messages: `text: null, label: string`.
+fn keys(v: &serde_json::Value) -> String {
+    let Some(o) = v.as_object() else { return "not an object".into() };
+    let kind = |x: &serde_json::Value| match x {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "bool",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(a) if a.iter().all(|e| e.is_string()) => "array of strings",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    };
+    if o.is_empty() {
+        return "no fields".into();
+    }
+    o.iter().map(|(k, x)| format!("{k}: {}", kind(x))).collect::<Vec<_>>().join(", ")
+}
+
 fn ext(path: &Path) -> String {
     path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default()
 }
@@ -118,7 +137,7 @@ pub fn load_classification(path: impl AsRef<Path>) -> Result<Vec<Example>> {
                     }
                 };
                 let (Some(t), Some(label)) = (field("text"), field("label")) else {
-                    return file_err(path, format!("line {}: needs string fields \"text\" and \"label\"", i + 1));
+                    return file_err(path, format!("line {}: needs string fields \"text\" and \"label\" (found {})", i + 1, keys(&v)));
                 };
                 out.push(Example::Seq { text: t, text_pair: field("text_pair"), label });
             }
@@ -165,7 +184,7 @@ pub fn load_token_classification(path: impl AsRef<Path>) -> Result<Vec<Example>>
             };
             let strings = |k: &str| -> Option<Vec<String>> { v.get(k)?.as_array()?.iter().map(|x| x.as_str().map(String::from)).collect() };
             let (Some(words), Some(tags)) = (strings("tokens"), strings("tags").or_else(|| strings("ner_tags"))) else {
-                return file_err(path, format!("line {}: needs string arrays \"tokens\" and \"tags\"", i + 1));
+                return file_err(path, format!("line {}: needs string arrays \"tokens\" and \"tags\" (found {})", i + 1, keys(&v)));
             };
             if words.len() != tags.len() {
                 return file_err(path, format!("line {}: {} tokens but {} tags", i + 1, words.len(), tags.len()));
@@ -220,5 +239,23 @@ mod tests {
         assert_eq!(rows[2], (4, vec!["plain".to_string(), "neg".into()]));
         let e = parse_delimited(p, "text,label\n\"open,neg\n", ',').unwrap_err().to_string();
         assert!(e.contains("x.csv") && e.contains("never closed"), "{e}");
+    }
+
+    #[test]
+    fn bom_is_stripped_and_json_errors_list_the_fields() {
+        let dir = std::env::temp_dir().join(format!("engram-data-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("bom.csv");
+        std::fs::write(&p, "\u{feff}text,label\r\nhello,pos\r\n").unwrap();
+        let ex = load_classification(&p).unwrap();
+        assert!(matches!(&ex[0], Example::Seq { text, label, .. } if text == "hello" && label == "pos"));
+        let p = dir.join("glue.jsonl");
+        std::fs::write(&p, "{\"sentence\": \"a\", \"label\": 1}\n").unwrap();
+        let e = load_classification(&p).unwrap_err().to_string();
+        assert!(e.contains("glue.jsonl") && e.contains("line 1") && e.contains("sentence: string, label: number"), "{e}");
+        let p = dir.join("ner.jsonl");
+        std::fs::write(&p, "{\"tokens\": [\"a\"], \"ner_tags\": [3]}\n").unwrap();
+        let e = load_token_classification(&p).unwrap_err().to_string();
+        assert!(e.contains("tokens: array of strings, ner_tags: array)"), "{e}");
     }
 }
