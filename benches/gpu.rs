@@ -75,17 +75,21 @@ mod gpu {
         drop((big, big2));
 
         let tape = Tape::inference();
-        for &(m, n, k) in &[(4096usize, 768usize, 768usize), (4096, 3072, 768), (4096, 768, 3072)] {
+        // BERT-base shapes (768) and MiniLM's (384) at 32 × 128 tokens; every GEMM variant.
+        use engram::device::cuda::{with_gemm_variant, GemmVariant};
+        for &(m, n, k) in &[(4096usize, 768usize, 768usize), (4096, 3072, 768), (4096, 768, 3072), (4096, 384, 384), (4096, 1536, 384)] {
             let x = randn(1, &[m, k])?;
             let w = randn(2, &[n, k])?;
-            let ms = time(&dev, 10, || ops::linear(&tape, &x, &w, None).map(|_| ()))?;
-            let tflops = 2.0 * (m * n * k) as f64 / (ms * 1e-3) / 1e12;
             let yard = cublas_linear(&dev, &x, &w, m, n, k)?;
-            let yardstick = match yard {
-                Some(cms) => format!("cuBLAS {:.2} ms = {:.1} TFLOP/s; engram at {:.0}%", cms, 2.0 * (m * n * k) as f64 / (cms * 1e-3) / 1e12, 100.0 * cms / ms),
-                None => "cuBLAS not available".into(),
-            };
-            rows.push(Row { what: format!("gemm_v1 linear {m}x{n}x{k}"), ms, metric: format!("{tflops:.1} TFLOP/s"), yardstick });
+            for v in GemmVariant::ALL {
+                let ms = with_gemm_variant(v, || time(&dev, 10, || ops::linear(&tape, &x, &w, None).map(|_| ())))?;
+                let tflops = 2.0 * (m * n * k) as f64 / (ms * 1e-3) / 1e12;
+                let yardstick = match yard {
+                    Some(cms) => format!("cuBLAS {:.2} ms = {:.1} TFLOP/s; engram at {:.0}%", cms, 2.0 * (m * n * k) as f64 / (cms * 1e-3) / 1e12, 100.0 * cms / ms),
+                    None => "cuBLAS not available".into(),
+                };
+                rows.push(Row { what: format!("{} linear {m}x{n}x{k}", v.kernel()), ms, metric: format!("{tflops:.1} TFLOP/s"), yardstick });
+            }
         }
 
         let (b, t, c, nh) = (32usize, 128usize, 768usize, 12usize);
@@ -212,12 +216,14 @@ mod gpu {
             // SAFETY: the buffers hold the sizes the config describes.
             unsafe { blas.gemm(cfg, wd, xd, &mut y) }.map_err(|e| engram::Error::Device(format!("cuBLAS gemm: {e:?}")))
         })?;
-        // Check our GEMM against cuBLAS on the same inputs while we are here.
-        let ours = ops::linear(&Tape::inference(), x, w, None)?.to_f64_vec();
+        // Check every GEMM variant against cuBLAS on the same inputs while we are here.
         let theirs = dev.dtoh(&y, m * n)?;
-        let worst = ours.iter().zip(&theirs).map(|(a, b)| (a - *b as f64).abs() / (1.0 + (*b as f64).abs())).fold(0.0, f64::max);
-        if worst > 1e-3 {
-            return Err(engram::Error::Device(format!("gemm_v1 disagrees with cuBLAS at {m}x{n}x{k}: rel {worst:e}")));
+        for v in engram::device::cuda::GemmVariant::ALL {
+            let ours = engram::device::cuda::with_gemm_variant(v, || ops::linear(&Tape::inference(), x, w, None))?.to_f64_vec();
+            let worst = ours.iter().zip(&theirs).map(|(a, b)| (a - *b as f64).abs() / (1.0 + (*b as f64).abs())).fold(0.0, f64::max);
+            if worst > 1e-3 {
+                return Err(engram::Error::Device(format!("{} disagrees with cuBLAS at {m}x{n}x{k}: rel {worst:e}", v.kernel())));
+            }
         }
         Ok(Some(ms))
     }

@@ -98,8 +98,16 @@ mod gpu {
         if !gpu("matmul") {
             return;
         }
+        // Every GEMM kernel (production v1, and the variants on trial), forward and backward.
+        for v in engram::device::cuda::GemmVariant::ALL {
+            eprintln!("matmul parity with {}", v.kernel());
+            engram::device::cuda::with_gemm_variant(v, matmul_linear_parity_with_the_current_gemm);
+        }
+    }
+
+    fn matmul_linear_parity_with_the_current_gemm() {
         let mut r = Rng::new(1);
-        for &(m, k, n) in &[(1, 1, 1), (37, 19, 45), (65, 130, 67), (5, 300, 3)] {
+        for &(m, k, n) in &[(1, 1, 1), (37, 19, 45), (65, 130, 67), (5, 300, 3), (257, 70, 131)] {
             let x = randn(&mut r, &[m, k]).requires_grad();
             let w = randn(&mut r, &[n, k]).requires_grad();
             let b = randn(&mut r, &[n]).requires_grad();

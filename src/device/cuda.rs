@@ -66,6 +66,8 @@ pub struct CudaDev {
     stream: Arc<CudaStream>,
     name: String,
     cc: (i32, i32),
+    /// Streaming multiprocessors (for choosing a GEMM tile that fills the GPU).
+    sms: usize,
     modules: HashMap<&'static str, Arc<CudaModule>>,
     funcs: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
 }
@@ -200,7 +202,8 @@ fn init() -> std::result::Result<Arc<CudaDev>, String> {
             .map_err(|e| format!("cannot load kernel module '{module}' on {name} (sm_{}{}): {e}", cc.0, cc.1))?;
         loaded.insert(module, m);
     }
-    Ok(Arc::new(CudaDev { ctx, stream, name, cc, modules: loaded, funcs: Mutex::new(HashMap::new()) }))
+    let sms = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map_or(1, |n| n.max(1) as usize);
+    Ok(Arc::new(CudaDev { ctx, stream, name, cc, sms, modules: loaded, funcs: Mutex::new(HashMap::new()) }))
 }
 
 /// 1-D launch over `n` elements with grid-stride loops in the kernel.
@@ -290,6 +293,68 @@ pub fn check_cuda(op: &'static str, ts: &[&crate::tensor::Tensor]) -> Result<()>
     Ok(())
 }
 
+/// The GEMM kernels of kernels/matmul.cu.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemmVariant {
+    /// 64×64 tile, 4×4 per thread: production.
+    V1,
+    /// 128×128 tile, 8×8 per thread, double-buffered (not yet run on a GPU).
+    V2,
+    /// 64×128 tile of the same kernel, for shapes with too few 128×128 tiles to fill the GPU.
+    V2x64,
+}
+
+impl GemmVariant {
+    pub const ALL: [GemmVariant; 3] = [GemmVariant::V1, GemmVariant::V2, GemmVariant::V2x64];
+
+    pub fn kernel(self) -> &'static str {
+        match self {
+            GemmVariant::V1 => "gemm_v1",
+            GemmVariant::V2 => "gemm_v2",
+            GemmVariant::V2x64 => "gemm_v2_64",
+        }
+    }
+
+    /// (rows, columns) of C per block, and threads per block.
+    fn tile(self) -> (usize, usize, u32) {
+        match self {
+            GemmVariant::V1 => (64, 64, 256),
+            GemmVariant::V2 => (128, 128, 256),
+            GemmVariant::V2x64 => (64, 128, 128),
+        }
+    }
+}
+
+thread_local! {
+    /// A variant forced for this thread's launches (tests and benchmarks compare them).
+    static GEMM_FORCED: std::cell::Cell<Option<GemmVariant>> = const { std::cell::Cell::new(None) };
+}
+
+/// Run `f` with every GEMM launched from this thread using `v` (tests, benchmarks).
+pub fn with_gemm_variant<R>(v: GemmVariant, f: impl FnOnce() -> R) -> R {
+    let prev = GEMM_FORCED.with(|c| c.replace(Some(v)));
+    let r = f();
+    GEMM_FORCED.with(|c| c.set(prev));
+    r
+}
+
+/// The GEMM for a launch: the forced one, else `ENGRAM_GEMM=v2` → v2 (its 64×128 tile when the
+/// 128×128 tiles would not give every SM a block), else v1, the production kernel.
+fn gemm_variant(dev: &CudaDev, batch: usize, m: usize, n: usize) -> GemmVariant {
+    if let Some(v) = GEMM_FORCED.with(|c| c.get()) {
+        return v;
+    }
+    static ENV: OnceLock<bool> = OnceLock::new();
+    if !*ENV.get_or_init(|| std::env::var("ENGRAM_GEMM").is_ok_and(|v| v == "v2")) {
+        return GemmVariant::V1;
+    }
+    if m.div_ceil(128) * n.div_ceil(128) * batch >= dev.sms {
+        GemmVariant::V2
+    } else {
+        GemmVariant::V2x64
+    }
+}
+
 /// GEMM launch: C[b] (=, or += when `acc`) op(A[b])·op(B[b]); see kernels/matmul.cu.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
@@ -308,15 +373,13 @@ pub fn gemm(
 ) -> Result<()> {
     let (mi, ni, ki, tai, tbi, acci) = (m as i32, n as i32, k as i32, ta as i32, tb as i32, acc as i32);
     let (sa, sb, sc) = (strides.0 as i64, strides.1 as i64, strides.2 as i64);
-    let cfg = LaunchConfig {
-        grid_dim: (n.div_ceil(64) as u32, m.div_ceil(64) as u32, batch as u32),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
     if m == 0 || n == 0 || batch == 0 {
         return Ok(());
     }
-    launch!(dev, "matmul", "gemm_v1", cfg; c, a, b, &mi, &ni, &ki, &tai, &tbi, &sa, &sb, &sc, &acci)
+    let v = gemm_variant(dev, batch, m, n);
+    let (bm, bn, threads) = v.tile();
+    let cfg = LaunchConfig { grid_dim: (n.div_ceil(bn) as u32, m.div_ceil(bm) as u32, batch as u32), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+    launch!(dev, "matmul", v.kernel(), cfg; c, a, b, &mi, &ni, &ki, &tai, &tbi, &sa, &sb, &sc, &acci)
 }
 
 /// Wrap a device f32 buffer as tensor storage.
