@@ -16,7 +16,7 @@
 extern "C" __global__ void attention_fwd_v1(float* out, float* probs, const float* q, const float* k, const float* v,
                                             const long long* mask, int B, int NH, int Tq, int Tk, int HS, float scale,
                                             unsigned long long seed, float p, float inv) {
-    extern __shared__ float4 sm4[];  // float4: 16-byte aligned, so vectorised shared loads stay in bounds
+    DYNAMIC_SHARED(float4, sm4);  // float4: 16-byte aligned, so vectorised shared loads stay in bounds
     float* sm = reinterpret_cast<float*>(sm4);
     float* s = sm;                     // Tk scores, then probabilities
     float* qs = sm + ((Tk + 3) & ~3);  // HS: the query row (16-byte aligned)
@@ -68,7 +68,7 @@ extern "C" __global__ void attention_fwd_v1(float* out, float* probs, const floa
 extern "C" __global__ void attention_bwd_q_v1(float* dq, float* ds, const float* dout, const float* probs, const float* k,
                                               const float* v, int B, int NH, int Tq, int Tk, int HS, float scale,
                                               unsigned long long seed, float p, float inv) {
-    extern __shared__ float4 sm4[];
+    DYNAMIC_SHARED(float4, sm4);
     float* sm = reinterpret_cast<float*>(sm4);
     float* s = sm;                      // Tk: dP, then dS
     float* dos = sm + ((Tk + 3) & ~3);  // HS: the dO row (16-byte aligned)

@@ -18,6 +18,14 @@ __device__ __forceinline__ bool dropout_keep(unsigned long long seed, long long 
     return u >= p;
 }
 
+// Dynamically sized shared memory (the launch's shared_mem_bytes), as an array `name` of `type`.
+// A macro so that the CPU emulator (kernels/emu/cuda_emu.h) can supply the block's buffer.
+#ifdef ENGRAM_EMU
+#define DYNAMIC_SHARED(type, name) type* name = reinterpret_cast<type*>(emu::dynamic_shared())
+#else
+#define DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
 #define GRID_STRIDE(i, n) \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (long long)(n); \
          i += (long long)blockDim.x * gridDim.x)

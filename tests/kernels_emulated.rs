@@ -11,6 +11,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use engram::optim::{ParamGroup, Sgd, SgdConfig};
+use engram::util::Rng;
+use engram::{ops, Tape, Tensor};
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -22,8 +26,8 @@ fn cxx() -> Option<String> {
 }
 
 /// Compile `tests/emu/<harness>.cpp` found under `tree` (the repository, or a mutated copy of
-/// its kernels) and run it; returns (success, output).
-fn build_and_run(cxx: &str, tree: &Path, harness: &str, tag: &str) -> (bool, String) {
+/// its kernels); returns the executable.
+fn build(cxx: &str, tree: &Path, harness: &str, tag: &str) -> PathBuf {
     let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("emu");
     std::fs::create_dir_all(&out_dir).unwrap();
     let exe = out_dir.join(format!("{harness}-{tag}"));
@@ -37,14 +41,23 @@ fn build_and_run(cxx: &str, tree: &Path, harness: &str, tag: &str) -> (bool, Str
         c.arg("-include").arg(tree.join("kernels/emu/cuda_emu.h")).arg("-I").arg(tree.join("kernels")).arg(&src).arg("-o").arg(&exe);
         c.output().expect("run the C++ compiler")
     };
-    let mut build = compile(true);
-    if !build.status.success() {
+    let mut out = compile(true);
+    if !out.status.success() {
         eprintln!("note: building {harness} without AddressSanitizer ({cxx} could not link it)");
-        build = compile(false);
+        out = compile(false);
     }
-    assert!(build.status.success(), "{cxx} failed on {}:\n{}", src.display(), String::from_utf8_lossy(&build.stderr));
-    let run = Command::new(&exe).output().expect("run the emulated kernel test");
-    (run.status.success(), format!("{}{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr)))
+    assert!(out.status.success(), "{cxx} failed on {}:\n{}", src.display(), String::from_utf8_lossy(&out.stderr));
+    exe
+}
+
+/// Run an emulated-kernel executable; returns (success, stdout + stderr).
+fn run(exe: &Path, args: &[&Path]) -> (bool, String) {
+    let out = Command::new(exe).args(args).output().expect("run the emulated kernel test");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+fn build_and_run(cxx: &str, tree: &Path, harness: &str, tag: &str) -> (bool, String) {
+    run(&build(cxx, tree, harness, tag), &[])
 }
 
 /// A copy of the kernel sources and harnesses with `file`'s `from` replaced by `to` (which must
@@ -90,4 +103,170 @@ fn gemm_kernels_match_the_f64_reference_on_the_emulator() {
         let (ok, out) = build_and_run(&cxx, &tree, "gemm", tag);
         assert!(!ok, "mutant {tag} ({from:?} → {to:?}) passed the emulated test:\n{out}");
     }
+}
+
+fn write_f32(path: &Path, v: &[f64]) {
+    std::fs::write(path, v.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+}
+
+fn read_f32(path: &Path) -> Vec<f64> {
+    std::fs::read(path).unwrap().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect()
+}
+
+fn randn(rng: &mut Rng, shape: &[usize]) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::from_vec(rng.normal_vec(n).into_iter().map(|x| x as f32).collect::<Vec<f32>>(), shape).unwrap()
+}
+
+/// One attention case through the emulated kernels (`exe`) and through engram's CPU op; returns
+/// the worst relative error over the output and the three gradients, or a description of the
+/// first failure.
+fn attention_case(exe: &Path, dir: &Path, dims: [usize; 5], p: f64, mask: Option<Vec<i64>>) -> Result<f64, String> {
+    let [b, nh, tq, tk, hs] = dims;
+    let mut rng = Rng::new((b * 1000 + tq * 10 + tk) as u64);
+    let (q, k, v) = (randn(&mut rng, &[b, nh, tq, hs]), randn(&mut rng, &[b, nh, tk, hs]), randn(&mut rng, &[b, nh, tk, hs]));
+    let dout = randn(&mut rng, &[b, nh, tq, hs]);
+    let scale = 1.0 / (hs as f64).sqrt();
+    let tape_seed = 77;
+    let tape = Tape::training(tape_seed);
+    let (qt, kt, vt) = (q.clone().requires_grad(), k.clone().requires_grad(), v.clone().requires_grad());
+    let m = mask.as_ref().map(|m| Tensor::from_ids(m.clone(), &[b, tk]).unwrap());
+    let out = ops::attention(&tape, &qt, &kt, &vt, m.as_ref(), scale, p).unwrap();
+    let g = tape.backward_with(&out, &dout).unwrap();
+    // The op's dropout seed: the tape's first dropout call (none is drawn when p = 0).
+    let seed = if p > 0.0 { ops::dropout::mix_seed(tape_seed, 0) } else { 0 };
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("dims.txt"), format!("{b} {nh} {tq} {tk} {hs} {scale} {seed} {p} {}\n", u8::from(mask.is_some()))).unwrap();
+    for (name, t) in [("q", &q), ("k", &k), ("v", &v), ("dout", &dout)] {
+        write_f32(&dir.join(name), &t.to_f64_vec());
+    }
+    if let Some(m) = &mask {
+        std::fs::write(dir.join("mask"), m.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    }
+    let (ok, log) = run(exe, &[dir]);
+    if !ok {
+        return Err(format!("the emulated kernels failed:\n{log}"));
+    }
+    let mut worst = 0.0f64;
+    let want = [("out", out.to_f64_vec()), ("dq", g.tensor(&qt).unwrap().to_f64_vec()), ("dk", g.tensor(&kt).unwrap().to_f64_vec()), ("dv", g.tensor(&vt).unwrap().to_f64_vec())];
+    for (name, w) in want {
+        let got = read_f32(&dir.join(name));
+        if got.len() != w.len() {
+            return Err(format!("{name}: {} values, want {}", got.len(), w.len()));
+        }
+        for (i, (x, y)) in got.iter().zip(&w).enumerate() {
+            let err = (x - y).abs() / (1e-5 / 1e-4 + y.abs());
+            if !(err <= 1e-4) {
+                return Err(format!("{name}[{i}] = {x}, CPU {y} (dims {dims:?}, p {p})"));
+            }
+            worst = worst.max(err);
+        }
+    }
+    Ok(worst)
+}
+
+/// The cases: dropout off and on (the CUDA dropout paths that only ran on paper so far), a
+/// padding mask with a fully padded sequence, no mask, and Tk / HS that are not multiples of 4
+/// or of the block size.
+fn attention_cases(exe: &Path, tag: &str) -> Result<(), String> {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("emu-attention-{tag}"));
+    let masked = |b: usize, tk: usize| -> Vec<i64> {
+        (0..b * tk).map(|i| if i / tk == b - 1 { 0 } else { i64::from((i % tk) % 5 != 3) }).collect()
+    };
+    let cases: [([usize; 5], f64, Option<Vec<i64>>); 4] = [
+        ([2, 3, 5, 7, 8], 0.0, Some(masked(2, 7))),
+        ([2, 2, 9, 9, 16], 0.25, Some(masked(2, 9))),
+        ([1, 2, 6, 130, 33], 0.1, None),
+        ([3, 1, 4, 11, 5], 0.5, Some(masked(3, 11))),
+    ];
+    for (i, (dims, p, mask)) in cases.into_iter().enumerate() {
+        let worst = attention_case(exe, &dir.join(i.to_string()), dims, p, mask)?;
+        eprintln!("attention {dims:?} p {p}: worst rel err {worst:.2e}");
+    }
+    Ok(())
+}
+
+#[test]
+fn attention_kernels_match_the_cpu_op_with_dropout_on_the_emulator() {
+    let Some(cxx) = cxx() else {
+        eprintln!("SKIPPED: no C++ compiler (g++/clang++/CXX) to build the kernel emulator");
+        return;
+    };
+    let exe = build(&cxx, &root(), "attention", "real");
+    if let Err(e) = attention_cases(&exe, "real") {
+        panic!("{e}");
+    }
+    // A kernel that draws a different dropout mask in one place fails.
+    let mutants = [
+        ("attn-fwd-drop", "attention.cu", "dropout_keep(seed, (bh * Tq + i) * Tk + j, p) ? pj * inv", "dropout_keep(seed, (bh * Tq + i) * Tk + j + 1, p) ? pj * inv"),
+        ("attn-kv-drop", "attention.cu", "dropout_keep(seed, ij, p) ? probs[ij] * inv", "dropout_keep(seed ^ 1, ij, p) ? probs[ij] * inv"),
+        ("attn-q-mask", "attention.cu", "if (p > 0.f) dp = dropout_keep(seed, (bh * Tq + i) * Tk + j, p) ? dp * inv : 0.f;", ""),
+    ];
+    for (tag, file, from, to) in mutants {
+        let tree = mutated_tree(tag, file, from, to);
+        let exe = build(&cxx, &tree, "attention", tag);
+        assert!(attention_cases(&exe, tag).is_err(), "mutant {tag} ({from:?} → {to:?}) matched the CPU op");
+    }
+}
+
+/// `steps` SGD steps of engram's CPU optimizer on one parameter (random gradients) against the
+/// emulated `sgd_step_v1`; Err describes the first weight that differs.
+fn sgd_case(exe: &Path, dir: &Path, n: usize, cfg: SgdConfig, wd: f64) -> Result<(), String> {
+    let steps = 3;
+    let mut rng = Rng::new(n as u64 + 5);
+    let w0 = randn(&mut rng, &[n]);
+    std::fs::create_dir_all(dir).unwrap();
+    write_f32(&dir.join("w"), &w0.to_f64_vec());
+    let mut w = w0.clone().requires_grad();
+    let mut opt = Sgd::new(cfg);
+    let lr = 0.05;
+    for t in 0..steps {
+        let g = randn(&mut rng, &[n]);
+        write_f32(&dir.join(format!("g{t}")), &g.to_f64_vec());
+        let tape = Tape::training(0);
+        let y = ops::scale(&tape, &w, 1.0).unwrap();
+        let grads = tape.backward_with(&y, &g).unwrap();
+        let mut groups = vec![ParamGroup { params: vec![&mut w], weight_decay: wd }];
+        opt.step(&mut groups, &grads, lr).unwrap();
+    }
+    std::fs::write(dir.join("cfg.txt"), format!("{n} {steps} {lr} {wd} {} {} {}\n", cfg.momentum, cfg.dampening, u8::from(cfg.nesterov))).unwrap();
+    let (ok, log) = run(exe, &[dir]);
+    if !ok {
+        return Err(format!("the emulated kernel failed:\n{log}"));
+    }
+    let got = read_f32(&dir.join("w_out"));
+    for (i, (x, y)) in got.iter().zip(w.to_f64_vec()).enumerate() {
+        // Same f32 operations in the same order: equal up to FMA contraction.
+        if !((x - y).abs() <= 1e-6 * (1.0 + y.abs())) {
+            return Err(format!("w[{i}] = {x}, CPU {y} (n {n}, {cfg:?}, wd {wd})"));
+        }
+    }
+    Ok(())
+}
+
+fn sgd_cases(exe: &Path, tag: &str) -> Result<(), String> {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("emu-sgd-{tag}"));
+    let cases = [
+        (1000, SgdConfig { momentum: 0.9, dampening: 0.0, nesterov: false }, 0.01),
+        (257, SgdConfig { momentum: 0.9, dampening: 0.1, nesterov: true }, 0.0),
+        (300, SgdConfig { momentum: 0.0, dampening: 0.0, nesterov: false }, 0.1),
+    ];
+    for (i, (n, cfg, wd)) in cases.into_iter().enumerate() {
+        sgd_case(exe, &dir.join(i.to_string()), n, cfg, wd)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn sgd_kernel_matches_the_cpu_optimizer_on_the_emulator() {
+    let Some(cxx) = cxx() else {
+        eprintln!("SKIPPED: no C++ compiler (g++/clang++/CXX) to build the kernel emulator");
+        return;
+    };
+    let exe = build(&cxx, &root(), "sgd", "real");
+    if let Err(e) = sgd_cases(&exe, "real") {
+        panic!("{e}");
+    }
+    let tree = mutated_tree("sgd-first", "sgd.cu", "const float b = first ? d : mu * buf[i] + one_minus_damp * d;", "const float b = mu * buf[i] + one_minus_damp * d;");
+    assert!(sgd_cases(&build(&cxx, &tree, "sgd", "sgd-first"), "sgd-first").is_err(), "a kernel that ignores the first step's buffer rule passed");
 }

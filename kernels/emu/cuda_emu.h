@@ -17,13 +17,16 @@
 // run (tests/cuda.rs) before it goes into production.
 //
 // Usage (C++):  emu::launch(dim3(gx, gy, gz), dim3(bx), [&] { my_kernel(args...); });
+//               emu::launch(grid, block, [&] { ... }, shared_mem_bytes);  // DYNAMIC_SHARED
 #pragma once
+#define ENGRAM_EMU 1  // kernels/common.cuh: DYNAMIC_SHARED takes the emulator's buffer
 
 #include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <algorithm>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -52,6 +55,11 @@ inline std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
 // One 8-byte slot per thread for shuffles (float, int or double).
 inline std::vector<uint64_t> warp_slots;
 
+// The launch's dynamic shared memory (DYNAMIC_SHARED), 16-byte aligned; filled with NaN bytes
+// before every block, so a kernel that reads what it did not write sees garbage, as on a GPU.
+inline std::vector<float4> dyn_smem;
+inline void* dynamic_shared() { return dyn_smem.data(); }
+
 inline unsigned linear_tid() { return tid.x + bdim.x * (tid.y + bdim.y * tid.z); }
 
 template <class T>
@@ -73,8 +81,9 @@ T shfl(T v, int src_lane_fn(int lane, int arg), int arg) {
 
 // Run `body` (a kernel call) over the grid: each block's threads concurrently, blocks in order.
 template <class F>
-void launch(dim3 grid, dim3 block, F body) {
+void launch(dim3 grid, dim3 block, F body, size_t shared_bytes = 0) {
     const unsigned nt = block.x * block.y * block.z;
+    dyn_smem.assign((shared_bytes + 15) / 16, float4{NAN, NAN, NAN, NAN});
     gdim = grid;
     bdim = block;
     std::barrier<> bar((std::ptrdiff_t)nt);
@@ -94,6 +103,8 @@ void launch(dim3 grid, dim3 block, F body) {
                 for (unsigned by = 0; by < grid.y; ++by)
                     for (unsigned bx = 0; bx < grid.x; ++bx) {
                         bid = uint3{bx, by, bz};
+                        if (t == 0) std::fill(dyn_smem.begin(), dyn_smem.end(), float4{NAN, NAN, NAN, NAN});
+                        bar.arrive_and_wait();
                         body();
                         bar.arrive_and_wait();  // the next block may reuse the shared statics
                     }

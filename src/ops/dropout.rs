@@ -18,8 +18,9 @@ fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The seed of the `call`-th dropout on a tape seeded with `seed`.
-pub(crate) fn mix_seed(seed: u64, call: u64) -> u64 {
+/// The seed of the `call`-th dropout on a tape seeded with `seed` (public: the GPU kernels and
+/// the emulated-kernel tests draw the same masks from it).
+pub fn mix_seed(seed: u64, call: u64) -> u64 {
     mix64(seed ^ mix64(call.wrapping_add(0x9e37_79b9_7f4a_7c15)))
 }
 

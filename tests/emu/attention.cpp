@@ -1,0 +1,72 @@
+// kernels/attention.cu on the CPU emulator: forward and both backward kernels, launched exactly as
+// src/ops/attention.rs launches them (grid (rows, B·NH), 128 threads, shared memory = the Tk
+// scores and one HS row in whole float4s; outputs poisoned with NaN, gradients zeroed).
+// tests/kernels_emulated.rs writes the inputs into DIR and compares what this writes back with
+// engram's CPU attention (dropout on, padding mask, random upstream gradient).
+//
+//   attention DIR   reads DIR/{dims.txt, q, k, v, mask, dout}, writes DIR/{out, dq, dk, dv}
+#include "../../kernels/attention.cu"
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+
+template <class T>
+static std::vector<T> load(const std::string& path, size_t n) {
+    std::vector<T> v(n);
+    std::ifstream f(path, std::ios::binary);
+    if (!f.read(reinterpret_cast<char*>(v.data()), (std::streamsize)(n * sizeof(T)))) {
+        std::fprintf(stderr, "cannot read %zu values from %s\n", n, path.c_str());
+        std::exit(2);
+    }
+    return v;
+}
+
+static void save(const std::string& path, const std::vector<float>& v) {
+    std::ofstream f(path, std::ios::binary);
+    f.write(reinterpret_cast<const char*>(v.data()), (std::streamsize)(v.size() * sizeof(float)));
+}
+
+int main(int argc, char** argv) {
+    if (argc < 2) {
+        std::fprintf(stderr, "usage: attention DIR\n");
+        return 2;
+    }
+    const std::string dir = argv[1];
+    int B, NH, Tq, Tk, HS, use_mask;
+    float scale, p;
+    unsigned long long seed;
+    {
+        std::ifstream f(dir + "/dims.txt");
+        if (!(f >> B >> NH >> Tq >> Tk >> HS >> scale >> seed >> p >> use_mask)) {
+            std::fprintf(stderr, "bad %s/dims.txt\n", dir.c_str());
+            return 2;
+        }
+    }
+    const float inv = p > 0.f ? (float)(1.0 / (1.0 - (double)p)) : 1.f;
+    const size_t nq = (size_t)B * NH * Tq * HS, nk = (size_t)B * NH * Tk * HS, np = (size_t)B * NH * Tq * Tk;
+    auto q = load<float>(dir + "/q", nq), k = load<float>(dir + "/k", nk), v = load<float>(dir + "/v", nk);
+    auto dout = load<float>(dir + "/dout", nq);
+    std::vector<long long> mask;
+    if (use_mask) mask = load<long long>(dir + "/mask", (size_t)B * Tk);
+    std::vector<float> out(nq, NAN), probs(np, NAN), ds(np, NAN), dq(nq, 0.f), dk(nk, 0.f), dv(nk, 0.f);
+    auto smem = [](int tk, int hs) { return (size_t)(((tk + 3) / 4) + ((hs + 3) / 4)) * 16; };
+    const dim3 block(128);
+    emu::launch(dim3(Tq, B * NH), block, [&] {
+        attention_fwd_v1(out.data(), probs.data(), q.data(), k.data(), v.data(), use_mask ? mask.data() : nullptr, B, NH, Tq, Tk, HS,
+                         scale, seed, p, inv);
+    }, smem(Tk, HS));
+    emu::launch(dim3(Tq, B * NH), block, [&] {
+        attention_bwd_q_v1(dq.data(), ds.data(), dout.data(), probs.data(), k.data(), v.data(), B, NH, Tq, Tk, HS, scale, seed, p, inv);
+    }, smem(Tk, HS));
+    emu::launch(dim3(Tk, B * NH), block, [&] {
+        attention_bwd_kv_v1(dk.data(), dv.data(), ds.data(), probs.data(), q.data(), dout.data(), B, NH, Tq, Tk, HS, scale, seed, p, inv);
+    }, 0);
+    save(dir + "/out", out);
+    save(dir + "/dq", dq);
+    save(dir + "/dk", dk);
+    save(dir + "/dv", dv);
+    std::printf("attention B %d NH %d Tq %d Tk %d HS %d p %g mask %d: ran fwd, bwd_q, bwd_kv\n", B, NH, Tq, Tk, HS, p, use_mask);
+    return 0;
+}
