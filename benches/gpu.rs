@@ -112,37 +112,45 @@ mod gpu {
         let mask = Tensor::from_ids((0..b * t).map(|i| ((i % t) < 100) as i64).collect(), &[b, t])?.to_device(Device::Cuda)?;
         let scale = 1.0 / (hs as f64).sqrt();
         let flops = 4.0 * (b * nh * t * t * hs) as f64;
-        let ms = time(&dev, 20, || ops::attention(&tape, &q, &k, &v, Some(&mask), scale, 0.0).map(|_| ()))?;
-        rows.push(Row {
-            what: "attention_fwd_v1 B32 NH12 T128 HS64".into(),
-            ms,
-            metric: format!("{:.2} TFLOP/s", flops / (ms * 1e-3) / 1e12),
-            yardstick: "v1: scores in smem, no tensor cores".into(),
-        });
         let dout = randn(11, &[b, nh, t, hs])?;
-        let ms = time(&dev, 10, || {
-            let tr = Tape::training(0);
-            let o = ops::attention(&tr, &q, &k, &v, Some(&mask), scale, 0.0)?;
-            tr.backward_with(&o, &dout).map(|_| ())
-        })?;
-        rows.push(Row {
-            what: "attention fwd+bwd (v1)".into(),
-            ms,
-            metric: format!("{:.2} TFLOP/s", 3.5 * flops / (ms * 1e-3) / 1e12),
-            yardstick: String::new(),
-        });
-        // The same with attention-probability dropout 0.1 (the mask is redrawn, never stored).
-        let ms_d = time(&dev, 10, || {
-            let tr = Tape::training(0);
-            let o = ops::attention(&tr, &q, &k, &v, Some(&mask), scale, 0.1)?;
-            tr.backward_with(&o, &dout).map(|_| ())
-        })?;
-        rows.push(Row {
-            what: "attention fwd+bwd, dropout 0.1 (v1)".into(),
-            ms: ms_d,
-            metric: format!("{:.2}x the no-dropout time", ms_d / ms),
-            yardstick: String::new(),
-        });
+        use engram::ops::{with_attention_variant, AttentionVariant};
+        for (var, name) in [(AttentionVariant::V1, "v1"), (AttentionVariant::V2, "v2")] {
+            let ms = with_attention_variant(var, || time(&dev, 20, || ops::attention(&tape, &q, &k, &v, Some(&mask), scale, 0.0).map(|_| ())))?;
+            rows.push(Row {
+                what: format!("attention_fwd_{name} B32 NH12 T128 HS64"),
+                ms,
+                metric: format!("{:.2} TFLOP/s", flops / (ms * 1e-3) / 1e12),
+                yardstick: if name == "v1" { "v1: scores in smem, no tensor cores".into() } else { "v2: flash-style, f32, no tensor cores".into() },
+            });
+            let ms = with_attention_variant(var, || {
+                time(&dev, 10, || {
+                    let tr = Tape::training(0);
+                    let o = ops::attention(&tr, &q, &k, &v, Some(&mask), scale, 0.0)?;
+                    tr.backward_with(&o, &dout).map(|_| ())
+                })
+            })?;
+            rows.push(Row { what: format!("attention fwd+bwd ({name})"), ms, metric: format!("{:.2} TFLOP/s", 3.5 * flops / (ms * 1e-3) / 1e12), yardstick: String::new() });
+            // The same with attention-probability dropout 0.1 (the mask is redrawn, never stored).
+            let ms_d = with_attention_variant(var, || {
+                time(&dev, 10, || {
+                    let tr = Tape::training(0);
+                    let o = ops::attention(&tr, &q, &k, &v, Some(&mask), scale, 0.1)?;
+                    tr.backward_with(&o, &dout).map(|_| ())
+                })
+            })?;
+            rows.push(Row {
+                what: format!("attention fwd+bwd, dropout 0.1 ({name})"),
+                ms: ms_d,
+                metric: format!("{:.2}x the no-dropout time", ms_d / ms),
+                yardstick: String::new(),
+            });
+        }
+        // MiniLM's heads (NH 12, HS 32): where v2's 4 lanes per row hold 8 dims each.
+        let (q32, k32, v32) = (randn(12, &[b, nh, t, 32])?, randn(13, &[b, nh, t, 32])?, randn(14, &[b, nh, t, 32])?);
+        for (var, name) in [(AttentionVariant::V1, "v1"), (AttentionVariant::V2, "v2")] {
+            let ms = with_attention_variant(var, || time(&dev, 20, || ops::attention(&tape, &q32, &k32, &v32, Some(&mask), scale, 0.0).map(|_| ())))?;
+            rows.push(Row { what: format!("attention_fwd_{name} B32 NH12 T128 HS32"), ms, metric: format!("{:.2} TFLOP/s", flops / 2.0 / (ms * 1e-3) / 1e12), yardstick: String::new() });
+        }
 
         // AdamW over BERT-base's parameter count (110M): reads w, g, m, v and writes w, m, v.
         let n = 110_000_000usize;

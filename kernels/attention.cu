@@ -10,7 +10,10 @@
 //   attention_fwd_v1: one block per (query row, batch·head), scores in shared memory — production
 //   attention_bwd_q_v1: one block per query row: dS (to scratch) and dQ — production
 //   attention_bwd_kv_v1: one block per key row: dK, dV from the dS scratch — production
-//   (a flash-style v2 — online softmax, no T×T matrix — is the next step; see benches/RESULTS.md)
+//   attention_{fwd,bwd_d,bwd_q,bwd_kv}_v2: flash-style (online softmax, no Tq×Tk matrix; saves
+//       the row log-sum-exp), HS ≤ 64 — verified on the CPU emulator (tests/kernels_emulated.rs)
+//       against the CPU op with dropout and padding; NOT YET RUN ON A GPU: opt-in with
+//       ENGRAM_ATTENTION=v2 until tests/cuda.rs and benches/gpu.rs have run it
 #include "common.cuh"
 
 extern "C" __global__ void attention_fwd_v1(float* out, float* probs, const float* q, const float* k, const float* v,
@@ -118,5 +121,291 @@ extern "C" __global__ void attention_bwd_kv_v1(float* dk, float* dv, const float
         }
         dk[(bh * Tk + j) * HS + d] += scale * ak;
         dv[(bh * Tk + j) * HS + d] += av;
+    }
+}
+
+// ---- v2: flash-style (online softmax; no Tq×Tk matrix in memory) --------------------------------
+// Forward: one block per (32 query rows, b·h), 128 threads = 32 rows × 4 lanes. Key tiles of 32
+// keys go through shared memory; lane l of a row scores keys l, l+4, …, keeps the row's running
+// max m and normaliser l (exchanged among the row's 4 lanes by shuffles) and owns output dims
+// l, l+4, …. Saves the row log-sum-exp L = m + log l (+∞ for a fully masked row) instead of P.
+// Dropout multiplies the numerator only: O = Σ_j (e_j/l)·keep_j/(1−p)·v_j, as in v1.
+// Backward: D_i = dO_i·O_i (= Σ_j P_ij dP_ij, also with dropout), then one kernel per query tile
+// for dQ and one per key tile for dK, dV, each recomputing P = exp(scale·q·k − L) tile by tile:
+// no atomics, deterministic. HS ≤ 64 (every BERT size); larger heads use v1.
+#define AT2_R 32      // query rows (forward, dQ) or keys (dK/dV) per block
+#define AT2_T 32      // keys (forward, dQ) or query rows (dK/dV) per tile
+#define AT2_MAXD 16   // output dims per lane: HS ≤ 4·16
+__device__ __forceinline__ float at2_sum4(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+__device__ __forceinline__ float at2_max4(float v) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+
+extern "C" __global__ void __launch_bounds__(128) attention_fwd_v2(float* out, float* lse, const float* q, const float* k,
+                                                                  const float* v, const long long* mask, int B, int NH, int Tq,
+                                                                  int Tk, int HS, float scale, unsigned long long seed, float p,
+                                                                  float inv) {
+    DYNAMIC_SHARED(float, sm);
+    const int HP = HS + 1;
+    float* Qs = sm;                     // [AT2_R][HP]
+    float* Ks = Qs + AT2_R * HP;        // [AT2_T][HP]
+    float* Vs = Ks + AT2_T * HP;        // [AT2_T][HP]
+    float* Ps = Vs + AT2_T * HP;        // [AT2_R][AT2_T + 1]
+    float* Ms = Ps + AT2_R * (AT2_T + 1);  // [AT2_T]: 1 attend, 0 padding or past Tk
+    const int tid = threadIdx.x, r = tid >> 2, lane = tid & 3;
+    const int i0 = blockIdx.x * AT2_R, i = i0 + r;
+    const long long bh = blockIdx.y;
+    const int b = (int)(bh / NH);
+    const float* qh = q + bh * Tq * HS;
+    const float* kh = k + bh * Tk * HS;
+    const float* vh = v + bh * Tk * HS;
+    for (int e = tid; e < AT2_R * HS; e += 128) {
+        const int rr = e / HS, d = e % HS;
+        Qs[rr * HP + d] = (i0 + rr < Tq) ? qh[(long long)(i0 + rr) * HS + d] : 0.f;
+    }
+    float m = -INFINITY, l = 0.f, o[AT2_MAXD];
+#pragma unroll
+    for (int t = 0; t < AT2_MAXD; ++t) o[t] = 0.f;
+    for (int j0 = 0; j0 < Tk; j0 += AT2_T) {
+        __syncthreads();  // the previous tile is consumed (and Qs is written, first time)
+        for (int e = tid; e < AT2_T * HS; e += 128) {
+            const int jj = e / HS, d = e % HS, j = j0 + jj;
+            Ks[jj * HP + d] = j < Tk ? kh[(long long)j * HS + d] : 0.f;
+            Vs[jj * HP + d] = j < Tk ? vh[(long long)j * HS + d] : 0.f;
+        }
+        for (int jj = tid; jj < AT2_T; jj += 128) {
+            const int j = j0 + jj;
+            Ms[jj] = (j < Tk && (mask == nullptr || mask[(long long)b * Tk + j] != 0)) ? 1.f : 0.f;
+        }
+        __syncthreads();
+        float s[AT2_T / 4];
+        float tmax = -INFINITY;
+#pragma unroll
+        for (int u = 0; u < AT2_T / 4; ++u) {
+            const int jj = lane + 4 * u;
+            float dot = 0.f;
+            for (int d = 0; d < HS; ++d) dot = fmaf(Qs[r * HP + d], Ks[jj * HP + d], dot);
+            s[u] = Ms[jj] != 0.f ? dot * scale : -INFINITY;
+            tmax = fmaxf(tmax, s[u]);
+        }
+        tmax = at2_max4(tmax);
+        const float mn = fmaxf(m, tmax);
+        const float corr = (mn == -INFINITY) ? 1.f : expf(m - mn);  // m = −∞ → 0: nothing to rescale
+        float psum = 0.f;
+#pragma unroll
+        for (int u = 0; u < AT2_T / 4; ++u) {
+            const int jj = lane + 4 * u;
+            const float e = (s[u] == -INFINITY) ? 0.f : expf(s[u] - mn);
+            psum += e;
+            float pd = e;
+            if (p > 0.f && e != 0.f) pd = dropout_keep(seed, ((bh * Tq + i) * Tk) + j0 + jj, p) ? e * inv : 0.f;
+            Ps[r * (AT2_T + 1) + jj] = pd;
+        }
+        l = l * corr + at2_sum4(psum);
+        m = mn;
+        __syncwarp();  // the row's 4 lanes (one warp) have written their Ps entries
+#pragma unroll
+        for (int t = 0; t < AT2_MAXD; ++t) {
+            const int d = lane + 4 * t;
+            if (d < HS) {
+                float acc = o[t] * corr;
+                for (int jj = 0; jj < AT2_T; ++jj) acc = fmaf(Ps[r * (AT2_T + 1) + jj], Vs[jj * HP + d], acc);
+                o[t] = acc;
+            }
+        }
+    }
+    if (i < Tq) {
+        const float rl = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+        for (int t = 0; t < AT2_MAXD; ++t) {
+            const int d = lane + 4 * t;
+            if (d < HS) out[(bh * Tq + i) * HS + d] = o[t] * rl;
+        }
+        if (lane == 0) lse[bh * Tq + i] = l > 0.f ? m + logf(l) : INFINITY;
+    }
+}
+
+// D_i = dO_i · O_i, one thread per row.
+extern "C" __global__ void attention_bwd_d_v2(float* dd, const float* dout, const float* o, long long rows, int HS) {
+    GRID_STRIDE(i, rows) {
+        float acc = 0.f;
+        for (int d = 0; d < HS; ++d) acc = fmaf(dout[i * HS + d], o[i * HS + d], acc);
+        dd[i] = acc;
+    }
+}
+
+// dQ: one block per (32 query rows, b·h); the forward's layout, key tiles recomputing P, dP, dS.
+extern "C" __global__ void __launch_bounds__(128) attention_bwd_q_v2(float* dq, const float* dout, const float* lse, const float* dd,
+                                                                    const float* q, const float* k, const float* v,
+                                                                    const long long* mask, int B, int NH, int Tq, int Tk, int HS,
+                                                                    float scale, unsigned long long seed, float p, float inv) {
+    DYNAMIC_SHARED(float, sm);
+    const int HP = HS + 1;
+    float* Qs = sm;                      // [AT2_R][HP]
+    float* Os = Qs + AT2_R * HP;         // [AT2_R][HP]: dO rows
+    float* Ks = Os + AT2_R * HP;         // [AT2_T][HP]
+    float* Vs = Ks + AT2_T * HP;         // [AT2_T][HP]
+    float* Ss = Vs + AT2_T * HP;         // [AT2_R][AT2_T + 1]: dS
+    float* Ms = Ss + AT2_R * (AT2_T + 1);  // [AT2_T]
+    const int tid = threadIdx.x, r = tid >> 2, lane = tid & 3;
+    const int i0 = blockIdx.x * AT2_R, i = i0 + r;
+    const long long bh = blockIdx.y;
+    const int b = (int)(bh / NH);
+    const float* kh = k + bh * Tk * HS;
+    const float* vh = v + bh * Tk * HS;
+    for (int e = tid; e < AT2_R * HS; e += 128) {
+        const int rr = e / HS, d = e % HS;
+        const bool in = i0 + rr < Tq;
+        Qs[rr * HP + d] = in ? q[(bh * Tq + i0 + rr) * HS + d] : 0.f;
+        Os[rr * HP + d] = in ? dout[(bh * Tq + i0 + rr) * HS + d] : 0.f;
+    }
+    const float L = i < Tq ? lse[bh * Tq + i] : INFINITY, Di = i < Tq ? dd[bh * Tq + i] : 0.f;
+    float g[AT2_MAXD];
+#pragma unroll
+    for (int t = 0; t < AT2_MAXD; ++t) g[t] = 0.f;
+    for (int j0 = 0; j0 < Tk; j0 += AT2_T) {
+        __syncthreads();
+        for (int e = tid; e < AT2_T * HS; e += 128) {
+            const int jj = e / HS, d = e % HS, j = j0 + jj;
+            Ks[jj * HP + d] = j < Tk ? kh[(long long)j * HS + d] : 0.f;
+            Vs[jj * HP + d] = j < Tk ? vh[(long long)j * HS + d] : 0.f;
+        }
+        for (int jj = tid; jj < AT2_T; jj += 128) {
+            const int j = j0 + jj;
+            Ms[jj] = (j < Tk && (mask == nullptr || mask[(long long)b * Tk + j] != 0)) ? 1.f : 0.f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int u = 0; u < AT2_T / 4; ++u) {
+            const int jj = lane + 4 * u;
+            float ds = 0.f;
+            if (Ms[jj] != 0.f && L != INFINITY) {
+                float dot = 0.f, dpv = 0.f;
+                for (int d = 0; d < HS; ++d) {
+                    dot = fmaf(Qs[r * HP + d], Ks[jj * HP + d], dot);
+                    dpv = fmaf(Os[r * HP + d], Vs[jj * HP + d], dpv);
+                }
+                const float pij = expf(dot * scale - L);
+                if (p > 0.f) dpv = dropout_keep(seed, ((bh * Tq + i) * Tk) + j0 + jj, p) ? dpv * inv : 0.f;
+                ds = pij * (dpv - Di);
+            }
+            Ss[r * (AT2_T + 1) + jj] = ds;
+        }
+        __syncwarp();
+#pragma unroll
+        for (int t = 0; t < AT2_MAXD; ++t) {
+            const int d = lane + 4 * t;
+            if (d < HS) {
+                float acc = g[t];
+                for (int jj = 0; jj < AT2_T; ++jj) acc = fmaf(Ss[r * (AT2_T + 1) + jj], Ks[jj * HP + d], acc);
+                g[t] = acc;
+            }
+        }
+    }
+    if (i < Tq) {
+#pragma unroll
+        for (int t = 0; t < AT2_MAXD; ++t) {
+            const int d = lane + 4 * t;
+            if (d < HS) dq[(bh * Tq + i) * HS + d] += scale * g[t];
+        }
+    }
+}
+
+// dK, dV: one block per (32 keys, b·h), 128 threads = 32 keys × 4 lanes; query tiles recompute
+// P, dP, dS; lane l of key j takes queries l, l+4, … of the tile and owns dims l, l+4, ….
+extern "C" __global__ void __launch_bounds__(128) attention_bwd_kv_v2(float* dk, float* dv, const float* dout, const float* lse,
+                                                                     const float* dd, const float* q, const float* k,
+                                                                     const float* v, const long long* mask, int B, int NH, int Tq,
+                                                                     int Tk, int HS, float scale, unsigned long long seed, float p,
+                                                                     float inv) {
+    DYNAMIC_SHARED(float, sm);
+    const int HP = HS + 1;
+    float* Ks = sm;                       // [AT2_R][HP]: this block's keys
+    float* Vs = Ks + AT2_R * HP;          // [AT2_R][HP]
+    float* Qs = Vs + AT2_R * HP;          // [AT2_T][HP]: a tile of queries
+    float* Os = Qs + AT2_T * HP;          // [AT2_T][HP]: their dO
+    float* Ss = Os + AT2_T * HP;          // [AT2_R][AT2_T + 1]: dS
+    float* Ps = Ss + AT2_R * (AT2_T + 1);  // [AT2_R][AT2_T + 1]: P·keep/(1−p)
+    float* Ls = Ps + AT2_R * (AT2_T + 1);  // [AT2_T]: L of the tile's queries
+    float* Ds = Ls + AT2_T;               // [AT2_T]: D of the tile's queries
+    const int tid = threadIdx.x, c = tid >> 2, lane = tid & 3;
+    const int j0 = blockIdx.x * AT2_R, j = j0 + c;
+    const long long bh = blockIdx.y;
+    const int b = (int)(bh / NH);
+    const float* qh = q + bh * Tq * HS;
+    const float* oh = dout + bh * Tq * HS;
+    for (int e = tid; e < AT2_R * HS; e += 128) {
+        const int cc = e / HS, d = e % HS;
+        const bool in = j0 + cc < Tk;
+        Ks[cc * HP + d] = in ? k[(bh * Tk + j0 + cc) * HS + d] : 0.f;
+        Vs[cc * HP + d] = in ? v[(bh * Tk + j0 + cc) * HS + d] : 0.f;
+    }
+    const bool live = j < Tk && (mask == nullptr || mask[(long long)b * Tk + j] != 0);
+    float gk[AT2_MAXD], gv[AT2_MAXD];
+#pragma unroll
+    for (int t = 0; t < AT2_MAXD; ++t) gk[t] = gv[t] = 0.f;
+    for (int i0 = 0; i0 < Tq; i0 += AT2_T) {
+        __syncthreads();
+        for (int e = tid; e < AT2_T * HS; e += 128) {
+            const int ii = e / HS, d = e % HS, i = i0 + ii;
+            Qs[ii * HP + d] = i < Tq ? qh[(long long)i * HS + d] : 0.f;
+            Os[ii * HP + d] = i < Tq ? oh[(long long)i * HS + d] : 0.f;
+        }
+        for (int ii = tid; ii < AT2_T; ii += 128) {
+            const int i = i0 + ii;
+            Ls[ii] = i < Tq ? lse[bh * Tq + i] : INFINITY;
+            Ds[ii] = i < Tq ? dd[bh * Tq + i] : 0.f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int u = 0; u < AT2_T / 4; ++u) {
+            const int ii = lane + 4 * u;
+            float ds = 0.f, pd = 0.f;
+            if (live && Ls[ii] != INFINITY) {
+                float dot = 0.f, dpv = 0.f;
+                for (int d = 0; d < HS; ++d) {
+                    dot = fmaf(Qs[ii * HP + d], Ks[c * HP + d], dot);
+                    dpv = fmaf(Os[ii * HP + d], Vs[c * HP + d], dpv);
+                }
+                const float pij = expf(dot * scale - Ls[ii]);
+                pd = pij;
+                if (p > 0.f) {
+                    const bool keep = dropout_keep(seed, ((bh * Tq + i0 + ii) * Tk) + j, p);
+                    dpv = keep ? dpv * inv : 0.f;
+                    pd = keep ? pij * inv : 0.f;
+                }
+                ds = pij * (dpv - Ds[ii]);
+            }
+            Ss[c * (AT2_T + 1) + ii] = ds;
+            Ps[c * (AT2_T + 1) + ii] = pd;
+        }
+        __syncwarp();
+#pragma unroll
+        for (int t = 0; t < AT2_MAXD; ++t) {
+            const int d = lane + 4 * t;
+            if (d < HS) {
+                float ak = gk[t], av = gv[t];
+                for (int ii = 0; ii < AT2_T; ++ii) {
+                    ak = fmaf(Ss[c * (AT2_T + 1) + ii], Qs[ii * HP + d], ak);
+                    av = fmaf(Ps[c * (AT2_T + 1) + ii], Os[ii * HP + d], av);
+                }
+                gk[t] = ak;
+                gv[t] = av;
+            }
+        }
+    }
+    if (j < Tk) {
+#pragma unroll
+        for (int t = 0; t < AT2_MAXD; ++t) {
+            const int d = lane + 4 * t;
+            if (d < HS) {
+                dk[(bh * Tk + j) * HS + d] += scale * gk[t];
+                dv[(bh * Tk + j) * HS + d] += gv[t];
+            }
+        }
     }
 }

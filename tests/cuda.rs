@@ -196,8 +196,16 @@ mod gpu {
         if !gpu("attention") {
             return;
         }
+        // Both kernels: v1 (production) and the flash-style v2 on trial.
+        for v in [ops::AttentionVariant::V1, ops::AttentionVariant::V2] {
+            eprintln!("attention parity with {v:?}");
+            ops::with_attention_variant(v, attention_parity_with_the_current_kernel);
+        }
+    }
+
+    fn attention_parity_with_the_current_kernel() {
         let mut r = Rng::new(5);
-        for &(b, nh, tq, tk, hs) in &[(1, 1, 1, 1, 1), (2, 3, 5, 7, 33), (3, 2, 4, 4, 8), (1, 2, 3, 300, 16)] {
+        for &(b, nh, tq, tk, hs) in &[(1, 1, 1, 1, 1), (2, 3, 5, 7, 33), (3, 2, 4, 4, 8), (1, 2, 3, 300, 16), (2, 2, 70, 45, 64)] {
             let q = randn(&mut r, &[b, nh, tq, hs]).requires_grad();
             let k = randn(&mut r, &[b, nh, tk, hs]).requires_grad();
             let v = randn(&mut r, &[b, nh, tk, hs]).requires_grad();

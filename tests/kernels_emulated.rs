@@ -51,7 +51,7 @@ fn build(cxx: &str, tree: &Path, harness: &str, tag: &str) -> PathBuf {
 }
 
 /// Run an emulated-kernel executable; returns (success, stdout + stderr).
-fn run(exe: &Path, args: &[&Path]) -> (bool, String) {
+fn run(exe: &Path, args: &[&std::ffi::OsStr]) -> (bool, String) {
     let out = Command::new(exe).args(args).output().expect("run the emulated kernel test");
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
@@ -121,7 +121,7 @@ fn randn(rng: &mut Rng, shape: &[usize]) -> Tensor {
 /// One attention case through the emulated kernels (`exe`) and through engram's CPU op; returns
 /// the worst relative error over the output and the three gradients, or a description of the
 /// first failure.
-fn attention_case(exe: &Path, dir: &Path, dims: [usize; 5], p: f64, mask: Option<Vec<i64>>) -> Result<f64, String> {
+fn attention_case(exe: &Path, variant: &str, dir: &Path, dims: [usize; 5], p: f64, mask: Option<Vec<i64>>) -> Result<f64, String> {
     let [b, nh, tq, tk, hs] = dims;
     let mut rng = Rng::new((b * 1000 + tq * 10 + tk) as u64);
     let (q, k, v) = (randn(&mut rng, &[b, nh, tq, hs]), randn(&mut rng, &[b, nh, tk, hs]), randn(&mut rng, &[b, nh, tk, hs]));
@@ -143,9 +143,9 @@ fn attention_case(exe: &Path, dir: &Path, dims: [usize; 5], p: f64, mask: Option
     if let Some(m) = &mask {
         std::fs::write(dir.join("mask"), m.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
     }
-    let (ok, log) = run(exe, &[dir]);
+    let (ok, log) = run(exe, &[dir.as_os_str(), variant.as_ref()]);
     if !ok {
-        return Err(format!("the emulated kernels failed:\n{log}"));
+        return Err(format!("the emulated kernels ({variant}) failed:\n{log}"));
     }
     let mut worst = 0.0f64;
     let want = [("out", out.to_f64_vec()), ("dq", g.tensor(&qt).unwrap().to_f64_vec()), ("dk", g.tensor(&kt).unwrap().to_f64_vec()), ("dv", g.tensor(&vt).unwrap().to_f64_vec())];
@@ -157,7 +157,7 @@ fn attention_case(exe: &Path, dir: &Path, dims: [usize; 5], p: f64, mask: Option
         for (i, (x, y)) in got.iter().zip(&w).enumerate() {
             let err = (x - y).abs() / (1e-5 / 1e-4 + y.abs());
             if !(err <= 1e-4) {
-                return Err(format!("{name}[{i}] = {x}, CPU {y} (dims {dims:?}, p {p})"));
+                return Err(format!("{variant} {name}[{i}] = {x}, CPU {y} (dims {dims:?}, p {p})"));
             }
             worst = worst.max(err);
         }
@@ -168,20 +168,23 @@ fn attention_case(exe: &Path, dir: &Path, dims: [usize; 5], p: f64, mask: Option
 /// The cases: dropout off and on (the CUDA dropout paths that only ran on paper so far), a
 /// padding mask with a fully padded sequence, no mask, and Tk / HS that are not multiples of 4
 /// or of the block size.
-fn attention_cases(exe: &Path, tag: &str) -> Result<(), String> {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("emu-attention-{tag}"));
+fn attention_cases(exe: &Path, variant: &str, tag: &str) -> Result<(), String> {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("emu-attention-{tag}-{variant}"));
     let masked = |b: usize, tk: usize| -> Vec<i64> {
         (0..b * tk).map(|i| if i / tk == b - 1 { 0 } else { i64::from((i % tk) % 5 != 3) }).collect()
     };
-    let cases: [([usize; 5], f64, Option<Vec<i64>>); 4] = [
+    let cases: [([usize; 5], f64, Option<Vec<i64>>); 6] = [
         ([2, 3, 5, 7, 8], 0.0, Some(masked(2, 7))),
         ([2, 2, 9, 9, 16], 0.25, Some(masked(2, 9))),
         ([1, 2, 6, 130, 33], 0.1, None),
         ([3, 1, 4, 11, 5], 0.5, Some(masked(3, 11))),
+        // Several 32-row and 32-key tiles, ragged at both ends, the largest head v2 takes.
+        ([2, 1, 37, 70, 64], 0.1, Some(masked(2, 70))),
+        ([1, 1, 65, 33, 64], 0.0, None),
     ];
     for (i, (dims, p, mask)) in cases.into_iter().enumerate() {
-        let worst = attention_case(exe, &dir.join(i.to_string()), dims, p, mask)?;
-        eprintln!("attention {dims:?} p {p}: worst rel err {worst:.2e}");
+        let worst = attention_case(exe, variant, &dir.join(i.to_string()), dims, p, mask)?;
+        eprintln!("attention {variant} {dims:?} p {p}: worst rel err {worst:.2e}");
     }
     Ok(())
 }
@@ -193,19 +196,24 @@ fn attention_kernels_match_the_cpu_op_with_dropout_on_the_emulator() {
         return;
     };
     let exe = build(&cxx, &root(), "attention", "real");
-    if let Err(e) = attention_cases(&exe, "real") {
-        panic!("{e}");
+    for variant in ["v1", "v2"] {
+        if let Err(e) = attention_cases(&exe, variant, "real") {
+            panic!("{e}");
+        }
     }
-    // A kernel that draws a different dropout mask in one place fails.
+    // A kernel that draws a different dropout mask in one place, or rescales the running sum
+    // wrongly, fails.
     let mutants = [
-        ("attn-fwd-drop", "attention.cu", "dropout_keep(seed, (bh * Tq + i) * Tk + j, p) ? pj * inv", "dropout_keep(seed, (bh * Tq + i) * Tk + j + 1, p) ? pj * inv"),
-        ("attn-kv-drop", "attention.cu", "dropout_keep(seed, ij, p) ? probs[ij] * inv", "dropout_keep(seed ^ 1, ij, p) ? probs[ij] * inv"),
-        ("attn-q-mask", "attention.cu", "if (p > 0.f) dp = dropout_keep(seed, (bh * Tq + i) * Tk + j, p) ? dp * inv : 0.f;", ""),
+        ("v1", "attn-fwd-drop", "dropout_keep(seed, (bh * Tq + i) * Tk + j, p) ? pj * inv", "dropout_keep(seed, (bh * Tq + i) * Tk + j + 1, p) ? pj * inv"),
+        ("v1", "attn-kv-drop", "dropout_keep(seed, ij, p) ? probs[ij] * inv", "dropout_keep(seed ^ 1, ij, p) ? probs[ij] * inv"),
+        ("v1", "attn-q-mask", "if (p > 0.f) dp = dropout_keep(seed, (bh * Tq + i) * Tk + j, p) ? dp * inv : 0.f;", ""),
+        ("v2", "attn2-corr", "l = l * corr + at2_sum4(psum);", "l = l + at2_sum4(psum);"),
+        ("v2", "attn2-kv-drop", "pd = keep ? pij * inv : 0.f;", "pd = pij * inv;"),
     ];
-    for (tag, file, from, to) in mutants {
-        let tree = mutated_tree(tag, file, from, to);
+    for (variant, tag, from, to) in mutants {
+        let tree = mutated_tree(tag, "attention.cu", from, to);
         let exe = build(&cxx, &tree, "attention", tag);
-        assert!(attention_cases(&exe, tag).is_err(), "mutant {tag} ({from:?} → {to:?}) matched the CPU op");
+        assert!(attention_cases(&exe, variant, tag).is_err(), "mutant {tag} ({from:?} → {to:?}) matched the CPU op");
     }
 }
 
@@ -230,7 +238,7 @@ fn sgd_case(exe: &Path, dir: &Path, n: usize, cfg: SgdConfig, wd: f64) -> Result
         opt.step(&mut groups, &grads, lr).unwrap();
     }
     std::fs::write(dir.join("cfg.txt"), format!("{n} {steps} {lr} {wd} {} {} {}\n", cfg.momentum, cfg.dampening, u8::from(cfg.nesterov))).unwrap();
-    let (ok, log) = run(exe, &[dir]);
+    let (ok, log) = run(exe, &[dir.as_os_str()]);
     if !ok {
         return Err(format!("the emulated kernel failed:\n{log}"));
     }

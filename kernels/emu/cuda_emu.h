@@ -128,6 +128,7 @@ void launch(dim3 grid, dim3 block, F body, size_t shared_bytes = 0) {
 #define __shared__ static
 
 inline void __syncthreads() { emu::block_barrier->arrive_and_wait(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp_barriers[emu::linear_tid() / 32]->arrive_and_wait(); }
 
 template <class T>
 inline T __shfl_xor_sync(unsigned, T v, int mask) {

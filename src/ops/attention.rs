@@ -426,8 +426,12 @@ fn head_bwd_impl<T: Float, const WIDE: bool>(h: &HeadBwd<T>, g: &mut HeadGrads<T
 }
 
 #[cfg(feature = "cuda")]
+pub use cuda::{with_attention_variant, AttentionVariant};
+
+#[cfg(feature = "cuda")]
 mod cuda {
-    //! CUDA path (kernels/attention.cu): the whole op in one forward kernel, two backward kernels.
+    //! CUDA path (kernels/attention.cu): v1, the whole op in one forward kernel and two backward
+    //! kernels, saving P; v2 (flash-style), saving the row log-sum-exp.
     use cudarc::driver::{CudaSlice, LaunchConfig};
 
     use super::ProbDropout;
@@ -437,6 +441,55 @@ mod cuda {
     use crate::tensor::{Buf, Tensor};
 
     const OP: &str = "attention";
+
+    /// The attention kernels of kernels/attention.cu.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum AttentionVariant {
+        /// Scores in shared memory per query row; saves P (B, NH, Tq, Tk): production.
+        V1,
+        /// Flash-style (online softmax, saves the row log-sum-exp), HS ≤ 64; not yet run on a GPU.
+        V2,
+    }
+
+    thread_local! {
+        static FORCED: std::cell::Cell<Option<AttentionVariant>> = const { std::cell::Cell::new(None) };
+    }
+
+    /// Run `f` with every attention launched from this thread using `v` (tests, benchmarks).
+    pub fn with_attention_variant<R>(v: AttentionVariant, f: impl FnOnce() -> R) -> R {
+        let prev = FORCED.with(|c| c.replace(Some(v)));
+        let r = f();
+        FORCED.with(|c| c.set(prev));
+        r
+    }
+
+    /// The forced variant, else `ENGRAM_ATTENTION=v2`, else v1; v2 only for heads of ≤ 64.
+    fn variant(hs: usize) -> AttentionVariant {
+        static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let want = FORCED.with(|c| c.get()).unwrap_or_else(|| {
+            if *ENV.get_or_init(|| std::env::var("ENGRAM_ATTENTION").is_ok_and(|v| v == "v2")) {
+                AttentionVariant::V2
+            } else {
+                AttentionVariant::V1
+            }
+        });
+        if hs > 64 {
+            AttentionVariant::V1
+        } else {
+            want
+        }
+    }
+
+    /// v2 tiles: 32 query rows (or keys) per block, 128 threads; shared memory for HS.
+    const R2: usize = 32;
+    fn cfg2(rows: usize, bh: usize, floats: usize) -> LaunchConfig {
+        LaunchConfig { grid_dim: (rows.div_ceil(R2) as u32, bh as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: (floats * 4) as u32 }
+    }
+    /// Shared floats of the v2 kernels (the layouts in kernels/attention.cu).
+    fn smem2(hs: usize) -> (usize, usize, usize) {
+        let (hp, r, t) = (hs + 1, R2, R2);
+        (r * hp + 2 * t * hp + r * (t + 1) + t, 2 * r * hp + 2 * t * hp + r * (t + 1) + t, 2 * r * hp + 2 * t * hp + 2 * r * (t + 1) + 2 * t)
+    }
 
     /// Shared memory holds the Tk scores and one HS-wide row, each padded to whole float4s (the
     /// kernels align the second array and may read a row's tail as a vector).
@@ -470,12 +523,33 @@ mod cuda {
         }
         let dev = CudaDev::get()?;
         let mut out = dev.alloc::<f32>(b * nh * tq * hs)?;
-        let mut probs = dev.alloc::<f32>(b * nh * tq * tk)?;
         let dims = [b as i32, nh as i32, tq as i32, tk as i32, hs as i32];
         let sf = scale as f32;
         let null: u64 = 0;
         // p = 0 turns the kernels' dropout off (every probability kept, factor 1).
         let dr = drop.map_or(DropArgs { seed: 0, p: 0.0, inv: 1.0 }, |d| DropArgs { seed: d.seed, p: d.p as f32, inv: (1.0 / (1.0 - d.p)) as f32 });
+        if variant(hs) == AttentionVariant::V2 {
+            let mut lse = dev.alloc::<f32>(b * nh * tq)?;
+            let c = cfg2(tq, b * nh, smem2(hs).0);
+            match key_mask.map(|m| m.cuda_i64(OP)).transpose()? {
+                Some(m) => launch!(dev, "attention", "attention_fwd_v2", c; &mut out, &mut lse, q.cuda_f32(OP)?, k.cuda_f32(OP)?, v.cuda_f32(OP)?, m,
+                    &dims[0], &dims[1], &dims[2], &dims[3], &dims[4], &sf, &dr.seed, &dr.p, &dr.inv)?,
+                None => launch!(dev, "attention", "attention_fwd_v2", c; &mut out, &mut lse, q.cuda_f32(OP)?, k.cuda_f32(OP)?, v.cuda_f32(OP)?, &null,
+                    &dims[0], &dims[1], &dims[2], &dims[3], &dims[4], &sf, &dr.seed, &dr.p, &dr.inv)?,
+            }
+            let mut inputs = vec![q, k, v];
+            inputs.extend(key_mask);
+            let tracked = tape.tracks(&inputs);
+            // The backward needs O for D = rowsum(dO ⊙ O): a copy, only when there is a backward.
+            let saved_out = if tracked { Some(dev.stream().clone_dtod(&out).map_err(|e| dev.err("attention: copy of O", e))?) } else { None };
+            return Ok(tape.record(OP, &inputs, wrap(out), vec![b, nh, tq, hs], |_| AttentionBwd {
+                saved: Saved::V2 { lse, out: saved_out.expect("recorded only when tracked") },
+                dims,
+                scale: sf,
+                dr,
+            }));
+        }
+        let mut probs = dev.alloc::<f32>(b * nh * tq * tk)?;
         let c = cfg(tq, b * nh, tk, hs)?;
         match key_mask.map(|m| m.cuda_i64(OP)).transpose()? {
             Some(m) => launch!(dev, "attention", "attention_fwd_v1", c; &mut out, &mut probs, q.cuda_f32(OP)?, k.cuda_f32(OP)?, v.cuda_f32(OP)?, m,
@@ -485,7 +559,14 @@ mod cuda {
         }
         let mut inputs = vec![q, k, v];
         inputs.extend(key_mask);
-        Ok(tape.record(OP, &inputs, wrap(out), vec![b, nh, tq, hs], |_| AttentionBwd { probs, dims, scale: sf, dr }))
+        Ok(tape.record(OP, &inputs, wrap(out), vec![b, nh, tq, hs], |_| AttentionBwd { saved: Saved::V1 { probs }, dims, scale: sf, dr }))
+    }
+
+    /// What the forward leaves for the backward.
+    enum Saved {
+        V1 { probs: CudaSlice<f32> },
+        /// Row log-sum-exp (B, NH, Tq) and the output O.
+        V2 { lse: CudaSlice<f32>, out: CudaSlice<f32> },
     }
 
     #[derive(Clone, Copy)]
@@ -496,7 +577,7 @@ mod cuda {
     }
 
     struct AttentionBwd {
-        probs: CudaSlice<f32>,
+        saved: Saved,
         dims: [i32; 5],
         scale: f32,
         dr: DropArgs,
@@ -510,17 +591,49 @@ mod cuda {
             let (qd, kd, vd) = (q.cuda_f32(OP)?, k.cuda_f32(OP)?, v.cuda_f32(OP)?);
             let d = &self.dims;
             let (b, nh, tq, tk, hs) = (d[0] as usize, d[1] as usize, d[2] as usize, d[3] as usize, d[4] as usize);
+            let probs = match &self.saved {
+                Saved::V1 { probs } => probs,
+                Saved::V2 { lse, out } => {
+                    let (_, sq, skv) = smem2(hs);
+                    let rows = (b * nh * tq) as i64;
+                    let mut dd = dev.alloc::<f32>(b * nh * tq)?;
+                    launch!(dev, "attention", "attention_bwd_d_v2", crate::device::cuda::cfg_1d(rows as usize); &mut dd, dy, out, &rows, &d[4])?;
+                    let null: u64 = 0;
+                    let mask = inputs.get(3).map(|m| m.cuda_i64(OP)).transpose()?;
+                    let mut dq = dev.zeros::<f32>(b * nh * tq * hs)?;
+                    match mask {
+                        Some(m) => launch!(dev, "attention", "attention_bwd_q_v2", cfg2(tq, b * nh, sq); &mut dq, dy, lse, &dd, qd, kd, vd, m,
+                            &d[0], &d[1], &d[2], &d[3], &d[4], &self.scale, &self.dr.seed, &self.dr.p, &self.dr.inv)?,
+                        None => launch!(dev, "attention", "attention_bwd_q_v2", cfg2(tq, b * nh, sq); &mut dq, dy, lse, &dd, qd, kd, vd, &null,
+                            &d[0], &d[1], &d[2], &d[3], &d[4], &self.scale, &self.dr.seed, &self.dr.p, &self.dr.inv)?,
+                    }
+                    sink.add_cuda_owned(q, dq)?;
+                    if sink.wants(k) || sink.wants(v) {
+                        let mut dk = dev.zeros::<f32>(b * nh * tk * hs)?;
+                        let mut dv = dev.zeros::<f32>(b * nh * tk * hs)?;
+                        match mask {
+                            Some(m) => launch!(dev, "attention", "attention_bwd_kv_v2", cfg2(tk, b * nh, skv); &mut dk, &mut dv, dy, lse, &dd, qd, kd, vd, m,
+                                &d[0], &d[1], &d[2], &d[3], &d[4], &self.scale, &self.dr.seed, &self.dr.p, &self.dr.inv)?,
+                            None => launch!(dev, "attention", "attention_bwd_kv_v2", cfg2(tk, b * nh, skv); &mut dk, &mut dv, dy, lse, &dd, qd, kd, vd, &null,
+                                &d[0], &d[1], &d[2], &d[3], &d[4], &self.scale, &self.dr.seed, &self.dr.p, &self.dr.inv)?,
+                        }
+                        sink.add_cuda_owned(k, dk)?;
+                        sink.add_cuda_owned(v, dv)?;
+                    }
+                    return Ok(());
+                }
+            };
             let mut ds = dev.alloc::<f32>(b * nh * tq * tk)?;
             // dQ needs dS, which the same kernel writes; it runs even when q is untracked.
             let mut dq = dev.zeros::<f32>(b * nh * tq * hs)?;
             launch!(dev, "attention", "attention_bwd_q_v1", cfg(tq, b * nh, tk, hs)?;
-                &mut dq, &mut ds, dy, &self.probs, kd, vd, &d[0], &d[1], &d[2], &d[3], &d[4], &self.scale, &self.dr.seed, &self.dr.p, &self.dr.inv)?;
+                &mut dq, &mut ds, dy, probs, kd, vd, &d[0], &d[1], &d[2], &d[3], &d[4], &self.scale, &self.dr.seed, &self.dr.p, &self.dr.inv)?;
             sink.add_cuda_owned(q, dq)?;
             if sink.wants(k) || sink.wants(v) {
                 let mut dk = dev.zeros::<f32>(b * nh * tk * hs)?;
                 let mut dv = dev.zeros::<f32>(b * nh * tk * hs)?;
                 launch!(dev, "attention", "attention_bwd_kv_v1", cfg(tk, b * nh, 0, 0)?;
-                    &mut dk, &mut dv, &ds, &self.probs, qd, dy, &d[0], &d[1], &d[2], &d[3], &d[4], &self.scale, &self.dr.seed, &self.dr.p, &self.dr.inv)?;
+                    &mut dk, &mut dv, &ds, probs, qd, dy, &d[0], &d[1], &d[2], &d[3], &d[4], &self.scale, &self.dr.seed, &self.dr.p, &self.dr.inv)?;
                 sink.add_cuda_owned(k, dk)?;
                 sink.add_cuda_owned(v, dv)?;
             }

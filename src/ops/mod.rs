@@ -20,6 +20,8 @@ pub mod softmax;
 pub mod tanh;
 
 pub use attention::attention;
+#[cfg(feature = "cuda")]
+pub use attention::{with_attention_variant, AttentionVariant};
 pub use concat::{concat, narrow};
 pub use cross_entropy::{cross_entropy, IGNORE_INDEX};
 pub use dropout::dropout;
