@@ -36,7 +36,7 @@ fn build(cxx: &str, tree: &Path, harness: &str, tag: &str) -> PathBuf {
     // compute-sanitizer memcheck on a GPU) where the compiler has it, else without.
     let compile = |sanitize: bool| {
         let mut c = Command::new(cxx);
-        c.args(["-std=c++20", "-pthread", "-g"]);
+        c.args(["-std=c++20", "-pthread", "-g", "-fno-strict-aliasing"]);
         c.args(if sanitize { &["-O1", "-fsanitize=address"][..] } else { &["-O2"][..] });
         c.arg("-include").arg(tree.join("kernels/emu/cuda_emu.h")).arg("-I").arg(tree.join("kernels")).arg(&src).arg("-o").arg(&exe);
         c.output().expect("run the C++ compiler")

@@ -485,10 +485,11 @@ mod cuda {
     fn cfg2(rows: usize, bh: usize, floats: usize) -> LaunchConfig {
         LaunchConfig { grid_dim: (rows.div_ceil(R2) as u32, bh as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: (floats * 4) as u32 }
     }
-    /// Shared floats of the v2 kernels (the layouts in kernels/attention.cu).
+    /// Shared floats of the v2 kernels (the layouts in kernels/attention.cu: rows of HS rounded
+    /// up to 4, plus 4).
     fn smem2(hs: usize) -> (usize, usize, usize) {
-        let (hp, r, t) = (hs + 1, R2, R2);
-        (r * hp + 2 * t * hp + r * (t + 1) + t, 2 * r * hp + 2 * t * hp + r * (t + 1) + t, 2 * r * hp + 2 * t * hp + 2 * r * (t + 1) + 2 * t)
+        let (hp, r, t) = (hs.div_ceil(4) * 4 + 4, R2, R2);
+        (r * hp + 2 * t * hp + r * (t + 4) + t, 2 * r * hp + 2 * t * hp + r * (t + 4) + t, 2 * r * hp + 2 * t * hp + 2 * r * (t + 4) + 2 * t)
     }
 
     /// Shared memory holds the Tk scores and one HS-wide row, each padded to whole float4s (the

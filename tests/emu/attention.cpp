@@ -55,9 +55,9 @@ int main(int argc, char** argv) {
     const long long* mk = use_mask ? mask.data() : nullptr;
     if (variant == "v2") {
         // As src/ops/attention.rs launches v2: row tiles of 32, 128 threads, shared memory by HS.
-        const size_t hp = HS + 1, R = 32, T = 32;
-        const size_t fwd = (R * hp + 2 * T * hp + R * (T + 1) + T) * 4, bq = (2 * R * hp + 2 * T * hp + R * (T + 1) + T) * 4;
-        const size_t bkv = (2 * R * hp + 2 * T * hp + 2 * R * (T + 1) + 2 * T) * 4;
+        const size_t hp = (HS + 3) / 4 * 4 + 4, R = 32, T = 32;
+        const size_t fwd = (R * hp + 2 * T * hp + R * (T + 4) + T) * 4, bq = (2 * R * hp + 2 * T * hp + R * (T + 4) + T) * 4;
+        const size_t bkv = (2 * R * hp + 2 * T * hp + 2 * R * (T + 4) + 2 * T) * 4;
         std::vector<float> lse((size_t)B * NH * Tq, NAN), dd((size_t)B * NH * Tq, NAN);
         const dim3 block(128);
         const unsigned bhs = (unsigned)(B * NH);
