@@ -15,8 +15,14 @@ use engram::optim::{ParamGroup, Sgd, SgdConfig};
 use engram::util::Rng;
 use engram::{ops, Tape, Tensor};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+mod common;
+
+use common::root;
+
+/// Scratch space for the emulator builds and their data (the test binary may run on another
+/// machine, from the repository root, so no build-time paths).
+fn scratch() -> PathBuf {
+    std::env::temp_dir().join(format!("engram-emu-{}", std::process::id()))
 }
 
 /// The host C++ compiler (`CXX`, else g++, else clang++), or None.
@@ -28,7 +34,7 @@ fn cxx() -> Option<String> {
 /// Compile `tests/emu/<harness>.cpp` found under `tree` (the repository, or a mutated copy of
 /// its kernels); returns the executable.
 fn build(cxx: &str, tree: &Path, harness: &str, tag: &str) -> PathBuf {
-    let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("emu");
+    let out_dir = scratch().join("bin");
     std::fs::create_dir_all(&out_dir).unwrap();
     let exe = out_dir.join(format!("{harness}-{tag}"));
     let src = tree.join("tests/emu").join(format!("{harness}.cpp"));
@@ -63,7 +69,7 @@ fn build_and_run(cxx: &str, tree: &Path, harness: &str, tag: &str) -> (bool, Str
 /// A copy of the kernel sources and harnesses with `file`'s `from` replaced by `to` (which must
 /// occur exactly once, so a mutation never silently misses after an edit of the kernel).
 fn mutated_tree(tag: &str, file: &str, from: &str, to: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("emu-mutant-{tag}"));
+    let dir = scratch().join(format!("emu-mutant-{tag}"));
     let _ = std::fs::remove_dir_all(&dir);
     for sub in ["kernels", "kernels/emu", "tests/emu"] {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
@@ -169,7 +175,7 @@ fn attention_case(exe: &Path, variant: &str, dir: &Path, dims: [usize; 5], p: f6
 /// padding mask with a fully padded sequence, no mask, and Tk / HS that are not multiples of 4
 /// or of the block size.
 fn attention_cases(exe: &Path, variant: &str, tag: &str) -> Result<(), String> {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("emu-attention-{tag}-{variant}"));
+    let dir = scratch().join(format!("emu-attention-{tag}-{variant}"));
     let masked = |b: usize, tk: usize| -> Vec<i64> {
         (0..b * tk).map(|i| if i / tk == b - 1 { 0 } else { i64::from((i % tk) % 5 != 3) }).collect()
     };
@@ -253,7 +259,7 @@ fn sgd_case(exe: &Path, dir: &Path, n: usize, cfg: SgdConfig, wd: f64) -> Result
 }
 
 fn sgd_cases(exe: &Path, tag: &str) -> Result<(), String> {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("emu-sgd-{tag}"));
+    let dir = scratch().join(format!("emu-sgd-{tag}"));
     let cases = [
         (1000, SgdConfig { momentum: 0.9, dampening: 0.0, nesterov: false }, 0.01),
         (257, SgdConfig { momentum: 0.9, dampening: 0.1, nesterov: true }, 0.0),
