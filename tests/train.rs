@@ -370,3 +370,28 @@ fn profiled_training_is_identical_and_counts_every_step() {
         assert!(table.contains(extra), "{extra} missing:\n{table}");
     }
 }
+
+/// The pair task (dialogue history + candidate): trains, predicts HISTORY<TAB>CANDIDATE, and an
+/// input without a candidate is an error naming the model, not a prediction for an empty pair.
+#[test]
+fn pair_model_predicts_pairs_and_refuses_a_missing_candidate() {
+    let model = tiny_without_dropout("pair");
+    let dir = tmp("pair-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    let rows: String = (0..16)
+        .map(|i| {
+            let (a, b) = if i % 2 == 0 { ("good", "good") } else { ("good", "bad") };
+            format!("{{\"text\": \"the film was {a}\", \"text_pair\": \"it was {b}\", \"label\": \"{}\"}}\n", if a == b { "same" } else { "different" })
+        })
+        .collect();
+    std::fs::write(dir.join("pairs.jsonl"), rows).unwrap();
+    let mut a = args(&model, Task::Pair, tmp("pair"));
+    a.train = dir.join("pairs.jsonl");
+    a.dev = dir.join("pairs.jsonl");
+    a.epochs = 1;
+    finetune(&a).unwrap();
+    let ok = predict_dir(&a.out, &["the film was good\tit was bad".to_string()], 64, 8, engram::Device::Cpu, false).unwrap();
+    assert!(ok[0]["label"].is_string(), "{}", ok[0]);
+    let e = predict_dir(&a.out, &["the film was good".to_string()], 64, 8, engram::Device::Cpu, false).unwrap_err().to_string();
+    assert!(e.contains("no candidate") && e.contains("pair model"), "{e}");
+}

@@ -1039,6 +1039,20 @@ pub fn predict_dir(dir: &Path, texts: &[String], max_length: usize, batch_size: 
                 }
             }
             Task::Classify | Task::Pair => {
+                if task == Task::Pair {
+                    // A pair model scores a candidate against a history: without the candidate its
+                    // output means nothing, so that is an error rather than a silent empty pair.
+                    if let Some(i) = chunk.iter().position(|t| !t.contains('\t')) {
+                        return Err(Error::Value {
+                            op: "predict",
+                            detail: format!(
+                                "input \"{}\" has no candidate: this is a pair model ({}); give HISTORY<TAB>CANDIDATE per input",
+                                chunk[i].chars().take(60).collect::<String>(),
+                                dir.display()
+                            ),
+                        });
+                    }
+                }
                 let pairs: Vec<(&str, &str)> = chunk.iter().map(|t| t.split_once('\t').unwrap_or((t.as_str(), ""))).collect();
                 let mut cut = vec![false; chunk.len()];
                 let (logits, norms) = match &mem {
