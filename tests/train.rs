@@ -231,7 +231,8 @@ fn bad_data_is_an_error_naming_the_file_and_line() {
 #[test]
 fn bad_hyperparameters_and_divergence_are_errors_that_keep_the_best_model() {
     let model = root().join("weights/tiny-bert");
-    let cases: [(&str, fn(&mut FinetuneArgs)); 5] = [
+    type Case = (&'static str, fn(&mut FinetuneArgs));
+    let cases: [Case; 5] = [
         ("--lr", |a| a.lr = f64::NAN),
         ("--lr", |a| a.lr = f64::INFINITY),
         ("--weight-decay", |a| a.weight_decay = f64::NAN),
