@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use engram::optim::{ParamGroup, Sgd, SgdConfig};
+use engram::optim::{AdamW, AdamWConfig, ParamGroup, Sgd, SgdConfig};
 use engram::util::Rng;
 use engram::{ops, Tape, Tensor};
 
@@ -286,4 +286,78 @@ fn sgd_kernel_matches_the_cpu_optimizer_on_the_emulator() {
     }
     let tree = mutated_tree("sgd-first", "sgd.cu", "const float b = first ? d : mu * buf[i] + one_minus_damp * d;", "const float b = mu * buf[i] + one_minus_damp * d;");
     assert!(sgd_cases(&build(&cxx, &tree, "sgd", "sgd-first"), "sgd-first").is_err(), "a kernel that ignores the first step's buffer rule passed");
+}
+
+/// Dropout forward and backward (CPU op vs `dropout_fwd_v1`/`dropout_bwd_v1`: the same mask, bit
+/// for bit) and 3 AdamW steps (CPU optimizer vs `adamw_step_v1`).
+fn pointwise_cases(exe: &Path, tag: &str) -> Result<(), String> {
+    let dir = scratch().join(format!("emu-pointwise-{tag}"));
+    let mut rng = Rng::new(21);
+    for (i, (n, p)) in [(1000usize, 0.1), (4099, 0.5), (7, 0.9)].into_iter().enumerate() {
+        let d = dir.join(format!("dropout{i}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let (x, dy) = (randn(&mut rng, &[n]).requires_grad(), randn(&mut rng, &[n]));
+        let tape = Tape::training(5);
+        let y = ops::dropout(&tape, &x, p).unwrap();
+        let g = tape.backward_with(&y, &dy).unwrap();
+        write_f32(&d.join("x"), &x.to_f64_vec());
+        write_f32(&d.join("dy"), &dy.to_f64_vec());
+        std::fs::write(d.join("cfg.txt"), format!("{n} {} {p}\n", ops::dropout::mix_seed(5, 0))).unwrap();
+        let (ok, log) = run(exe, &[d.as_os_str(), "dropout".as_ref()]);
+        if !ok {
+            return Err(format!("dropout kernels failed:\n{log}"));
+        }
+        for (name, want) in [("y", y.to_f64_vec()), ("dx", g.tensor(&x).unwrap().to_f64_vec())] {
+            let got = read_f32(&d.join(name));
+            if let Some(k) = (0..n).find(|&k| got[k].to_bits() != want[k].to_bits()) {
+                return Err(format!("dropout {name}[{k}] = {}, CPU {} (n {n}, p {p})", got[k], want[k]));
+            }
+        }
+    }
+    let (n, steps, lr, wd) = (777usize, 3, 1e-3, 0.01);
+    let cfg = AdamWConfig::default();
+    let d = dir.join("adamw");
+    std::fs::create_dir_all(&d).unwrap();
+    let w0 = randn(&mut rng, &[n]);
+    write_f32(&d.join("w"), &w0.to_f64_vec());
+    let mut w = w0.requires_grad();
+    let mut opt = AdamW::new(cfg);
+    for t in 0..steps {
+        let gt = randn(&mut rng, &[n]);
+        write_f32(&d.join(format!("g{t}")), &gt.to_f64_vec());
+        let tape = Tape::training(0);
+        let y = ops::scale(&tape, &w, 1.0).unwrap();
+        let grads = tape.backward_with(&y, &gt).unwrap();
+        opt.step(&mut [ParamGroup { params: vec![&mut w], weight_decay: wd }], &grads, lr).unwrap();
+    }
+    std::fs::write(d.join("cfg.txt"), format!("{n} {steps} {lr} {wd} {} {} {}\n", cfg.beta1, cfg.beta2, cfg.eps)).unwrap();
+    let (ok, log) = run(exe, &[d.as_os_str(), "adamw".as_ref()]);
+    if !ok {
+        return Err(format!("adamw kernel failed:\n{log}"));
+    }
+    for (k, (x, y)) in read_f32(&d.join("w_out")).iter().zip(w.to_f64_vec()).enumerate() {
+        if !((x - y).abs() <= 1e-6 * (1.0 + y.abs())) {
+            return Err(format!("adamw w[{k}] = {x}, CPU {y}"));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn dropout_and_adamw_kernels_match_the_cpu_on_the_emulator() {
+    let Some(cxx) = cxx() else {
+        eprintln!("SKIPPED: no C++ compiler (g++/clang++/CXX) to build the kernel emulator");
+        return;
+    };
+    if let Err(e) = pointwise_cases(&build(&cxx, &root(), "pointwise", "real"), "real") {
+        panic!("{e}");
+    }
+    let mutants = [
+        ("drop-hash", "common.cuh", "(float)(h >> 40) * (1.f / 16777216.f)", "(float)(h >> 41) * (1.f / 16777216.f)"),
+        ("adamw-bias", "adamw.cu", "sqrtf(vi) / bc2_sqrt + eps", "sqrtf(vi) + eps"),
+    ];
+    for (tag, file, from, to) in mutants {
+        let tree = mutated_tree(tag, file, from, to);
+        assert!(pointwise_cases(&build(&cxx, &tree, "pointwise", tag), tag).is_err(), "mutant {tag} ({from:?} → {to:?}) matched the CPU");
+    }
 }

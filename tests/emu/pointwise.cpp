@@ -1,0 +1,70 @@
+// kernels/dropout.cu and kernels/adamw.cu on the CPU emulator, launched as src/ops/dropout.rs and
+// src/optim/adamw.rs launch them (cfg_1d: 256 threads, ⌈n/256⌉ blocks). tests/kernels_emulated.rs
+// compares with engram's CPU dropout (forward and backward) and CPU AdamW.
+//
+//   pointwise DIR dropout   DIR/cfg.txt "n seed p", DIR/x, DIR/dy   → DIR/y, DIR/dx
+//   pointwise DIR adamw     DIR/cfg.txt "n steps lr wd beta1 beta2 eps", DIR/w, DIR/g0… → DIR/w_out
+#include "../../kernels/dropout.cu"
+#include "../../kernels/adamw.cu"
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+
+static std::vector<float> load(const std::string& path, size_t n) {
+    std::vector<float> v(n);
+    std::ifstream f(path, std::ios::binary);
+    if (!f.read(reinterpret_cast<char*>(v.data()), (std::streamsize)(n * sizeof(float)))) {
+        std::fprintf(stderr, "cannot read %zu values from %s\n", n, path.c_str());
+        std::exit(2);
+    }
+    return v;
+}
+static void save(const std::string& path, const std::vector<float>& v) {
+    std::ofstream f(path, std::ios::binary);
+    f.write(reinterpret_cast<const char*>(v.data()), (std::streamsize)(v.size() * sizeof(float)));
+}
+static unsigned blocks(long long n) { return (unsigned)std::min<long long>((n + 255) / 256, 65535LL * 16); }
+
+int main(int argc, char** argv) {
+    if (argc < 3) return 2;
+    const std::string dir = argv[1], what = argv[2];
+    std::ifstream cfg(dir + "/cfg.txt");
+    if (what == "dropout") {
+        long long n;
+        unsigned long long seed;
+        double p;
+        if (!(cfg >> n >> seed >> p)) return 2;
+        auto x = load(dir + "/x", n), dy = load(dir + "/dy", n);
+        std::vector<float> y(n, NAN), dx(n, 0.f);
+        const float pf = (float)p, inv = (float)(1.0 / (1.0 - p));
+        emu::launch(dim3(blocks(n)), dim3(256), [&] { dropout_fwd_v1(y.data(), x.data(), seed, pf, inv, n); });
+        emu::launch(dim3(blocks(n)), dim3(256), [&] { dropout_bwd_v1(dx.data(), dy.data(), seed, pf, inv, n); });
+        save(dir + "/y", y);
+        save(dir + "/dx", dx);
+    } else if (what == "adamw") {
+        long long n;
+        int steps;
+        double lr, wd, beta1, beta2, eps;
+        if (!(cfg >> n >> steps >> lr >> wd >> beta1 >> beta2 >> eps)) return 2;
+        auto w = load(dir + "/w", n);
+        std::vector<float> m(n, 0.f), v(n, 0.f);
+        for (int t = 1; t <= steps; ++t) {
+            auto g = load(dir + "/g" + std::to_string(t - 1), n);
+            // The launch code's f64 → f32 constants.
+            const double step_size = lr / (1.0 - std::pow(beta1, t)), bc2_sqrt = std::sqrt(1.0 - std::pow(beta2, t));
+            const float decay = (float)(1.0 - lr * wd), omb1 = (float)(1.0 - beta1), b2 = (float)beta2, omb2 = (float)(1.0 - beta2);
+            const float epsf = (float)eps, ss = (float)step_size, bc2 = (float)bc2_sqrt;
+            emu::launch(dim3(blocks(n)), dim3(256), [&] {
+                adamw_step_v1(w.data(), g.data(), m.data(), v.data(), decay, omb1, b2, omb2, epsf, ss, bc2, n);
+            });
+        }
+        save(dir + "/w_out", w);
+    } else {
+        return 2;
+    }
+    std::printf("pointwise %s: done\n", what.c_str());
+    return 0;
+}
