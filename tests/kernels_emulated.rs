@@ -289,7 +289,8 @@ fn sgd_kernel_matches_the_cpu_optimizer_on_the_emulator() {
 }
 
 /// Dropout forward and backward (CPU op vs `dropout_fwd_v1`/`dropout_bwd_v1`: the same mask, bit
-/// for bit) and 3 AdamW steps (CPU optimizer vs `adamw_step_v1`).
+/// for bit), layer norm forward and backward (block reductions through warp shuffles), and 3
+/// AdamW steps (CPU optimizer vs `adamw_step_v1`).
 fn pointwise_cases(exe: &Path, tag: &str) -> Result<(), String> {
     let dir = scratch().join(format!("emu-pointwise-{tag}"));
     let mut rng = Rng::new(21);
@@ -311,6 +312,31 @@ fn pointwise_cases(exe: &Path, tag: &str) -> Result<(), String> {
             let got = read_f32(&d.join(name));
             if let Some(k) = (0..n).find(|&k| got[k].to_bits() != want[k].to_bits()) {
                 return Err(format!("dropout {name}[{k}] = {}, CPU {} (n {n}, p {p})", got[k], want[k]));
+            }
+        }
+    }
+    for (i, (rows, c)) in [(5usize, 384usize), (3, 37), (2, 1000)].into_iter().enumerate() {
+        let d = dir.join(format!("ln{i}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let (x, w, b) = (randn(&mut rng, &[rows, c]).requires_grad(), randn(&mut rng, &[c]).requires_grad(), randn(&mut rng, &[c]).requires_grad());
+        let dy = randn(&mut rng, &[rows, c]);
+        let tape = Tape::training(0);
+        let y = ops::layer_norm(&tape, &x, &w, &b, 1e-12).unwrap();
+        let g = tape.backward_with(&y, &dy).unwrap();
+        for (name, t) in [("x", &x), ("w", &w), ("b", &b), ("dy", &dy)] {
+            write_f32(&d.join(name), &t.to_f64_vec());
+        }
+        std::fs::write(d.join("cfg.txt"), format!("{rows} {c} 1e-12\n")).unwrap();
+        let (ok, log) = run(exe, &[d.as_os_str(), "layer_norm".as_ref()]);
+        if !ok {
+            return Err(format!("layer_norm kernels failed:\n{log}"));
+        }
+        let want = [("y", y.to_f64_vec()), ("dx", g.tensor(&x).unwrap().to_f64_vec()), ("dw", g.tensor(&w).unwrap().to_f64_vec()), ("db", g.tensor(&b).unwrap().to_f64_vec())];
+        for (name, want) in want {
+            for (k, (x, y)) in read_f32(&d.join(name)).iter().zip(&want).enumerate() {
+                if !((x - y).abs() <= 1e-5 + 1e-4 * y.abs()) {
+                    return Err(format!("layer_norm {name}[{k}] = {x}, CPU {y} (rows {rows}, c {c})"));
+                }
             }
         }
     }
@@ -344,7 +370,7 @@ fn pointwise_cases(exe: &Path, tag: &str) -> Result<(), String> {
 }
 
 #[test]
-fn dropout_and_adamw_kernels_match_the_cpu_on_the_emulator() {
+fn dropout_layer_norm_and_adamw_kernels_match_the_cpu_on_the_emulator() {
     let Some(cxx) = cxx() else {
         eprintln!("SKIPPED: no C++ compiler (g++/clang++/CXX) to build the kernel emulator");
         return;
@@ -355,6 +381,7 @@ fn dropout_and_adamw_kernels_match_the_cpu_on_the_emulator() {
     let mutants = [
         ("drop-hash", "common.cuh", "(float)(h >> 40) * (1.f / 16777216.f)", "(float)(h >> 41) * (1.f / 16777216.f)"),
         ("adamw-bias", "adamw.cu", "sqrtf(vi) / bc2_sqrt + eps", "sqrtf(vi) + eps"),
+        ("ln-shuffle", "common.cuh", "for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);\n    return v;\n}\n__device__ __forceinline__ double", "for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);\n    return v;\n}\n__device__ __forceinline__ double"),
     ];
     for (tag, file, from, to) in mutants {
         let tree = mutated_tree(tag, file, from, to);

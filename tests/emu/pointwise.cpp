@@ -4,8 +4,11 @@
 //
 //   pointwise DIR dropout   DIR/cfg.txt "n seed p", DIR/x, DIR/dy   → DIR/y, DIR/dx
 //   pointwise DIR adamw     DIR/cfg.txt "n steps lr wd beta1 beta2 eps", DIR/w, DIR/g0… → DIR/w_out
+//   pointwise DIR layer_norm  DIR/cfg.txt "rows c eps", DIR/{x, w, b, dy} → DIR/{y, dx, dw, db}
+//                             (cfg_rows(rows, 256) for the row kernels, cfg_1d(c) for dw/db)
 #include "../../kernels/dropout.cu"
 #include "../../kernels/adamw.cu"
+#include "../../kernels/layer_norm.cu"
 
 #include <cmath>
 #include <cstdio>
@@ -62,6 +65,20 @@ int main(int argc, char** argv) {
             });
         }
         save(dir + "/w_out", w);
+    } else if (what == "layer_norm") {
+        long long rows;
+        int c;
+        float eps;
+        if (!(cfg >> rows >> c >> eps)) return 2;
+        auto x = load(dir + "/x", rows * c), w = load(dir + "/w", c), b = load(dir + "/b", c), dy = load(dir + "/dy", rows * c);
+        std::vector<float> y(rows * c, NAN), mean(rows, NAN), rstd(rows, NAN), dx(rows * c, 0.f), dw(c, 0.f), db(c, 0.f);
+        emu::launch(dim3((unsigned)rows), dim3(256), [&] { layer_norm_fwd_v1(y.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), rows, c, eps); });
+        emu::launch(dim3((unsigned)rows), dim3(256), [&] { layer_norm_bwd_dx_v1(dx.data(), dy.data(), x.data(), mean.data(), rstd.data(), w.data(), rows, c); });
+        emu::launch(dim3(blocks(c)), dim3(256), [&] { layer_norm_bwd_dwdb_v1(dw.data(), db.data(), dy.data(), x.data(), mean.data(), rstd.data(), rows, c); });
+        save(dir + "/y", y);
+        save(dir + "/dx", dx);
+        save(dir + "/dw", dw);
+        save(dir + "/db", db);
     } else {
         return 2;
     }
