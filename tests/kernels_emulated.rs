@@ -289,8 +289,8 @@ fn sgd_kernel_matches_the_cpu_optimizer_on_the_emulator() {
 }
 
 /// Dropout forward and backward (CPU op vs `dropout_fwd_v1`/`dropout_bwd_v1`: the same mask, bit
-/// for bit), layer norm forward and backward (block reductions through warp shuffles), and 3
-/// AdamW steps (CPU optimizer vs `adamw_step_v1`).
+/// for bit), layer norm, softmax, cross-entropy and both GELUs forward and backward (row kernels
+/// reduce through warp shuffles), and 3 AdamW steps (CPU optimizer vs `adamw_step_v1`).
 fn pointwise_cases(exe: &Path, tag: &str) -> Result<(), String> {
     let dir = scratch().join(format!("emu-pointwise-{tag}"));
     let mut rng = Rng::new(21);
@@ -340,6 +340,77 @@ fn pointwise_cases(exe: &Path, tag: &str) -> Result<(), String> {
             }
         }
     }
+    // Row softmax (with a fully masked row), cross-entropy (with ignored targets), GELU and
+    // tanh-GELU: forward and backward against the CPU ops, a random upstream gradient each.
+    let close = |what: &str, got: &[f64], want: &[f64]| -> Result<(), String> {
+        if got.len() != want.len() {
+            return Err(format!("{what}: {} values, want {}", got.len(), want.len()));
+        }
+        match got.iter().zip(want).position(|(x, y)| !((x - y).abs() <= 1e-5 + 1e-4 * y.abs())) {
+            Some(k) => Err(format!("{what}[{k}] = {}, CPU {}", got[k], want[k])),
+            None => Ok(()),
+        }
+    };
+    {
+        let d = dir.join("softmax");
+        std::fs::create_dir_all(&d).unwrap();
+        let (rows, c) = (4usize, 300usize);
+        let mut xv = randn(&mut rng, &[rows, c]).to_f64_vec();
+        xv[2 * c..3 * c].iter_mut().for_each(|v| *v = f64::NEG_INFINITY);
+        let x = Tensor::from_vec(xv.iter().map(|&v| v as f32).collect::<Vec<f32>>(), &[rows, c]).unwrap().requires_grad();
+        let dy = randn(&mut rng, &[rows, c]);
+        let tape = Tape::training(0);
+        let y = ops::softmax(&tape, &x).unwrap();
+        let g = tape.backward_with(&y, &dy).unwrap();
+        write_f32(&d.join("x"), &xv);
+        write_f32(&d.join("dy"), &dy.to_f64_vec());
+        std::fs::write(d.join("cfg.txt"), format!("{rows} {c}\n")).unwrap();
+        let (ok, log) = run(exe, &[d.as_os_str(), "softmax".as_ref()]);
+        if !ok {
+            return Err(format!("softmax kernels failed:\n{log}"));
+        }
+        close("softmax y", &read_f32(&d.join("y")), &y.to_f64_vec())?;
+        close("softmax dx", &read_f32(&d.join("dx")), &g.tensor(&x).unwrap().to_f64_vec())?;
+    }
+    {
+        let d = dir.join("cross_entropy");
+        std::fs::create_dir_all(&d).unwrap();
+        let (rows, v) = (7usize, 37usize);
+        let x = randn(&mut rng, &[rows, v]).requires_grad();
+        let t: Vec<i64> = (0..rows as i64).map(|i| if i % 3 == 1 { ops::IGNORE_INDEX } else { (i * 5) % v as i64 }).collect();
+        let tt = Tensor::from_ids(t.clone(), &[rows]).unwrap();
+        let tape = Tape::training(0);
+        let loss = ops::cross_entropy(&tape, &x, &tt).unwrap();
+        let g = tape.backward(&loss).unwrap();
+        write_f32(&d.join("x"), &x.to_f64_vec());
+        std::fs::write(d.join("t"), t.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+        std::fs::write(d.join("cfg.txt"), format!("{rows} {v}\n")).unwrap();
+        let (ok, log) = run(exe, &[d.as_os_str(), "cross_entropy".as_ref()]);
+        if !ok {
+            return Err(format!("cross_entropy kernels failed:\n{log}"));
+        }
+        close("cross_entropy loss", &read_f32(&d.join("loss")), &[loss.item().unwrap()])?;
+        close("cross_entropy dx", &read_f32(&d.join("dx")), &g.tensor(&x).unwrap().to_f64_vec())?;
+    }
+    for what in ["gelu", "gelu_tanh"] {
+        let d = dir.join(what);
+        std::fs::create_dir_all(&d).unwrap();
+        let n = 3001usize;
+        let x = Tensor::from_vec(rng.normal_vec(n).into_iter().map(|v| (3.0 * v) as f32).collect::<Vec<f32>>(), &[n]).unwrap().requires_grad();
+        let dy = randn(&mut rng, &[n]);
+        let tape = Tape::training(0);
+        let y = if what == "gelu" { ops::gelu(&tape, &x) } else { ops::gelu_tanh(&tape, &x) }.unwrap();
+        let g = tape.backward_with(&y, &dy).unwrap();
+        write_f32(&d.join("x"), &x.to_f64_vec());
+        write_f32(&d.join("dy"), &dy.to_f64_vec());
+        std::fs::write(d.join("cfg.txt"), format!("{n}\n")).unwrap();
+        let (ok, log) = run(exe, &[d.as_os_str(), what.as_ref()]);
+        if !ok {
+            return Err(format!("{what} kernels failed:\n{log}"));
+        }
+        close(&format!("{what} y"), &read_f32(&d.join("y")), &y.to_f64_vec())?;
+        close(&format!("{what} dx"), &read_f32(&d.join("dx")), &g.tensor(&x).unwrap().to_f64_vec())?;
+    }
     let (n, steps, lr, wd) = (777usize, 3, 1e-3, 0.01);
     let cfg = AdamWConfig::default();
     let d = dir.join("adamw");
@@ -370,7 +441,7 @@ fn pointwise_cases(exe: &Path, tag: &str) -> Result<(), String> {
 }
 
 #[test]
-fn dropout_layer_norm_and_adamw_kernels_match_the_cpu_on_the_emulator() {
+fn pointwise_row_and_optimizer_kernels_match_the_cpu_on_the_emulator() {
     let Some(cxx) = cxx() else {
         eprintln!("SKIPPED: no C++ compiler (g++/clang++/CXX) to build the kernel emulator");
         return;
@@ -381,6 +452,8 @@ fn dropout_layer_norm_and_adamw_kernels_match_the_cpu_on_the_emulator() {
     let mutants = [
         ("drop-hash", "common.cuh", "(float)(h >> 40) * (1.f / 16777216.f)", "(float)(h >> 41) * (1.f / 16777216.f)"),
         ("adamw-bias", "adamw.cu", "sqrtf(vi) / bc2_sqrt + eps", "sqrtf(vi) + eps"),
+        ("ce-ignore", "cross_entropy.cu", "c += (targets[r] != IGNORE_INDEX) ? 1.0 : 0.0;", "c += 1.0;"),
+        ("gelu-pdf", "gelu.cu", "dx[i] += dy[i] * (cdf + v * pdf);", "dx[i] += dy[i] * cdf;"),
         ("ln-shuffle", "common.cuh", "for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);\n    return v;\n}\n__device__ __forceinline__ double", "for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);\n    return v;\n}\n__device__ __forceinline__ double"),
     ];
     for (tag, file, from, to) in mutants {

@@ -6,9 +6,16 @@
 //   pointwise DIR adamw     DIR/cfg.txt "n steps lr wd beta1 beta2 eps", DIR/w, DIR/g0… → DIR/w_out
 //   pointwise DIR layer_norm  DIR/cfg.txt "rows c eps", DIR/{x, w, b, dy} → DIR/{y, dx, dw, db}
 //                             (cfg_rows(rows, 256) for the row kernels, cfg_1d(c) for dw/db)
+//   pointwise DIR softmax     DIR/cfg.txt "rows c", DIR/{x, dy} → DIR/{y, dx}
+//   pointwise DIR cross_entropy  DIR/cfg.txt "rows v", DIR/{x, t (i64)} → DIR/{loss, dx} (dloss = 1;
+//                             the reduce kernel runs as one block of 1024 threads)
+//   pointwise DIR gelu | gelu_tanh  DIR/cfg.txt "n", DIR/{x, dy} → DIR/{y, dx}
 #include "../../kernels/dropout.cu"
 #include "../../kernels/adamw.cu"
 #include "../../kernels/layer_norm.cu"
+#include "../../kernels/softmax.cu"
+#include "../../kernels/cross_entropy.cu"
+#include "../../kernels/gelu.cu"
 
 #include <cmath>
 #include <cstdio>
@@ -79,6 +86,42 @@ int main(int argc, char** argv) {
         save(dir + "/dx", dx);
         save(dir + "/dw", dw);
         save(dir + "/db", db);
+    } else if (what == "softmax") {
+        long long rows;
+        int c;
+        if (!(cfg >> rows >> c)) return 2;
+        auto x = load(dir + "/x", rows * c), dy = load(dir + "/dy", rows * c);
+        std::vector<float> y(rows * c, NAN), dx(rows * c, 0.f);
+        emu::launch(dim3((unsigned)rows), dim3(256), [&] { softmax_fwd_v1(y.data(), x.data(), rows, c); });
+        emu::launch(dim3((unsigned)rows), dim3(256), [&] { softmax_bwd_v1(dx.data(), dy.data(), y.data(), rows, c); });
+        save(dir + "/y", y);
+        save(dir + "/dx", dx);
+    } else if (what == "cross_entropy") {
+        long long rows;
+        int v;
+        if (!(cfg >> rows >> v)) return 2;
+        auto x = load(dir + "/x", rows * v);
+        std::vector<long long> t(rows);
+        std::ifstream tf(dir + "/t", std::ios::binary);
+        if (!tf.read(reinterpret_cast<char*>(t.data()), (std::streamsize)(rows * 8))) return 2;
+        std::vector<float> row_loss(rows, NAN), lse(rows, NAN), loss(1, NAN), count(1, NAN), dloss(1, 1.f), dx(rows * v, 0.f);
+        emu::launch(dim3((unsigned)rows), dim3(256), [&] { cross_entropy_fwd_v1(row_loss.data(), lse.data(), x.data(), t.data(), rows, v); });
+        emu::launch(dim3(1), dim3(1024), [&] { cross_entropy_reduce_v1(loss.data(), count.data(), row_loss.data(), t.data(), rows); });
+        emu::launch(dim3(blocks(rows * v)), dim3(256), [&] {
+            cross_entropy_bwd_v1(dx.data(), dloss.data(), count.data(), lse.data(), x.data(), t.data(), rows, v);
+        });
+        save(dir + "/loss", loss);
+        save(dir + "/dx", dx);
+    } else if (what == "gelu" || what == "gelu_tanh") {
+        long long n;
+        if (!(cfg >> n)) return 2;
+        auto x = load(dir + "/x", n), dy = load(dir + "/dy", n);
+        std::vector<float> y(n, NAN), dx(n, 0.f);
+        const bool t = what == "gelu_tanh";
+        emu::launch(dim3(blocks(n)), dim3(256), [&] { t ? gelu_tanh_fwd_v1(y.data(), x.data(), n) : gelu_fwd_v1(y.data(), x.data(), n); });
+        emu::launch(dim3(blocks(n)), dim3(256), [&] { t ? gelu_tanh_bwd_v1(dx.data(), dy.data(), x.data(), n) : gelu_bwd_v1(dx.data(), dy.data(), x.data(), n); });
+        save(dir + "/y", y);
+        save(dir + "/dx", dx);
     } else {
         return 2;
     }
