@@ -115,6 +115,20 @@ mod gpu {
         let dout = randn(11, &[b, nh, t, hs])?;
         use engram::ops::{with_attention_variant, AttentionVariant};
         for (var, name) in [(AttentionVariant::V1, "v1"), (AttentionVariant::V2, "v2")] {
+            // A kernel on trial that fails to run is reported (the suite fails on "FAILED"); the
+            // rest of the table still comes out.
+            if var == AttentionVariant::V2 {
+                let probe = || -> Result<()> {
+                    let tr = Tape::training(0);
+                    let o = ops::attention(&tr, &q, &k, &v, Some(&mask), scale, 0.1)?;
+                    tr.backward_with(&o, &dout)?;
+                    dev.synchronize()
+                };
+                if let Err(e) = with_attention_variant(var, probe) {
+                    println!("attention v2 FAILED to run: {e}");
+                    continue;
+                }
+            }
             let ms = with_attention_variant(var, || time(&dev, 20, || ops::attention(&tape, &q, &k, &v, Some(&mask), scale, 0.0).map(|_| ())))?;
             rows.push(Row {
                 what: format!("attention_fwd_{name} B32 NH12 T128 HS64"),
@@ -148,6 +162,9 @@ mod gpu {
         // MiniLM's heads (NH 12, HS 32): where v2's 4 lanes per row hold 8 dims each.
         let (q32, k32, v32) = (randn(12, &[b, nh, t, 32])?, randn(13, &[b, nh, t, 32])?, randn(14, &[b, nh, t, 32])?);
         for (var, name) in [(AttentionVariant::V1, "v1"), (AttentionVariant::V2, "v2")] {
+            if var == AttentionVariant::V2 && with_attention_variant(var, || ops::attention(&tape, &q32, &k32, &v32, Some(&mask), scale, 0.0).and_then(|_| dev.synchronize())).is_err() {
+                continue; // reported above
+            }
             let ms = with_attention_variant(var, || time(&dev, 20, || ops::attention(&tape, &q32, &k32, &v32, Some(&mask), scale, 0.0).map(|_| ())))?;
             rows.push(Row { what: format!("attention_fwd_{name} B32 NH12 T128 HS32"), ms, metric: format!("{:.2} TFLOP/s", flops / 2.0 / (ms * 1e-3) / 1e12), yardstick: String::new() });
         }
@@ -224,13 +241,19 @@ mod gpu {
             // SAFETY: the buffers hold the sizes the config describes.
             unsafe { blas.gemm(cfg, wd, xd, &mut y) }.map_err(|e| engram::Error::Device(format!("cuBLAS gemm: {e:?}")))
         })?;
-        // Check every GEMM variant against cuBLAS on the same inputs while we are here.
+        // Check every GEMM variant against cuBLAS on the same inputs while we are here. The
+        // production kernel disagreeing stops the benchmark; a variant on trial disagreeing is
+        // reported (the suite fails on "DISAGREES") and the table still comes out.
         let theirs = dev.dtoh(&y, m * n)?;
         for v in engram::device::cuda::GemmVariant::ALL {
             let ours = engram::device::cuda::with_gemm_variant(v, || ops::linear(&Tape::inference(), x, w, None))?.to_f64_vec();
             let worst = ours.iter().zip(&theirs).map(|(a, b)| (a - *b as f64).abs() / (1.0 + (*b as f64).abs())).fold(0.0, f64::max);
             if worst > 1e-3 {
-                return Err(engram::Error::Device(format!("{} disagrees with cuBLAS at {m}x{n}x{k}: rel {worst:e}", v.kernel())));
+                let msg = format!("{} DISAGREES with cuBLAS at {m}x{n}x{k}: rel {worst:e}", v.kernel());
+                if v == engram::device::cuda::GemmVariant::V1 {
+                    return Err(engram::Error::Device(msg));
+                }
+                println!("{msg}");
             }
         }
         Ok(Some(ms))

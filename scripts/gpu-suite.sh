@@ -116,9 +116,10 @@ run() {
   local bench_out=""
   if [ -x "$bins/bench-gpu" ]; then
     bench_out=$("$bins/bench-gpu" 2>&1) || { fail=1; bench_out+=$'\nbench FAILED'; }
+    grep -q DISAGREES <<<"$bench_out" && fail=1
     echo "$bench_out" >> "$log"
   fi
-  grep -E "SKIPPED|panicked|FAILED|max \|engram|cosine" "$log" | sort -u | head -n 30 || true
+  grep -E "SKIPPED|panicked|FAILED|DISAGREES|max \|engram|cosine" "$log" | sort -u | head -n 30 || true
   echo; printf '%s\n' "${summary[@]}"
   echo "$bench_out"
   exit $fail
