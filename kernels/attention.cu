@@ -180,6 +180,30 @@ __device__ __forceinline__ void at2_axpy(float* acc, float w, const float* row, 
     }
 }
 
+// Ms[jj] = 1 when key j0 + jj exists and is not padding, else 0.
+__device__ __forceinline__ void at2_key_mask(float* Ms, const long long* mask, int b, int j0, int Tk) {
+    for (int jj = threadIdx.x; jj < AT2_T; jj += blockDim.x) {
+        const int j = j0 + jj;
+        Ms[jj] = (j < Tk && (mask == nullptr || mask[(long long)b * Tk + j] != 0)) ? 1.f : 0.f;
+    }
+}
+// The backward's two dots per (own row, tile row lane + 4u): dot[u] = a·X[row], dpv[u] = c·Y[row]
+// (own q and dO against the tile's k and v, or own k and v against the tile's q and dO).
+__device__ __forceinline__ void at2_dots(float* dot, float* dpv, const float4* a, const float4* c, const float* X, const float* Y,
+                                         int lane, int HP, int HS4) {
+#pragma unroll
+    for (int u = 0; u < AT2_T / 4; ++u) dot[u] = dpv[u] = 0.f;
+    for (int t = 0; t < HS4 / 4; ++t) {
+        const float4 x = a[t], y = c[t];
+#pragma unroll
+        for (int u = 0; u < AT2_T / 4; ++u) {
+            const int row = lane + 4 * u;
+            dot[u] = at2_dot4(dot[u], x, reinterpret_cast<const float4*>(X + row * HP)[t]);
+            dpv[u] = at2_dot4(dpv[u], y, reinterpret_cast<const float4*>(Y + row * HP)[t]);
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(128) attention_fwd_v2(float* out, float* lse, const float* q, const float* k,
                                                                   const float* v, const long long* mask, int B, int NH, int Tq,
                                                                   int Tk, int HS, float scale, unsigned long long seed, float p,
@@ -205,10 +229,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_fwd_v2(float* out, f
         __syncthreads();  // the previous tile is consumed (and Qs is written, first time)
         at2_load(Ks, k + bh * Tk * HS, j0, AT2_T, Tk, HS, HP);
         at2_load(Vs, v + bh * Tk * HS, j0, AT2_T, Tk, HS, HP);
-        for (int jj = tid; jj < AT2_T; jj += 128) {
-            const int j = j0 + jj;
-            Ms[jj] = (j < Tk && (mask == nullptr || mask[(long long)b * Tk + j] != 0)) ? 1.f : 0.f;
-        }
+        at2_key_mask(Ms, mask, b, j0, Tk);
         __syncthreads();
         float s[AT2_T / 4];
 #pragma unroll
@@ -294,23 +315,10 @@ extern "C" __global__ void __launch_bounds__(128) attention_bwd_q_v2(float* dq, 
         __syncthreads();
         at2_load(Ks, k + bh * Tk * HS, j0, AT2_T, Tk, HS, HP);
         at2_load(Vs, v + bh * Tk * HS, j0, AT2_T, Tk, HS, HP);
-        for (int jj = tid; jj < AT2_T; jj += 128) {
-            const int j = j0 + jj;
-            Ms[jj] = (j < Tk && (mask == nullptr || mask[(long long)b * Tk + j] != 0)) ? 1.f : 0.f;
-        }
+        at2_key_mask(Ms, mask, b, j0, Tk);
         __syncthreads();
         float dot[AT2_T / 4], dpv[AT2_T / 4];
-#pragma unroll
-        for (int u = 0; u < AT2_T / 4; ++u) dot[u] = dpv[u] = 0.f;
-        for (int t = 0; t < HS4 / 4; ++t) {
-            const float4 x = q4[t], y = o4[t];
-#pragma unroll
-            for (int u = 0; u < AT2_T / 4; ++u) {
-                const int jj = lane + 4 * u;
-                dot[u] = at2_dot4(dot[u], x, reinterpret_cast<const float4*>(Ks + jj * HP)[t]);
-                dpv[u] = at2_dot4(dpv[u], y, reinterpret_cast<const float4*>(Vs + jj * HP)[t]);
-            }
-        }
+        at2_dots(dot, dpv, q4, o4, Ks, Vs, lane, HP, HS4);
 #pragma unroll
         for (int u = 0; u < AT2_T / 4; ++u) {
             const int jj = lane + 4 * u;
@@ -376,17 +384,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_bwd_kv_v2(float* dk,
         }
         __syncthreads();
         float dot[AT2_T / 4], dpv[AT2_T / 4];
-#pragma unroll
-        for (int u = 0; u < AT2_T / 4; ++u) dot[u] = dpv[u] = 0.f;
-        for (int t = 0; t < HS4 / 4; ++t) {
-            const float4 x = k4[t], y = v4[t];
-#pragma unroll
-            for (int u = 0; u < AT2_T / 4; ++u) {
-                const int ii = lane + 4 * u;
-                dot[u] = at2_dot4(dot[u], reinterpret_cast<const float4*>(Qs + ii * HP)[t], x);
-                dpv[u] = at2_dot4(dpv[u], reinterpret_cast<const float4*>(Os + ii * HP)[t], y);
-            }
-        }
+        at2_dots(dot, dpv, k4, v4, Qs, Os, lane, HP, HS4);
 #pragma unroll
         for (int u = 0; u < AT2_T / 4; ++u) {
             const int ii = lane + 4 * u;

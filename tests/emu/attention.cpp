@@ -7,26 +7,14 @@
 //   attention DIR [v1|v2]   reads DIR/{dims.txt, q, k, v, mask, dout}, writes DIR/{out, dq, dk, dv}
 #include "../../kernels/attention.cu"
 
+#include "io.h"
+
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <string>
 
-template <class T>
-static std::vector<T> load(const std::string& path, size_t n) {
-    std::vector<T> v(n);
-    std::ifstream f(path, std::ios::binary);
-    if (!f.read(reinterpret_cast<char*>(v.data()), (std::streamsize)(n * sizeof(T)))) {
-        std::fprintf(stderr, "cannot read %zu values from %s\n", n, path.c_str());
-        std::exit(2);
-    }
-    return v;
-}
 
-static void save(const std::string& path, const std::vector<float>& v) {
-    std::ofstream f(path, std::ios::binary);
-    f.write(reinterpret_cast<const char*>(v.data()), (std::streamsize)(v.size() * sizeof(float)));
-}
 
 int main(int argc, char** argv) {
     if (argc < 2) {

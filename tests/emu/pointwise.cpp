@@ -18,24 +18,13 @@
 #include "../../kernels/gelu.cu"
 
 #include <cmath>
+#include "io.h"
+
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <string>
 
-static std::vector<float> load(const std::string& path, size_t n) {
-    std::vector<float> v(n);
-    std::ifstream f(path, std::ios::binary);
-    if (!f.read(reinterpret_cast<char*>(v.data()), (std::streamsize)(n * sizeof(float)))) {
-        std::fprintf(stderr, "cannot read %zu values from %s\n", n, path.c_str());
-        std::exit(2);
-    }
-    return v;
-}
-static void save(const std::string& path, const std::vector<float>& v) {
-    std::ofstream f(path, std::ios::binary);
-    f.write(reinterpret_cast<const char*>(v.data()), (std::streamsize)(v.size() * sizeof(float)));
-}
 static unsigned blocks(long long n) { return (unsigned)std::min<long long>((n + 255) / 256, 65535LL * 16); }
 
 int main(int argc, char** argv) {

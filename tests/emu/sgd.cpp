@@ -6,20 +6,13 @@
 //             writes DIR/w_out
 #include "../../kernels/sgd.cu"
 
+#include "io.h"
+
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <string>
 
-static std::vector<float> load(const std::string& path, size_t n) {
-    std::vector<float> v(n);
-    std::ifstream f(path, std::ios::binary);
-    if (!f.read(reinterpret_cast<char*>(v.data()), (std::streamsize)(n * sizeof(float)))) {
-        std::fprintf(stderr, "cannot read %zu values from %s\n", n, path.c_str());
-        std::exit(2);
-    }
-    return v;
-}
 
 int main(int argc, char** argv) {
     if (argc < 2) return 2;
