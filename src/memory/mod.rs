@@ -257,7 +257,7 @@ pub fn segment(tok: &BertTokenizer, cfg: &MemoryConfig, inputs: &[Vec<Unit>], wh
             return Err(Error::Value {
                 op: "memory",
                 detail: format!(
-                    "{what}: input {} has {n} tokens = {} segments of {}; the limit is {} (raise --max-segments)",
+                    "{what}: input {} has {n} tokens = {} segments of {}; the limit is {} (finetune --max-segments raises it; a trained model keeps its limit in memory.json)",
                     i + 1,
                     p.len(),
                     cfg.segment_len,
