@@ -290,7 +290,9 @@ fn sgd_kernel_matches_the_cpu_optimizer_on_the_emulator() {
 
 /// Dropout forward and backward (CPU op vs `dropout_fwd_v1`/`dropout_bwd_v1`: the same mask, bit
 /// for bit), layer norm, softmax, cross-entropy and both GELUs forward and backward (row kernels
-/// reduce through warp shuffles), and 3 AdamW steps (CPU optimizer vs `adamw_step_v1`).
+/// reduce through warp shuffles), embedding (atomic backward, padding id), mean pooling, the
+/// f64 sum of squares behind GPU gradient clipping (atomics across blocks), and 3 AdamW steps
+/// (CPU optimizer vs `adamw_step_v1`).
 fn pointwise_cases(exe: &Path, tag: &str) -> Result<(), String> {
     let dir = scratch().join(format!("emu-pointwise-{tag}"));
     let mut rng = Rng::new(21);
@@ -411,6 +413,71 @@ fn pointwise_cases(exe: &Path, tag: &str) -> Result<(), String> {
         close(&format!("{what} y"), &read_f32(&d.join("y")), &y.to_f64_vec())?;
         close(&format!("{what} dx"), &read_f32(&d.join("dx")), &g.tensor(&x).unwrap().to_f64_vec())?;
     }
+    {
+        // Embedding with repeated ids (the backward's atomicAdd) and a padding id.
+        let d = dir.join("embedding");
+        std::fs::create_dir_all(&d).unwrap();
+        let (n, c, v, pad) = (300usize, 24usize, 11usize, 3i64);
+        let ids: Vec<i64> = (0..n as i64).map(|i| (i * 7) % v as i64).collect();
+        let table = randn(&mut rng, &[v, c]).requires_grad();
+        let idt = Tensor::from_ids(ids.clone(), &[n]).unwrap();
+        let dy = randn(&mut rng, &[n, c]);
+        let tape = Tape::training(0);
+        let y = ops::embedding(&tape, &idt, &table, Some(pad)).unwrap();
+        let g = tape.backward_with(&y, &dy).unwrap();
+        std::fs::write(d.join("ids"), ids.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+        write_f32(&d.join("table"), &table.to_f64_vec());
+        write_f32(&d.join("dy"), &dy.to_f64_vec());
+        std::fs::write(d.join("cfg.txt"), format!("{n} {c} {v} {pad}\n")).unwrap();
+        let (ok, log) = run(exe, &[d.as_os_str(), "embedding".as_ref()]);
+        if !ok {
+            return Err(format!("embedding kernels failed:\n{log}"));
+        }
+        close("embedding y", &read_f32(&d.join("y")), &y.to_f64_vec())?;
+        close("embedding dtable", &read_f32(&d.join("dtable")), &g.tensor(&table).unwrap().to_f64_vec())?;
+    }
+    {
+        let d = dir.join("mean_pool");
+        std::fs::create_dir_all(&d).unwrap();
+        let (b, t, c) = (3usize, 9usize, 20usize);
+        let x = randn(&mut rng, &[b, t, c]).requires_grad();
+        let mask: Vec<i64> = (0..b * t).map(|i| i64::from(i % t < [9, 4, 1][i / t])).collect();
+        let mt = Tensor::from_ids(mask.clone(), &[b, t]).unwrap();
+        let dy = randn(&mut rng, &[b, c]);
+        let tape = Tape::training(0);
+        let y = ops::mean_pool(&tape, &x, &mt).unwrap();
+        let g = tape.backward_with(&y, &dy).unwrap();
+        write_f32(&d.join("x"), &x.to_f64_vec());
+        write_f32(&d.join("dy"), &dy.to_f64_vec());
+        std::fs::write(d.join("mask"), mask.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+        std::fs::write(d.join("cfg.txt"), format!("{b} {t} {c}\n")).unwrap();
+        let (ok, log) = run(exe, &[d.as_os_str(), "mean_pool".as_ref()]);
+        if !ok {
+            return Err(format!("mean_pool kernels failed:\n{log}"));
+        }
+        close("mean_pool y", &read_f32(&d.join("y")), &y.to_f64_vec())?;
+        close("mean_pool dx", &read_f32(&d.join("dx")), &g.tensor(&x).unwrap().to_f64_vec())?;
+    }
+    {
+        // Σx² over more elements than one block covers (gradient clipping on the GPU).
+        let d = dir.join("sum_squares");
+        std::fs::create_dir_all(&d).unwrap();
+        let n = 70_001usize;
+        let x = randn(&mut rng, &[n]);
+        let xs = x.to_f64_vec();
+        write_f32(&d.join("x"), &xs);
+        std::fs::write(d.join("cfg.txt"), format!("{n}\n")).unwrap();
+        let (ok, log) = run(exe, &[d.as_os_str(), "sum_squares".as_ref()]);
+        if !ok {
+            return Err(format!("sum_squares kernel failed:\n{log}"));
+        }
+        let ss = read_f32(&d.join("ss"));
+        let got = ss[0] + ss[1];
+        let want: f64 = xs.iter().map(|v| v * v).sum();
+        if !((got - want).abs() <= 1e-9 * want) {
+            return Err(format!("sum_squares = {got}, f64 reference {want}"));
+        }
+    }
     let (n, steps, lr, wd) = (777usize, 3, 1e-3, 0.01);
     let cfg = AdamWConfig::default();
     let d = dir.join("adamw");
@@ -454,6 +521,8 @@ fn pointwise_row_and_optimizer_kernels_match_the_cpu_on_the_emulator() {
         ("adamw-bias", "adamw.cu", "sqrtf(vi) / bc2_sqrt + eps", "sqrtf(vi) + eps"),
         ("ce-ignore", "cross_entropy.cu", "c += (targets[r] != IGNORE_INDEX) ? 1.0 : 0.0;", "c += 1.0;"),
         ("gelu-pdf", "gelu.cu", "dx[i] += dy[i] * (cdf + v * pdf);", "dx[i] += dy[i] * cdf;"),
+        ("emb-atomic", "embedding.cu", "atomicAdd(&dtable[id * c + (i % c)], dout[i]);", "dtable[id * c + (i % c)] = dout[i];"),
+        ("ss-atomic", "elementwise.cu", "if (threadIdx.x == 0) atomicAdd(acc, s);", "if (threadIdx.x == 0) *acc = s;"),
         ("ln-shuffle", "common.cuh", "for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);\n    return v;\n}\n__device__ __forceinline__ double", "for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);\n    return v;\n}\n__device__ __forceinline__ double"),
     ];
     for (tag, file, from, to) in mutants {

@@ -10,12 +10,19 @@
 //   pointwise DIR cross_entropy  DIR/cfg.txt "rows v", DIR/{x, t (i64)} → DIR/{loss, dx} (dloss = 1;
 //                             the reduce kernel runs as one block of 1024 threads)
 //   pointwise DIR gelu | gelu_tanh  DIR/cfg.txt "n", DIR/{x, dy} → DIR/{y, dx}
+//   pointwise DIR embedding   DIR/cfg.txt "n c v padding_idx|-1", DIR/{ids (i64), table, dy} → DIR/{y, dtable}
+//                             (atomicAdd into rows that several ids share)
+//   pointwise DIR mean_pool   DIR/cfg.txt "B T C", DIR/{x, mask (i64), dy} → DIR/{y, dx}
+//   pointwise DIR sum_squares DIR/cfg.txt "n", DIR/x → DIR/ss (f64 as two floats: hi, lo)
 #include "../../kernels/dropout.cu"
 #include "../../kernels/adamw.cu"
 #include "../../kernels/layer_norm.cu"
 #include "../../kernels/softmax.cu"
 #include "../../kernels/cross_entropy.cu"
 #include "../../kernels/gelu.cu"
+#include "../../kernels/embedding.cu"
+#include "../../kernels/pooling.cu"
+#include "../../kernels/elementwise.cu"
 
 #include <cmath>
 #include "io.h"
@@ -111,6 +118,36 @@ int main(int argc, char** argv) {
         emu::launch(dim3(blocks(n)), dim3(256), [&] { t ? gelu_tanh_bwd_v1(dx.data(), dy.data(), x.data(), n) : gelu_bwd_v1(dx.data(), dy.data(), x.data(), n); });
         save(dir + "/y", y);
         save(dir + "/dx", dx);
+    } else if (what == "embedding") {
+        long long n, pad;
+        int c, v;
+        if (!(cfg >> n >> c >> v >> pad)) return 2;
+        auto ids = load<long long>(dir + "/ids", n);
+        auto table = load(dir + "/table", (size_t)v * c), dy = load(dir + "/dy", n * c);
+        std::vector<float> y(n * c, NAN), dt((size_t)v * c, 0.f);
+        emu::launch(dim3(blocks(n * c)), dim3(256), [&] { embedding_fwd_v1(y.data(), ids.data(), table.data(), n, c); });
+        emu::launch(dim3(blocks(n * c)), dim3(256), [&] { embedding_bwd_v1(dt.data(), dy.data(), ids.data(), n, c, pad, pad >= 0); });
+        save(dir + "/y", y);
+        save(dir + "/dtable", dt);
+    } else if (what == "mean_pool") {
+        int B, T, C;
+        if (!(cfg >> B >> T >> C)) return 2;
+        auto x = load(dir + "/x", (size_t)B * T * C), dy = load(dir + "/dy", (size_t)B * C);
+        auto mask = load<long long>(dir + "/mask", (size_t)B * T);
+        std::vector<float> y((size_t)B * C, NAN), dx((size_t)B * T * C, 0.f);
+        emu::launch(dim3(blocks((long long)B * C)), dim3(256), [&] { mean_pool_fwd_v1(y.data(), x.data(), mask.data(), B, T, C); });
+        emu::launch(dim3(blocks((long long)B * T * C)), dim3(256), [&] { mean_pool_bwd_v1(dx.data(), dy.data(), mask.data(), B, T, C); });
+        save(dir + "/y", y);
+        save(dir + "/dx", dx);
+    } else if (what == "sum_squares") {
+        long long n;
+        if (!(cfg >> n)) return 2;
+        auto x = load(dir + "/x", n);
+        double acc = 0.0;
+        // cfg_1d(n).capped(1024): several blocks add their partial sums atomically.
+        emu::launch(dim3(std::min(blocks(n), 1024u)), dim3(256), [&] { sum_squares_v1(&acc, x.data(), n); });
+        const float hi = (float)acc, lo = (float)(acc - (double)hi);
+        save(dir + "/ss", std::vector<float>{hi, lo});
     } else {
         return 2;
     }
