@@ -28,10 +28,15 @@ fn scratch() -> PathBuf {
     std::env::temp_dir().join(format!("engram-emu-{}", std::process::id()))
 }
 
-/// The host C++ compiler (`CXX`, else g++, else clang++), or None.
+/// The host C++ compiler (`CXX`, else g++, else clang++); None (and the test says SKIPPED) when
+/// there is none.
 fn cxx() -> Option<String> {
     let candidates = std::env::var("CXX").into_iter().chain(["g++".to_string(), "clang++".to_string()]);
-    candidates.into_iter().find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
+    let found = candidates.into_iter().find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()));
+    if found.is_none() {
+        eprintln!("SKIPPED: no C++ compiler (g++/clang++/CXX) to build the kernel emulator");
+    }
+    found
 }
 
 /// Compile `tests/emu/<harness>.cpp` found under `tree` (the repository, or a mutated copy of
@@ -92,10 +97,7 @@ fn mutated_tree(tag: &str, file: &str, from: &str, to: &str) -> PathBuf {
 
 #[test]
 fn gemm_kernels_match_the_f64_reference_on_the_emulator() {
-    let Some(cxx) = cxx() else {
-        eprintln!("SKIPPED: no C++ compiler (g++/clang++/CXX) to build the kernel emulator");
-        return;
-    };
+    let Some(cxx) = cxx() else { return };
     let (ok, out) = build_and_run(&cxx, &root(), "gemm", "real");
     assert!(ok, "emulated GEMM kernels disagree with the reference:\n{out}");
     assert!(out.contains("gemm_v1") && out.contains("gemm_v2 ") && out.contains("gemm_v2_64"), "every variant must run:\n{out}");
@@ -200,10 +202,7 @@ fn attention_cases(exe: &Path, variant: &str, tag: &str) -> Result<(), String> {
 
 #[test]
 fn attention_kernels_match_the_cpu_op_with_dropout_on_the_emulator() {
-    let Some(cxx) = cxx() else {
-        eprintln!("SKIPPED: no C++ compiler (g++/clang++/CXX) to build the kernel emulator");
-        return;
-    };
+    let Some(cxx) = cxx() else { return };
     let exe = build(&cxx, &root(), "attention", "real");
     for variant in ["v1", "v2"] {
         if let Err(e) = attention_cases(&exe, variant, "real") {
@@ -276,10 +275,7 @@ fn sgd_cases(exe: &Path, tag: &str) -> Result<(), String> {
 
 #[test]
 fn sgd_kernel_matches_the_cpu_optimizer_on_the_emulator() {
-    let Some(cxx) = cxx() else {
-        eprintln!("SKIPPED: no C++ compiler (g++/clang++/CXX) to build the kernel emulator");
-        return;
-    };
+    let Some(cxx) = cxx() else { return };
     let exe = build(&cxx, &root(), "sgd", "real");
     if let Err(e) = sgd_cases(&exe, "real") {
         panic!("{e}");
@@ -509,10 +505,7 @@ fn pointwise_cases(exe: &Path, tag: &str) -> Result<(), String> {
 
 #[test]
 fn pointwise_row_and_optimizer_kernels_match_the_cpu_on_the_emulator() {
-    let Some(cxx) = cxx() else {
-        eprintln!("SKIPPED: no C++ compiler (g++/clang++/CXX) to build the kernel emulator");
-        return;
-    };
+    let Some(cxx) = cxx() else { return };
     if let Err(e) = pointwise_cases(&build(&cxx, &root(), "pointwise", "real"), "real") {
         panic!("{e}");
     }
