@@ -10,6 +10,11 @@
 //! come from nvcc 13.0.x: a newer nvcc writes PTX that a 13.0 driver refuses, so any other
 //! version is an error unless `ENGRAM_ALLOW_ANY_NVCC=1`.
 //! `ENGRAM_PTXAS_VERBOSE=1` prints ptxas's register/spill report per kernel as build warnings.
+//!
+//! With `--features cuda-emu` (no CUDA toolkit, no GPU) the host C++ compiler (`CXX`, else g++,
+//! else clang++) builds each `kernels/*.cu` with `kernels/emu/cuda_emu.h` into a shared object,
+//! and `kernels/emu/driver.cpp` into an emulated `libcuda.so`; the module images name those
+//! files, so the binary only runs on the machine that built it (a test build, not a product).
 
 use std::env;
 use std::fs;
@@ -19,13 +24,14 @@ use std::process::Command;
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=kernels");
-    for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "ENGRAM_PTXAS_VERBOSE", "ENGRAM_ALLOW_ANY_NVCC"] {
+    for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "ENGRAM_PTXAS_VERBOSE", "ENGRAM_ALLOW_ANY_NVCC", "CXX"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     if env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
-    if let Err(e) = compile_kernels() {
+    let built = if env::var_os("CARGO_FEATURE_CUDA_EMU").is_some() { compile_emulated() } else { compile_kernels() };
+    if let Err(e) = built {
         eprintln!("\nengram build: {e}\n");
         std::process::exit(1);
     }
@@ -128,5 +134,114 @@ fn compile_kernels() -> Result<(), String> {
     }
     table.push_str("];\n");
     fs::write(out.join("kernels.rs"), table).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The host C++ compiler for the emulated device.
+fn find_cxx() -> Result<String, String> {
+    let candidates = env::var("CXX").into_iter().chain(["g++".to_string(), "clang++".to_string()]);
+    for c in candidates {
+        if Command::new(&c).arg("--version").output().is_ok_and(|o| o.status.success()) {
+            return Ok(c);
+        }
+    }
+    Err("the `cuda-emu` feature needs a C++20 compiler (CXX, g++ or clang++) and none was found".into())
+}
+
+/// Every `extern "C" __global__` kernel in a .cu source: (name, __launch_bounds__ thread limit).
+fn kernel_entries(src: &str) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for (i, _) in src.match_indices("__global__ void") {
+        let mut rest = src[i + "__global__ void".len()..].trim_start();
+        let mut bound = 1024;
+        if let Some(r) = rest.strip_prefix("__launch_bounds__(") {
+            let close = r.find(')').unwrap_or(0);
+            bound = r[..close].split(',').next().and_then(|n| n.trim().parse().ok()).unwrap_or(1024);
+            rest = r[close + 1..].trim_start();
+        }
+        let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        if !name.is_empty() {
+            out.push((name, bound));
+        }
+    }
+    out
+}
+
+fn compile_emulated() -> Result<(), String> {
+    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?);
+    let out = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?).join("emu");
+    fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let cxx = find_cxx()?;
+    let kernels = root.join("kernels");
+    let header = kernels.join("emu/cuda_emu.h");
+    println!("cargo:rerun-if-changed={}", header.display());
+    println!("cargo:rerun-if-changed={}", kernels.join("emu/driver.cpp").display());
+    let mut files: Vec<PathBuf> = fs::read_dir(&kernels)
+        .map_err(|e| format!("cannot read {}: {e}", kernels.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "cu"))
+        .collect();
+    files.sort();
+
+    // One translation unit per module: the kernel source plus a launcher per kernel.
+    let mut jobs: Vec<(Vec<String>, PathBuf, String)> = Vec::new();
+    let mut table = String::from("/// (module name, emulated module image) for every kernels/*.cu, compiled by build.rs.\npub const MODULES: &[(&str, &[u8])] = &[\n");
+    for src in &files {
+        println!("cargo:rerun-if-changed={}", src.display());
+        let stem = src.file_stem().and_then(|s| s.to_str()).ok_or("bad kernel file name")?.to_string();
+        let text = fs::read_to_string(src).map_err(|e| format!("cannot read {}: {e}", src.display()))?;
+        let mut tu = format!("#include {:?}\n", src.display().to_string());
+        for (name, bound) in kernel_entries(&text) {
+            tu.push_str(&format!("ENGRAM_EMU_KERNEL({name}, {bound})\n"));
+        }
+        let tu_path = out.join(format!("{stem}.cpp"));
+        fs::write(&tu_path, tu).map_err(|e| e.to_string())?;
+        let so = out.join(format!("libengram_emu_{stem}.so"));
+        let args = vec![
+            "-include".to_string(),
+            header.display().to_string(),
+            "-I".to_string(),
+            kernels.display().to_string(),
+            tu_path.display().to_string(),
+        ];
+        table.push_str(&format!("    ({stem:?}, concat!(\"ENGRAM-EMU-MODULE:\", {:?}, \"\\0\").as_bytes()),\n", so.display().to_string()));
+        jobs.push((args, so, src.display().to_string()));
+    }
+    table.push_str("];\n");
+    let driver = out.join("libcuda.so");
+    jobs.push((
+        vec!["-Wl,-soname,libcuda.so".to_string(), kernels.join("emu/driver.cpp").display().to_string(), "-ldl".to_string()],
+        driver.clone(),
+        "kernels/emu/driver.cpp".to_string(),
+    ));
+    table.push_str(&format!("/// The emulated CUDA driver library.\npub const EMU_DRIVER: &str = {:?};\n", driver.display().to_string()));
+
+    let results: Vec<Result<(), String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = jobs
+            .iter()
+            .map(|(args, so, what)| {
+                let cxx = &cxx;
+                s.spawn(move || {
+                    let res = Command::new(cxx)
+                        .args(["-std=c++20", "-O2", "-g", "-fPIC", "-shared", "-pthread", "-fno-strict-aliasing"])
+                        .args(args)
+                        .arg("-o")
+                        .arg(so)
+                        .output()
+                        .map_err(|e| format!("cannot run {cxx}: {e}"))?;
+                    if res.status.success() {
+                        Ok(())
+                    } else {
+                        Err(format!("{cxx} failed on {what} (emulated device):\n{}", String::from_utf8_lossy(&res.stderr)))
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("compiler thread panicked".into()))).collect()
+    });
+    for r in results {
+        r?;
+    }
+    fs::write(out.parent().unwrap().join("kernels.rs"), table).map_err(|e| e.to_string())?;
     Ok(())
 }

@@ -29,6 +29,8 @@
 #include <algorithm>
 #include <memory>
 #include <thread>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 struct dim3 {
@@ -113,7 +115,25 @@ void launch(dim3 grid, dim3 block, F body, size_t shared_bytes = 0) {
     for (auto& th : threads) th.join();
     block_barrier = nullptr;
 }
+// A launch through the emulated driver (kernels/emu/driver.cpp): cuLaunchKernel's argument
+// array (one pointer per parameter, as the CUDA driver API takes it) unpacked into the kernel's
+// parameter types. `dims` = grid x y z, block x y z, dynamic shared bytes.
+template <class... A, size_t... I>
+void call_packed(void (*k)(A...), void** p, std::index_sequence<I...>) {
+    k(*static_cast<std::remove_cv_t<A>*>(p[I])...);
+}
+template <class... A>
+void launch_packed(void (*k)(A...), const unsigned* dims, void** params) {
+    launch(dim3(dims[0], dims[1], dims[2]), dim3(dims[3], dims[4], dims[5]),
+           [&] { call_packed(k, params, std::index_sequence_for<A...>{}); }, dims[6]);
+}
 }  // namespace emu
+
+// One exported launcher per kernel, with its __launch_bounds__ thread limit, looked up by
+// cuModuleGetFunction in the emulated driver (build.rs writes one line per kernel).
+#define ENGRAM_EMU_KERNEL(k, max_threads)                          \
+    extern "C" const unsigned engram_emu_max_threads_##k = max_threads; \
+    extern "C" void engram_emu_launch_##k(const unsigned* dims, void** params) { emu::launch_packed(k, dims, params); }
 
 #define threadIdx emu::tid
 #define blockIdx emu::bid

@@ -173,6 +173,16 @@ impl CudaDev {
 }
 
 fn init() -> std::result::Result<Arc<CudaDev>, String> {
+    #[cfg(feature = "cuda-emu")]
+    {
+        // The emulated driver (soname libcuda.so) loaded first: cudarc's own dlopen("libcuda.so")
+        // then finds it instead of a real driver.
+        // SAFETY: a library built by build.rs from kernels/emu/driver.cpp; it has no initialisers
+        // beyond the C++ runtime's.
+        let lib = unsafe { libloading::Library::new(modules::EMU_DRIVER) }
+            .map_err(|e| format!("cannot load the emulated CUDA driver {}: {e}", modules::EMU_DRIVER))?;
+        std::mem::forget(lib); // stays loaded for the life of the process
+    }
     // cudarc panics inside its loader when libcuda is missing: probe first.
     // SAFETY: only tries to dlopen the driver library.
     if !unsafe { sys::is_culib_present() } {
