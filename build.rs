@@ -198,6 +198,7 @@ fn compile_emulated() -> Result<(), String> {
         fs::write(&tu_path, tu).map_err(|e| e.to_string())?;
         let so = out.join(format!("libengram_emu_{stem}.so"));
         let args = vec![
+            "-DENGRAM_EMU_FIBERS".to_string(),
             "-include".to_string(),
             header.display().to_string(),
             "-I".to_string(),

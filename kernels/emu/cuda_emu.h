@@ -1,15 +1,20 @@
 // A CPU emulation of the CUDA execution model, for testing engram's kernels' logic on machines
 // with no GPU and no CUDA toolkit (CI, and sessions without a device). A kernel source file is
-// compiled by the host C++ compiler with this header included first (g++ -std=c++20 -include):
+// compiled by the host C++ compiler with this header included first (g++ -std=c++20 -include).
+// Two engines with the same semantics:
 //
-//   - every block's threads run as real OS threads, concurrently; blocks run one after another;
-//   - __syncthreads() is a barrier over the block's threads;
-//   - __shared__ variables are function statics: one copy, shared by the block's threads (blocks
-//     are sequential, so no two blocks ever see each other's shared memory while running);
-//   - warp shuffles exchange through per-warp slots between two barriers of the warp's 32 threads,
-//     so a kernel that relies on implicit warp lock-step (no __syncwarp) fails here, as it may on
-//     a Volta-or-later GPU;
-//   - atomicAdd is a real atomic (std::atomic_ref).
+//   - the thread engine (default; the kernel harnesses tests/emu/*.cpp, built under
+//     AddressSanitizer): every block's threads run as real OS threads, concurrently, so a missing
+//     barrier shows as a race in either direction; blocks run one after another;
+//   - the fiber engine (ENGRAM_EMU_FIBERS; the emulated device of `--features cuda-emu`, which
+//     runs whole models): a block's threads are fibers switched only at barriers, blocks run in
+//     parallel on one worker per core — orders of magnitude faster, deterministic within a block.
+//
+// In both: __syncthreads() is a barrier over the block's threads; __shared__ variables are
+// shared by exactly the block's threads; dynamic shared memory starts as NaN; warp shuffles
+// exchange through per-warp slots between two barriers of the warp's threads, so a kernel that
+// relies on implicit warp lock-step (no __syncwarp) fails here, as it may on a Volta-or-later
+// GPU; atomicAdd is a real atomic (std::atomic_ref).
 //
 // What it cannot show: performance, register/shared-memory limits, memory-model subtleties of
 // real hardware beyond what concurrent threads and barriers expose. A kernel that passes here
@@ -28,6 +33,10 @@
 #include <cstring>
 #include <algorithm>
 #include <memory>
+#include <mutex>
+#include <cstdio>
+#include <cstdlib>
+#include <sys/mman.h>
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -52,6 +61,253 @@ namespace emu {
 inline thread_local uint3 tid{0, 0, 0};
 inline thread_local uint3 bid{0, 0, 0};
 inline dim3 gdim, bdim;
+
+inline unsigned linear_tid() { return tid.x + bdim.x * (tid.y + bdim.y * tid.z); }
+inline uint3 decode_tid(unsigned t) { return uint3{t % bdim.x, (t / bdim.x) % bdim.y, t / (bdim.x * bdim.y)}; }
+
+#if defined(ENGRAM_EMU_FIBERS)
+// ---- Fiber engine (the emulated device, kernels/emu/driver.cpp) -------------------------------
+// A block's threads are fibers on one OS thread, switched only at barriers: a thread runs until it
+// reaches __syncthreads (or a warp barrier: __syncwarp, a shuffle), the next thread runs, and the
+// barrier releases once every live thread of the block (of the warp) has reached it. Threads that
+// meet no barrier run one after another on one fiber, so a barrier-free kernel costs about what a
+// loop over its threads costs. Blocks run in parallel on one worker per core; each worker has its
+// own shared memory (`__shared__` is a thread_local static). Deterministic within a block
+// (threads in index order between barriers), so a missing barrier is caught when a thread reads
+// what a later thread writes; the thread engine below also catches the other direction.
+inline thread_local std::vector<float4> dyn_smem;
+inline void* dynamic_shared() { return dyn_smem.data(); }
+inline thread_local std::vector<uint64_t> warp_slots;
+
+namespace fib {
+enum : unsigned char { NOT_STARTED, RUNNING, AT_BLOCK, AT_WARP, DONE };
+constexpr size_t kStack = 256 * 1024;
+
+// Saves the callee-saved registers, MXCSR and the x87 control word on the current stack, stores
+// the stack pointer in *save and continues on the stack `to` (System V x86-64).
+extern "C" void engram_emu_switch(void** save, void* to);
+#if !defined(__x86_64__)
+#error "the fiber engine of the CUDA emulator has an x86-64 context switch only"
+#endif
+asm(R"(
+    .text
+    .weak engram_emu_switch
+    .hidden engram_emu_switch
+    .type engram_emu_switch, @function
+engram_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size engram_emu_switch, .-engram_emu_switch
+)");
+
+struct Fiber {
+    void* sp = nullptr;
+    char* stack = nullptr;  // kStack bytes above a PROT_NONE guard page (stack overflow faults)
+};
+
+// Stacks outlive launches: a process-wide free list.
+inline std::mutex stack_mu;
+inline std::vector<char*> stack_pool;
+inline char* get_stack() {
+    {
+        std::lock_guard<std::mutex> g(stack_mu);
+        if (!stack_pool.empty()) {
+            char* s = stack_pool.back();
+            stack_pool.pop_back();
+            return s;
+        }
+    }
+    const size_t guard = 4096;
+    void* m = mmap(nullptr, kStack + guard, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) {
+        std::fprintf(stderr, "engram CUDA emulator: cannot map a fiber stack\n");
+        std::abort();
+    }
+    mprotect(m, guard, PROT_NONE);
+    return (char*)m + guard;
+}
+
+struct Worker {
+    void* sched_sp = nullptr;
+    std::vector<Fiber*> all, idle;
+    Fiber* cur = nullptr;
+    unsigned nt = 0, next = 0, cur_t = 0;
+    std::vector<unsigned char> state;
+    std::vector<Fiber*> fiber_of;
+    std::vector<unsigned> released;
+    void (*body)(void*) = nullptr;
+    void* body_arg = nullptr;
+};
+inline thread_local Worker W;
+
+[[noreturn]] inline void fiber_main() {
+    Worker& w = W;  // a fiber never leaves its worker's OS thread
+    for (;;) {
+        while (w.next < w.nt) {  // threads that meet no barrier run back to back on this fiber
+            const unsigned t = w.next++;
+            w.fiber_of[t] = w.cur;
+            w.cur_t = t;
+            w.state[t] = RUNNING;
+            tid = decode_tid(t);
+            w.body(w.body_arg);
+            w.state[t] = DONE;
+        }
+        w.idle.push_back(w.cur);
+        engram_emu_switch(&w.cur->sp, w.sched_sp);
+    }
+}
+
+inline Fiber* new_fiber() {
+    Fiber* f = new Fiber;
+    f->stack = get_stack();
+    uintptr_t top = ((uintptr_t)(f->stack + kStack)) & ~(uintptr_t)15;
+    void** sp = (void**)top;
+    *--sp = nullptr;                      // fiber_main's (unused) return address: rsp ≡ 8 mod 16
+    *--sp = (void*)&fiber_main;           // where engram_emu_switch's `ret` goes
+    for (int i = 0; i < 6; ++i) *--sp = nullptr;  // rbp rbx r12 r13 r14 r15
+    --sp;
+    uint32_t* csr = (uint32_t*)sp;
+    csr[0] = 0x1F80;  // MXCSR default
+    csr[1] = 0x037F;  // x87 control word default
+    f->sp = sp;
+    return f;
+}
+
+inline void resume(Worker& w, Fiber* f) {
+    w.cur = f;
+    engram_emu_switch(&w.sched_sp, f->sp);
+}
+
+// Called by a kernel thread at a barrier: back to the scheduler until the barrier releases.
+inline void wait_at(unsigned char kind) {
+    Worker& w = W;
+    w.state[w.cur_t] = kind;
+    engram_emu_switch(&w.cur->sp, w.sched_sp);
+}
+
+inline void run_block(Worker& w) {
+    w.next = 0;
+    std::fill(w.state.begin(), w.state.end(), (unsigned char)NOT_STARTED);
+    while (w.next < w.nt) {  // start every thread; each fiber runs threads until one waits
+        Fiber* f;
+        if (!w.idle.empty()) {
+            f = w.idle.back();
+            w.idle.pop_back();
+        } else {
+            f = new_fiber();
+            w.all.push_back(f);
+        }
+        resume(w, f);
+    }
+    for (;;) {
+        // A warp barrier releases when every live thread of its warp waits at one; the block
+        // barrier when every live thread of the block waits at it.
+        w.released.clear();
+        for (unsigned w0 = 0; w0 < w.nt; w0 += 32) {
+            const unsigned w1 = std::min(w.nt, w0 + 32);
+            bool all = true, any = false;
+            for (unsigned t = w0; t < w1; ++t) {
+                if (w.state[t] == DONE) continue;
+                any = true;
+                all = all && w.state[t] == AT_WARP;
+            }
+            if (any && all)
+                for (unsigned t = w0; t < w1; ++t)
+                    if (w.state[t] == AT_WARP) w.released.push_back(t);
+        }
+        if (w.released.empty()) {
+            bool all = true, any = false;
+            for (unsigned t = 0; t < w.nt; ++t) {
+                if (w.state[t] == DONE) continue;
+                any = true;
+                all = all && w.state[t] == AT_BLOCK;
+            }
+            if (!any) return;  // every thread finished
+            if (!all) {
+                std::fprintf(stderr,
+                             "engram CUDA emulator: block (%u,%u,%u) deadlocks: its threads wait at different barriers "
+                             "(__syncthreads in divergent code, or a warp barrier not reached by its whole warp)\n",
+                             bid.x, bid.y, bid.z);
+                std::abort();
+            }
+            for (unsigned t = 0; t < w.nt; ++t)
+                if (w.state[t] == AT_BLOCK) w.released.push_back(t);
+        }
+        for (unsigned t : w.released) {
+            w.state[t] = RUNNING;
+            w.cur_t = t;
+            tid = decode_tid(t);
+            resume(w, w.fiber_of[t]);
+        }
+    }
+}
+}  // namespace fib
+
+inline void block_sync() { fib::wait_at(fib::AT_BLOCK); }
+inline void warp_sync() { fib::wait_at(fib::AT_WARP); }
+
+template <class F>
+void launch(dim3 grid, dim3 block, F body, size_t shared_bytes = 0) {
+    gdim = grid;
+    bdim = block;
+    const unsigned nt = block.x * block.y * block.z;
+    const uint64_t nblocks = (uint64_t)grid.x * grid.y * grid.z;
+    std::atomic<uint64_t> next_block{0};
+    auto work = [&] {
+        fib::Worker& w = fib::W;
+        w.nt = nt;
+        w.state.assign(nt, fib::NOT_STARTED);
+        w.fiber_of.assign(nt, nullptr);
+        w.body = [](void* f) { (*static_cast<F*>(f))(); };
+        w.body_arg = &body;
+        warp_slots.assign(nt, 0);
+        dyn_smem.assign((shared_bytes + 15) / 16, float4{NAN, NAN, NAN, NAN});
+        for (;;) {
+            const uint64_t b = next_block.fetch_add(1);
+            if (b >= nblocks) break;
+            bid = uint3{(unsigned)(b % grid.x), (unsigned)((b / grid.x) % grid.y), (unsigned)(b / ((uint64_t)grid.x * grid.y))};
+            std::fill(dyn_smem.begin(), dyn_smem.end(), float4{NAN, NAN, NAN, NAN});
+            fib::run_block(w);
+        }
+        std::lock_guard<std::mutex> g(fib::stack_mu);
+        for (fib::Fiber* f : w.all) {
+            fib::stack_pool.push_back(f->stack);
+            delete f;
+        }
+        w.all.clear();
+        w.idle.clear();
+    };
+    const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+    const unsigned workers = (unsigned)std::min<uint64_t>(nblocks, std::min(hw, 16u));
+    std::vector<std::thread> extra;
+    for (unsigned i = 1; i < workers; ++i) extra.emplace_back(work);
+    work();
+    for (auto& th : extra) th.join();
+}
+
+#else
+// ---- Thread engine (the kernel harnesses, tests/emu/*.cpp) --------------------------------------
+// Every block's threads run as real OS threads, concurrently (so a missing barrier shows in
+// either direction, as a race); blocks run one after another.
 inline std::barrier<>* block_barrier = nullptr;
 inline std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
 // One 8-byte slot per thread for shuffles (float, int or double).
@@ -62,24 +318,8 @@ inline std::vector<uint64_t> warp_slots;
 inline std::vector<float4> dyn_smem;
 inline void* dynamic_shared() { return dyn_smem.data(); }
 
-inline unsigned linear_tid() { return tid.x + bdim.x * (tid.y + bdim.y * tid.z); }
-
-template <class T>
-T shfl(T v, int src_lane_fn(int lane, int arg), int arg) {
-    static_assert(sizeof(T) <= 8, "shuffle of at most 8 bytes");
-    const unsigned t = linear_tid(), w = t / 32, lane = t % 32;
-    uint64_t bits = 0;
-    std::memcpy(&bits, &v, sizeof(T));
-    warp_slots[t] = bits;
-    warp_barriers[w]->arrive_and_wait();
-    int src = src_lane_fn((int)lane, arg);
-    if (src < 0 || src >= 32 || w * 32 + (unsigned)src >= warp_slots.size()) src = (int)lane;
-    uint64_t got = warp_slots[w * 32 + (unsigned)src];
-    warp_barriers[w]->arrive_and_wait();
-    T r;
-    std::memcpy(&r, &got, sizeof(T));
-    return r;
-}
+inline void block_sync() { block_barrier->arrive_and_wait(); }
+inline void warp_sync() { warp_barriers[linear_tid() / 32]->arrive_and_wait(); }
 
 // Run `body` (a kernel call) over the grid: each block's threads concurrently, blocks in order.
 template <class F>
@@ -100,7 +340,7 @@ void launch(dim3 grid, dim3 block, F body, size_t shared_bytes = 0) {
     threads.reserve(nt);
     for (unsigned t = 0; t < nt; ++t) {
         threads.emplace_back([&, t] {
-            tid = uint3{t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+            tid = decode_tid(t);
             for (unsigned bz = 0; bz < grid.z; ++bz)
                 for (unsigned by = 0; by < grid.y; ++by)
                     for (unsigned bx = 0; bx < grid.x; ++bx) {
@@ -115,6 +355,25 @@ void launch(dim3 grid, dim3 block, F body, size_t shared_bytes = 0) {
     for (auto& th : threads) th.join();
     block_barrier = nullptr;
 }
+#endif
+
+template <class T>
+T shfl(T v, int src_lane_fn(int lane, int arg), int arg) {
+    static_assert(sizeof(T) <= 8, "shuffle of at most 8 bytes");
+    const unsigned t = linear_tid(), w = t / 32, lane = t % 32;
+    uint64_t bits = 0;
+    std::memcpy(&bits, &v, sizeof(T));
+    warp_slots[t] = bits;
+    warp_sync();
+    int src = src_lane_fn((int)lane, arg);
+    if (src < 0 || src >= 32 || w * 32 + (unsigned)src >= warp_slots.size()) src = (int)lane;
+    uint64_t got = warp_slots[w * 32 + (unsigned)src];
+    warp_sync();
+    T r;
+    std::memcpy(&r, &got, sizeof(T));
+    return r;
+}
+
 // A launch through the emulated driver (kernels/emu/driver.cpp): cuLaunchKernel's argument
 // array (one pointer per parameter, as the CUDA driver API takes it) unpacked into the kernel's
 // parameter types. `dims` = grid x y z, block x y z, dynamic shared bytes.
@@ -145,10 +404,14 @@ void launch_packed(void (*k)(A...), const unsigned* dims, void** params) {
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __restrict__
+#if defined(ENGRAM_EMU_FIBERS)
+#define __shared__ static thread_local
+#else
 #define __shared__ static
+#endif
 
-inline void __syncthreads() { emu::block_barrier->arrive_and_wait(); }
-inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp_barriers[emu::linear_tid() / 32]->arrive_and_wait(); }
+inline void __syncthreads() { emu::block_sync(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp_sync(); }
 
 template <class T>
 inline T __shfl_xor_sync(unsigned, T v, int mask) {
