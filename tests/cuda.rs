@@ -435,3 +435,115 @@ mod gpu_bert {
         assert!(max_abs <= 1e-3, "max abs difference {max_abs:e} > 1e-3");
     }
 }
+
+/// `engram finetune` itself on the GPU against the CPU: the trainer's whole device path (batches
+/// moved to the GPU, dropout with the same masks, clipping by the f64 Σg² kernel, AdamW and SGD
+/// with momentum on the device, gradient accumulation, frozen backbone, recurrent memory
+/// segments, evaluation, the saved model) on tiny-bert and the tiny fixtures.
+#[cfg(feature = "cuda")]
+mod gpu_trainer {
+    use std::path::{Path, PathBuf};
+
+    use engram::memory::MemoryConfig;
+    use engram::models::bert::weights::read_safetensors;
+    use engram::testing::assert_close;
+    use engram::train::trainer::Summary;
+    use engram::train::{finetune, FinetuneArgs, OptimizerKind, Task};
+    use engram::Device;
+
+    use super::gpu::gpu;
+    use crate::common::root;
+
+    fn run(name: &str, task: Task, base: &FinetuneArgs, device: Device) -> (Summary, PathBuf) {
+        let out = std::env::temp_dir().join(format!("engram-gpu-trainer-{}-{name}-{device:?}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let mut a = base.clone();
+        a.task = task;
+        a.out = out.clone();
+        a.device = device;
+        let s = finetune(&a).unwrap_or_else(|e| panic!("{name} on {device:?}: {e}"));
+        (s, out)
+    }
+
+    fn epoch_losses(dir: &Path) -> Vec<f64> {
+        let m: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).unwrap()).unwrap();
+        m["epochs"].as_array().unwrap().iter().map(|e| e["train_loss"].as_f64().unwrap()).collect()
+    }
+
+    #[test]
+    fn finetune_on_the_gpu_matches_the_cpu() {
+        if !gpu("finetune on the GPU") {
+            return;
+        }
+        let data = root().join("tests/fixtures/data");
+        let model = root().join("weights/tiny-bert");
+        let csv = |f: &str| data.join(f);
+        let mut cases: Vec<(&str, Task, FinetuneArgs)> = Vec::new();
+        let mut a = FinetuneArgs::new(model.clone(), Task::Classify, csv("tiny_train.csv"), csv("tiny_dev.csv"), PathBuf::new());
+        a.lr = 1e-3;
+        a.epochs = 2;
+        a.batch_size = 4;
+        a.grad_accum = 2;
+        a.warmup_ratio = 0.1;
+        a.max_length = 16;
+        a.progress = false;
+        cases.push(("classify-adamw-accum", Task::Classify, a.clone()));
+        let mut sgd = a.clone();
+        sgd.optimizer = OptimizerKind::Sgd;
+        sgd.lr = 0.05;
+        sgd.grad_accum = 1;
+        cases.push(("classify-sgd", Task::Classify, sgd));
+        let mut frozen = a.clone();
+        frozen.freeze_backbone = true;
+        cases.push(("classify-frozen", Task::Classify, frozen));
+        let mut mem = a.clone();
+        mem.memory = Some(MemoryConfig::memory(2, 4, None));
+        mem.max_length = 64;
+        cases.push(("classify-memory", Task::Classify, mem));
+        let mut ner = a.clone();
+        ner.train = csv("tiny_train.conll");
+        ner.dev = csv("tiny_dev.conll");
+        ner.metric = "entity_f1".into();
+        cases.push(("ner", Task::Ner, ner));
+
+        for (name, task, args) in &cases {
+            let (sc, oc) = run(name, *task, args, Device::Cpu);
+            let (sg, og) = run(name, *task, args, Device::Cuda);
+            assert_eq!(sg.epochs_run, sc.epochs_run, "{name}: epochs");
+            assert_eq!(sg.global_step, sc.global_step, "{name}: optimizer steps");
+            let (lc, lg) = (epoch_losses(&oc), epoch_losses(&og));
+            eprintln!("{name}: train loss per epoch cpu {lc:?} cuda {lg:?}; best {} cpu {} cuda {}", sc.metric, sc.best_metric, sg.best_metric);
+            assert_close(&format!("{name}: train loss per epoch"), &lg, &lc, 1e-4, 1e-3);
+            assert!((sg.best_metric - sc.best_metric).abs() <= 1e-9, "{name}: best dev {} cuda {} vs cpu {}", sc.metric, sg.best_metric, sc.best_metric);
+            // The saved (best) models: every tensor, after all the steps.
+            let (wc, wg) = (read_safetensors(oc.join("model.safetensors")).unwrap(), read_safetensors(og.join("model.safetensors")).unwrap());
+            assert_eq!(wc.len(), wg.len(), "{name}: saved tensors");
+            let mut worst = 0.0f64;
+            for (k, t) in &wc {
+                let g = wg.get(k).unwrap_or_else(|| panic!("{name}: {k} missing from the GPU-trained model"));
+                let (x, y) = (g.to_f64_vec(), t.to_f64_vec());
+                worst = x.iter().zip(&y).map(|(a, b)| (a - b).abs()).fold(worst, f64::max);
+                assert_close(&format!("{name}: saved {k}"), &x, &y, 1e-4, 1e-3);
+            }
+            // The comparison means something only if training moved the weights (and a frozen
+            // backbone must not move on either device).
+            let init = read_safetensors(model.join("model.safetensors")).unwrap();
+            let moved = |w: &std::collections::BTreeMap<String, engram::Tensor>| {
+                init.iter()
+                    .filter(|(k, _)| !k.starts_with("classifier."))
+                    .filter_map(|(k, t)| Some((w.get(k)?, t)))
+                    .map(|(a, b)| a.to_f64_vec().iter().zip(b.to_f64_vec()).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max))
+                    .fold(0.0, f64::max)
+            };
+            let (mc, mg) = (moved(&wc), moved(&wg));
+            eprintln!("{name}: saved weights max |cuda − cpu| = {worst:e}; backbone moved by up to {mc:e} (cpu) {mg:e} (cuda)");
+            if args.freeze_backbone {
+                assert!(mc == 0.0 && mg == 0.0, "{name}: the frozen backbone moved (cpu {mc:e}, cuda {mg:e})");
+            } else {
+                assert!(mc > 1e-4, "{name}: training barely moved the weights ({mc:e}); the comparison would prove nothing");
+            }
+            let _ = std::fs::remove_dir_all(&oc);
+            let _ = std::fs::remove_dir_all(&og);
+        }
+    }
+}

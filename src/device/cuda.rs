@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError, LaunchConfig};
+use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError};
 use cudarc::nvrtc::Ptx;
 
 use crate::error::{Error, Result};
@@ -233,7 +233,7 @@ pub fn cfg_rows(rows: usize, threads: u32, smem: u32) -> LaunchConfig {
 #[doc(hidden)]
 macro_rules! cuda_launch {
     ($dev:expr, $module:expr, $func:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
-        use cudarc::driver::PushKernelArg as _;
+        use $crate::device::cuda::PushKernelArg as _;
         let dev: &$crate::device::cuda::CudaDev = &$dev;
         let (module, func): (&'static str, &'static str) = ($module, $func);
         let f = dev.func(module, func)?;
@@ -246,6 +246,8 @@ macro_rules! cuda_launch {
     }};
 }
 pub use crate::cuda_launch as launch;
+#[doc(hidden)]
+pub use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 /// `y += alpha · x` over f32 buffers (gradient accumulation, scaling).
 pub fn axpy(y: &mut CudaSlice<f32>, x: &CudaSlice<f32>, alpha: f32) -> Result<()> {
