@@ -39,6 +39,13 @@ pub fn read_safetensors(path: impl AsRef<Path>) -> Result<BTreeMap<String, Tenso
             Dtype::I32 => Tensor::from_ids(bytes.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")) as i64).collect(), &shape),
             other => return file_err(path, format!("tensor {name}: stored dtype {other:?} is not supported (f32, f16, bf16, f64, i64, i32)")),
         };
+        // The file's pages of this tensor are not needed again: drop them now, so loading peaks
+        // at about one copy of the weights (plus one tensor) instead of the file and the copy.
+        let offset = bytes.as_ptr() as usize - mmap.as_ptr() as usize;
+        // SAFETY: a read-only private file mapping that is never written: MADV_DONTNEED only
+        // drops resident pages, and a later read (the next tensor sharing a page) faults the
+        // same file contents back in. Advice is best effort; its error is ignored.
+        let _ = unsafe { mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, bytes.len()) };
         match t {
             Ok(t) => {
                 out.insert(name.to_string(), t);
