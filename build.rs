@@ -24,7 +24,7 @@ use std::process::Command;
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=kernels");
-    for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "ENGRAM_PTXAS_VERBOSE", "ENGRAM_ALLOW_ANY_NVCC", "CXX"] {
+    for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "ENGRAM_PTXAS_VERBOSE", "ENGRAM_ALLOW_ANY_NVCC", "CXX", "ENGRAM_EMU_CXXFLAGS"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     if env::var_os("CARGO_FEATURE_CUDA").is_none() {
@@ -217,6 +217,9 @@ fn compile_emulated() -> Result<(), String> {
     ));
     table.push_str(&format!("/// The emulated CUDA driver library.\npub const EMU_DRIVER: &str = {:?};\n", driver.display().to_string()));
 
+    // Extra compiler flags for the emulated modules and driver (e.g. -DENGRAM_EMU_UCONTEXT).
+    let extra = env::var("ENGRAM_EMU_CXXFLAGS").unwrap_or_default();
+    let extra = &extra;
     let results: Vec<Result<(), String>> = std::thread::scope(|s| {
         let handles: Vec<_> = jobs
             .iter()
@@ -225,6 +228,7 @@ fn compile_emulated() -> Result<(), String> {
                 s.spawn(move || {
                     let res = Command::new(cxx)
                         .args(["-std=c++20", "-O2", "-g", "-fPIC", "-shared", "-pthread", "-fno-strict-aliasing"])
+                        .args(extra.split_whitespace())
                         .args(args)
                         .arg("-o")
                         .arg(so)

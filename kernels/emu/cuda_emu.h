@@ -37,6 +37,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <sys/mman.h>
+#if defined(ENGRAM_EMU_FIBERS) && (!defined(__x86_64__) || defined(ENGRAM_EMU_UCONTEXT))
+#include <ucontext.h>
+#endif
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -83,12 +86,13 @@ namespace fib {
 enum : unsigned char { NOT_STARTED, RUNNING, AT_BLOCK, AT_WARP, DONE };
 constexpr size_t kStack = 256 * 1024;
 
+// A fiber's saved execution context, and the switch between two (ENGRAM_EMU_UCONTEXT forces the
+// portable one).
+#if defined(__x86_64__) && !defined(ENGRAM_EMU_UCONTEXT)
 // Saves the callee-saved registers, MXCSR and the x87 control word on the current stack, stores
-// the stack pointer in *save and continues on the stack `to` (System V x86-64).
+// the stack pointer in *save and continues on the stack `to` (System V x86-64): a few
+// nanoseconds, against swapcontext's system call.
 extern "C" void engram_emu_switch(void** save, void* to);
-#if !defined(__x86_64__)
-#error "the fiber engine of the CUDA emulator has an x86-64 context switch only"
-#endif
 asm(R"(
     .text
     .weak engram_emu_switch
@@ -118,9 +122,40 @@ engram_emu_switch:
     ret
     .size engram_emu_switch, .-engram_emu_switch
 )");
+struct Ctx {
+    void* sp = nullptr;
+};
+inline void switch_to(Ctx* save, Ctx* to) { engram_emu_switch(&save->sp, to->sp); }
+// A context that starts `entry` (which never returns) on the stack [stack, stack + size).
+inline void make_ctx(Ctx* c, char* stack, size_t size, void (*entry)()) {
+    uintptr_t top = ((uintptr_t)(stack + size)) & ~(uintptr_t)15;
+    void** sp = (void**)top;
+    *--sp = nullptr;       // entry's (unused) return address: rsp ≡ 8 mod 16 at entry
+    *--sp = (void*)entry;  // where engram_emu_switch's `ret` goes
+    for (int i = 0; i < 6; ++i) *--sp = nullptr;  // rbp rbx r12 r13 r14 r15
+    --sp;
+    uint32_t* csr = (uint32_t*)sp;
+    csr[0] = 0x1F80;  // MXCSR default
+    csr[1] = 0x037F;  // x87 control word default
+    c->sp = sp;
+}
+#else
+// Other architectures: POSIX ucontext (slower: a system call per switch).
+struct Ctx {
+    ucontext_t uc;
+};
+inline void switch_to(Ctx* save, Ctx* to) { swapcontext(&save->uc, &to->uc); }
+inline void make_ctx(Ctx* c, char* stack, size_t size, void (*entry)()) {
+    getcontext(&c->uc);
+    c->uc.uc_stack.ss_sp = stack;
+    c->uc.uc_stack.ss_size = size;
+    c->uc.uc_link = nullptr;
+    makecontext(&c->uc, entry, 0);
+}
+#endif
 
 struct Fiber {
-    void* sp = nullptr;
+    Ctx ctx;
     char* stack = nullptr;  // kStack bytes above a PROT_NONE guard page (stack overflow faults)
 };
 
@@ -147,7 +182,7 @@ inline char* get_stack() {
 }
 
 struct Worker {
-    void* sched_sp = nullptr;
+    Ctx sched;
     std::vector<Fiber*> all, idle;
     Fiber* cur = nullptr;
     unsigned nt = 0, next = 0, cur_t = 0;
@@ -172,36 +207,27 @@ inline thread_local Worker W;
             w.state[t] = DONE;
         }
         w.idle.push_back(w.cur);
-        engram_emu_switch(&w.cur->sp, w.sched_sp);
+        switch_to(&w.cur->ctx, &w.sched);
     }
 }
 
 inline Fiber* new_fiber() {
     Fiber* f = new Fiber;
     f->stack = get_stack();
-    uintptr_t top = ((uintptr_t)(f->stack + kStack)) & ~(uintptr_t)15;
-    void** sp = (void**)top;
-    *--sp = nullptr;                      // fiber_main's (unused) return address: rsp ≡ 8 mod 16
-    *--sp = (void*)&fiber_main;           // where engram_emu_switch's `ret` goes
-    for (int i = 0; i < 6; ++i) *--sp = nullptr;  // rbp rbx r12 r13 r14 r15
-    --sp;
-    uint32_t* csr = (uint32_t*)sp;
-    csr[0] = 0x1F80;  // MXCSR default
-    csr[1] = 0x037F;  // x87 control word default
-    f->sp = sp;
+    make_ctx(&f->ctx, f->stack, kStack, &fiber_main);
     return f;
 }
 
 inline void resume(Worker& w, Fiber* f) {
     w.cur = f;
-    engram_emu_switch(&w.sched_sp, f->sp);
+    switch_to(&w.sched, &f->ctx);
 }
 
 // Called by a kernel thread at a barrier: back to the scheduler until the barrier releases.
 inline void wait_at(unsigned char kind) {
     Worker& w = W;
     w.state[w.cur_t] = kind;
-    engram_emu_switch(&w.cur->sp, w.sched_sp);
+    switch_to(&w.cur->ctx, &w.sched);
 }
 
 inline void run_block(Worker& w) {
