@@ -80,6 +80,20 @@ mod emulated {
         eprintln!("child: the out-of-bounds launch returned");
     }
 
+    /// Run as a child process by the next test: one float written past the end of a 1001-float
+    /// buffer — inside its rounding to 16 bytes, so no guard page is hit.
+    #[test]
+    #[ignore = "the child process of out_of_bounds_access_stops_with_the_kernels_name"]
+    fn child_writes_one_past_a_buffer() {
+        let dev = CudaDev::get().unwrap();
+        let x = dev.htod(&vec![1.0f32; 1002]).unwrap();
+        let mut y = dev.alloc::<f32>(1001).unwrap();
+        let (s, n) = (2.0f32, 1002i64);
+        let mut launch = || -> Result<()> { engram::cuda_launch!(dev, "elementwise", "scale_fwd_v1", cfg_1d(1002); &mut y, &x, &s, &n) };
+        let _ = launch();
+        eprintln!("child: the out-of-bounds launch returned");
+    }
+
     fn child(name: &str, guard: &str) -> (bool, String) {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
             .args(["--ignored", "--exact", name, "--nocapture", "--test-threads=1"])
@@ -97,6 +111,10 @@ mod emulated {
             stderr.contains("kernel scale_fwd_v1 accessed address") && stderr.contains("past the end of a 4000-byte buffer"),
             "{stderr}"
         );
+        assert!(!stderr.contains("child: the out-of-bounds launch returned"), "{stderr}");
+        let (ok, stderr) = child("emulated::child_writes_one_past_a_buffer", "back");
+        assert!(!ok, "the kernel writing one float past its buffer did not fail:\n{stderr}");
+        assert!(stderr.contains("kernel scale_fwd_v1 wrote past the end of a 4004-byte buffer (at byte 4004)"), "{stderr}");
         assert!(!stderr.contains("child: the out-of-bounds launch returned"), "{stderr}");
         let (ok, stderr) = child("emulated::child_reads_before_a_buffer", "front");
         assert!(!ok, "the kernel reading before its buffer did not fail:\n{stderr}");

@@ -10,6 +10,8 @@
 //     after one instead) and starts filled with NaN bytes, so a kernel that reads or writes past
 //     a buffer's end (beyond its rounding to 16 bytes; before its start) stops the process with
 //     the kernel's name, and a kernel that reads what nobody wrote reads NaN;
+//   - a write past the end that stays within the 16-byte rounding (no fault) changes the NaN bytes
+//     there: checked after every launch, the same stop with the kernel's name;
 //   - copies and memsets must lie inside one live allocation;
 //   - launch configurations must satisfy the device limits (block ≤ 1024 threads and the
 //     kernel's __launch_bounds__, grid sizes, dynamic shared memory ≤ 48 KiB unless the kernel's
@@ -152,6 +154,25 @@ bool guard_front() {
         return v != nullptr && std::strcmp(v, "front") == 0;
     }();
     return front;
+}
+
+// A buffer's bytes between its end and the 16-byte rounding before the guard page stay 0xFF (NaN)
+// unless a kernel writes past the end by less than the rounding: checked after every launch.
+void check_slack(const char* kernel) {
+    std::lock_guard<std::mutex> g(mem_mu);
+    for (const auto& [start, al] : allocs) {
+        const size_t rounded = (al.bytes + 15) & ~(size_t)15;
+        const unsigned char* p = (const unsigned char*)start;
+        for (size_t i = al.bytes; i < rounded; ++i) {
+            if (p[i] != 0xFF) {
+                std::fprintf(stderr,
+                             "\nengram CUDA emulator: kernel %s wrote past the end of a %zu-byte buffer (at byte %zu) — an "
+                             "out-of-bounds write on a GPU\n",
+                             kernel, al.bytes, i);
+                std::abort();
+            }
+        }
+    }
 }
 
 CUresult alloc(CUdeviceptr* out, size_t bytes) {
@@ -381,6 +402,7 @@ CUresult cuLaunchKernel(Function* f, unsigned gx, unsigned gy, unsigned gz, unsi
     running.store(f->name.c_str());
     f->launch(dims, params);
     running.store(nullptr);
+    check_slack(f->name.c_str());
     return OK;
 }
 
