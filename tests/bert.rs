@@ -234,6 +234,8 @@ fn malformed_configs_are_clear_errors_naming_the_field() {
         (base.replace("\"model_type\": \"bert\"", "\"model_type\": \"gpt2\""), "model_type"),
         (base.replace("\"hidden_size\": 32,", ""), "hidden_size"),
         ("{ not json".to_string(), "not valid JSON"),
+        // Found by scripts/fuzz-inputs.py: a corrupt layer count made loading run out of memory.
+        (base.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 2147483648"), "num_hidden_layers"),
     ];
     for (i, (text, needle)) in cases.iter().enumerate() {
         let dir = variant(&format!("config{i}"), |_| {}, Some(text));

@@ -98,6 +98,9 @@ pub struct BertConfig {
     pub raw: serde_json::Value,
 }
 
+/// The most encoder layers a config may declare.
+const MAX_LAYERS: usize = 1024;
+
 impl BertConfig {
     /// Read and validate `config.json`; every error names the file and the field.
     pub fn from_file(path: impl AsRef<Path>) -> Result<BertConfig> {
@@ -154,6 +157,11 @@ impl BertConfig {
             if v == 0 {
                 return file_err(P, format!("{name} must be positive"));
             }
+        }
+        // A corrupt layer count would otherwise make loading enumerate billions of tensor names
+        // before the checkpoint could contradict it (the largest BERTs have 48 layers).
+        if raw.num_hidden_layers > MAX_LAYERS {
+            return file_err(P, format!("num_hidden_layers = {} is more than engram loads ({MAX_LAYERS})", raw.num_hidden_layers));
         }
         if raw.hidden_size % raw.num_attention_heads != 0 {
             return file_err(P, format!("hidden_size {} is not a multiple of num_attention_heads {}", raw.hidden_size, raw.num_attention_heads));
