@@ -3,8 +3,10 @@
 bytes, truncation, header length; config.json values, deletions and types; tokenizer.json
 truncation and vocabulary ids) through `embed` and `predict`, and corrupted training files (CSV
 and CoNLL: flipped and inserted bytes, truncation, duplicated or deleted lines) through
-`finetune`. A run passes when every call exits 0 (accepted) or 1/2 (a reported error): a panic
-(101) or a signal is a bug. Not part of the test command; the standard library only.
+`finetune`, and a finished run's checkpoint with one file corrupted (trainer state, arguments,
+optimizer moments, weights, config) through `finetune --resume`, plus corrupted JSONL inputs to
+`predict`. A run passes when every call exits 0 (accepted) or 1/2 (a reported error) — a panic
+(101) or a signal is a bug — and a failed resume leaves the saved best model as it was. Not part of the test command; the standard library only.
 
     cargo build --release && python3 scripts/fuzz-inputs.py [--bin target/release/engram] [--seed 1] [--n 300]
 """
@@ -110,6 +112,89 @@ def data_mutants(binary, rng, n, tmp):
     return bad
 
 
+def mutate_json(rng, value):
+    """One random edit somewhere in a JSON value: a changed, deleted or retyped field."""
+    if isinstance(value, dict) and value:
+        k = rng.choice(list(value.keys()))
+        r = rng.random()
+        if r < 0.25:
+            del value[k]
+        elif r < 0.5 or not isinstance(value[k], (dict, list)):
+            value[k] = rng.choice([0, -1, 1, 2**31, 2**63 - 1, 1e30, 0.5, "x", None, [], {}, True, [1, 2]])
+        else:
+            mutate_json(rng, value[k])
+    elif isinstance(value, list) and value:
+        j = rng.randrange(len(value))
+        r = rng.random()
+        if r < 0.3:
+            del value[j]
+        elif r < 0.5:
+            value.append(value[j])
+        elif isinstance(value[j], (dict, list)):
+            mutate_json(rng, value[j])
+        else:
+            value[j] = rng.choice([0, -1, 2**40, "x", None, 1e30])
+
+
+def checkpoint_mutants(binary, rng, n, tmp):
+    """A finished run's checkpoint with one file corrupted, then `finetune --resume` for one more
+    epoch, and `predict` on the saved model with a corrupted input file."""
+    fx = os.path.join(ROOT, "tests/fixtures/data")
+    base = os.path.join(tmp, "run")
+    args = ["finetune", "--model", os.path.join(ROOT, "weights/tiny-bert"), "--task", "classify", "--train", f"{fx}/tiny_train.csv",
+            "--dev", f"{fx}/tiny_dev.csv", "--epochs", "2", "--batch-size", "8", "--max-length", "16"]
+    rc, err = run(binary, args + ["--out", base])
+    if rc != 0:
+        raise SystemExit(f"fuzz-inputs: the base run failed: {err}")
+    bad = 0
+    for i in range(n):
+        d = os.path.join(tmp, f"c{i}")
+        shutil.copytree(base, d)
+        ck = os.path.join(d, "checkpoint")
+        name = rng.choice(["trainer_state.json", "training_args.json", "optimizer.safetensors", "model.safetensors", "config.json", "inputs"])
+        if name == "inputs":
+            lines = [json.dumps({"text": "hello world"}), json.dumps({"text": "the cat", "text_pair": "x"})]
+            data = bytearray("\n".join(lines).encode())
+            for _ in range(rng.randint(1, 4)):
+                data[rng.randrange(len(data))] = rng.choice(b'{}[]",:\n x\xff\x00')
+            open(f"{d}/in.jsonl", "wb").write(data)
+            cmd = ["predict", "--model", d, "--input", f"{d}/in.jsonl"]
+        else:
+            path = os.path.join(ck, name)
+            if name.endswith(".json"):
+                try:
+                    value = json.load(open(path))
+                    mutate_json(rng, value)
+                    open(path, "w").write(json.dumps(value))
+                except ValueError:
+                    pass
+                if rng.random() < 0.2:
+                    t = open(path).read()
+                    open(path, "w").write(t[: rng.randrange(len(t) + 1)])
+            else:
+                b = bytearray(open(path, "rb").read())
+                if rng.random() < 0.5:
+                    b = b[: rng.randrange(len(b))]
+                else:
+                    hl = int.from_bytes(b[:8], "little")
+                    for _ in range(rng.randint(1, 4)):
+                        b[rng.randrange(8, 8 + hl)] = rng.randrange(256)
+                open(path, "wb").write(b)
+            cmd = [a for a in args]
+            cmd[cmd.index("--epochs") + 1] = "3"
+            cmd += ["--out", d, "--resume"]
+        best = open(os.path.join(d, "model.safetensors"), "rb").read()
+        rc, err = run(binary, cmd)
+        if rc not in (0, 1, 2):
+            bad += 1
+            print(f"BAD checkpoint mutant {i} ({name}): exit {rc}\n{err}", flush=True)
+        elif rc != 0 and open(os.path.join(d, "model.safetensors"), "rb").read() != best:
+            bad += 1
+            print(f"BAD checkpoint mutant {i} ({name}): the failed run changed the saved best model\n{err}", flush=True)
+        shutil.rmtree(d, ignore_errors=True)
+    return bad
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/engram"))
@@ -120,8 +205,10 @@ def main():
     with tempfile.TemporaryDirectory(prefix="engram-fuzz-") as tmp:
         bm = model_mutants(a.bin, rng, a.n, tmp)
         bd = data_mutants(a.bin, rng, a.n // 2, tmp)
-    print(f"{a.n} model-directory mutants: {bm} bad; {a.n // 2} training-file mutants: {bd} bad")
-    raise SystemExit(1 if bm + bd else 0)
+        bc = checkpoint_mutants(a.bin, rng, a.n // 2, tmp)
+    print(f"{a.n} model-directory mutants: {bm} bad; {a.n // 2} training-file mutants: {bd} bad; "
+          f"{a.n // 2} checkpoint/input mutants: {bc} bad")
+    raise SystemExit(1 if bm + bd + bc else 0)
 
 
 if __name__ == "__main__":
