@@ -161,7 +161,9 @@ enum Cmd {
     Predict {
         #[arg(long)]
         model: PathBuf,
-        /// Read texts from FILE, one per line ("-" for stdin); for pair models, history<TAB>candidate.
+        /// Read texts from FILE: .jsonl/.csv/.tsv in the training formats ("text", optional
+        /// "text_pair"; NER's "tokens"), else one per line ("-" for stdin; for pair models
+        /// history<TAB>candidate).
         #[arg(long, value_name = "FILE", conflicts_with = "texts")]
         input: Option<PathBuf>,
         #[arg(long, default_value_t = 128)]
@@ -216,7 +218,8 @@ enum Cmd {
         /// L2-normalise the embeddings.
         #[arg(long)]
         normalize: bool,
-        /// Read texts from FILE, one per line ("-" for stdin).
+        /// Read texts from FILE: .jsonl/.csv/.tsv with a "text" field or column, else one per
+        /// line ("-" for stdin).
         #[arg(long, value_name = "FILE", conflicts_with = "texts")]
         input: Option<PathBuf>,
         #[arg(long, default_value_t = 32)]
@@ -352,10 +355,7 @@ fn finetune(f: FinetuneCli) -> Result<()> {
 fn read_texts(input: Option<&Path>, texts: Vec<String>) -> Result<Vec<String>> {
     let texts: Vec<String> = match input {
         Some(p) if p == Path::new("-") => std::io::stdin().lock().lines().collect::<std::io::Result<_>>().map_err(|e| Error::File { path: "stdin".into(), detail: e.to_string() })?,
-        Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| Error::File { path: p.display().to_string(), detail: format!("cannot read: {e}") })?;
-            text.lines().map(|l| l.to_string()).collect()
-        }
+        Some(p) => engram::train::data::load_texts(p)?,
         None => texts,
     };
     if texts.is_empty() {

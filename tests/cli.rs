@@ -81,3 +81,30 @@ fn selfcheck_loss_falls() {
     assert!(ok, "{stdout}{stderr}");
     assert!(stdout.contains("loss fell"), "{stdout}");
 }
+
+/// `--input` in the training formats reads the "text" field or column (and "text_pair"); the same
+/// texts given as arguments give the same output. A JSONL line without "text" is an error naming
+/// the file and the line (it used to be embedded as its own JSON text).
+#[test]
+fn input_files_in_the_training_formats_are_read_by_field() {
+    let dir = std::env::temp_dir().join(format!("engram-cli-inputs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let texts = ["the weather is nice today", "how do i reset my password, \"now\"?"];
+    let jsonl = dir.join("in.jsonl");
+    std::fs::write(&jsonl, texts.iter().map(|t| serde_json::json!({ "text": t, "label": "x" }).to_string() + "\n").collect::<String>()).unwrap();
+    let csv = dir.join("in.csv");
+    std::fs::write(&csv, "label,text\nx,the weather is nice today\ny,\"how do i reset my password, \"\"now\"\"?\"\n").unwrap();
+    let (ok, want, stderr) = engram(&["embed", "--model", "weights/tiny-bert", "--", texts[0], texts[1]]);
+    assert!(ok, "{stderr}");
+    for f in [&jsonl, &csv] {
+        let (ok, got, stderr) = engram(&["embed", "--model", "weights/tiny-bert", "--input", f.to_str().unwrap()]);
+        assert!(ok, "{}: {stderr}", f.display());
+        assert_eq!(got, want, "{}", f.display());
+    }
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(&bad, "{\"text\": \"fine\"}\n{\"txt\": \"typo\"}\n").unwrap();
+    let (ok, stdout, stderr) = engram(&["embed", "--model", "weights/tiny-bert", "--input", bad.to_str().unwrap()]);
+    assert!(!ok && stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("bad.jsonl") && stderr.contains("line 2") && stderr.contains("\"text\""), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -166,6 +166,63 @@ pub fn load_classification(path: impl AsRef<Path>) -> Result<Vec<Example>> {
     Ok(out)
 }
 
+/// Inputs to predict or embed, from a file: `.jsonl`/`.json` objects with `text` (or NER's
+/// `tokens`, joined by spaces) and optional `text_pair`; `.csv`/`.tsv` with a `text` column (and
+/// optional `text_pair`) — the training formats, labels ignored; any other file one text per line.
+/// A pair becomes `text<TAB>text_pair`, as pair models take it on the command line.
+pub fn load_texts(path: impl AsRef<Path>) -> Result<Vec<String>> {
+    let path = path.as_ref();
+    let text = read(path)?;
+    let joined = |t: String, pair: Option<String>| match pair {
+        Some(p) => format!("{t}\t{p}"),
+        None => t,
+    };
+    let mut out = Vec::new();
+    match ext(path).as_str() {
+        "jsonl" | "json" => {
+            for (i, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let v: serde_json::Value = match serde_json::from_str(line) {
+                    Ok(v) => v,
+                    Err(e) => return file_err(path, format!("line {}: not valid JSON: {e}", i + 1)),
+                };
+                let pair = v.get("text_pair").and_then(|p| p.as_str()).map(str::to_string);
+                let t = match (v.get("text"), v.get("tokens")) {
+                    (Some(serde_json::Value::String(t)), _) => t.clone(),
+                    (None, Some(serde_json::Value::Array(words))) if words.iter().all(|w| w.is_string()) => {
+                        words.iter().filter_map(|w| w.as_str()).collect::<Vec<_>>().join(" ")
+                    }
+                    _ => return file_err(path, format!("line {}: needs a string \"text\" or a \"tokens\" list of strings (found {})", i + 1, keys(&v))),
+                };
+                out.push(joined(t, pair));
+            }
+        }
+        e @ ("csv" | "tsv") => {
+            let delim = if e == "csv" { ',' } else { '\t' };
+            let rows = parse_delimited(path, &text, delim)?;
+            let Some((_, header)) = rows.first() else { return file_err(path, "empty file (expected a header row)") };
+            let col = |name: &str| header.iter().position(|h| h.trim().eq_ignore_ascii_case(name));
+            let Some(ti) = col("text") else {
+                return file_err(path, format!("the header must name a \"text\" column (found {header:?})"));
+            };
+            let pi = col("text_pair");
+            for (line, r) in &rows[1..] {
+                if r.len() != header.len() {
+                    return file_err(path, format!("line {line}: {} fields, the header has {}", r.len(), header.len()));
+                }
+                out.push(joined(r[ti].clone(), pi.map(|p| r[p].clone())));
+            }
+        }
+        _ => out = text.lines().map(str::to_string).collect(),
+    }
+    if out.is_empty() {
+        return file_err(path, "no texts");
+    }
+    Ok(out)
+}
+
 /// Token-classification examples from CoNLL (`.conll`, `.txt`, `.bio`, `.tsv`: one token per
 /// line, the tag in the last column, a blank line between sentences, `-DOCSTART-` lines skipped)
 /// or `.jsonl` (`{"tokens": [...], "tags": [...]}`).
