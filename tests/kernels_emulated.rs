@@ -523,3 +523,37 @@ fn pointwise_row_and_optimizer_kernels_match_the_cpu_on_the_emulator() {
         assert!(pointwise_cases(&build(&cxx, &tree, "pointwise", tag), tag).is_err(), "mutant {tag} ({from:?} → {to:?}) matched the CPU");
     }
 }
+
+/// The fiber engine (the emulated device's): each thread order catches the missing barrier it
+/// must, shuffles, block reductions and atomics across parallel blocks are right, and a barrier
+/// reached by part of a block is reported instead of hanging. Built without the sanitizer (it
+/// does not follow our stack switches).
+#[test]
+fn the_fiber_engine_catches_missing_barriers_in_both_thread_orders() {
+    let Some(cxx) = cxx() else { return };
+    let out_dir = scratch().join("bin");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let exe = out_dir.join("fibers");
+    let r = root();
+    let out = Command::new(&cxx)
+        .args(["-std=c++20", "-pthread", "-g", "-O2", "-fno-strict-aliasing", "-DENGRAM_EMU_FIBERS", "-include"])
+        .arg(r.join("kernels/emu/cuda_emu.h"))
+        .arg("-I")
+        .arg(r.join("kernels"))
+        .arg(r.join("tests/emu/fibers.cpp"))
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for order in ["index", "reverse"] {
+        let out = Command::new(&exe).env("ENGRAM_EMU_ORDER", order).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "fiber engine, {order} order:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(text.matches(" ok").count(), 7, "{text}");
+    }
+    let out = Command::new(&exe).arg("deadlock").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("deadlocks"), "a divergent barrier must be reported:\n{err}");
+}
+

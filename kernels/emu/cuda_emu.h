@@ -75,9 +75,9 @@ inline uint3 decode_tid(unsigned t) { return uint3{t % bdim.x, (t / bdim.x) % bd
 // barrier releases once every live thread of the block (of the warp) has reached it. Threads that
 // meet no barrier run one after another on one fiber, so a barrier-free kernel costs about what a
 // loop over its threads costs. Blocks run in parallel on one worker per core; each worker has its
-// own shared memory (`__shared__` is a thread_local static). Deterministic within a block
-// (threads in index order between barriers), so a missing barrier is caught when a thread reads
-// what a later thread writes; the thread engine below also catches the other direction.
+// own shared memory (`__shared__` is a thread_local static). Deterministic within a block:
+// threads in index order between barriers (ENGRAM_EMU_ORDER=reverse: descending), so a missing
+// barrier is caught when a thread reads what a thread run after it writes.
 inline thread_local std::vector<float4> dyn_smem;
 inline void* dynamic_shared() { return dyn_smem.data(); }
 inline thread_local std::vector<uint64_t> warp_slots;
@@ -189,6 +189,7 @@ struct Worker {
     std::vector<unsigned char> state;
     std::vector<Fiber*> fiber_of;
     std::vector<unsigned> released;
+    bool reverse = false;  // run threads in descending index order between barriers
     void (*body)(void*) = nullptr;
     void* body_arg = nullptr;
 };
@@ -198,7 +199,7 @@ inline thread_local Worker W;
     Worker& w = W;  // a fiber never leaves its worker's OS thread
     for (;;) {
         while (w.next < w.nt) {  // threads that meet no barrier run back to back on this fiber
-            const unsigned t = w.next++;
+            const unsigned t = w.reverse ? w.nt - 1 - w.next++ : w.next++;
             w.fiber_of[t] = w.cur;
             w.cur_t = t;
             w.state[t] = RUNNING;
@@ -278,6 +279,7 @@ inline void run_block(Worker& w) {
             for (unsigned t = 0; t < w.nt; ++t)
                 if (w.state[t] == AT_BLOCK) w.released.push_back(t);
         }
+        if (w.reverse) std::reverse(w.released.begin(), w.released.end());
         for (unsigned t : w.released) {
             w.state[t] = RUNNING;
             w.cur_t = t;
@@ -291,6 +293,17 @@ inline void run_block(Worker& w) {
 inline void block_sync() { fib::wait_at(fib::AT_BLOCK); }
 inline void warp_sync() { fib::wait_at(fib::AT_WARP); }
 
+// ENGRAM_EMU_ORDER=reverse: between two barriers a block's threads run from the highest index
+// down instead of up. A missing barrier shows when a thread reads shared data that a thread run
+// after it writes; the two orders together cover both directions.
+inline bool reverse_order() {
+    static const bool r = [] {
+        const char* v = std::getenv("ENGRAM_EMU_ORDER");
+        return v != nullptr && std::strcmp(v, "reverse") == 0;
+    }();
+    return r;
+}
+
 template <class F>
 void launch(dim3 grid, dim3 block, F body, size_t shared_bytes = 0) {
     gdim = grid;
@@ -303,6 +316,7 @@ void launch(dim3 grid, dim3 block, F body, size_t shared_bytes = 0) {
         w.nt = nt;
         w.state.assign(nt, fib::NOT_STARTED);
         w.fiber_of.assign(nt, nullptr);
+        w.reverse = reverse_order();
         w.body = [](void* f) { (*static_cast<F*>(f))(); };
         w.body_arg = &body;
         warp_slots.assign(nt, 0);
