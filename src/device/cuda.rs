@@ -3,6 +3,10 @@
 //! turned into an [`Error::Device`] that says what failed (no driver, no GPU, unsupported
 //! architecture, out of memory with the size asked, a kernel that failed to launch).
 //!
+//! With `--features cuda-emu` the same code runs on the emulated device (kernels/emu/): the
+//! kernels built by the host C++ compiler and a CPU `libcuda.so`, loaded before cudarc looks for
+//! the driver — so every line here is exercised in CI without a GPU.
+//!
 //! Memory: cudarc's stream-ordered allocator (`cuMemAllocAsync` from the device's default memory
 //! pool, which caches freed blocks and reuses them on the same stream) — see benches/RESULTS.md for
 //! the comparison with a plain `cuMemAlloc`.
