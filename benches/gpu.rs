@@ -4,6 +4,7 @@
 //! kernels, and cuMemAlloc vs the stream-ordered pool for allocation. Prints one table.
 //!
 //!     cargo bench --features cuda,cublas-reference --bench gpu
+//!     ENGRAM_BENCH_QUICK=1 cargo bench --features cuda-emu --bench gpu   # dry run, no GPU
 //!
 //! Without a GPU it prints that it was skipped and why.
 
@@ -42,7 +43,8 @@ mod gpu {
     /// Mean milliseconds per call of `f` over `iters` calls after warm-up, on the device clock
     /// (stream synchronised around the loop).
     fn time(dev: &CudaDev, iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-        for _ in 0..3 {
+        let iters = if quick() { 1 } else { iters };
+        for _ in 0..if quick() { 1 } else { 3 } {
             f()?;
         }
         dev.synchronize()?;
@@ -59,25 +61,45 @@ mod gpu {
         Tensor::from_vec(Rng::new(seed).normal_vec(n).into_iter().map(|x| x as f32).collect::<Vec<f32>>(), shape)?.to_device(Device::Cuda)
     }
 
+    /// `ENGRAM_BENCH_QUICK=1`: every shape cut down and one timed call — a dry run of the whole
+    /// benchmark (CI runs it on the emulated device); its numbers mean nothing.
+    fn quick() -> bool {
+        std::env::var_os("ENGRAM_BENCH_QUICK").is_some_and(|v| v != "0")
+    }
+
+    /// `full` in a real run, `small` in a quick one.
+    fn pick(full: usize, small: usize) -> usize {
+        if quick() {
+            small
+        } else {
+            full
+        }
+    }
+
     pub fn run() -> Result<()> {
         let dev = CudaDev::get()?;
         println!("engram GPU benchmark on {}", dev.describe());
+        if quick() {
+            println!("QUICK dry run (ENGRAM_BENCH_QUICK): shapes cut down, one call each — the numbers mean nothing");
+        }
         let mut rows = Vec::new();
 
         // Copy bandwidth: the roofline for the memory-bound kernels.
-        let big = dev.zeros::<f32>(64 << 20)?;
-        let mut big2 = dev.zeros::<f32>(64 << 20)?;
+        let copy_floats = pick(64 << 20, 1 << 16);
+        let big = dev.zeros::<f32>(copy_floats)?;
+        let mut big2 = dev.zeros::<f32>(copy_floats)?;
         let ms = time(&dev, 20, || {
             dev.stream().memcpy_dtod(&big, &mut big2).map_err(|e| dev.err("memcpy", e))
         })?;
-        let copy_gbs = 2.0 * (256u64 << 20) as f64 / (ms * 1e-3) / 1e9;
-        rows.push(Row { what: "memcpy d2d 256 MiB".into(), ms, metric: format!("{copy_gbs:.0} GB/s"), yardstick: "(roofline)".into() });
+        let copy_gbs = 2.0 * (copy_floats * 4) as f64 / (ms * 1e-3) / 1e9;
+        rows.push(Row { what: format!("memcpy d2d {} MiB", copy_floats * 4 >> 20), ms, metric: format!("{copy_gbs:.0} GB/s"), yardstick: "(roofline)".into() });
         drop((big, big2));
 
         let tape = Tape::inference();
         // BERT-base shapes (768) and MiniLM's (384) at 32 × 128 tokens; every GEMM variant.
         use engram::device::cuda::{with_gemm_variant, GemmVariant};
         for &(m, n, k) in &[(4096usize, 768usize, 768usize), (4096, 3072, 768), (4096, 768, 3072), (4096, 384, 384), (4096, 1536, 384)] {
+            let (m, n, k) = (pick(m, 130), pick(n, 70), pick(k, 100));
             let x = randn(1, &[m, k])?;
             let w = randn(2, &[n, k])?;
             let yard = cublas_linear(&dev, &x, &w, m, n, k)?;
@@ -92,7 +114,7 @@ mod gpu {
             }
         }
 
-        let (b, t, c, nh) = (32usize, 128usize, 768usize, 12usize);
+        let (b, t, c, nh) = (pick(32, 2), pick(128, 40), 768usize, 12usize);
         let hs = c / nh;
         let x = randn(3, &[b * t, c])?;
         let gamma = randn(4, &[c])?;
@@ -170,7 +192,7 @@ mod gpu {
         }
 
         // AdamW over BERT-base's parameter count (110M): reads w, g, m, v and writes w, m, v.
-        let n = 110_000_000usize;
+        let n = pick(110_000_000, 100_000);
         let mut p = Tensor::from_vec(vec![0.01f32; n], &[n])?.to_device(Device::Cuda)?;
         let g = Tensor::from_vec(vec![0.001f32; n], &[n])?.to_device(Device::Cuda)?;
         let mut m = dev.zeros::<f32>(n)?;

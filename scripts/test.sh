@@ -23,3 +23,9 @@ ENGRAM_GEMM=v2 ENGRAM_ATTENTION=v2 cargo test --release --locked --features cuda
 export ENGRAM_EMU_GUARD=front ENGRAM_EMU_ORDER=reverse
 cargo test --release --locked --features cuda-emu --test cuda "$@" 2>&1 | grep -vE '^\s*$'
 ENGRAM_GEMM=v2 ENGRAM_ATTENTION=v2 cargo test --release --locked --features cuda-emu --test cuda "$@" 2>&1 | grep -vE '^\s*$'
+# The GPU benchmark's dry run on the emulated device (every row, every kernel variant; shapes cut
+# down, numbers meaningless) — so the benchmark itself cannot break unnoticed between GPU runs.
+bench=$(ENGRAM_BENCH_QUICK=1 cargo bench --locked --features cuda-emu --bench gpu 2>&1) || { echo "$bench" | tail -n 30; echo "test.sh: the GPU benchmark's dry run failed" >&2; exit 1; }
+grep -E '^engram GPU benchmark|QUICK' <<<"$bench" || true
+echo "GPU benchmark dry run: $(grep -c '^| [a-z]' <<<"$bench") table rows"
+if grep -E 'FAILED|DISAGREES' <<<"$bench"; then echo "test.sh: a kernel failed in the GPU benchmark's dry run" >&2; exit 1; fi
