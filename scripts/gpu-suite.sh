@@ -8,6 +8,11 @@
 #   ./scripts/gpu-suite.sh stash   # on the GPU machine: keep carried weight parts in /tmp
 #   ./scripts/gpu-suite.sh memory  # on the GPU machine: the long-range recall benchmark
 #
+# Dry run of the whole suite here, on the emulated device (no GPU):
+#   ENGRAM_SUITE_FEATURES=cuda-emu ./scripts/gpu-suite.sh build && ENGRAM_BENCH_QUICK=1 ./scripts/gpu-suite.sh run
+# (then rebuild without ENGRAM_SUITE_FEATURES before carrying to a GPU: emulated binaries
+# cannot run there).
+#
 # all-MiniLM-L6-v2 (87 MiB) is larger than one transfer to the GPU machine may be, so `build` also
 # splits it into .gpu-weights/{a,b,c}; carry a and b with `stash` calls and c with `run`, and `run`
 # reassembles (and checks) it before the tests. Without the parts the MiniLM GPU test says SKIPPED.
@@ -22,7 +27,9 @@ build() {
   rm -rf "$stage"; mkdir -p "$stage/bin"
   # No debug info: the staged binaries must stay small enough to carry.
   export CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_BENCH_DEBUG=0
-  local feats=cuda,cublas-reference
+  # ENGRAM_SUITE_FEATURES=cuda-emu stages binaries for the emulated device instead: a dry run
+  # of `run` on this machine (with ENGRAM_BENCH_QUICK=1 for the benchmark).
+  local feats=${ENGRAM_SUITE_FEATURES:-cuda,cublas-reference}
   cargo build --release --locked --features "$feats" --tests --benches --message-format=json 2>/dev/null \
     | python3 -c '
 import json, sys
