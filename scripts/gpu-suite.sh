@@ -53,6 +53,7 @@ for line in sys.stdin:
   for i in 0 1 2; do mv ".gpu-weights/part-0$i" ".gpu-weights/$(echo abc | cut -c$((i + 1)))/model.safetensors.part$i"; done
   (cd "$w" && cp -r config.json tokenizer.json modules.json 1_Pooling sentence_bert_config.json "$OLDPWD/.gpu-weights/c/")
   sha256sum "$w/model.safetensors" | cut -d' ' -f1 > .gpu-weights/c/model.sha256
+  echo "$feats" > "$stage/features"
   git rev-parse --short HEAD > "$stage/commit"
   git status --porcelain --untracked-files=no | grep -q . && echo "+dirty" >> "$stage/commit" || true
   cargo build --release --locked --features "$feats" --bin engram 2>/dev/null
@@ -90,6 +91,9 @@ run() {
   local log=${OUT:-/tmp}/gpu-suite.log summary=()
   : > "$log"
   echo "== engram GPU suite: commit $(tr '\n' ' ' < "$stage/commit")" | tee -a "$log"
+  if grep -q cuda-emu "$stage/features" 2>/dev/null; then
+    echo "== binaries built for the EMULATED device (a dry run; rebuild without ENGRAM_SUITE_FEATURES for a GPU)" | tee -a "$log"
+  fi
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/== GPU: /' | tee -a "$log" || true
   date -u +"== date: %Y-%m-%d %H:%M UTC" | tee -a "$log"
   local fail=0
