@@ -191,6 +191,8 @@ mod gpu {
             rows.push(Row { what: format!("attention_fwd_{name} B32 NH12 T128 HS32"), ms, metric: format!("{:.2} TFLOP/s", flops / 2.0 / (ms * 1e-3) / 1e12), yardstick: String::new() });
         }
 
+        bert_steps(&dev, &mut rows)?;
+
         // AdamW over BERT-base's parameter count (110M): reads w, g, m, v and writes w, m, v.
         let n = pick(110_000_000, 100_000);
         let mut p = Tensor::from_vec(vec![0.01f32; n], &[n])?.to_device(Device::Cuda)?;
@@ -227,6 +229,81 @@ mod gpu {
         println!("\n| kernel / shape | ms | throughput | yardstick (same run) |\n|---|---|---|---|");
         for r in &rows {
             println!("| {} | {:.3} | {} | {} |", r.what, r.ms, r.metric, r.yardstick);
+        }
+        Ok(())
+    }
+
+    /// A whole fine-tuning step of the real model (MiniLM from `ENGRAM_MINILM_DIR`, which
+    /// gpu-suite.sh sets, else the installed one, else tiny-bert; tiny-bert in a quick run) at
+    /// batch 32 × 128 — forward with
+    /// dropout, cross-entropy, backward, clipping, AdamW — and inference at batch 32, with the
+    /// production kernels and with the kernels on trial: what the trial kernels change end to end.
+    fn bert_steps(dev: &CudaDev, rows: &mut Vec<Row>) -> Result<()> {
+        use engram::data::BertTokenizer;
+        use engram::device::cuda::{with_gemm_variant, GemmVariant};
+        use engram::models::bert::{Bert, Head};
+        use engram::ops::{with_attention_variant, AttentionVariant};
+        use engram::optim::{clip_grad_norm, hf_param_groups, AdamW, AdamWConfig};
+        let dir = if quick() {
+            std::path::PathBuf::from("weights/tiny-bert")
+        } else {
+            std::env::var_os("ENGRAM_MINILM_DIR")
+                .map(std::path::PathBuf::from)
+                .filter(|d| d.join("model.safetensors").is_file())
+                .unwrap_or_else(|| engram::testing::bench_model_dir(std::path::Path::new(".")))
+        };
+        let (mut bert, _) = Bert::load(&dir, Head::SequenceClassification { num_labels: 2 }, 0)?;
+        bert.to_device(Device::Cuda)?;
+        let (b, seq) = (pick(32, 2), pick(128, 16));
+        let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), seq)?;
+        let text = "the film is a quiet, patient study of grief and of the small kindnesses that get people through it, ".repeat(12);
+        let texts: Vec<&str> = (0..b).map(|_| text.as_str()).collect();
+        let batch = tok.encode(&texts)?.to_device(Device::Cuda)?;
+        let y = Tensor::from_ids((0..b as i64).map(|i| i % 2).collect(), &[b])?.to_device(Device::Cuda)?;
+        let name = dir.file_name().map_or("model".into(), |n| n.to_string_lossy().to_string());
+        let mut base: Option<(f64, f64)> = None;
+        for (label, g, a) in [("v1 kernels", GemmVariant::V1, AttentionVariant::V1), ("trial kernels", GemmVariant::V2, AttentionVariant::V2)] {
+            let mut opt = AdamW::new(AdamWConfig::default());
+            let mut step = 0u64;
+            let run = || -> Result<(f64, f64)> {
+                let train_ms = time(dev, 10, || {
+                    step += 1;
+                    let tape = Tape::training(step);
+                    let logits = bert.logits(&tape, &batch, true)?;
+                    let loss = ops::cross_entropy(&tape, &logits, &y)?;
+                    let mut grads = tape.backward(&loss)?;
+                    let trainable: Vec<&Tensor> = bert.params.values().filter(|t| t.is_tracked()).collect();
+                    clip_grad_norm(&mut grads, &trainable, 1.0)?;
+                    let named: Vec<(String, &mut Tensor)> =
+                        bert.params.iter_mut().filter(|(_, t)| t.is_tracked()).map(|(k, v)| (k.clone(), v)).collect();
+                    let mut groups = hf_param_groups(named, 0.01);
+                    opt.step(&mut groups, &grads, 1e-5)
+                })?;
+                let infer_ms = time(dev, 20, || bert.logits(&Tape::inference(), &batch, false).map(|_| ()))?;
+                Ok((train_ms, infer_ms))
+            };
+            let (train_ms, infer_ms) = match with_gemm_variant(g, || with_attention_variant(a, run)) {
+                Ok(t) => t,
+                Err(e) if base.is_some() => {
+                    println!("{name} step with the {label} FAILED: {e}");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let vs = |ms: f64, i: usize| base.map_or(String::new(), |bt| format!("{:.2}x the v1 kernels' time", ms / [bt.0, bt.1][i]));
+            rows.push(Row {
+                what: format!("{name} train step b{b} s{seq} ({label})"),
+                ms: train_ms,
+                metric: format!("{:.0} examples/s", b as f64 / (train_ms * 1e-3)),
+                yardstick: vs(train_ms, 0),
+            });
+            rows.push(Row {
+                what: format!("{name} inference b{b} s{seq} ({label})"),
+                ms: infer_ms,
+                metric: format!("{:.0} examples/s", b as f64 / (infer_ms * 1e-3)),
+                yardstick: vs(infer_ms, 1),
+            });
+            base.get_or_insert((train_ms, infer_ms));
         }
         Ok(())
     }
