@@ -92,7 +92,7 @@ mod gpu {
             dev.stream().memcpy_dtod(&big, &mut big2).map_err(|e| dev.err("memcpy", e))
         })?;
         let copy_gbs = 2.0 * (copy_floats * 4) as f64 / (ms * 1e-3) / 1e9;
-        rows.push(Row { what: format!("memcpy d2d {} MiB", copy_floats * 4 >> 20), ms, metric: format!("{copy_gbs:.0} GB/s"), yardstick: "(roofline)".into() });
+        rows.push(Row { what: format!("memcpy d2d {} MiB", (copy_floats * 4) >> 20), ms, metric: format!("{copy_gbs:.0} GB/s"), yardstick: "(roofline)".into() });
         drop((big, big2));
 
         let tape = Tape::inference();
