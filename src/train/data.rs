@@ -91,6 +91,50 @@ fn parse_delimited(path: &Path, text: &str, delim: char) -> Result<Vec<(usize, V
 }
 
 /// The keys of a JSON line and their kinds, for error messages: `text: null, label: string`.
+/// The objects of a JSON Lines text: (1-based line number, value) for every non-blank line.
+fn json_lines(path: &Path, text: &str) -> Result<Vec<(usize, serde_json::Value)>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(line) {
+            Ok(v) => out.push((i + 1, v)),
+            Err(e) => return file_err(path, format!("line {}: not valid JSON: {e}", i + 1)),
+        }
+    }
+    Ok(out)
+}
+
+/// A CSV/TSV table: the header row and the records after it.
+struct Table {
+    header: Vec<String>,
+    rows: Vec<(usize, Vec<String>)>,
+}
+
+impl Table {
+    fn parse(path: &Path, text: &str, delim: char) -> Result<Table> {
+        let mut rows = parse_delimited(path, text, delim)?.into_iter();
+        let Some((_, header)) = rows.next() else { return file_err(path, "empty file (expected a header row)") };
+        Ok(Table { header, rows: rows.collect() })
+    }
+
+    /// The column named `name` (case-insensitive, surrounding spaces ignored).
+    fn col(&self, name: &str) -> Option<usize> {
+        self.header.iter().position(|h| h.trim().eq_ignore_ascii_case(name))
+    }
+
+    /// The records, each checked to have the header's number of fields.
+    fn records(&self, path: &Path) -> Result<&[(usize, Vec<String>)]> {
+        for (line, r) in &self.rows {
+            if r.len() != self.header.len() {
+                return file_err(path, format!("line {line}: {} fields, the header has {}", r.len(), self.header.len()));
+            }
+        }
+        Ok(&self.rows)
+    }
+}
+
 fn keys(v: &serde_json::Value) -> String {
     let Some(o) = v.as_object() else { return "not an object".into() };
     let kind = |x: &serde_json::Value| match x {
@@ -120,14 +164,7 @@ pub fn load_classification(path: impl AsRef<Path>) -> Result<Vec<Example>> {
     let mut out = Vec::new();
     match ext(path).as_str() {
         "jsonl" | "json" => {
-            for (i, line) in text.lines().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let v: serde_json::Value = match serde_json::from_str(line) {
-                    Ok(v) => v,
-                    Err(e) => return file_err(path, format!("line {}: not valid JSON: {e}", i + 1)),
-                };
+            for (line, v) in json_lines(path, &text)? {
                 let field = |k: &str| -> Option<String> {
                     match v.get(k)? {
                         serde_json::Value::String(s) => Some(s.clone()),
@@ -137,24 +174,19 @@ pub fn load_classification(path: impl AsRef<Path>) -> Result<Vec<Example>> {
                     }
                 };
                 let (Some(t), Some(label)) = (field("text"), field("label")) else {
-                    return file_err(path, format!("line {}: needs string fields \"text\" and \"label\" (found {})", i + 1, keys(&v)));
+                    return file_err(path, format!("line {line}: needs string fields \"text\" and \"label\" (found {})", keys(&v)));
                 };
                 out.push(Example::Seq { text: t, text_pair: field("text_pair"), label });
             }
         }
         e @ ("csv" | "tsv") => {
             let delim = if e == "csv" { ',' } else { '\t' };
-            let rows = parse_delimited(path, &text, delim)?;
-            let Some((_, header)) = rows.first() else { return file_err(path, "empty file (expected a header row)") };
-            let col = |name: &str| header.iter().position(|h| h.trim().eq_ignore_ascii_case(name));
-            let (Some(ti), Some(li)) = (col("text"), col("label")) else {
-                return file_err(path, format!("the header must name the columns \"text\" and \"label\" (found {header:?})"));
+            let table = Table::parse(path, &text, delim)?;
+            let (Some(ti), Some(li)) = (table.col("text"), table.col("label")) else {
+                return file_err(path, format!("the header must name the columns \"text\" and \"label\" (found {:?})", table.header));
             };
-            let pi = col("text_pair");
-            for (line, r) in &rows[1..] {
-                if r.len() != header.len() {
-                    return file_err(path, format!("line {line}: {} fields, the header has {}", r.len(), header.len()));
-                }
+            let pi = table.col("text_pair");
+            for (_, r) in table.records(path)? {
                 out.push(Example::Seq { text: r[ti].clone(), text_pair: pi.map(|p| r[p].clone()), label: r[li].trim().to_string() });
             }
         }
@@ -180,38 +212,26 @@ pub fn load_texts(path: impl AsRef<Path>) -> Result<Vec<String>> {
     let mut out = Vec::new();
     match ext(path).as_str() {
         "jsonl" | "json" => {
-            for (i, line) in text.lines().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let v: serde_json::Value = match serde_json::from_str(line) {
-                    Ok(v) => v,
-                    Err(e) => return file_err(path, format!("line {}: not valid JSON: {e}", i + 1)),
-                };
+            for (line, v) in json_lines(path, &text)? {
                 let pair = v.get("text_pair").and_then(|p| p.as_str()).map(str::to_string);
                 let t = match (v.get("text"), v.get("tokens")) {
                     (Some(serde_json::Value::String(t)), _) => t.clone(),
                     (None, Some(serde_json::Value::Array(words))) if words.iter().all(|w| w.is_string()) => {
                         words.iter().filter_map(|w| w.as_str()).collect::<Vec<_>>().join(" ")
                     }
-                    _ => return file_err(path, format!("line {}: needs a string \"text\" or a \"tokens\" list of strings (found {})", i + 1, keys(&v))),
+                    _ => return file_err(path, format!("line {line}: needs a string \"text\" or a \"tokens\" list of strings (found {})", keys(&v))),
                 };
                 out.push(joined(t, pair));
             }
         }
         e @ ("csv" | "tsv") => {
             let delim = if e == "csv" { ',' } else { '\t' };
-            let rows = parse_delimited(path, &text, delim)?;
-            let Some((_, header)) = rows.first() else { return file_err(path, "empty file (expected a header row)") };
-            let col = |name: &str| header.iter().position(|h| h.trim().eq_ignore_ascii_case(name));
-            let Some(ti) = col("text") else {
-                return file_err(path, format!("the header must name a \"text\" column (found {header:?})"));
+            let table = Table::parse(path, &text, delim)?;
+            let Some(ti) = table.col("text") else {
+                return file_err(path, format!("the header must name a \"text\" column (found {:?})", table.header));
             };
-            let pi = col("text_pair");
-            for (line, r) in &rows[1..] {
-                if r.len() != header.len() {
-                    return file_err(path, format!("line {line}: {} fields, the header has {}", r.len(), header.len()));
-                }
+            let pi = table.col("text_pair");
+            for (_, r) in table.records(path)? {
                 out.push(joined(r[ti].clone(), pi.map(|p| r[p].clone())));
             }
         }
@@ -231,20 +251,13 @@ pub fn load_token_classification(path: impl AsRef<Path>) -> Result<Vec<Example>>
     let text = read(path)?;
     let mut out = Vec::new();
     if matches!(ext(path).as_str(), "jsonl" | "json") {
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let v: serde_json::Value = match serde_json::from_str(line) {
-                Ok(v) => v,
-                Err(e) => return file_err(path, format!("line {}: not valid JSON: {e}", i + 1)),
-            };
+        for (line, v) in json_lines(path, &text)? {
             let strings = |k: &str| -> Option<Vec<String>> { v.get(k)?.as_array()?.iter().map(|x| x.as_str().map(String::from)).collect() };
             let (Some(words), Some(tags)) = (strings("tokens"), strings("tags").or_else(|| strings("ner_tags"))) else {
-                return file_err(path, format!("line {}: needs string arrays \"tokens\" and \"tags\" (found {})", i + 1, keys(&v)));
+                return file_err(path, format!("line {line}: needs string arrays \"tokens\" and \"tags\" (found {})", keys(&v)));
             };
             if words.len() != tags.len() {
-                return file_err(path, format!("line {}: {} tokens but {} tags", i + 1, words.len(), tags.len()));
+                return file_err(path, format!("line {line}: {} tokens but {} tags", words.len(), tags.len()));
             }
             if !words.is_empty() {
                 out.push(Example::Tokens { words, tags });
