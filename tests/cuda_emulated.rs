@@ -105,23 +105,19 @@ mod emulated {
 
     #[test]
     fn out_of_bounds_access_stops_with_the_kernels_name() {
-        let (ok, stderr) = child("emulated::child_writes_past_a_buffer", "back");
-        assert!(!ok, "the out-of-bounds kernel did not fail:\n{stderr}");
-        assert!(
-            stderr.contains("kernel scale_fwd_v1 accessed address") && stderr.contains("past the end of a 4000-byte buffer"),
-            "{stderr}"
-        );
-        assert!(!stderr.contains("child: the out-of-bounds launch returned"), "{stderr}");
-        let (ok, stderr) = child("emulated::child_writes_one_past_a_buffer", "back");
-        assert!(!ok, "the kernel writing one float past its buffer did not fail:\n{stderr}");
-        assert!(stderr.contains("kernel scale_fwd_v1 wrote past the end of a 4004-byte buffer (at byte 4004)"), "{stderr}");
-        assert!(!stderr.contains("child: the out-of-bounds launch returned"), "{stderr}");
-        let (ok, stderr) = child("emulated::child_reads_before_a_buffer", "front");
-        assert!(!ok, "the kernel reading before its buffer did not fail:\n{stderr}");
-        assert!(
-            stderr.contains("kernel embedding_fwd_v1 accessed address") && stderr.contains("before the start of a 3200-byte buffer"),
-            "{stderr}"
-        );
-        assert!(!stderr.contains("child: the out-of-bounds launch returned"), "{stderr}");
+        // (child test, guard placement, what its stderr must say)
+        let cases: [(&str, &str, &[&str]); 3] = [
+            ("child_writes_past_a_buffer", "back", &["kernel scale_fwd_v1 accessed address", "past the end of a 4000-byte buffer"]),
+            ("child_writes_one_past_a_buffer", "back", &["kernel scale_fwd_v1 wrote past the end of a 4004-byte buffer (at byte 4004)"]),
+            ("child_reads_before_a_buffer", "front", &["kernel embedding_fwd_v1 accessed address", "before the start of a 3200-byte buffer"]),
+        ];
+        for (name, guard, needles) in cases {
+            let (ok, stderr) = child(&format!("emulated::{name}"), guard);
+            assert!(!ok, "{name}: the out-of-bounds kernel did not fail:\n{stderr}");
+            for needle in needles {
+                assert!(stderr.contains(needle), "{name}: no {needle:?} in\n{stderr}");
+            }
+            assert!(!stderr.contains("child: the out-of-bounds launch returned"), "{name}: {stderr}");
+        }
     }
 }
