@@ -9,7 +9,18 @@
 //            double-buffered with a register prefetch of the next K slice (one barrier per slice).
 //            Verified on the CPU emulator (tests/emu/gemm.cpp); NOT YET RUN ON A GPU — opt-in with
 //            ENGRAM_GEMM=v2 until tests/cuda.rs and benches/gpu.rs have run it.
-//   (tensor-core bf16 / TF32 variants belong to the performance issue; numbers in benches/RESULTS.md)
+//   gemm_v3 / gemm_v3_64: tensor cores. 128×128 (64×128) block tile, BK = 8, 8 warps each owning a
+//            64×32 (32×32) warp tile of mma.sync.m16n8k8 TF32 products with f32 accumulators, shared
+//            memory double-buffered as in v2. "3xTF32": each f32 operand is split into a TF32 high
+//            part and a TF32 residual, and a·b = aₕbₕ + aₕbₗ + aₗbₕ (aₗbₗ, ~2⁻²² relative, is dropped),
+//            so the result keeps f32-level accuracy (the CPU parity tolerances hold). Opt-in with
+//            ENGRAM_GEMM=v3. Verified on the CPU emulator, whose mma follows the PTX ISA fragment
+//            layouts (tests/emu/gemm.cpp); NOT YET RUN ON A GPU. ptxas sm_90: 178 / 123 registers,
+//            no spills, 24 / 18 KiB shared (BK = 16 needed 255 registers and spilled).
+//   gemm_v3_tf32 / gemm_v3_tf32_64: the same kernel with one TF32 product per term (aₕbₕ): 3× fewer
+//            tensor-core instructions, ~10-bit mantissa inputs (what PyTorch's allow_tf32 and
+//            cuBLAS's TF32 math mode do). Opt-in with ENGRAM_GEMM=tf32; its own, looser tests.
+//            ptxas sm_90: 166 / 107 registers, no spills.
 #include "common.cuh"
 
 #define BM 64
@@ -73,6 +84,40 @@ extern "C" __global__ void __launch_bounds__(256) gemm_v1(float* C, const float*
     }
 }
 
+// ---- slices of A and B, shared by gemm_v2 and gemm_v3 --------------------------------------------
+// Element e of thread tid's share of a BK-deep slice is idx = tid + NT·e; consecutive threads run
+// along the operand's contiguous dimension (m for a transposed A, k otherwise; k for a transposed
+// B, n otherwise), so the global reads coalesce. Out-of-range elements read as 0.
+template <int BM_, int BK_, bool ta>
+__device__ __forceinline__ void a_slot(int idx, int& mm, int& kk) {
+    mm = ta ? idx % BM_ : idx / BK_;
+    kk = ta ? idx / BM_ : idx % BK_;
+}
+template <int BN_, int BK_, bool tb>
+__device__ __forceinline__ void b_slot(int idx, int& nn, int& kk) {
+    nn = tb ? idx / BK_ : idx % BN_;
+    kk = tb ? idx % BK_ : idx / BN_;
+}
+// Global → registers: this thread's BM_·BK_/NT elements of A's slice at k0 (ra) and BN_·BK_/NT of B's (rb).
+template <int BM_, int BN_, int BK_, int NT, bool ta, bool tb>
+__device__ __forceinline__ void fetch_slice(float* ra, float* rb, const float* A, const float* B, int M, int N, int K, int m0,
+                                            int n0, int k0) {
+#pragma unroll
+    for (int e = 0; e < BM_ * BK_ / NT; ++e) {
+        int mm, kk;
+        a_slot<BM_, BK_, ta>(threadIdx.x + NT * e, mm, kk);
+        const int gm = m0 + mm, gk = k0 + kk;
+        ra[e] = (gm < M && gk < K) ? (ta ? A[(long long)gk * M + gm] : A[(long long)gm * K + gk]) : 0.f;
+    }
+#pragma unroll
+    for (int e = 0; e < BN_ * BK_ / NT; ++e) {
+        int nn, kk;
+        b_slot<BN_, BK_, tb>(threadIdx.x + NT * e, nn, kk);
+        const int gn = n0 + nn, gk = k0 + kk;
+        rb[e] = (gn < N && gk < K) ? (tb ? B[(long long)gn * K + gk] : B[(long long)gk * N + gn]) : 0.f;
+    }
+}
+
 // ---- gemm_v2 ------------------------------------------------------------------------------------
 // Thread (tx, ty) of a (BN/8) × (BM/8) grid owns rows {ty·4 + i, BM/2 + ty·4 + i} and columns
 // {tx·4 + j, BN/2 + tx·4 + j}, i, j < 4: its reads of a K step are two float4 from As and two from Bs.
@@ -100,37 +145,21 @@ __device__ __forceinline__ void gemm_v2_body(GemmV2Smem<BM2, BN2>& sm, float* C,
     B += bz * sB;
     C += bz * sC;
     float ra[LA], rb[LB];
-    // Global → registers: slice k0. Element e of this thread's share: idx = tid + NT·e.
-    auto fetch = [&](int k0) {
-#pragma unroll
-        for (int e = 0; e < LA; ++e) {
-            const int idx = tid + NT * e;
-            const int mm = ta ? idx % BM2 : idx / BK2, kk = ta ? idx / BM2 : idx % BK2;
-            const int gm = m0 + mm, gk = k0 + kk;
-            ra[e] = (gm < M && gk < K) ? (ta ? A[(long long)gk * M + gm] : A[(long long)gm * K + gk]) : 0.f;
-        }
-#pragma unroll
-        for (int e = 0; e < LB; ++e) {
-            const int idx = tid + NT * e;
-            const int nn = tb ? idx / BK2 : idx % BN2, kk = tb ? idx % BK2 : idx / BN2;
-            const int gn = n0 + nn, gk = k0 + kk;
-            rb[e] = (gn < N && gk < K) ? (tb ? B[(long long)gn * K + gk] : B[(long long)gk * N + gn]) : 0.f;
-        }
-    };
-    // Registers → shared buffer `buf`.
+    auto fetch = [&](int k0) { fetch_slice<BM2, BN2, BK2, NT, ta, tb>(ra, rb, A, B, M, N, K, m0, n0, k0); };
+    // Registers → shared buffer `buf` (k-major).
     auto stash = [&](int buf) {
         float* as = reinterpret_cast<float*>(&As4[buf][0][0]);
         float* bs = reinterpret_cast<float*>(&Bs4[buf][0][0]);
 #pragma unroll
         for (int e = 0; e < LA; ++e) {
-            const int idx = tid + NT * e;
-            const int mm = ta ? idx % BM2 : idx / BK2, kk = ta ? idx / BM2 : idx % BK2;
+            int mm, kk;
+            a_slot<BM2, BK2, ta>(tid + NT * e, mm, kk);
             as[kk * PA + mm] = ra[e];
         }
 #pragma unroll
         for (int e = 0; e < LB; ++e) {
-            const int idx = tid + NT * e;
-            const int nn = tb ? idx / BK2 : idx % BN2, kk = tb ? idx % BK2 : idx / BN2;
+            int nn, kk;
+            b_slot<BN2, BK2, tb>(tid + NT * e, nn, kk);
             bs[kk * PB + nn] = rb[e];
         }
     };
@@ -174,18 +203,30 @@ __device__ __forceinline__ void gemm_v2_body(GemmV2Smem<BM2, BN2>& sm, float* C,
     }
 }
 
-// The layouts are template parameters (index arithmetic resolved at compile time, fewer registers).
+// The layouts as template parameters (index arithmetic resolved at compile time, fewer
+// registers): f(Flag<ta>, Flag<tb>) for the runtime ta, tb.
+template <bool B_>
+struct Flag {
+    static constexpr bool value = B_;
+};
+template <class F>
+__device__ __forceinline__ void with_layouts(int ta, int tb, F&& f) {
+    if (ta) {
+        if (tb) f(Flag<true>{}, Flag<true>{});
+        else f(Flag<true>{}, Flag<false>{});
+    } else {
+        if (tb) f(Flag<false>{}, Flag<true>{});
+        else f(Flag<false>{}, Flag<false>{});
+    }
+}
+
 template <int BM2, int BN2>
 __device__ __forceinline__ void gemm_v2_dispatch(float* C, const float* A, const float* B, int M, int N, int K, int ta, int tb,
                                                  long long sA, long long sB, long long sC, int acc) {
     __shared__ GemmV2Smem<BM2, BN2> sm;
-    if (ta) {
-        if (tb) gemm_v2_body<BM2, BN2, true, true>(sm, C, A, B, M, N, K, sA, sB, sC, acc);
-        else gemm_v2_body<BM2, BN2, true, false>(sm, C, A, B, M, N, K, sA, sB, sC, acc);
-    } else {
-        if (tb) gemm_v2_body<BM2, BN2, false, true>(sm, C, A, B, M, N, K, sA, sB, sC, acc);
-        else gemm_v2_body<BM2, BN2, false, false>(sm, C, A, B, M, N, K, sA, sB, sC, acc);
-    }
+    with_layouts(ta, tb, [&](auto a_t, auto b_t) {
+        gemm_v2_body<BM2, BN2, decltype(a_t)::value, decltype(b_t)::value>(sm, C, A, B, M, N, K, sA, sB, sC, acc);
+    });
 }
 
 extern "C" __global__ void __launch_bounds__(256) gemm_v2(float* C, const float* A, const float* B, int M, int N, int K, int ta,
@@ -197,3 +238,158 @@ extern "C" __global__ void __launch_bounds__(128) gemm_v2_64(float* C, const flo
     gemm_v2_dispatch<64, 128>(C, A, B, M, N, K, ta, tb, sA, sB, sC, acc);
 }
 #define HAVE_GEMM_V2 1
+
+// ---- gemm_v3 (tensor cores) --------------------------------------------------------------------
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 fragments (PTX ISA), lane = 4·g + t:
+//   A (16×8, row-major):  a0 (row g, k t)   a1 (g+8, t)   a2 (g, t+4)   a3 (g+8, t+4)
+//   B (8×8, "col"):       b0 (k t, col g)   b1 (k t+4, col g)
+//   C/D (16×8):           c0 (row g, col 2t) c1 (g, 2t+1) c2 (g+8, 2t) c3 (g+8, 2t+1)
+// The CPU emulator (kernels/emu/cuda_emu.h) implements the instruction from these layouts, so a
+// kernel that reads its fragments wrongly fails there too.
+__device__ __forceinline__ unsigned tf32_rna(float x) {
+#ifdef ENGRAM_EMU
+    return emu::cvt_rna_tf32(x);
+#else
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+#endif
+}
+// d += A·B for one 16×8×8 tile (a warp-wide instruction: every lane of the warp must execute it).
+__device__ __forceinline__ void mma_tf32(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+#ifdef ENGRAM_EMU
+    emu::mma_m16n8k8_tf32(d, a, b);
+#else
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+#define BK3 8
+#define PK3 (BK3 + 4)  // padded rows: a fragment read (row g, column t) touches 32 different banks
+template <int BM3>
+struct GemmV3Smem {
+    float a[2][BM3][PK3];  // [buffer][m][k]
+    float b[2][128][PK3];  // [buffer][n][k]
+};
+// Warps as 2 (m) × 4 (n); warp w owns rows wm … wm + BM3/2 and columns wn … wn + 32 of the block tile.
+template <int BM3, bool ta, bool tb, bool split>
+__device__ __forceinline__ void gemm_v3_body(GemmV3Smem<BM3>& sm, float* C, const float* A, const float* B, int M, int N, int K,
+                                             long long sA, long long sB, long long sC, int acc) {
+    constexpr int BN3 = 128, NT = 256;
+    constexpr int MI = BM3 / 32, NJ = 4;                      // m16 and n8 tiles per warp
+    constexpr int LA = BM3 * BK3 / NT, LB = BN3 * BK3 / NT;  // loads per thread per slice
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int wm = (warp >> 2) * (BM3 / 2), wn = (warp & 3) * 32;
+    const int m0 = blockIdx.y * BM3, n0 = blockIdx.x * BN3;
+    const long long bz = blockIdx.z;
+    A += bz * sA;
+    B += bz * sB;
+    C += bz * sC;
+    float ra[LA], rb[LB];
+    auto fetch = [&](int k0) { fetch_slice<BM3, BN3, BK3, NT, ta, tb>(ra, rb, A, B, M, N, K, m0, n0, k0); };
+    // Registers → shared buffer `buf` (m- and n-major: fragments read along k).
+    auto stash = [&](int buf) {
+#pragma unroll
+        for (int e = 0; e < LA; ++e) {
+            int mm, kk;
+            a_slot<BM3, BK3, ta>(tid + NT * e, mm, kk);
+            sm.a[buf][mm][kk] = ra[e];
+        }
+#pragma unroll
+        for (int e = 0; e < LB; ++e) {
+            int nn, kk;
+            b_slot<BN3, BK3, tb>(tid + NT * e, nn, kk);
+            sm.b[buf][nn][kk] = rb[e];
+        }
+    };
+    // x → its TF32 high part (hi) and, with `split`, the TF32 rounding of the rest (lo).
+    auto to_tf32 = [&](float x, unsigned& hi, unsigned& lo) {
+        hi = tf32_rna(x);
+        if (split) lo = tf32_rna(x - __uint_as_float(hi));
+    };
+    float d[MI][NJ][4] = {};
+    fetch(0);
+    stash(0);
+    __syncthreads();
+    int buf = 0;
+    for (int k0 = 0; k0 < K; k0 += BK3) {
+        const bool more = k0 + BK3 < K;
+        if (more) fetch(k0 + BK3);  // in flight while this slice computes
+#pragma unroll
+        for (int ks = 0; ks < BK3; ks += 8) {
+            // B fragments for the warp's four n8 tiles stay in registers; A fragments are made
+            // one m16 tile at a time (fewer live registers: ptxas keeps gemm_v3 from spilling).
+            unsigned bh[NJ][2], bl[NJ][2];
+#pragma unroll
+            for (int j = 0; j < NJ; ++j) {
+                const int c = wn + 8 * j + g;
+                to_tf32(sm.b[buf][c][ks + t], bh[j][0], bl[j][0]);
+                to_tf32(sm.b[buf][c][ks + t + 4], bh[j][1], bl[j][1]);
+            }
+#pragma unroll
+            for (int i = 0; i < MI; ++i) {
+                unsigned ah[4], al[4];
+                const int r = wm + 16 * i + g;
+                to_tf32(sm.a[buf][r][ks + t], ah[0], al[0]);
+                to_tf32(sm.a[buf][r + 8][ks + t], ah[1], al[1]);
+                to_tf32(sm.a[buf][r][ks + t + 4], ah[2], al[2]);
+                to_tf32(sm.a[buf][r + 8][ks + t + 4], ah[3], al[3]);
+                // The small cross terms first, then the main one; four independent tiles per pass.
+                if (split) {
+#pragma unroll
+                    for (int j = 0; j < NJ; ++j) mma_tf32(d[i][j], al, bh[j]);
+#pragma unroll
+                    for (int j = 0; j < NJ; ++j) mma_tf32(d[i][j], ah, bl[j]);
+                }
+#pragma unroll
+                for (int j = 0; j < NJ; ++j) mma_tf32(d[i][j], ah, bh[j]);
+            }
+        }
+        if (more) {
+            stash(buf ^ 1);  // last read in the previous iteration, before its barrier
+            __syncthreads();
+            buf ^= 1;
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < MI; ++i)
+#pragma unroll
+        for (int j = 0; j < NJ; ++j)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                const int gm = m0 + wm + 16 * i + g + 8 * (q >> 1), gn = n0 + wn + 8 * j + 2 * t + (q & 1);
+                if (gm >= M || gn >= N) continue;
+                float* c = &C[(long long)gm * N + gn];
+                *c = acc ? *c + d[i][j][q] : d[i][j][q];
+            }
+}
+
+template <int BM3, bool split>
+__device__ __forceinline__ void gemm_v3_dispatch(float* C, const float* A, const float* B, int M, int N, int K, int ta, int tb,
+                                                 long long sA, long long sB, long long sC, int acc) {
+    __shared__ GemmV3Smem<BM3> sm;
+    with_layouts(ta, tb, [&](auto a_t, auto b_t) {
+        gemm_v3_body<BM3, decltype(a_t)::value, decltype(b_t)::value, split>(sm, C, A, B, M, N, K, sA, sB, sC, acc);
+    });
+}
+
+extern "C" __global__ void __launch_bounds__(256) gemm_v3(float* C, const float* A, const float* B, int M, int N, int K, int ta,
+                                                                int tb, long long sA, long long sB, long long sC, int acc) {
+    gemm_v3_dispatch<128, true>(C, A, B, M, N, K, ta, tb, sA, sB, sC, acc);
+}
+extern "C" __global__ void __launch_bounds__(256) gemm_v3_64(float* C, const float* A, const float* B, int M, int N, int K, int ta,
+                                                                   int tb, long long sA, long long sB, long long sC, int acc) {
+    gemm_v3_dispatch<64, true>(C, A, B, M, N, K, ta, tb, sA, sB, sC, acc);
+}
+extern "C" __global__ void __launch_bounds__(256) gemm_v3_tf32(float* C, const float* A, const float* B, int M, int N, int K, int ta,
+                                                                     int tb, long long sA, long long sB, long long sC, int acc) {
+    gemm_v3_dispatch<128, false>(C, A, B, M, N, K, ta, tb, sA, sB, sC, acc);
+}
+extern "C" __global__ void __launch_bounds__(256) gemm_v3_tf32_64(float* C, const float* A, const float* B, int M, int N, int K, int ta,
+                                                                        int tb, long long sA, long long sB, long long sC, int acc) {
+    gemm_v3_dispatch<64, false>(C, A, B, M, N, K, ta, tb, sA, sB, sC, acc);
+}
+#define HAVE_GEMM_V3 1

@@ -98,8 +98,9 @@ mod gpu {
         if !gpu("matmul") {
             return;
         }
-        // Every GEMM kernel (production v1, and the variants on trial), forward and backward.
-        for v in engram::device::cuda::GemmVariant::ALL {
+        // Every f32-accurate GEMM kernel (production v1, and the variants on trial, 3xTF32
+        // tensor cores included), forward and backward. The TF32 ones: the test below.
+        for v in engram::device::cuda::GemmVariant::ALL.into_iter().filter(|v| !v.reduced_precision()) {
             eprintln!("matmul parity with {}", v.kernel());
             engram::device::cuda::with_gemm_variant(v, matmul_linear_parity_with_the_current_gemm);
         }
@@ -127,6 +128,69 @@ mod gpu {
         parity("linear rank-3", &[x3, w], |t, i| ops::linear(t, &i[0], &i[1], None));
         // q = k aliasing: both gradient contributions land in one slot.
         parity("matmul_nt self", &[a], |t, i| ops::matmul_nt(t, &i[0], &i[0]));
+    }
+
+    /// The TF32 GEMMs (`ENGRAM_GEMM=tf32`) round each input to a 10-bit mantissa, so each
+    /// product is off by at most 2⁻¹⁰ of its size: every output and gradient must be within
+    /// 1.1·2⁻¹⁰·Σ|a·b| (+1e-5) of the CPU's f32 result, with Σ|a·b| taken by running the same op
+    /// on the CPU on |inputs| with |upstream gradient| — all three GEMM layouts of a linear's
+    /// forward and backward, ragged shapes, batched matmuls.
+    #[test]
+    fn tf32_gemm_errors_stay_within_tf32_rounding() {
+        if !gpu("tf32 gemm") {
+            return;
+        }
+        use engram::device::cuda::{with_gemm_variant, GemmVariant};
+        let abs = |t: &Tensor| {
+            let v: Vec<f32> = t.to_f64_vec().into_iter().map(|x| x.abs() as f32).collect();
+            let a = Tensor::from_vec(v, t.shape()).unwrap();
+            if t.is_tracked() {
+                a.requires_grad()
+            } else {
+                a
+            }
+        };
+        let check = |v: GemmVariant, name: &str, inputs: &[Tensor], f: &dyn Fn(&Tape, &[Tensor]) -> Result<Tensor>| {
+            let run_cpu = |ins: &[Tensor], dy: &Tensor| {
+                let tape = Tape::training(1);
+                let y = f(&tape, ins).unwrap();
+                let g = tape.backward_with(&y, dy).unwrap();
+                let grads: Vec<Vec<f64>> = ins.iter().map(|t| g.tensor(t).unwrap().to_f64_vec()).collect();
+                (y.to_f64_vec(), grads)
+            };
+            let shape = f(&Tape::inference(), inputs).unwrap().shape().to_vec();
+            let dy = randn(&mut Rng::new(5), &shape);
+            let (want, want_g) = run_cpu(inputs, &dy);
+            let abs_in: Vec<Tensor> = inputs.iter().map(abs).collect();
+            let (mag, mag_g) = run_cpu(&abs_in, &abs(&dy));
+            let gin: Vec<Tensor> = inputs.iter().map(|t| t.to_device(Device::Cuda).unwrap().requires_grad()).collect();
+            let tape = Tape::training(1);
+            let yg = with_gemm_variant(v, || f(&tape, &gin)).unwrap();
+            let gg = with_gemm_variant(v, || tape.backward_with(&yg, &dy.to_device(Device::Cuda).unwrap())).unwrap();
+            let within = |what: &str, got: &[f64], want: &[f64], mag: &[f64]| {
+                for (i, ((g, w), m)) in got.iter().zip(want).zip(mag).enumerate() {
+                    let bound = 1.1 * m / 1024.0 + 1e-5;
+                    assert!((g - w).abs() <= bound, "{} {name} {what}[{i}]: {g:e} vs CPU {w:e}, beyond the TF32 bound {bound:e}", v.kernel());
+                }
+            };
+            within("forward", &yg.to_f64_vec(), &want, &mag);
+            for (i, t) in gin.iter().enumerate() {
+                within(&format!("d(input {i})"), &gg.tensor(t).unwrap().to_f64_vec(), &want_g[i], &mag_g[i]);
+            }
+        };
+        let mut r = Rng::new(9);
+        for v in GemmVariant::ALL.into_iter().filter(|v| v.reduced_precision()) {
+            for &(m, k, n) in &[(1, 1, 1), (37, 19, 45), (257, 70, 131), (130, 384, 200)] {
+                let x = randn(&mut r, &[m, k]).requires_grad();
+                let w = randn(&mut r, &[n, k]).requires_grad();
+                check(v, &format!("linear {m}x{k}x{n}"), &[x.clone(), w], &|t, i| ops::linear(t, &i[0], &i[1], None));
+                let wt = randn(&mut r, &[k, n]).requires_grad();
+                check(v, &format!("matmul {m}x{k}x{n}"), &[x, wt], &|t, i| ops::matmul(t, &i[0], &i[1]));
+            }
+            let a = randn(&mut r, &[2, 3, 5, 7]).requires_grad();
+            let b = randn(&mut r, &[2, 3, 9, 7]).requires_grad();
+            check(v, "matmul_nt batched", &[a, b], &|t, i| ops::matmul_nt(t, &i[0], &i[1]));
+        }
     }
 
     #[test]

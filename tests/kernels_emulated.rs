@@ -100,11 +100,20 @@ fn gemm_kernels_match_the_f64_reference_on_the_emulator() {
     let Some(cxx) = cxx() else { return };
     let (ok, out) = build_and_run(&cxx, &root(), "gemm", "real");
     assert!(ok, "emulated GEMM kernels disagree with the reference:\n{out}");
-    assert!(out.contains("gemm_v1") && out.contains("gemm_v2 ") && out.contains("gemm_v2_64"), "every variant must run:\n{out}");
+    for v in ["gemm_v1 ", "gemm_v2 ", "gemm_v2_64 ", "gemm_v3 ", "gemm_v3_64 ", "gemm_v3_tf32 ", "gemm_v3_tf32_64 "] {
+        assert!(out.contains(&format!("ok   {v}")), "variant {v}must run:\n{out}");
+    }
     // The harness catches broken kernels: a wrong column quadrant, a K bound that reads one
     // element past B (its product is zero, so only the sanitizer sees it), and v1 losing its
-    // last K slice.
+    // last K slice; for the tensor-core kernel (whose mma the emulator computes from the PTX ISA's
+    // fragment layouts): B fragments read with the 16-bit types' k index (2t, 2t + 1), one of
+    // 3xTF32's two cross terms dropped (TF32 error, ~1e-4, against the f32 tolerance), and the
+    // accumulator rows g / g + 8 swapped on the way out. (v2 and v3 load their slices through one
+    // fetch_slice, so the K-bound mutant covers both.)
     let mutants = [
+        ("v3-bfrag", "matmul.cu", "sm.b[buf][c][ks + t + 4]", "sm.b[buf][c][ks + 2 * t + 1]"),
+        ("v3-split", "matmul.cu", "mma_tf32(d[i][j], ah, bl[j]);", ";"),
+        ("v3-epilogue", "matmul.cu", "g + 8 * (q >> 1)", "g + 8 * (q & 1)"),
         ("v2-quadrant", "matmul.cu", "BN2 / 2 + tx * 4 + (j - 4)", "BN2 / 2 + tx * 4 + (j - 3)"),
         ("v2-kbound", "matmul.cu", "rb[e] = (gn < N && gk < K)", "rb[e] = (gn < N && gk <= K)"),
         ("v1-kloop", "matmul.cu", "for (int k0 = 0; k0 < K; k0 += BK) {", "for (int k0 = 0; k0 + BK < K; k0 += BK) {"),

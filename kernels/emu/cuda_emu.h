@@ -81,6 +81,7 @@ inline uint3 decode_tid(unsigned t) { return uint3{t % bdim.x, (t / bdim.x) % bd
 inline thread_local std::vector<float4> dyn_smem;
 inline void* dynamic_shared() { return dyn_smem.data(); }
 inline thread_local std::vector<uint64_t> warp_slots;
+inline thread_local std::vector<uint32_t> mma_slots;  // 6 words per thread: an mma's A and B fragments
 
 namespace fib {
 enum : unsigned char { NOT_STARTED, RUNNING, AT_BLOCK, AT_WARP, DONE };
@@ -320,6 +321,7 @@ void launch(dim3 grid, dim3 block, F body, size_t shared_bytes = 0) {
         w.body = [](void* f) { (*static_cast<F*>(f))(); };
         w.body_arg = &body;
         warp_slots.assign(nt, 0);
+        mma_slots.assign(6 * (size_t)nt, 0);
         dyn_smem.assign((shared_bytes + 15) / 16, float4{NAN, NAN, NAN, NAN});
         for (;;) {
             const uint64_t b = next_block.fetch_add(1);
@@ -352,6 +354,7 @@ inline std::barrier<>* block_barrier = nullptr;
 inline std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
 // One 8-byte slot per thread for shuffles (float, int or double).
 inline std::vector<uint64_t> warp_slots;
+inline std::vector<uint32_t> mma_slots;  // 6 words per thread: an mma's A and B fragments
 
 // The launch's dynamic shared memory (DYNAMIC_SHARED), 16-byte aligned; filled with NaN bytes
 // before every block, so a kernel that reads what it did not write sees garbage, as on a GPU.
@@ -376,6 +379,7 @@ void launch(dim3 grid, dim3 block, F body, size_t shared_bytes = 0) {
         warp_barriers.push_back(std::make_unique<std::barrier<>>((std::ptrdiff_t)n));
     }
     warp_slots.assign(nt, 0);
+    mma_slots.assign(6 * (size_t)nt, 0);
     std::vector<std::thread> threads;
     threads.reserve(nt);
     for (unsigned t = 0; t < nt; ++t) {
@@ -412,6 +416,56 @@ T shfl(T v, int src_lane_fn(int lane, int arg), int arg) {
     T r;
     std::memcpy(&r, &got, sizeof(T));
     return r;
+}
+
+// cvt.rna.tf32.f32: x rounded to TF32 (10 explicit mantissa bits; nearest, ties away from zero),
+// returned as the 32-bit pattern whose low 13 bits are zero.
+inline uint32_t cvt_rna_tf32(float x) {
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    if ((u & 0x7f800000u) == 0x7f800000u) return u;  // Inf, NaN
+    return (u + 0x1000u) & 0xffffe000u;
+}
+
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 with D = C (d += A·B), warp-wide: every lane
+// publishes its fragments, the warp meets, each lane computes its four outputs from the whole A
+// (16×8) and B (8×8) as the PTX ISA lays them out over the lanes (lane = 4·g + t):
+//   A: a0 (row g, k t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4);  B: b0 (k t, col g), b1 (k t+4, g);
+//   D: d0 (g, 2t), d1 (g, 2t+1), d2 (g+8, 2t), d3 (g+8, 2t+1).
+// As on the GPU the low 13 bits of the operand registers are ignored (an operand that was not
+// converted by cvt.rna is truncated, not rounded). Products are exact; the sum is taken in double
+// and rounded once (the hardware rounds no better, so tolerances here must be met there too).
+inline void mma_m16n8k8_tf32(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    const unsigned t = linear_tid(), w = t / 32, lane = t % 32;
+    const unsigned nt = (unsigned)(mma_slots.size() / 6);
+    if (w * 32 + 32 > nt) {
+        std::fprintf(stderr, "engram CUDA emulator: mma.sync in a partial warp (block of %u threads): undefined on a GPU\n", nt);
+        std::abort();
+    }
+    uint32_t* mine = &mma_slots[6 * (size_t)t];
+    for (int i = 0; i < 4; ++i) mine[i] = a[i];
+    mine[4] = b[0];
+    mine[5] = b[1];
+    warp_sync();
+    const uint32_t* ws = &mma_slots[6 * (size_t)w * 32];
+    auto val = [](uint32_t bits) {
+        bits &= 0xffffe000u;
+        float f;
+        std::memcpy(&f, &bits, 4);
+        return (double)f;
+    };
+    auto A = [&](unsigned r, unsigned k) { return val(ws[6 * ((r % 8) * 4 + k % 4) + (r / 8) + 2 * (k / 4)]); };
+    auto B = [&](unsigned k, unsigned n) { return val(ws[6 * (n * 4 + k % 4) + 4 + k / 4]); };
+    const unsigned g = lane / 4, tg = lane % 4;
+    float out[4];
+    for (unsigned q = 0; q < 4; ++q) {
+        const unsigned r = g + 8 * (q / 2), c = 2 * tg + q % 2;
+        double s = d[q];
+        for (unsigned k = 0; k < 8; ++k) s += A(r, k) * B(k, c);
+        out[q] = (float)s;
+    }
+    warp_sync();  // every lane has read the slots before any lane's next mma overwrites them
+    for (int q = 0; q < 4; ++q) d[q] = out[q];
 }
 
 // A launch through the emulated driver (kernels/emu/driver.cpp): cuLaunchKernel's argument
@@ -470,6 +524,16 @@ inline float atomicAdd(float* a, float v) { return std::atomic_ref<float>(*a).fe
 inline double atomicAdd(double* a, double v) { return std::atomic_ref<double>(*a).fetch_add(v); }
 inline int atomicAdd(int* a, int v) { return std::atomic_ref<int>(*a).fetch_add(v); }
 
+inline float __uint_as_float(unsigned u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+inline unsigned __float_as_uint(float f) {
+    unsigned u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
 inline float __expf(float x) { return std::exp(x); }
 inline float __fdividef(float a, float b) { return a / b; }

@@ -318,25 +318,52 @@ pub enum GemmVariant {
     V2,
     /// 64×128 tile of the same kernel, for shapes with too few 128×128 tiles to fill the GPU.
     V2x64,
+    /// Tensor cores, 3xTF32 (f32-level accuracy), 128×128 tile (not yet run on a GPU).
+    V3,
+    /// The same with a 64×128 tile.
+    V3x64,
+    /// Tensor cores, one TF32 product per term (~1e-3 relative: reduced precision, opt-in).
+    V3Tf32,
+    /// The same with a 64×128 tile.
+    V3Tf32x64,
 }
 
 impl GemmVariant {
-    pub const ALL: [GemmVariant; 3] = [GemmVariant::V1, GemmVariant::V2, GemmVariant::V2x64];
+    pub const ALL: [GemmVariant; 7] = [
+        GemmVariant::V1,
+        GemmVariant::V2,
+        GemmVariant::V2x64,
+        GemmVariant::V3,
+        GemmVariant::V3x64,
+        GemmVariant::V3Tf32,
+        GemmVariant::V3Tf32x64,
+    ];
 
     pub fn kernel(self) -> &'static str {
         match self {
             GemmVariant::V1 => "gemm_v1",
             GemmVariant::V2 => "gemm_v2",
             GemmVariant::V2x64 => "gemm_v2_64",
+            GemmVariant::V3 => "gemm_v3",
+            GemmVariant::V3x64 => "gemm_v3_64",
+            GemmVariant::V3Tf32 => "gemm_v3_tf32",
+            GemmVariant::V3Tf32x64 => "gemm_v3_tf32_64",
         }
+    }
+
+    /// Whether the kernel rounds its inputs to TF32 (10-bit mantissa): results within ~1e-3 of
+    /// the f32 product, not the f32 tolerances every other variant meets.
+    pub fn reduced_precision(self) -> bool {
+        matches!(self, GemmVariant::V3Tf32 | GemmVariant::V3Tf32x64)
     }
 
     /// (rows, columns) of C per block, and threads per block.
     fn tile(self) -> (usize, usize, u32) {
         match self {
             GemmVariant::V1 => (64, 64, 256),
-            GemmVariant::V2 => (128, 128, 256),
+            GemmVariant::V2 | GemmVariant::V3 | GemmVariant::V3Tf32 => (128, 128, 256),
             GemmVariant::V2x64 => (64, 128, 128),
+            GemmVariant::V3x64 | GemmVariant::V3Tf32x64 => (64, 128, 256),
         }
     }
 }
@@ -354,20 +381,34 @@ pub fn with_gemm_variant<R>(v: GemmVariant, f: impl FnOnce() -> R) -> R {
     r
 }
 
-/// The GEMM for a launch: the forced one, else `ENGRAM_GEMM=v2` → v2 (its 64×128 tile when the
-/// 128×128 tiles would not give every SM a block), else v1, the production kernel.
+/// The GEMM for a launch: the forced one, else by `ENGRAM_GEMM` — unset or `v1`: v1, the
+/// production kernel; `v2`: v2; `v3`: the 3xTF32 tensor-core kernel; `tf32`: its TF32 form
+/// (reduced precision, like PyTorch's `allow_tf32`). v2 and v3 take their 64-row tile when the
+/// 128×128 tiles would not give every SM a block.
 fn gemm_variant(dev: &CudaDev, batch: usize, m: usize, n: usize) -> GemmVariant {
     if let Some(v) = GEMM_FORCED.with(|c| c.get()) {
         return v;
     }
-    static ENV: OnceLock<bool> = OnceLock::new();
-    if !*ENV.get_or_init(|| std::env::var("ENGRAM_GEMM").is_ok_and(|v| v == "v2")) {
-        return GemmVariant::V1;
-    }
-    if m.div_ceil(128) * n.div_ceil(128) * batch >= dev.sms {
-        GemmVariant::V2
-    } else {
-        GemmVariant::V2x64
+    static ENV: OnceLock<u8> = OnceLock::new();
+    let family = *ENV.get_or_init(|| match std::env::var("ENGRAM_GEMM").as_deref() {
+        Ok("v2") => 2,
+        Ok("v3") => 3,
+        Ok("tf32") => 4,
+        Ok("v1") | Err(_) => 1,
+        Ok(other) => {
+            eprintln!("warning: ENGRAM_GEMM={other:?} is not one of v1, v2, v3, tf32; using v1");
+            1
+        }
+    });
+    let big = m.div_ceil(128) * n.div_ceil(128) * batch >= dev.sms;
+    match (family, big) {
+        (2, true) => GemmVariant::V2,
+        (2, false) => GemmVariant::V2x64,
+        (3, true) => GemmVariant::V3,
+        (3, false) => GemmVariant::V3x64,
+        (4, true) => GemmVariant::V3Tf32,
+        (4, false) => GemmVariant::V3Tf32x64,
+        _ => GemmVariant::V1,
     }
 }
 
