@@ -69,6 +69,16 @@ fn bad_input_exits_nonzero_naming_the_file() {
         let (ok, _, stderr) = engram(&[cmd, "--model", dir.to_str().unwrap(), "a zebra"]);
         assert!(!ok && stderr.contains("tokenizer.json") && stderr.contains("config.json") && stderr.contains("vocab_size = 135"), "{cmd}: {stderr}");
     }
+    // Zero batch sizes are errors for both inference commands (not a silent batch of 1), and a
+    // data file without an extension says so.
+    for cmd in ["embed", "predict"] {
+        let (ok, _, stderr) = engram(&[cmd, "--model", "weights/tiny-bert", "--batch-size", "0", "x"]);
+        assert!(!ok && stderr.contains("--batch-size must be at least 1") && !stderr.contains("panicked"), "{cmd}: {stderr}");
+    }
+    let bare = dir.join("devdata");
+    std::fs::write(&bare, "text,label\nx,positive\n").unwrap();
+    let (ok, _, stderr) = engram(&["eval", "--model", "weights/tiny-bert", "--data", bare.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("devdata") && stderr.contains("has no extension"), "{stderr}");
     let (ok, _, stderr) = engram(&["embed", "--model", "weights/tiny-bert", "--device", "cuda", "x"]);
     if !ok {
         assert!(stderr.contains("cuda") || stderr.contains("CUDA"), "{stderr}");

@@ -232,7 +232,8 @@ fn bad_data_is_an_error_naming_the_file_and_line() {
 fn bad_hyperparameters_and_divergence_are_errors_that_keep_the_best_model() {
     let model = root().join("weights/tiny-bert");
     type Case = (&'static str, fn(&mut FinetuneArgs));
-    let cases: [Case; 5] = [
+    let cases: [Case; 6] = [
+        ("--save-steps", |a| a.save_steps = Some(0)),
         ("--lr", |a| a.lr = f64::NAN),
         ("--lr", |a| a.lr = f64::INFINITY),
         ("--weight-decay", |a| a.weight_decay = f64::NAN),

@@ -190,7 +190,8 @@ pub fn load_classification(path: impl AsRef<Path>) -> Result<Vec<Example>> {
                 out.push(Example::Seq { text: r[ti].clone(), text_pair: pi.map(|p| r[p].clone()), label: r[li].trim().to_string() });
             }
         }
-        other => return file_err(path, format!("unknown extension \".{other}\" for classification data (csv, tsv, jsonl)")),
+        "" => return file_err(path, "has no extension: classification data must be .csv, .tsv or .jsonl (NER: .conll or .jsonl)"),
+        other => return file_err(path, format!("unknown extension \".{other}\" for classification data (csv, tsv, jsonl; NER: conll, jsonl)")),
     }
     if out.is_empty() {
         return file_err(path, "no examples");

@@ -592,6 +592,9 @@ fn check_hyperparameters(args: &FinetuneArgs) -> Result<()> {
     if args.optimizer == OptimizerKind::Sgd && !(args.momentum.is_finite() && (0.0..1.0).contains(&args.momentum)) {
         return bad("--momentum", args.momentum, "in [0, 1)");
     }
+    if args.save_steps == Some(0) {
+        return Err(Error::Value { op: "finetune", detail: "--save-steps must be at least 1 (leave it out for a checkpoint per epoch only)".into() });
+    }
     Ok(())
 }
 
@@ -1008,10 +1011,13 @@ pub fn split_words(text: &str) -> Vec<(String, usize, usize)> {
 /// segments (dialogue turns one per line, `\n` in the text); `memory_norms` adds the mean norm of
 /// the memory states after each segment.
 pub fn predict_dir(dir: &Path, texts: &[String], max_length: usize, batch_size: usize, device: Device, memory_norms: bool) -> Result<Vec<serde_json::Value>> {
+    if batch_size == 0 {
+        return Err(Error::Value { op: "predict", detail: "--batch-size must be at least 1".into() });
+    }
     let (bert, task, labels, mem) = load_finetuned(dir, device)?;
     let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), max_length.min(bert.config.max_position_embeddings))?.fits(bert.config.vocab_size)?;
     let mut out = Vec::new();
-    for chunk in texts.chunks(batch_size.max(1)) {
+    for chunk in texts.chunks(batch_size) {
         match task {
             Task::Ner => {
                 let words: Vec<Vec<(String, usize, usize)>> = chunk.iter().map(|t| split_words(t)).collect();
