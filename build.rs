@@ -109,7 +109,10 @@ fn compile_kernels() -> Result<(), String> {
         let stem = src.file_stem().and_then(|s| s.to_str()).ok_or("bad kernel file name")?.to_string();
         let fatbin = out.join(format!("{stem}.fatbin"));
         let mut cmd = Command::new(&nvcc);
-        cmd.args(["--fatbin", "-O3", "-std=c++17", "-lineinfo"])
+        // -Xfatbin=-compress-all: the driver inflates the images at load (as for PyTorch's
+        // wheels); matmul's unrolled tensor-core kernels make a 5.5 MB fatbin otherwise, and
+        // every binary embeds every module.
+        cmd.args(["--fatbin", "-O3", "-std=c++17", "-lineinfo", "-Xfatbin=-compress-all"])
             .args(["-gencode", "arch=compute_80,code=sm_80"])
             .args(["-gencode", "arch=compute_90,code=sm_90"])
             .args(["-gencode", "arch=compute_80,code=compute_80"]);

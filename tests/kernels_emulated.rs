@@ -100,6 +100,7 @@ fn gemm_kernels_match_the_f64_reference_on_the_emulator() {
     let Some(cxx) = cxx() else { return };
     let (ok, out) = build_and_run(&cxx, &root(), "gemm", "real");
     assert!(ok, "emulated GEMM kernels disagree with the reference:\n{out}");
+    assert!(out.contains("ok   mma.sync m16n8k8 TF32 fragment layout"), "the emulated mma must be checked:\n{out}");
     for v in ["gemm_v1 ", "gemm_v2 ", "gemm_v2_64 ", "gemm_v3 ", "gemm_v3_64 ", "gemm_v3_tf32 ", "gemm_v3_tf32_64 "] {
         assert!(out.contains(&format!("ok   {v}")), "variant {v}must run:\n{out}");
     }
@@ -114,6 +115,9 @@ fn gemm_kernels_match_the_f64_reference_on_the_emulator() {
         ("v3-bfrag", "matmul.cu", "sm.b[buf][c][ks + t + 4]", "sm.b[buf][c][ks + 2 * t + 1]"),
         ("v3-split", "matmul.cu", "mma_tf32(d[i][j], ah, bl[j]);", ";"),
         ("v3-epilogue", "matmul.cu", "g + 8 * (q >> 1)", "g + 8 * (q & 1)"),
+        // The emulator's own mma: A's registers a1/a2 swapped; cvt.rna truncating.
+        ("emu-mma-afrag", "emu/cuda_emu.h", "(r / 8) + 2 * (k / 4)", "2 * (r / 8) + (k / 4)"),
+        ("emu-tf32-truncate", "emu/cuda_emu.h", "(u + 0x1000u) & 0xffffe000u", "u & 0xffffe000u"),
         ("v2-quadrant", "matmul.cu", "BN2 / 2 + tx * 4 + (j - 4)", "BN2 / 2 + tx * 4 + (j - 3)"),
         ("v2-kbound", "matmul.cu", "rb[e] = (gn < N && gk < K)", "rb[e] = (gn < N && gk <= K)"),
         ("v1-kloop", "matmul.cu", "for (int k0 = 0; k0 < K; k0 += BK) {", "for (int k0 = 0; k0 + BK < K; k0 += BK) {"),

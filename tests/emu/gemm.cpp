@@ -54,8 +54,63 @@ static void check(const Variant& v, int batch, int M, int N, int K, int ta, int 
                 ta, tb, (int)shared_b, acc, worst);
 }
 
+// The emulated mma.sync.m16n8k8 TF32 instruction itself: one warp multiplies a random A (16×8)
+// by a random B (8×8) with fragments loaded per the PTX ISA formulas (lane = 4g + t); D must be
+// A·B everywhere, and at a few lanes the positions are pinned to entries read off the ISA's
+// fragment figures (so a formula wrong in the same way here and in the emulator still fails).
+static bool mma_layout_matches_the_isa(std::mt19937& rng) {
+#ifdef HAVE_GEMM_V3
+    std::uniform_real_distribution<float> U(-1.f, 1.f);
+    float A[16][8], B[8][8], D[32][4];
+    for (auto& r : A)
+        for (auto& x : r) x = U(rng);
+    for (auto& r : B)
+        for (auto& x : r) x = U(rng);
+    emu::launch(dim3(1), dim3(32), [&] {
+        const int lane = threadIdx.x, g = lane / 4, t = lane % 4;
+        const unsigned a[4] = {tf32_rna(A[g][t]), tf32_rna(A[g + 8][t]), tf32_rna(A[g][t + 4]), tf32_rna(A[g + 8][t + 4])};
+        const unsigned b[2] = {tf32_rna(B[t][g]), tf32_rna(B[t + 4][g])};
+        float d[4] = {0.f, 0.f, 0.f, 0.f};
+        mma_tf32(d, a, b);
+        for (int q = 0; q < 4; ++q) D[lane][q] = d[q];
+    });
+    auto tf = [](float x) { return (double)__uint_as_float(tf32_rna(x)); };
+    auto ref = [&](int r, int c) {
+        double s = 0;
+        for (int k = 0; k < 8; ++k) s += tf(A[r][k]) * tf(B[k][c]);
+        return s;
+    };
+    for (int lane = 0; lane < 32; ++lane)
+        for (int q = 0; q < 4; ++q) {
+            const int r = lane / 4 + 8 * (q / 2), c = 2 * (lane % 4) + q % 2;
+            if (std::fabs(D[lane][q] - ref(r, c)) > 1e-5) return false;
+        }
+    // From the figures: lane 0 holds D (0,0) (0,1) (8,0) (8,1); lane 5 (1,2) (1,3) (9,2) (9,3);
+    // lane 31 (7,6) (7,7) (15,6) (15,7).
+    const int pinned[3][5][2] = {{{0, 0}, {0, 0}, {0, 1}, {8, 0}, {8, 1}},
+                                 {{5, 0}, {1, 2}, {1, 3}, {9, 2}, {9, 3}},
+                                 {{31, 0}, {7, 6}, {7, 7}, {15, 6}, {15, 7}}};
+    for (const auto& p : pinned)
+        for (int q = 0; q < 4; ++q)
+            if (std::fabs(D[p[0][0]][q] - ref(p[q + 1][0], p[q + 1][1])) > 1e-5) return false;
+    // TF32 rounding is to nearest (ties away): 1 + 2⁻¹¹ + 2⁻¹³ rounds up to 1 + 2⁻¹⁰, 1 + 2⁻¹² down to 1.
+    if (tf(1.f + 0x1p-11f + 0x1p-13f) != 1.0 + 0x1p-10 || tf(1.f + 0x1p-12f) != 1.0 || tf(-1.f - 0x1p-11f) != -1.0 - 0x1p-10) return false;
+#else
+    (void)rng;
+#endif
+    return true;
+}
+
 int main(int argc, char** argv) {
     const std::string only = argc > 1 ? argv[1] : "";
+    {
+        std::mt19937 rng(3);
+        if (!mma_layout_matches_the_isa(rng)) {
+            std::printf("FAIL mma.sync m16n8k8 TF32 emulation disagrees with the PTX ISA fragment layout\nFAILED\n");
+            return 1;
+        }
+        std::printf("ok   mma.sync m16n8k8 TF32 fragment layout (PTX ISA) and cvt.rna rounding\n");
+    }
     std::vector<Variant> variants = {
         {"gemm_v1", gemm_v1, 64, 64, 256, 1e-5},
 #ifdef HAVE_GEMM_V2
