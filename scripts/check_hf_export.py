@@ -15,7 +15,7 @@ ap.add_argument("texts", nargs="+")
 a = ap.parse_args()
 
 cfg = AutoConfig.from_pretrained(a.model)
-ner = cfg.architectures[0] == "BertForTokenClassification"
+ner = cfg.architectures[0].endswith("ForTokenClassification")  # Bert… or DistilBert…
 cls = AutoModelForTokenClassification if ner else AutoModelForSequenceClassification
 model = cls.from_pretrained(a.model).eval()  # raises on any missing/unexpected/mismatched tensor below
 tok = AutoTokenizer.from_pretrained(a.model)

@@ -41,21 +41,55 @@ fn tiny_bert_tokens_logits_loss_and_every_gradient_match_pytorch() {
     assert_eq!(batch.token_type_ids.to_f64_vec(), r["token_type_ids"].to_f64_vec());
     assert_eq!(batch.attention_mask.to_f64_vec(), r["attention_mask"].to_f64_vec());
 
+    logits_loss_and_every_gradient_match("tiny", &bert, &batch, &r);
+}
+
+/// Logits, loss and the gradient of every parameter (by its checkpoint name) against the
+/// PyTorch reference, and every PyTorch parameter has an engram twin.
+fn logits_loss_and_every_gradient_match(what: &str, bert: &Bert, batch: &engram::data::Batch, r: &BTreeMap<String, Tensor>) {
     let tape = Tape::training(0);
-    let logits = bert.logits(&tape, &batch, false).unwrap();
-    assert_close("tiny logits", &logits.to_f64_vec(), &r["logits"].to_f64_vec(), 1e-5, 1e-4);
+    let logits = bert.logits(&tape, batch, false).unwrap();
+    assert_close(&format!("{what} logits"), &logits.to_f64_vec(), &r["logits"].to_f64_vec(), 1e-5, 1e-4);
     let loss = ops::cross_entropy(&tape, &logits, &r["labels"]).unwrap();
-    assert_close("tiny loss", &[loss.item().unwrap()], &r["loss"].to_f64_vec(), 1e-6, 1e-4);
+    assert_close(&format!("{what} loss"), &[loss.item().unwrap()], &r["loss"].to_f64_vec(), 1e-6, 1e-4);
     let grads = tape.backward(&loss).unwrap();
     let mut checked = 0;
     for (name, p) in &bert.params {
-        let g = grads.tensor(p).unwrap_or_else(|| panic!("trainable tensor {name} received no gradient"));
-        let hf = if name.starts_with("classifier.") { format!("grad.{name}") } else { format!("grad.bert.{name}") };
-        let want = r.get(&hf).unwrap_or_else(|| panic!("reference has no {hf}"));
-        assert_close(&format!("d{name}"), &g.to_f64_vec(), &want.to_f64_vec(), 1e-6, 1e-4);
+        let g = grads.tensor(p).unwrap_or_else(|| panic!("{what}: trainable tensor {name} received no gradient"));
+        let hf = format!("grad.{}", bert.hf_name(name));
+        let want = r.get(&hf).unwrap_or_else(|| panic!("{what}: reference has no {hf} (for {name})"));
+        assert_close(&format!("{what} d{name}"), &g.to_f64_vec(), &want.to_f64_vec(), 1e-6, 1e-4);
         checked += 1;
     }
-    assert_eq!(checked, r.keys().filter(|k| k.starts_with("grad.")).count(), "every PyTorch parameter has an engram twin");
+    assert_eq!(checked, r.keys().filter(|k| k.starts_with("grad.")).count(), "{what}: every PyTorch parameter has an engram twin");
+}
+
+/// A random 2-layer DistilBERT (weights/tiny-distilbert, saved by transformers): the DistilBERT
+/// names map onto engram's BERT (no token types; `pre_classifier` + ReLU as the pooler; no dropout
+/// after the attention output), and logits, loss, the last hidden state and every gradient match
+/// PyTorch. Saving writes DistilBERT names back: the file's tensor set is the checkpoint's.
+#[test]
+fn tiny_distilbert_logits_loss_hidden_state_and_every_gradient_match_pytorch() {
+    let dir = root().join("weights/tiny-distilbert");
+    let (bert, report) = Bert::load(&dir, Head::SequenceClassification { num_labels: 3 }, 0).unwrap();
+    assert!(report.unexpected.is_empty() && report.initialized.is_empty(), "{report:?}");
+    assert_eq!(bert.config.family, engram::models::bert::Family::DistilBert);
+    let r = read_safetensors(dir.join("reference.safetensors")).unwrap();
+    let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), 64).unwrap();
+    let batch = tok.encode_pairs(&PAIRS).unwrap();
+    assert_eq!(batch.input_ids.to_f64_vec(), r["input_ids"].to_f64_vec());
+    assert_eq!(batch.attention_mask.to_f64_vec(), r["attention_mask"].to_f64_vec());
+
+    let hidden = bert.encode(&Tape::inference(), &batch, false).unwrap();
+    assert_close("distilbert last hidden state", &hidden.to_f64_vec(), &r["last_hidden_state"].to_f64_vec(), 1e-5, 1e-4);
+    logits_loss_and_every_gradient_match("distilbert", &bert, &batch, &r);
+    // Names round-trip: engram's names for the checkpoint are exactly the stored ones.
+    let stored: std::collections::BTreeSet<String> = read_safetensors(dir.join("model.safetensors")).unwrap().into_keys().collect();
+    let ours: std::collections::BTreeSet<String> = bert.params.keys().map(|n| bert.hf_name(n)).collect();
+    assert_eq!(ours, stored);
+    // The base model (no head) has no pre_classifier, and a BERT-only config key is not needed.
+    let (base, _) = Bert::load(&dir, Head::None, 0).unwrap();
+    assert!(!base.params.keys().any(|k| k.starts_with("pooler.") || k.contains("token_type")), "{:?}", base.params.keys());
 }
 
 fn minilm_dir() -> PathBuf {
@@ -244,6 +278,20 @@ fn malformed_configs_are_clear_errors_naming_the_field() {
     }
     let e = load_err(Path::new("/nonexistent/model"));
     assert!(e.contains("/nonexistent/model"), "{e}");
+    // DistilBERT configs: errors in the file's own field names.
+    let distil = std::fs::read_to_string(root().join("weights/tiny-distilbert/config.json")).unwrap();
+    let cases = [
+        (distil.replace("\"sinusoidal_pos_embds\": false", "\"sinusoidal_pos_embds\": true"), "sinusoidal_pos_embds"),
+        (distil.replace("\"dim\": 32,", ""), "needs \"dim\""),
+        (distil.replace("\"activation\": \"gelu\"", "\"activation\": \"swish\""), "activation \"swish\""),
+        (distil.replace("\"n_heads\": 4", "\"n_heads\": 5"), "not a multiple of n_heads 5"),
+        (distil.replace("\"dropout\": 0.1", "\"dropout\": 1.5"), "dropout = 1.5"),
+    ];
+    for (i, (text, needle)) in cases.iter().enumerate() {
+        assert_ne!(text, &distil, "case {i} must change the config");
+        let e = engram::models::bert::BertConfig::from_json(text).unwrap_err().to_string();
+        assert!(e.contains("config.json") && e.contains(needle), "distilbert case {i}: {e}");
+    }
 }
 
 #[test]

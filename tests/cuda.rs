@@ -446,27 +446,30 @@ mod gpu_bert {
         if !gpu("tiny bert") {
             return;
         }
-        let dir = root().join("weights/tiny-bert");
-        let (mut bert, _) = Bert::load(&dir, Head::SequenceClassification { num_labels: 3 }, 0).unwrap();
-        bert.to_device(Device::Cuda).unwrap();
-        let r = read_safetensors(dir.join("reference.safetensors")).unwrap();
-        let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), 64).unwrap();
-        let pairs = [
-            ("how do i reset my password?", "click the link in the email."),
-            ("the weather is nice today", "it is sunny and warm"),
-            ("a", "b c d e f g h i j k"),
-        ];
-        let batch = tok.encode_pairs(&pairs).unwrap().to_device(Device::Cuda).unwrap();
-        let tape = Tape::training(0);
-        let logits = bert.logits(&tape, &batch, false).unwrap();
-        assert_eq!(logits.device(), Device::Cuda);
-        assert_close("tiny logits (cuda)", &logits.to_f64_vec(), &r["logits"].to_f64_vec(), 1e-5, 1e-4);
-        let loss = ops::cross_entropy(&tape, &logits, &r["labels"].to_device(Device::Cuda).unwrap()).unwrap();
-        let grads = tape.backward(&loss).unwrap();
-        for (name, p) in &bert.params {
-            let g = grads.tensor(p).unwrap_or_else(|| panic!("{name}: no gradient on the GPU"));
-            let hf = if name.starts_with("classifier.") { format!("grad.{name}") } else { format!("grad.bert.{name}") };
-            assert_close(&format!("d{name} (cuda)"), &g.to_f64_vec(), &r[&hf].to_f64_vec(), 1e-5, 1e-4);
+        // The random BERT and the random DistilBERT (its names, no token types, ReLU head).
+        for fixture in ["tiny-bert", "tiny-distilbert"] {
+            let dir = root().join("weights").join(fixture);
+            let (mut bert, _) = Bert::load(&dir, Head::SequenceClassification { num_labels: 3 }, 0).unwrap();
+            bert.to_device(Device::Cuda).unwrap();
+            let r = read_safetensors(dir.join("reference.safetensors")).unwrap();
+            let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), 64).unwrap();
+            let pairs = [
+                ("how do i reset my password?", "click the link in the email."),
+                ("the weather is nice today", "it is sunny and warm"),
+                ("a", "b c d e f g h i j k"),
+            ];
+            let batch = tok.encode_pairs(&pairs).unwrap().to_device(Device::Cuda).unwrap();
+            let tape = Tape::training(0);
+            let logits = bert.logits(&tape, &batch, false).unwrap();
+            assert_eq!(logits.device(), Device::Cuda);
+            assert_close(&format!("{fixture} logits (cuda)"), &logits.to_f64_vec(), &r["logits"].to_f64_vec(), 1e-5, 1e-4);
+            let loss = ops::cross_entropy(&tape, &logits, &r["labels"].to_device(Device::Cuda).unwrap()).unwrap();
+            let grads = tape.backward(&loss).unwrap();
+            for (name, p) in &bert.params {
+                let g = grads.tensor(p).unwrap_or_else(|| panic!("{fixture} {name}: no gradient on the GPU"));
+                let hf = format!("grad.{}", bert.hf_name(name));
+                assert_close(&format!("{fixture} d{name} (cuda)"), &g.to_f64_vec(), &r[&hf].to_f64_vec(), 1e-5, 1e-4);
+            }
         }
     }
 

@@ -9,7 +9,11 @@ Writes (all committed, all small):
       all-MiniLM-L6-v2's uncased vocabulary), saved by transformers' save_pretrained;
   weights/tiny-bert/reference.safetensors  its inputs, logits, loss and every parameter gradient;
   weights/minilm_reference.safetensors  all-MiniLM-L6-v2 on a padded batch of real sentences:
-      input ids, mask, last hidden state (transformers) and sentence embeddings (sentence-transformers).
+      input ids, mask, last hidden state (transformers) and sentence embeddings (sentence-transformers);
+  weights/tiny-distilbert/{config.json, model.safetensors, tokenizer.json, reference.safetensors}
+      the same for a 2-layer random DistilBERT (DistilBertForSequenceClassification, tiny-bert's
+      tokenizer); its reference also holds the last hidden state (DistilBertModel).
+Run one part: `generate_fixtures.py minilm|tiny|distilbert` (default: all).
 engram itself never runs Python.
 """
 import json
@@ -19,11 +23,13 @@ import re
 import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-from transformers import AutoModel, AutoTokenizer, BertConfig, BertForSequenceClassification
+from transformers import (AutoModel, AutoTokenizer, BertConfig, BertForSequenceClassification, DistilBertConfig,
+                          DistilBertForSequenceClassification)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MINILM = os.path.join(ROOT, "cache", "all-MiniLM-L6-v2")
 TINY = os.path.join(ROOT, "tiny-bert")
+TINY_DISTIL = os.path.join(ROOT, "tiny-distilbert")
 
 SENTENCES = [
     "The cat sat on the mat.",
@@ -134,6 +140,52 @@ def tiny():
     print("tiny: vocab", len(vocab), "params", sum(p.numel() for p in model.parameters()), "loss", out.loss.item())
 
 
+def tiny_distil():
+    """A random 2-layer DistilBERT with tiny-bert's tokenizer: logits, loss, every gradient."""
+    import shutil
+    os.makedirs(TINY_DISTIL, exist_ok=True)
+    shutil.copy(os.path.join(TINY, "tokenizer.json"), os.path.join(TINY_DISTIL, "tokenizer.json"))
+    tk = Tokenizer.from_file(os.path.join(TINY, "tokenizer.json"))
+    vocab = tk.get_vocab()
+    torch.manual_seed(1)
+    config = DistilBertConfig(
+        vocab_size=len(vocab), dim=32, n_layers=2, n_heads=4, hidden_dim=37, activation="gelu",
+        max_position_embeddings=64, sinusoidal_pos_embds=False, pad_token_id=0, num_labels=3,
+        id2label={0: "negative", 1: "neutral", 2: "positive"},
+        label2id={"negative": 0, "neutral": 1, "positive": 2},
+    )
+    model = DistilBertForSequenceClassification(config)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("bias") or "layer_norm" in n or "LayerNorm" in n:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(TINY_DISTIL, safe_serialization=True)
+    tk.enable_padding(pad_id=vocab["[PAD]"], pad_token="[PAD]")
+    encs = tk.encode_batch(PAIRS)
+    ids = torch.tensor([e.ids for e in encs])
+    mask = torch.tensor([e.attention_mask for e in encs])
+    labels = torch.tensor([2, 0, 1])
+    model.eval()
+    out = model(input_ids=ids, attention_mask=mask, labels=labels)
+    out.loss.backward()
+    with torch.no_grad():
+        hidden = model.distilbert(input_ids=ids, attention_mask=mask).last_hidden_state
+    tensors = {
+        "input_ids": ids.contiguous(),
+        "attention_mask": mask.contiguous(),
+        "labels": labels,
+        "logits": out.logits.detach().contiguous(),
+        "loss": out.loss.detach().reshape(1),
+        "last_hidden_state": hidden.contiguous(),
+    }
+    for n, p in model.named_parameters():
+        tensors["grad." + n] = p.grad.contiguous()
+    save_file(tensors, os.path.join(TINY_DISTIL, "reference.safetensors"), metadata={"pairs": json.dumps(PAIRS)})
+    print("tiny-distilbert: params", sum(p.numel() for p in model.parameters()), "loss", out.loss.item())
+
+
 if __name__ == "__main__":
-    minilm()
-    tiny()
+    import sys
+    parts = {"minilm": minilm, "tiny": tiny, "distilbert": tiny_distil}
+    for name in sys.argv[1:] or list(parts):
+        parts[name]()

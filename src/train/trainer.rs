@@ -519,14 +519,14 @@ pub fn save_hf(bert: &Bert, mem: Option<&MemoryConfig>, task: Task, labels: &[St
         if name.starts_with("memory.") {
             continue;
         }
-        let hf = if name.starts_with("classifier.") { name.clone() } else { format!("bert.{name}") };
-        tensors.insert(hf, t.clone());
+        tensors.insert(bert.hf_name(name), t.clone());
     }
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     write_safetensors(out.join("model.safetensors"), &tensors, Some(meta))?;
     let mut cfg = bert.config.raw.clone();
-    let arch = if task == Task::Ner { "BertForTokenClassification" } else { "BertForSequenceClassification" };
+    let family = if bert.config.family == crate::models::bert::Family::DistilBert { "DistilBert" } else { "Bert" };
+    let arch = format!("{family}{}", if task == Task::Ner { "ForTokenClassification" } else { "ForSequenceClassification" });
     let obj = cfg.as_object_mut().ok_or_else(|| Error::File { path: "config.json".into(), detail: "not a JSON object".into() })?;
     obj.insert("architectures".into(), serde_json::json!([arch]));
     obj.insert("id2label".into(), serde_json::Value::Object(labels.iter().enumerate().map(|(i, l)| (i.to_string(), serde_json::json!(l))).collect()));
@@ -692,8 +692,11 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
         }
     }
     if args.freeze_backbone {
+        // DistilBERT's pre_classifier (canonically pooler.dense) belongs to its head, not to the
+        // `distilbert` backbone; BERT's pooler is part of `bert`.
+        let head_pooler = bert.config.family == crate::models::bert::Family::DistilBert;
         for (name, t) in bert.params.iter_mut() {
-            if !name.starts_with("classifier.") && !name.starts_with("memory.") {
+            if !name.starts_with("classifier.") && !name.starts_with("memory.") && !(head_pooler && name.starts_with("pooler.")) {
                 *t = t.detach();
             }
         }
@@ -951,7 +954,7 @@ fn load_finetuned(dir: &Path, device: Device) -> Result<(Bert, Task, Vec<String>
         Some("ner") => Task::Ner,
         Some("pair") => Task::Pair,
         Some("classify") => Task::Classify,
-        _ if cfg.architectures.iter().any(|a| a == "BertForTokenClassification") => Task::Ner,
+        _ if cfg.architectures.iter().any(|a| a.ends_with("ForTokenClassification")) => Task::Ner,
         _ => Task::Classify,
     };
     let labels = cfg.id2label.clone();

@@ -74,9 +74,78 @@ fn default_init() -> f64 {
     0.02
 }
 
+/// Which member of the BERT family a checkpoint is. DistilBERT is a BERT without token types or
+/// pooler, with other tensor names, no dropout after the attention output, and a ReLU
+/// `pre_classifier` in place of the pooler's tanh in its sequence-classification head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Bert,
+    DistilBert,
+}
+
+/// A DistilBERT `config.json` in `BertConfig` terms (field names translated; the original stays
+/// in `raw`).
+fn distilbert_as_bert(v: &serde_json::Value) -> Result<serde_json::Value> {
+    const P: &str = "config.json";
+    let Some(obj) = v.as_object() else { return file_err(P, "not a JSON object") };
+    if obj.get("sinusoidal_pos_embds").and_then(|x| x.as_bool()) == Some(true) {
+        return file_err(P, "sinusoidal_pos_embds = true: fixed sinusoidal position embeddings are not supported (learned ones are)");
+    }
+    let mut out = serde_json::Map::new();
+    for (from, to) in [
+        ("vocab_size", "vocab_size"),
+        ("dim", "hidden_size"),
+        ("n_layers", "num_hidden_layers"),
+        ("n_heads", "num_attention_heads"),
+        ("hidden_dim", "intermediate_size"),
+        ("activation", "hidden_act"),
+        ("dropout", "hidden_dropout_prob"),
+        ("attention_dropout", "attention_probs_dropout_prob"),
+        ("seq_classif_dropout", "classifier_dropout"),
+        ("max_position_embeddings", "max_position_embeddings"),
+        ("pad_token_id", "pad_token_id"),
+        ("initializer_range", "initializer_range"),
+        ("id2label", "id2label"),
+        ("num_labels", "num_labels"),
+        ("architectures", "architectures"),
+    ] {
+        if let Some(x) = obj.get(from) {
+            out.insert(to.into(), x.clone());
+        }
+    }
+    for required in ["dim", "n_layers", "n_heads", "hidden_dim"] {
+        if !obj.contains_key(required) {
+            return file_err(P, format!("a DistilBERT config needs \"{required}\""));
+        }
+    }
+    out.insert("model_type".into(), "bert".into());
+    out.insert("type_vocab_size".into(), 1.into()); // unused: DistilBERT has no token types
+    out.insert("layer_norm_eps".into(), serde_json::json!(1e-12)); // DistilBERT's fixed eps
+    Ok(serde_json::Value::Object(out))
+}
+
+/// An error about a translated DistilBERT config in the file's own field names.
+fn distilbert_names(detail: &str) -> String {
+    let mut d = detail.replace("not a BERT config", "not a DistilBERT config");
+    for (bert, distil) in [
+        ("num_hidden_layers", "n_layers"),
+        ("num_attention_heads", "n_heads"),
+        ("intermediate_size", "hidden_dim"),
+        ("hidden_size", "dim"),
+        ("hidden_act", "activation"),
+        ("hidden_dropout_prob", "dropout"),
+        ("attention_probs_dropout_prob", "attention_dropout"),
+    ] {
+        d = d.replace(bert, distil);
+    }
+    d
+}
+
 /// The architecture of a BERT checkpoint (what transformers' `BertConfig` holds that engram uses).
 #[derive(Debug, Clone)]
 pub struct BertConfig {
+    /// BERT or DistilBERT (`model_type`).
+    pub family: Family,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub num_hidden_layers: usize,
@@ -122,13 +191,26 @@ impl BertConfig {
             Ok(v) => v,
             Err(e) => return file_err(P, format!("not valid JSON: {e}")),
         };
-        let raw: Raw = match serde_json::from_value(value.clone()) {
+        match value.get("model_type").and_then(|m| m.as_str()) {
+            // Validated in BERT terms; errors speak DistilBERT's field names.
+            Some("distilbert") => Self::from_value(distilbert_as_bert(&value)?, value, Family::DistilBert).map_err(|e| match e {
+                crate::Error::File { path, detail } => crate::Error::File { path, detail: distilbert_names(&detail) },
+                other => other,
+            }),
+            _ => Self::from_value(value.clone(), value, Family::Bert),
+        }
+    }
+
+    /// `as_bert`: the config in BERT's field names; `value`: the file as written (kept as `raw`).
+    fn from_value(as_bert: serde_json::Value, value: serde_json::Value, family: Family) -> Result<BertConfig> {
+        const P: &str = "config.json";
+        let raw: Raw = match serde_json::from_value(as_bert) {
             Ok(r) => r,
             Err(e) => return file_err(P, format!("not a BERT config: {e}")),
         };
         if let Some(mt) = &raw.model_type {
             if mt != "bert" {
-                return file_err(P, format!("model_type \"{mt}\" is not supported (engram runs \"bert\")"));
+                return file_err(P, format!("model_type \"{mt}\" is not supported (engram runs \"bert\" and \"distilbert\")"));
             }
         }
         if let Some(pe) = &raw.position_embedding_type {
@@ -195,6 +277,7 @@ impl BertConfig {
             }
         }
         Ok(BertConfig {
+            family,
             vocab_size: raw.vocab_size,
             hidden_size: raw.hidden_size,
             num_hidden_layers: raw.num_hidden_layers,

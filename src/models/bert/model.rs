@@ -3,11 +3,14 @@
 //! Parameter names are canonical HF names *without* the `bert.` prefix (`embeddings.…`,
 //! `encoder.layer.N.…`, `pooler.dense.…`) plus the head's `classifier.weight`/`classifier.bias`.
 //! Checkpoints with or without the prefix, and with legacy `gamma`/`beta` LayerNorm names, load.
+//! DistilBERT's names map onto the same canonical ones (`distilbert.transformer.layer.N.
+//! attention.q_lin` → `encoder.layer.N.attention.self.query`, …, its `pre_classifier` →
+//! `pooler.dense`) and back when saved (`Bert::hf_name`); it has no token-type embeddings.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::config::{Activation, BertConfig};
+use super::config::{Activation, BertConfig, Family};
 use super::weights::read_safetensors;
 use crate::data::Batch;
 use crate::error::{file_err, shape_err, Error, Result};
@@ -53,8 +56,37 @@ pub struct Bert {
     pub dir: PathBuf,
 }
 
-/// `bert.x` → `x`; `….gamma`/`….beta` → `….weight`/`….bias`.
+/// DistilBERT's per-layer module names and BERT's, in the order `canonical` tries them.
+const DISTIL_LAYER: [(&str, &str); 8] = [
+    ("attention.q_lin", "attention.self.query"),
+    ("attention.k_lin", "attention.self.key"),
+    ("attention.v_lin", "attention.self.value"),
+    ("attention.out_lin", "attention.output.dense"),
+    ("sa_layer_norm", "attention.output.LayerNorm"),
+    ("ffn.lin1", "intermediate.dense"),
+    ("ffn.lin2", "output.dense"),
+    ("output_layer_norm", "output.LayerNorm"),
+];
+
+/// A DistilBERT tensor name in BERT's canonical terms (None: not a DistilBERT name).
+fn distil_canonical(name: &str) -> Option<String> {
+    if let Some(p) = name.strip_prefix("pre_classifier.") {
+        return Some(format!("pooler.dense.{p}"));
+    }
+    let n = name.strip_prefix("distilbert.")?;
+    if n.starts_with("embeddings.") {
+        return Some(n.to_string());
+    }
+    let rest = n.strip_prefix("transformer.layer.")?;
+    let (l, module) = rest.split_once('.')?;
+    DISTIL_LAYER.iter().find_map(|(d, b)| module.strip_prefix(d).map(|tail| format!("encoder.layer.{l}.{b}{tail}")))
+}
+
+/// `bert.x` → `x`; `….gamma`/`….beta` → `….weight`/`….bias`; DistilBERT names → BERT's.
 fn canonical(name: &str) -> String {
+    if let Some(c) = distil_canonical(name) {
+        return c;
+    }
     let n = name.strip_prefix("bert.").unwrap_or(name);
     if let Some(p) = n.strip_suffix(".gamma") {
         format!("{p}.weight")
@@ -69,13 +101,16 @@ impl Bert {
     /// Names and shapes of every parameter the model (with `head`) needs.
     pub fn expected(config: &BertConfig, head: Head) -> Vec<(String, Vec<usize>)> {
         let (c, f) = (config.hidden_size, config.intermediate_size);
+        let distil = config.family == Family::DistilBert;
         let mut v: Vec<(String, Vec<usize>)> = vec![
             ("embeddings.word_embeddings.weight".into(), vec![config.vocab_size, c]),
             ("embeddings.position_embeddings.weight".into(), vec![config.max_position_embeddings, c]),
-            ("embeddings.token_type_embeddings.weight".into(), vec![config.type_vocab_size, c]),
             ("embeddings.LayerNorm.weight".into(), vec![c]),
             ("embeddings.LayerNorm.bias".into(), vec![c]),
         ];
+        if !distil {
+            v.push(("embeddings.token_type_embeddings.weight".into(), vec![config.type_vocab_size, c]));
+        }
         for l in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{l}");
             for (name, shape) in [
@@ -94,8 +129,11 @@ impl Bert {
                 v.push((format!("{p}.{ln}.bias"), vec![c]));
             }
         }
-        v.push(("pooler.dense.weight".into(), vec![c, c]));
-        v.push(("pooler.dense.bias".into(), vec![c]));
+        // DistilBERT has a pooler-like layer (pre_classifier) only in its sequence-classification head.
+        if !distil || matches!(head, Head::SequenceClassification { .. }) {
+            v.push(("pooler.dense.weight".into(), vec![c, c]));
+            v.push(("pooler.dense.bias".into(), vec![c]));
+        }
         match head {
             Head::None => {}
             Head::SequenceClassification { num_labels } | Head::TokenClassification { num_labels } => {
@@ -220,6 +258,28 @@ impl Bert {
         Ok(())
     }
 
+    /// The checkpoint name of canonical parameter `name` in this model's family (what
+    /// transformers' `save_pretrained` writes): `bert.…` / `distilbert.…`, heads unprefixed.
+    pub fn hf_name(&self, name: &str) -> String {
+        if name.starts_with("classifier.") {
+            return name.to_string();
+        }
+        if self.config.family == Family::Bert {
+            return format!("bert.{name}");
+        }
+        if let Some(p) = name.strip_prefix("pooler.dense.") {
+            return format!("pre_classifier.{p}");
+        }
+        if let Some(rest) = name.strip_prefix("encoder.layer.") {
+            if let Some((l, module)) = rest.split_once('.') {
+                if let Some(n) = DISTIL_LAYER.iter().find_map(|(d, b)| module.strip_prefix(b).map(|tail| format!("distilbert.transformer.layer.{l}.{d}{tail}"))) {
+                    return n;
+                }
+            }
+        }
+        format!("distilbert.{name}")
+    }
+
     pub fn num_parameters(&self) -> usize {
         self.params.values().map(|t| t.numel()).sum()
     }
@@ -284,8 +344,11 @@ impl Bert {
         let pos = Tensor::from_ids((0..b * t).map(|i| (i % t) as i64).collect(), &[b, t])?.to_device(device)?;
         let types = token_type_ids.to_device(device)?;
         let mask = attention_mask.to_device(device)?;
-        let e = ops::add(tape, words, &ops::embedding(tape, &pos, self.p("embeddings.position_embeddings.weight")?, None)?)?;
-        let e = ops::add(tape, &e, &ops::embedding(tape, &types, self.p("embeddings.token_type_embeddings.weight")?, None)?)?;
+        let distil = cfg.family == Family::DistilBert;
+        let mut e = ops::add(tape, words, &ops::embedding(tape, &pos, self.p("embeddings.position_embeddings.weight")?, None)?)?;
+        if !distil {
+            e = ops::add(tape, &e, &ops::embedding(tape, &types, self.p("embeddings.token_type_embeddings.weight")?, None)?)?;
+        }
         let mut x = ops::dropout(tape, &self.layer_norm(tape, &e, "embeddings.LayerNorm")?, drop)?; // (B, T, C)
         let nh = cfg.num_attention_heads;
         let scale = 1.0 / (cfg.head_size() as f64).sqrt();
@@ -294,7 +357,9 @@ impl Bert {
             let heads = |n: &str| -> Result<Tensor> { ops::split_heads(tape, &self.linear(tape, &x, &format!("{p}.attention.self.{n}"))?, nh) };
             let (q, k, v) = (heads("query")?, heads("key")?, heads("value")?); // (B, NH, T, HS)
             let a = ops::merge_heads(tape, &ops::attention(tape, &q, &k, &v, Some(&mask), scale, attn_drop)?)?; // (B, T, C)
-            let a = ops::dropout(tape, &self.linear(tape, &a, &format!("{p}.attention.output.dense"))?, drop)?;
+            // DistilBERT applies no dropout to the attention output (only to the probabilities).
+            let a = self.linear(tape, &a, &format!("{p}.attention.output.dense"))?;
+            let a = if distil { a } else { ops::dropout(tape, &a, drop)? };
             x = self.layer_norm(tape, &ops::add(tape, &a, &x)?, &format!("{p}.attention.output.LayerNorm"))?;
             let h = self.linear(tape, &x, &format!("{p}.intermediate.dense"))?; // (B, T, F)
             let h = match cfg.hidden_act {
@@ -308,9 +373,14 @@ impl Bert {
         Ok(x)
     }
 
-    /// The pooler: `tanh(dense(x[:, 0]))` — `(B, C)`.
+    /// The pooler: `tanh(dense(x[:, 0]))` — `(B, C)`; DistilBERT's `pre_classifier`:
+    /// `relu(dense(x[:, 0]))`.
     pub fn pool(&self, tape: &Tape, hidden: &Tensor) -> Result<Tensor> {
-        ops::tanh(tape, &self.linear(tape, &ops::token(tape, hidden, 0)?, "pooler.dense")?)
+        let d = self.linear(tape, &ops::token(tape, hidden, 0)?, "pooler.dense")?;
+        match self.config.family {
+            Family::Bert => ops::tanh(tape, &d),
+            Family::DistilBert => ops::relu(tape, &d),
+        }
     }
 
     /// The head's logits: `(B, L)` for sequence classification, `(B, T, L)` for token
@@ -330,7 +400,11 @@ impl Bert {
                 let pooled = ops::dropout(tape, &self.pool(tape, &hidden)?, p)?;
                 self.linear(tape, &pooled, "classifier")
             }
-            Head::TokenClassification { .. } => self.linear(tape, &ops::dropout(tape, &hidden, p)?, "classifier"),
+            Head::TokenClassification { .. } => {
+                // DistilBertForTokenClassification drops out with `dropout`, not seq_classif_dropout.
+                let p = if self.config.family == Family::DistilBert && train { self.config.hidden_dropout_prob } else { p };
+                self.linear(tape, &ops::dropout(tape, &hidden, p)?, "classifier")
+            }
         }
     }
 
