@@ -391,8 +391,11 @@ fn inspect(dir: &Path) -> Result<()> {
         c.hidden_act,
         c.layer_norm_eps
     );
-    println!("embeddings   vocab {}, positions {}, token types {}, pad id {}", c.vocab_size, c.max_position_embeddings, c.type_vocab_size, c.pad_token_id);
-    println!("parameters   {} ({:.1} M) in the backbone + pooler", bert.num_parameters(), bert.num_parameters() as f64 / 1e6);
+    let distil = c.family == engram::models::bert::Family::DistilBert;
+    let types = if distil { "none (DistilBERT)".to_string() } else { c.type_vocab_size.to_string() };
+    println!("embeddings   vocab {}, positions {}, token types {types}, pad id {}", c.vocab_size, c.max_position_embeddings, c.pad_token_id);
+    let what = if distil { "in the backbone (the heads' tensors below)" } else { "in the backbone + pooler" };
+    println!("parameters   {} ({:.1} M) {what}", bert.num_parameters(), bert.num_parameters() as f64 / 1e6);
     for (dt, (n, numel)) in &dtypes {
         println!("stored       {n} tensors as {dt} ({numel} values)");
     }
