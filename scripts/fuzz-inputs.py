@@ -8,7 +8,7 @@ optimizer moments, weights, config) through `finetune --resume`, plus corrupted 
 `predict`. A run passes when every call exits 0 (accepted) or 1/2 (a reported error) — a panic
 (101) or a signal is a bug — and a failed resume leaves the saved best model as it was. Not part of the test command; the standard library only.
 
-    cargo build --release && python3 scripts/fuzz-inputs.py [--bin target/release/engram] [--seed 1] [--n 300]
+    cargo build --release && python3 scripts/fuzz-inputs.py [--bin target/release/engram] [--seed 1] [--n 300] [--model weights/tiny-distilbert]
 """
 import argparse, json, os, random, shutil, subprocess, tempfile
 
@@ -23,12 +23,12 @@ def run(binary, args):
         return "timeout", ""
 
 
-def model_mutants(binary, rng, n, tmp):
-    src = os.path.join(ROOT, "weights/tiny-bert")
+def model_mutants(binary, rng, n, tmp, model="weights/tiny-bert"):
+    src = os.path.join(ROOT, model)
     cfg0 = json.load(open(f"{src}/config.json"))
     bad = 0
     for i in range(n):
-        d = os.path.join(tmp, f"m{i}")
+        d = os.path.join(tmp, f"m{i}-{os.path.basename(model)}")
         shutil.copytree(src, d)
         kind = rng.choice(["st_header", "st_trunc", "st_len", "cfg_val", "cfg_del", "tok_trunc", "tok_flip", "cfg_type"])
         st = f"{d}/model.safetensors"
@@ -200,10 +200,11 @@ def main():
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/engram"))
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--n", type=int, default=300, help="model mutants (half as many data mutants)")
+    ap.add_argument("--model", default="weights/tiny-bert", help="the model directory to corrupt (e.g. weights/tiny-distilbert)")
     a = ap.parse_args()
     rng = random.Random(a.seed)
     with tempfile.TemporaryDirectory(prefix="engram-fuzz-") as tmp:
-        bm = model_mutants(a.bin, rng, a.n, tmp)
+        bm = model_mutants(a.bin, rng, a.n, tmp, a.model)
         bd = data_mutants(a.bin, rng, a.n // 2, tmp)
         bc = checkpoint_mutants(a.bin, rng, a.n // 2, tmp)
     print(f"{a.n} model-directory mutants: {bm} bad; {a.n // 2} training-file mutants: {bd} bad; "
