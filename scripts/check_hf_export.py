@@ -18,7 +18,8 @@ cfg = AutoConfig.from_pretrained(a.model)
 ner = cfg.architectures[0].endswith("ForTokenClassification")  # Bert… or DistilBert…
 cls = AutoModelForTokenClassification if ner else AutoModelForSequenceClassification
 model = cls.from_pretrained(a.model).eval()  # raises on any missing/unexpected/mismatched tensor below
-tok = AutoTokenizer.from_pretrained(a.model)
+# Pre-split words with a byte-level BPE (RoBERTa) need add_prefix_space, as engram encodes them.
+tok = AutoTokenizer.from_pretrained(a.model, **({"add_prefix_space": True} if ner and cfg.model_type in ("roberta", "xlm-roberta") else {}))
 out = subprocess.run([a.engram, "predict", "--model", a.model, *a.texts], capture_output=True, text=True, check=True).stdout
 ours = [json.loads(l) for l in out.splitlines()]
 worst = 0.0

@@ -236,6 +236,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     engram::util::tune_allocator();
+    engram::util::default_sigpipe();
     let cli = Cli::parse();
     let res = match cli.cmd.unwrap_or(Cmd::Selfcheck { steps: 60, seed: 0, device: DeviceArg::Cpu }) {
         Cmd::Selfcheck { steps, seed, device } => selfcheck(steps, seed, device.into()).map(|ok| if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
@@ -393,8 +394,9 @@ fn inspect(dir: &Path) -> Result<()> {
     );
     let distil = c.family == engram::models::bert::Family::DistilBert;
     let types = if distil { "none (DistilBERT)".to_string() } else { c.type_vocab_size.to_string() };
-    println!("embeddings   vocab {}, positions {}, token types {types}, pad id {}", c.vocab_size, c.max_position_embeddings, c.pad_token_id);
-    let what = if distil { "in the backbone (the heads' tensors below)" } else { "in the backbone + pooler" };
+    let positions = if c.max_tokens() == c.max_position_embeddings { c.max_position_embeddings.to_string() } else { format!("{} ({} rows from pad_token_id + 1)", c.max_tokens(), c.max_position_embeddings) };
+    println!("embeddings   vocab {}, positions {positions}, token types {types}, pad id {}", c.vocab_size, c.pad_token_id);
+    let what = if c.family == engram::models::bert::Family::Bert { "in the backbone + pooler" } else { "in the backbone (the heads' tensors below)" };
     println!("parameters   {} ({:.1} M) {what}", bert.num_parameters(), bert.num_parameters() as f64 / 1e6);
     for (dt, (n, numel)) in &dtypes {
         println!("stored       {n} tensors as {dt} ({numel} values)");
@@ -407,9 +409,9 @@ fn inspect(dir: &Path) -> Result<()> {
     }
     let tpath = dir.join("tokenizer.json");
     if tpath.is_file() {
-        let max_len = max_seq_length(dir).unwrap_or(c.max_position_embeddings);
+        let max_len = max_seq_length(dir).unwrap_or(c.max_tokens());
         let tok = BertTokenizer::from_file(&tpath, max_len)?.fits(c.vocab_size)?;
-        let ids: Vec<String> = ["[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]"]
+        let ids: Vec<String> = ["[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]", "<s>", "</s>", "<pad>", "<unk>", "<mask>"]
             .iter()
             .filter_map(|t| tok.token_to_id(t).map(|id| format!("{t}={id}")))
             .collect();
@@ -439,7 +441,7 @@ fn embed(
     if device != Device::Cpu {
         bert.to_device(device)?;
     }
-    let max_len = max_length.or_else(|| max_seq_length(dir)).unwrap_or(512).min(bert.config.max_position_embeddings);
+    let max_len = max_length.or_else(|| max_seq_length(dir)).unwrap_or(512).min(bert.config.max_tokens());
     let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), max_len)?.fits(bert.config.vocab_size)?;
     let (pooling, _) = sentence_config(dir)?;
     let start = Instant::now();

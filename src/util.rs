@@ -94,3 +94,22 @@ impl Rng {
         self.next_u64() % n
     }
 }
+
+/// Restore the default SIGPIPE action for the command-line tool, so `engram … | head` ends
+/// quietly when the reader closes the pipe (as other Unix tools do) instead of panicking on
+/// the failed write (Rust ignores SIGPIPE by default).
+pub fn default_sigpipe() {
+    #[cfg(unix)]
+    {
+        extern "C" {
+            fn signal(signum: i32, handler: usize) -> usize;
+        }
+        const SIGPIPE: i32 = 13; // Linux, macOS and the BSDs
+        const SIG_DFL: usize = 0;
+        // SAFETY: installs the default disposition for one signal at start-up, before any
+        // thread exists; no handler code runs.
+        unsafe {
+            signal(SIGPIPE, SIG_DFL);
+        }
+    }
+}

@@ -64,32 +64,58 @@ fn logits_loss_and_every_gradient_match(what: &str, bert: &Bert, batch: &engram:
     assert_eq!(checked, r.keys().filter(|k| k.starts_with("grad.")).count(), "{what}: every PyTorch parameter has an engram twin");
 }
 
+/// `weights/<fixture>` (a checkpoint of another BERT family member, saved by transformers):
+/// loads with nothing unused or initialised, tokenizes the pairs as the reference did, and its
+/// last hidden state, logits, loss and every gradient match PyTorch; engram's names for its
+/// tensors are exactly the stored ones.
+fn family_fixture_matches_pytorch(fixture: &str, family: engram::models::bert::Family) -> (PathBuf, Bert, BertTokenizer) {
+    let dir = root().join("weights").join(fixture);
+    let (bert, report) = Bert::load(&dir, Head::SequenceClassification { num_labels: 3 }, 0).unwrap();
+    assert!(report.unexpected.is_empty() && report.initialized.is_empty(), "{fixture}: {report:?}");
+    assert_eq!(bert.config.family, family);
+    let r = read_safetensors(dir.join("reference.safetensors")).unwrap();
+    let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), 64).unwrap();
+    let batch = tok.encode_pairs(&PAIRS).unwrap();
+    assert_eq!(batch.input_ids.to_f64_vec(), r["input_ids"].to_f64_vec(), "{fixture}: input ids");
+    assert_eq!(batch.attention_mask.to_f64_vec(), r["attention_mask"].to_f64_vec(), "{fixture}: mask");
+    let hidden = bert.encode(&Tape::inference(), &batch, false).unwrap();
+    assert_close(&format!("{fixture} last hidden state"), &hidden.to_f64_vec(), &r["last_hidden_state"].to_f64_vec(), 1e-5, 1e-4);
+    logits_loss_and_every_gradient_match(fixture, &bert, &batch, &r);
+    let stored: std::collections::BTreeSet<String> = read_safetensors(dir.join("model.safetensors")).unwrap().into_keys().collect();
+    let ours: std::collections::BTreeSet<String> = bert.params.keys().map(|n| bert.hf_name(n)).collect();
+    assert_eq!(ours, stored, "{fixture}: tensor names");
+    (dir, bert, tok)
+}
+
 /// A random 2-layer DistilBERT (weights/tiny-distilbert, saved by transformers): the DistilBERT
 /// names map onto engram's BERT (no token types; `pre_classifier` + ReLU as the pooler; no dropout
 /// after the attention output), and logits, loss, the last hidden state and every gradient match
 /// PyTorch. Saving writes DistilBERT names back: the file's tensor set is the checkpoint's.
 #[test]
 fn tiny_distilbert_logits_loss_hidden_state_and_every_gradient_match_pytorch() {
-    let dir = root().join("weights/tiny-distilbert");
-    let (bert, report) = Bert::load(&dir, Head::SequenceClassification { num_labels: 3 }, 0).unwrap();
-    assert!(report.unexpected.is_empty() && report.initialized.is_empty(), "{report:?}");
-    assert_eq!(bert.config.family, engram::models::bert::Family::DistilBert);
-    let r = read_safetensors(dir.join("reference.safetensors")).unwrap();
-    let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), 64).unwrap();
-    let batch = tok.encode_pairs(&PAIRS).unwrap();
-    assert_eq!(batch.input_ids.to_f64_vec(), r["input_ids"].to_f64_vec());
-    assert_eq!(batch.attention_mask.to_f64_vec(), r["attention_mask"].to_f64_vec());
-
-    let hidden = bert.encode(&Tape::inference(), &batch, false).unwrap();
-    assert_close("distilbert last hidden state", &hidden.to_f64_vec(), &r["last_hidden_state"].to_f64_vec(), 1e-5, 1e-4);
-    logits_loss_and_every_gradient_match("distilbert", &bert, &batch, &r);
-    // Names round-trip: engram's names for the checkpoint are exactly the stored ones.
-    let stored: std::collections::BTreeSet<String> = read_safetensors(dir.join("model.safetensors")).unwrap().into_keys().collect();
-    let ours: std::collections::BTreeSet<String> = bert.params.keys().map(|n| bert.hf_name(n)).collect();
-    assert_eq!(ours, stored);
+    let (dir, _, _) = family_fixture_matches_pytorch("tiny-distilbert", engram::models::bert::Family::DistilBert);
     // The base model (no head) has no pre_classifier, and a BERT-only config key is not needed.
     let (base, _) = Bert::load(&dir, Head::None, 0).unwrap();
     assert!(!base.params.keys().any(|k| k.starts_with("pooler.") || k.contains("token_type")), "{:?}", base.params.keys());
+}
+
+/// A random 2-layer RoBERTa with a byte-level BPE tokenizer (weights/tiny-roberta): tokens
+/// (`<s> a </s></s> b </s>`, padded with `<pad>` = 1), position ids counted from the padding
+/// index (the padded rows differ if not), the `classifier.dense`/`out_proj` head — last hidden
+/// state, logits, loss and every gradient vs PyTorch; names round-trip.
+#[test]
+fn tiny_roberta_tokens_logits_loss_hidden_state_and_every_gradient_match_pytorch() {
+    let (dir, bert, tok) = family_fixture_matches_pytorch("tiny-roberta", engram::models::bert::Family::Roberta);
+    assert_eq!(bert.config.max_tokens(), 64, "66 position rows from pad_token_id + 1 = 2");
+    // Token classification: RobertaForTokenClassification's plain `classifier`, no head dense.
+    let (ner, report) = Bert::load(&dir, Head::TokenClassification { num_labels: 5 }, 0).unwrap();
+    assert!(ner.params.keys().all(|k| !k.starts_with("head.")) && ner.hf_name("classifier.weight") == "classifier.weight", "{report:?}");
+    // Pre-split words are encoded as word starts (transformers' add_prefix_space for
+    // is_split_into_words): "the" after "fox" is the same token as at the start.
+    let words = tok.encode_words(&[vec!["the".into(), "fox".into(), "the".into()]]).unwrap();
+    let ids = words.input_ids.to_f64_vec();
+    assert_eq!(ids.len(), 5, "<s> the fox the </s>: {ids:?}");
+    assert_eq!(ids[1], ids[3]);
 }
 
 fn minilm_dir() -> PathBuf {
@@ -287,6 +313,21 @@ fn malformed_configs_are_clear_errors_naming_the_field() {
         (distil.replace("\"n_heads\": 4", "\"n_heads\": 5"), "not a multiple of n_heads 5"),
         (distil.replace("\"dropout\": 0.1", "\"dropout\": 1.5"), "dropout = 1.5"),
     ];
+    // A tokenizer.json cut inside its byte-level decoder: the tokenizers library panics on that
+    // one (found by scripts/fuzz-inputs.py); engram reports it.
+    let tj = std::fs::read_to_string(root().join("weights/tiny-roberta/tokenizer.json")).unwrap();
+    let cut = tj.find("\"decoder\"").expect("a decoder section") + 30;
+    let dir = std::env::temp_dir().join(format!("engram-cut-tokenizer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), &tj[..cut]).unwrap();
+    let e = BertTokenizer::from_file(dir.join("tokenizer.json"), 64).err().expect("a truncated tokenizer.json must not load").to_string();
+    assert!(e.contains("tokenizer.json") && e.contains("not valid JSON"), "{e}");
+    // RoBERTa: its position ids start after the padding index.
+    let roberta = std::fs::read_to_string(root().join("weights/tiny-roberta/config.json")).unwrap();
+    let bad = roberta.replace("\"pad_token_id\": 1", "\"pad_token_id\": 64");
+    assert_ne!(bad, roberta);
+    let e = engram::models::bert::BertConfig::from_json(&bad).unwrap_err().to_string();
+    assert!(e.contains("config.json") && e.contains("pad_token_id = 64"), "{e}");
     for (i, (text, needle)) in cases.iter().enumerate() {
         assert_ne!(text, &distil, "case {i} must change the config");
         let e = engram::models::bert::BertConfig::from_json(text).unwrap_err().to_string();

@@ -118,3 +118,27 @@ fn input_files_in_the_training_formats_are_read_by_field() {
     assert!(stderr.contains("bad.jsonl") && stderr.contains("line 2") && stderr.contains("\"text\""), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `engram … | head -n1`: when the reader closes the pipe the binary ends quietly (SIGPIPE's
+/// default action, as other Unix tools do), not with a panic about a failed write.
+#[cfg(unix)]
+#[test]
+fn a_closed_output_pipe_ends_the_binary_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let texts: Vec<String> = (0..4000).map(|i| format!("text number {i}")).collect();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_engram"))
+        .args(["embed", "--model", "weights/tiny-bert"])
+        .args(&texts)
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run engram");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap(); // then dropped: the pipe closes
+    assert!(first.starts_with("{\"text\":\"text number 0\""), "{first}");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
+}

@@ -446,8 +446,9 @@ mod gpu_bert {
         if !gpu("tiny bert") {
             return;
         }
-        // The random BERT and the random DistilBERT (its names, no token types, ReLU head).
-        for fixture in ["tiny-bert", "tiny-distilbert"] {
+        // The random BERT, DistilBERT (its names, no token types, ReLU head) and RoBERTa
+        // (positions from the padding index, its own head).
+        for fixture in ["tiny-bert", "tiny-distilbert", "tiny-roberta"] {
             let dir = root().join("weights").join(fixture);
             let (mut bert, _) = Bert::load(&dir, Head::SequenceClassification { num_labels: 3 }, 0).unwrap();
             bert.to_device(Device::Cuda).unwrap();

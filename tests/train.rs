@@ -173,44 +173,55 @@ fn frozen_backbone_trains_only_the_head_and_sgd_works() {
     }
 }
 
-/// A DistilBERT checkpoint fine-tunes like a BERT and is saved as one transformers loads as
-/// DistilBERT: its own tensor names and config, `pre_classifier` in the sequence head (trained
-/// with a frozen backbone, as it belongs to the head), none in the token head; the output reloads.
+/// DistilBERT and RoBERTa checkpoints fine-tune like a BERT and are saved as transformers saves
+/// them: their own tensor names, `model_type` and architecture; the sequence head's extra layer
+/// (DistilBERT's `pre_classifier`, RoBERTa's `classifier.dense`) trains with a frozen backbone,
+/// as it belongs to the head, and is absent from the token head; the outputs reload.
 #[test]
-fn distilbert_finetunes_and_saves_in_its_own_format() {
-    let model = root().join("weights/tiny-distilbert");
-    let stored: Vec<String> = weights(&model).into_iter().map(|(n, _)| n).collect();
-    let mut a = args(&model, Task::Classify, tmp("distil"));
-    a.freeze_backbone = true;
-    a.epochs = 1;
-    finetune(&a).unwrap();
-    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(a.out.join("config.json")).unwrap()).unwrap();
-    assert_eq!(cfg["model_type"], "distilbert");
-    assert_eq!(cfg["architectures"][0], "DistilBertForSequenceClassification");
-    assert_eq!(cfg["dim"], 32);
-    let after = weights(&a.out.join("checkpoint"));
-    assert_eq!(after.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(), stored, "the checkpoint's own tensor names");
-    for ((n, x), (_, y)) in weights(&model).iter().zip(&after) {
-        let head = n.starts_with("classifier.") || n.starts_with("pre_classifier.");
-        // The 3-label head of the fixture becomes a fresh 2-label one: only compare same shapes.
-        if x.len() == y.len() {
-            let changed = x.iter().zip(y).any(|(p, q)| p != q);
-            assert_eq!(changed, head, "{n}: changed = {changed}");
+fn distilbert_and_roberta_finetune_and_save_in_their_own_format() {
+    for (fixture, model_type, class, seq_only) in [
+        ("tiny-distilbert", "distilbert", "DistilBert", &["pre_classifier."][..]),
+        ("tiny-roberta", "roberta", "Roberta", &["classifier.dense.", "classifier.out_proj."][..]),
+    ] {
+        let model = root().join("weights").join(fixture);
+        let stored: Vec<String> = weights(&model).into_iter().map(|(n, _)| n).collect();
+        let mut a = args(&model, Task::Classify, tmp(fixture));
+        a.freeze_backbone = true;
+        a.epochs = 1;
+        finetune(&a).unwrap();
+        let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(a.out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["model_type"], model_type);
+        assert_eq!(cfg["architectures"][0], format!("{class}ForSequenceClassification"));
+        let after = weights(&a.out.join("checkpoint"));
+        assert_eq!(after.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(), stored, "{fixture}: the checkpoint's own tensor names");
+        for ((n, x), (_, y)) in weights(&model).iter().zip(&after) {
+            let head = n.starts_with("classifier.") || seq_only.iter().any(|p| n.starts_with(p));
+            // The 3-label head of the fixture becomes a fresh 2-label one: only compare same shapes.
+            if x.len() == y.len() {
+                let changed = x.iter().zip(y).any(|(p, q)| p != q);
+                assert_eq!(changed, head, "{fixture} {n}: changed = {changed}");
+            }
         }
-    }
-    let p = predict_dir(&a.out, &["the cat is nice".to_string()], 64, 8, engram::Device::Cpu, false).unwrap();
-    assert!(p[0]["probs"]["pos"].as_f64().is_some(), "{p:?}");
+        let p = predict_dir(&a.out, &["the cat is nice".to_string()], 64, 8, engram::Device::Cpu, false).unwrap();
+        assert!(p[0]["probs"]["pos"].as_f64().is_some(), "{p:?}");
 
-    let mut a = args(&model, Task::Ner, tmp("distil-ner"));
-    a.epochs = 1;
-    finetune(&a).unwrap();
-    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(a.out.join("config.json")).unwrap()).unwrap();
-    assert_eq!(cfg["architectures"][0], "DistilBertForTokenClassification");
-    let names: Vec<String> = weights(&a.out).into_iter().map(|(n, _)| n).collect();
-    let want: Vec<String> = stored.iter().filter(|n| !n.starts_with("pre_classifier.")).cloned().collect();
-    assert_eq!(names, want);
-    let p = predict_dir(&a.out, &["the quick brown fox".to_string()], 64, 4, engram::Device::Cpu, false).unwrap();
-    assert_eq!(p[0]["tags"].as_array().unwrap().len(), 4);
+        let mut a = args(&model, Task::Ner, tmp(&format!("{fixture}-ner")));
+        a.epochs = 1;
+        finetune(&a).unwrap();
+        let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(a.out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["architectures"][0], format!("{class}ForTokenClassification"));
+        let names: Vec<String> = weights(&a.out).into_iter().map(|(n, _)| n).collect();
+        let mut want: Vec<String> = stored.iter().filter(|n| !seq_only.iter().any(|p| n.starts_with(p))).cloned().collect();
+        for n in ["classifier.bias", "classifier.weight"] {
+            if !want.iter().any(|w| w == n) {
+                want.push(n.to_string());
+            }
+        }
+        want.sort();
+        assert_eq!(names, want, "{fixture}: token-classification names");
+        let p = predict_dir(&a.out, &["the quick brown fox".to_string()], 64, 4, engram::Device::Cpu, false).unwrap();
+        assert_eq!(p[0]["tags"].as_array().unwrap().len(), 4);
+    }
 }
 
 #[test]

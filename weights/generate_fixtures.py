@@ -13,7 +13,9 @@ Writes (all committed, all small):
   weights/tiny-distilbert/{config.json, model.safetensors, tokenizer.json, reference.safetensors}
       the same for a 2-layer random DistilBERT (DistilBertForSequenceClassification, tiny-bert's
       tokenizer); its reference also holds the last hidden state (DistilBertModel).
-Run one part: `generate_fixtures.py minilm|tiny|distilbert` (default: all).
+  weights/tiny-roberta/{…}  the same for a 2-layer random RoBERTa (RobertaForSequenceClassification)
+      with a small byte-level BPE tokenizer trained here on the fixture texts.
+Run one part: `generate_fixtures.py minilm|tiny|distilbert|roberta` (default: all).
 engram itself never runs Python.
 """
 import json
@@ -24,12 +26,13 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import (AutoModel, AutoTokenizer, BertConfig, BertForSequenceClassification, DistilBertConfig,
-                          DistilBertForSequenceClassification)
+                          DistilBertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MINILM = os.path.join(ROOT, "cache", "all-MiniLM-L6-v2")
 TINY = os.path.join(ROOT, "tiny-bert")
 TINY_DISTIL = os.path.join(ROOT, "tiny-distilbert")
+TINY_ROBERTA = os.path.join(ROOT, "tiny-roberta")
 
 SENTENCES = [
     "The cat sat on the mat.",
@@ -140,6 +143,29 @@ def tiny():
     print("tiny: vocab", len(vocab), "params", sum(p.numel() for p in model.parameters()), "loss", out.loss.item())
 
 
+def save_reference(model, base, ids, mask, out_dir):
+    """`out_dir/reference.safetensors`: inputs, labels, logits, loss, the base model's last hidden
+    state and every parameter gradient (eval mode: dropout off, as the Rust side compares)."""
+    labels = torch.tensor([2, 0, 1])
+    model.eval()
+    out = model(input_ids=ids, attention_mask=mask, labels=labels)
+    out.loss.backward()
+    with torch.no_grad():
+        hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state
+    tensors = {
+        "input_ids": ids.contiguous(),
+        "attention_mask": mask.contiguous(),
+        "labels": labels,
+        "logits": out.logits.detach().contiguous(),
+        "loss": out.loss.detach().reshape(1),
+        "last_hidden_state": hidden.contiguous(),
+    }
+    for n, p in model.named_parameters():
+        tensors["grad." + n] = p.grad.contiguous()
+    save_file(tensors, os.path.join(out_dir, "reference.safetensors"), metadata={"pairs": json.dumps(PAIRS)})
+    print(os.path.basename(out_dir) + ": params", sum(p.numel() for p in model.parameters()), "loss", out.loss.item())
+
+
 def tiny_distil():
     """A random 2-layer DistilBERT with tiny-bert's tokenizer: logits, loss, every gradient."""
     import shutil
@@ -164,28 +190,48 @@ def tiny_distil():
     encs = tk.encode_batch(PAIRS)
     ids = torch.tensor([e.ids for e in encs])
     mask = torch.tensor([e.attention_mask for e in encs])
-    labels = torch.tensor([2, 0, 1])
-    model.eval()
-    out = model(input_ids=ids, attention_mask=mask, labels=labels)
-    out.loss.backward()
+    save_reference(model, model.distilbert, ids, mask, TINY_DISTIL)
+
+
+def tiny_roberta():
+    """A random 2-layer RoBERTa with a byte-level BPE vocabulary trained on the fixture texts:
+    logits, loss, last hidden state, every gradient (padding included, so the position ids'
+    padding offset matters)."""
+    from tokenizers import decoders, trainers
+    os.makedirs(TINY_ROBERTA, exist_ok=True)
+    tk = Tokenizer(models.BPE(unk_token=None))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    texts = SENTENCES + [t for p in PAIRS for t in p] + ["the a an of to in is it and or not", "the quick brown fox is on my email"]
+    tk.train_from_iterator(texts * 10, trainer)
+    tk.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), trim_offsets=True, add_prefix_space=False)
+    torch.manual_seed(2)
+    config = RobertaConfig(
+        vocab_size=tk.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=37, hidden_act="gelu", max_position_embeddings=66, type_vocab_size=1,
+        layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2, num_labels=3,
+        id2label={0: "negative", 1: "neutral", 2: "positive"},
+        label2id={"negative": 0, "neutral": 1, "positive": 2},
+    )
+    model = RobertaForSequenceClassification(config)
     with torch.no_grad():
-        hidden = model.distilbert(input_ids=ids, attention_mask=mask).last_hidden_state
-    tensors = {
-        "input_ids": ids.contiguous(),
-        "attention_mask": mask.contiguous(),
-        "labels": labels,
-        "logits": out.logits.detach().contiguous(),
-        "loss": out.loss.detach().reshape(1),
-        "last_hidden_state": hidden.contiguous(),
-    }
-    for n, p in model.named_parameters():
-        tensors["grad." + n] = p.grad.contiguous()
-    save_file(tensors, os.path.join(TINY_DISTIL, "reference.safetensors"), metadata={"pairs": json.dumps(PAIRS)})
-    print("tiny-distilbert: params", sum(p.numel() for p in model.parameters()), "loss", out.loss.item())
+        for n, p in model.named_parameters():
+            if n.endswith("bias") or "LayerNorm" in n:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(TINY_ROBERTA, safe_serialization=True)
+    tk.enable_padding(pad_id=1, pad_token="<pad>")
+    encs = tk.encode_batch(PAIRS)
+    ids = torch.tensor([e.ids for e in encs])
+    mask = torch.tensor([e.attention_mask for e in encs])
+    tk.no_padding()
+    tk.save(os.path.join(TINY_ROBERTA, "tokenizer.json"))
+    save_reference(model, model.roberta, ids, mask, TINY_ROBERTA)
 
 
 if __name__ == "__main__":
     import sys
-    parts = {"minilm": minilm, "tiny": tiny, "distilbert": tiny_distil}
+    parts = {"minilm": minilm, "tiny": tiny, "distilbert": tiny_distil, "roberta": tiny_roberta}
     for name in sys.argv[1:] or list(parts):
         parts[name]()

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tokenizers::{EncodeInput, PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{EncodeInput, PaddingDirection, PaddingParams, PaddingStrategy, PreTokenizerWrapper, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::error::{file_err, Result};
 use crate::tensor::{Device, Tensor};
@@ -13,6 +13,10 @@ use crate::tensor::{Device, Tensor};
 /// file itself asks for is replaced).
 pub struct BertTokenizer {
     inner: Tokenizer,
+    /// For pre-split words (token classification) with a byte-level BPE that does not add a
+    /// prefix space (RoBERTa): the same tokenizer with `add_prefix_space`, so every word is
+    /// encoded as a word start — what transformers requires for `is_split_into_words`.
+    words: Option<Tokenizer>,
     /// The same tokenizer without padding or truncation (long inputs cut into segments).
     raw: Tokenizer,
     path: PathBuf,
@@ -65,9 +69,19 @@ impl BertTokenizer {
         if max_len < 2 {
             return file_err(path, format!("maximum length {max_len} leaves no room for [CLS] and [SEP]"));
         }
-        let mut inner = match Tokenizer::from_file(path) {
+        let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
-            Err(e) => return file_err(path, format!("not a usable tokenizer.json: {e}")),
+            Err(e) => return file_err(path, format!("cannot read: {e}")),
+        };
+        // JSON first: the tokenizers library panics (instead of erring) on some malformed files,
+        // e.g. a truncated byte-level decoder section. A panic it still raises becomes an error.
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(&text) {
+            return file_err(path, format!("not valid JSON: {e}"));
+        }
+        let mut inner = match std::panic::catch_unwind(|| text.parse::<Tokenizer>()) {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => return file_err(path, format!("not a usable tokenizer.json: {e}")),
+            Err(_) => return file_err(path, "not a usable tokenizer.json (the tokenizers library failed on it)"),
         };
         let mut raw = inner.clone();
         raw.with_padding(None);
@@ -97,7 +111,17 @@ impl BertTokenizer {
         })) {
             return file_err(path, format!("cannot truncate to {max_len} tokens: {e}"));
         }
-        Ok(BertTokenizer { inner, raw, path: path.to_path_buf(), max_len })
+        let words = match inner.get_pre_tokenizer() {
+            Some(PreTokenizerWrapper::ByteLevel(bl)) if !bl.add_prefix_space => {
+                let mut w = inner.clone();
+                let mut bl = *bl;
+                bl.add_prefix_space = true;
+                w.with_pre_tokenizer(Some(PreTokenizerWrapper::ByteLevel(bl)));
+                Some(w)
+            }
+            _ => None,
+        };
+        Ok(BertTokenizer { inner, words, raw, path: path.to_path_buf(), max_len })
     }
 
     /// Cut over-long inputs from the left (keep the end: the latest dialogue turns), as
@@ -105,8 +129,10 @@ impl BertTokenizer {
     pub fn truncate_left(mut self, left: bool) -> Result<BertTokenizer> {
         let direction = if left { TruncationDirection::Left } else { TruncationDirection::Right };
         let params = TruncationParams { direction, max_length: self.max_len, strategy: TruncationStrategy::LongestFirst, stride: 0 };
-        if let Err(e) = self.inner.with_truncation(Some(params)) {
-            return file_err(&self.path, format!("cannot truncate: {e}"));
+        for t in std::iter::once(&mut self.inner).chain(self.words.as_mut()) {
+            if let Err(e) = t.with_truncation(Some(params.clone())) {
+                return file_err(&self.path, format!("cannot truncate: {e}"));
+            }
         }
         Ok(self)
     }
@@ -165,6 +191,16 @@ impl BertTokenizer {
         }
     }
 
+    /// The ids of the start, separator and padding tokens: BERT's `[CLS]`, `[SEP]`, `[PAD]`, or
+    /// RoBERTa's `<s>`, `</s>`, `<pad>`.
+    pub fn cls_sep_pad(&self) -> Result<(u32, u32, u32)> {
+        let any = |names: [&str; 2]| match names.iter().find_map(|t| self.inner.token_to_id(t)) {
+            Some(id) => Ok(id),
+            None => file_err(&self.path, format!("the vocabulary has neither {} nor {}", names[0], names[1])),
+        };
+        Ok((any(["[CLS]", "<s>"])?, any(["[SEP]", "</s>"])?, any(["[PAD]", "<pad>"])?))
+    }
+
     /// Tokenize single texts.
     pub fn encode(&self, texts: &[&str]) -> Result<Batch> {
         self.encode_inputs(texts.iter().map(|t| EncodeInput::from(*t)).collect())
@@ -177,16 +213,21 @@ impl BertTokenizer {
 
     /// Tokenize pre-split words (token classification); `word_ids` map tokens back to words.
     pub fn encode_words(&self, words: &[Vec<String>]) -> Result<Batch> {
-        self.encode_inputs(words.iter().map(|w| EncodeInput::from(w.iter().map(|s| s.as_str()).collect::<Vec<&str>>())).collect())
+        let tok = self.words.as_ref().unwrap_or(&self.inner);
+        Self::encode_with(tok, &self.path, words.iter().map(|w| EncodeInput::from(w.iter().map(|s| s.as_str()).collect::<Vec<&str>>())).collect())
     }
 
     fn encode_inputs(&self, inputs: Vec<EncodeInput>) -> Result<Batch> {
+        Self::encode_with(&self.inner, &self.path, inputs)
+    }
+
+    fn encode_with(tok: &Tokenizer, path: &Path, inputs: Vec<EncodeInput>) -> Result<Batch> {
         if inputs.is_empty() {
-            return file_err(&self.path, "nothing to tokenize (empty batch)");
+            return file_err(path, "nothing to tokenize (empty batch)");
         }
-        let encs = match self.inner.encode_batch_char_offsets(inputs, true) {
+        let encs = match tok.encode_batch_char_offsets(inputs, true) {
             Ok(e) => e,
-            Err(e) => return file_err(&self.path, format!("tokenization failed: {e}")),
+            Err(e) => return file_err(path, format!("tokenization failed: {e}")),
         };
         let (b, t) = (encs.len(), encs[0].get_ids().len());
         let (mut ids, mut types, mut mask) = (Vec::with_capacity(b * t), Vec::with_capacity(b * t), Vec::with_capacity(b * t));

@@ -99,10 +99,10 @@ impl MemoryConfig {
             (Mode::ChunkMean, m) if m > 0 => return bad("chunk-and-average uses no memory tokens".into()),
             _ => {}
         }
-        if self.window() > bert.config.max_position_embeddings {
+        if self.window() > bert.config.max_tokens() {
             return bad(format!(
-                "a segment of {} text + {} memory + 2 special tokens exceeds max_position_embeddings = {}",
-                self.segment_len, self.memory_tokens, bert.config.max_position_embeddings
+                "a segment of {} text + {} memory + 2 special tokens exceeds the model's {} positions (max_position_embeddings = {})",
+                self.segment_len, self.memory_tokens, bert.config.max_tokens(), bert.config.max_position_embeddings
             ));
         }
         Ok(())
@@ -249,7 +249,8 @@ pub fn segment(tok: &BertTokenizer, cfg: &MemoryConfig, inputs: &[Vec<Unit>], wh
     if inputs.is_empty() {
         return Err(Error::Value { op: "memory", detail: format!("{what}: nothing to segment (empty batch)") });
     }
-    let (cls, sep, pad) = (tok.special_id("[CLS]")? as i64, tok.special_id("[SEP]")? as i64, tok.special_id("[PAD]")? as i64);
+    let (cls, sep, pad) = tok.cls_sep_pad()?;
+    let (cls, sep, pad) = (cls as i64, sep as i64, pad as i64);
     let packed: Vec<Vec<Vec<(u32, i64)>>> = inputs.iter().map(|u| pack(u, cfg.segment_len)).collect();
     for (i, p) in packed.iter().enumerate() {
         if p.len() > cfg.max_segments {

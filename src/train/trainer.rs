@@ -525,8 +525,7 @@ pub fn save_hf(bert: &Bert, mem: Option<&MemoryConfig>, task: Task, labels: &[St
     meta.insert("format".to_string(), "pt".to_string());
     write_safetensors(out.join("model.safetensors"), &tensors, Some(meta))?;
     let mut cfg = bert.config.raw.clone();
-    let family = if bert.config.family == crate::models::bert::Family::DistilBert { "DistilBert" } else { "Bert" };
-    let arch = format!("{family}{}", if task == Task::Ner { "ForTokenClassification" } else { "ForSequenceClassification" });
+    let arch = format!("{}{}", bert.config.class_prefix(), if task == Task::Ner { "ForTokenClassification" } else { "ForSequenceClassification" });
     let obj = cfg.as_object_mut().ok_or_else(|| Error::File { path: "config.json".into(), detail: "not a JSON object".into() })?;
     obj.insert("architectures".into(), serde_json::json!([arch]));
     obj.insert("id2label".into(), serde_json::Value::Object(labels.iter().enumerate().map(|(i, l)| (i.to_string(), serde_json::json!(l))).collect()));
@@ -692,11 +691,9 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
         }
     }
     if args.freeze_backbone {
-        // DistilBERT's pre_classifier (canonically pooler.dense) belongs to its head, not to the
-        // `distilbert` backbone; BERT's pooler is part of `bert`.
-        let head_pooler = bert.config.family == crate::models::bert::Family::DistilBert;
+        let frozen: Vec<String> = bert.params.keys().filter(|n| !bert.is_head_param(n) && !n.starts_with("memory.")).cloned().collect();
         for (name, t) in bert.params.iter_mut() {
-            if !name.starts_with("classifier.") && !name.starts_with("memory.") && !(head_pooler && name.starts_with("pooler.")) {
+            if frozen.contains(name) {
                 *t = t.detach();
             }
         }
@@ -709,7 +706,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
             *t = t.detach();
         }
     }
-    let tok = BertTokenizer::from_file(args.model.join("tokenizer.json"), args.max_length.min(bert.config.max_position_embeddings))?.truncate_left(args.truncate_left)?.fits(bert.config.vocab_size)?;
+    let tok = BertTokenizer::from_file(args.model.join("tokenizer.json"), args.max_length.min(bert.config.max_tokens()))?.truncate_left(args.truncate_left)?.fits(bert.config.vocab_size)?;
 
     let micro_per_epoch = train.len().div_ceil(args.batch_size);
     let steps_per_epoch = micro_per_epoch.div_ceil(args.grad_accum) as u64;
@@ -976,7 +973,7 @@ fn load_finetuned(dir: &Path, device: Device) -> Result<(Bert, Task, Vec<String>
 pub fn evaluate_dir(dir: &Path, data: &Path, max_length: usize, device: Device) -> Result<(String, serde_json::Value)> {
     let (bert, task, labels, mem) = load_finetuned(dir, device)?;
     let ex = load_examples(task, data, None)?;
-    let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), max_length.min(bert.config.max_position_embeddings))?.fits(bert.config.vocab_size)?;
+    let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), max_length.min(bert.config.max_tokens()))?.fits(bert.config.vocab_size)?;
     let ev = evaluate(&bert, mem.as_ref(), &tok, task, &ex, &labels, 64, data)?;
     Ok((ev.text, serde_json::json!({ "metrics": ev.json, "values": ev.values })))
 }
@@ -1018,7 +1015,7 @@ pub fn predict_dir(dir: &Path, texts: &[String], max_length: usize, batch_size: 
         return Err(Error::Value { op: "predict", detail: "--batch-size must be at least 1".into() });
     }
     let (bert, task, labels, mem) = load_finetuned(dir, device)?;
-    let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), max_length.min(bert.config.max_position_embeddings))?.fits(bert.config.vocab_size)?;
+    let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), max_length.min(bert.config.max_tokens()))?.fits(bert.config.vocab_size)?;
     let mut out = Vec::new();
     for chunk in texts.chunks(batch_size) {
         match task {

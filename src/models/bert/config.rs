@@ -77,10 +77,14 @@ fn default_init() -> f64 {
 /// Which member of the BERT family a checkpoint is. DistilBERT is a BERT without token types or
 /// pooler, with other tensor names, no dropout after the attention output, and a ReLU
 /// `pre_classifier` in place of the pooler's tanh in its sequence-classification head.
+/// RoBERTa (and XLM-R, the same architecture) is a BERT whose position ids start after the
+/// padding index, whose single token type is always 0, and whose sequence head is
+/// dropout → dense → tanh → dropout → out_proj on the first token (no pooler).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
     Bert,
     DistilBert,
+    Roberta,
 }
 
 /// A DistilBERT `config.json` in `BertConfig` terms (field names translated; the original stays
@@ -197,6 +201,7 @@ impl BertConfig {
                 crate::Error::File { path, detail } => crate::Error::File { path, detail: distilbert_names(&detail) },
                 other => other,
             }),
+            Some("roberta" | "xlm-roberta") => Self::from_value(value.clone(), value, Family::Roberta),
             _ => Self::from_value(value.clone(), value, Family::Bert),
         }
     }
@@ -208,9 +213,9 @@ impl BertConfig {
             Ok(r) => r,
             Err(e) => return file_err(P, format!("not a BERT config: {e}")),
         };
-        if let Some(mt) = &raw.model_type {
+        if let (Some(mt), Family::Bert) = (&raw.model_type, family) {
             if mt != "bert" {
-                return file_err(P, format!("model_type \"{mt}\" is not supported (engram runs \"bert\" and \"distilbert\")"));
+                return file_err(P, format!("model_type \"{mt}\" is not supported (engram runs \"bert\", \"distilbert\", \"roberta\" and \"xlm-roberta\")"));
             }
         }
         if let Some(pe) = &raw.position_embedding_type {
@@ -276,6 +281,12 @@ impl BertConfig {
                 return file_err(P, format!("num_labels {n} disagrees with id2label ({} labels)", id2label.len()));
             }
         }
+        if family == Family::Roberta {
+            let pad = raw.pad_token_id.unwrap_or(1);
+            if pad < 0 || pad as usize + 2 >= raw.max_position_embeddings {
+                return file_err(P, format!("pad_token_id = {pad} leaves no positions: RoBERTa's position ids start at pad_token_id + 1 (max_position_embeddings = {})", raw.max_position_embeddings));
+            }
+        }
         Ok(BertConfig {
             family,
             vocab_size: raw.vocab_size,
@@ -289,7 +300,7 @@ impl BertConfig {
             max_position_embeddings: raw.max_position_embeddings,
             type_vocab_size: raw.type_vocab_size,
             layer_norm_eps: raw.layer_norm_eps,
-            pad_token_id: raw.pad_token_id.unwrap_or(0),
+            pad_token_id: raw.pad_token_id.unwrap_or(if family == Family::Roberta { 1 } else { 0 }),
             initializer_range: raw.initializer_range,
             classifier_dropout: raw.classifier_dropout,
             id2label,
@@ -300,5 +311,24 @@ impl BertConfig {
 
     pub fn head_size(&self) -> usize {
         self.hidden_size / self.num_attention_heads
+    }
+
+    /// The most tokens an input may have: the position table's rows, less RoBERTa's padding
+    /// offset (positions start at pad_token_id + 1: 514 rows hold 512 tokens).
+    pub fn max_tokens(&self) -> usize {
+        match self.family {
+            Family::Roberta => self.max_position_embeddings.saturating_sub(self.pad_token_id.max(0) as usize + 1),
+            _ => self.max_position_embeddings,
+        }
+    }
+
+    /// The transformers class name prefix: `Bert`, `DistilBert`, `Roberta` or `XLMRoberta`.
+    pub fn class_prefix(&self) -> &'static str {
+        match (self.family, self.raw.get("model_type").and_then(|m| m.as_str())) {
+            (Family::DistilBert, _) => "DistilBert",
+            (Family::Roberta, Some("xlm-roberta")) => "XLMRoberta",
+            (Family::Roberta, _) => "Roberta",
+            (Family::Bert, _) => "Bert",
+        }
     }
 }

@@ -82,12 +82,20 @@ fn distil_canonical(name: &str) -> Option<String> {
     DISTIL_LAYER.iter().find_map(|(d, b)| module.strip_prefix(d).map(|tail| format!("encoder.layer.{l}.{b}{tail}")))
 }
 
-/// `bert.x` → `x`; `….gamma`/`….beta` → `….weight`/`….bias`; DistilBERT names → BERT's.
+/// `bert.x` / `roberta.x` → `x`; `….gamma`/`….beta` → `….weight`/`….bias`; DistilBERT names →
+/// BERT's; RoBERTa's sequence head `classifier.dense` → `head.dense`, `classifier.out_proj` →
+/// `classifier`.
 fn canonical(name: &str) -> String {
     if let Some(c) = distil_canonical(name) {
         return c;
     }
-    let n = name.strip_prefix("bert.").unwrap_or(name);
+    if let Some(p) = name.strip_prefix("classifier.dense.") {
+        return format!("head.dense.{p}");
+    }
+    if let Some(p) = name.strip_prefix("classifier.out_proj.") {
+        return format!("classifier.{p}");
+    }
+    let n = name.strip_prefix("bert.").or_else(|| name.strip_prefix("roberta.")).unwrap_or(name);
     if let Some(p) = n.strip_suffix(".gamma") {
         format!("{p}.weight")
     } else if let Some(p) = n.strip_suffix(".beta") {
@@ -129,10 +137,17 @@ impl Bert {
                 v.push((format!("{p}.{ln}.bias"), vec![c]));
             }
         }
-        // DistilBERT has a pooler-like layer (pre_classifier) only in its sequence-classification head.
-        if !distil || matches!(head, Head::SequenceClassification { .. }) {
-            v.push(("pooler.dense.weight".into(), vec![c, c]));
-            v.push(("pooler.dense.bias".into(), vec![c]));
+        // DistilBERT has a pooler-like layer (pre_classifier) only in its sequence-classification
+        // head; RoBERTa's classifiers use no pooler, its sequence head has its own dense layer.
+        let seq = matches!(head, Head::SequenceClassification { .. });
+        let mut dense = |p: &str| {
+            v.push((format!("{p}.weight"), vec![c, c]));
+            v.push((format!("{p}.bias"), vec![c]));
+        };
+        match (config.family, seq) {
+            (Family::Bert, _) | (Family::DistilBert, true) => dense("pooler.dense"),
+            (Family::Roberta, true) => dense("head.dense"),
+            _ => {}
         }
         match head {
             Head::None => {}
@@ -208,7 +223,7 @@ impl Bert {
                     }
                     params.insert(name.clone(), t);
                 }
-                None if name.starts_with("classifier.") || name.starts_with("pooler.") => {
+                None if name.starts_with("classifier.") || name.starts_with("pooler.") || name.starts_with("head.") => {
                     let t = if name.ends_with(".bias") {
                         Tensor::from_vec(vec![0f32; shape[0]], shape)?
                     } else {
@@ -261,11 +276,21 @@ impl Bert {
     /// The checkpoint name of canonical parameter `name` in this model's family (what
     /// transformers' `save_pretrained` writes): `bert.…` / `distilbert.…`, heads unprefixed.
     pub fn hf_name(&self, name: &str) -> String {
+        if self.config.family == Family::Roberta {
+            if let Some(p) = name.strip_prefix("head.dense.") {
+                return format!("classifier.dense.{p}");
+            }
+            if let (Some(p), Head::SequenceClassification { .. }) = (name.strip_prefix("classifier."), self.head) {
+                return format!("classifier.out_proj.{p}");
+            }
+        }
         if name.starts_with("classifier.") {
             return name.to_string();
         }
-        if self.config.family == Family::Bert {
-            return format!("bert.{name}");
+        match self.config.family {
+            Family::Bert => return format!("bert.{name}"),
+            Family::Roberta => return format!("roberta.{name}"),
+            Family::DistilBert => {}
         }
         if let Some(p) = name.strip_prefix("pooler.dense.") {
             return format!("pre_classifier.{p}");
@@ -278,6 +303,13 @@ impl Bert {
             }
         }
         format!("distilbert.{name}")
+    }
+
+    /// Whether canonical parameter `name` belongs to the task head rather than the backbone
+    /// (what `--freeze-backbone` leaves trainable): the classifier, RoBERTa's head dense layer,
+    /// and DistilBERT's pre_classifier (canonically `pooler.dense`; BERT's pooler is backbone).
+    pub fn is_head_param(&self, name: &str) -> bool {
+        name.starts_with("classifier.") || name.starts_with("head.") || (self.config.family == Family::DistilBert && name.starts_with("pooler."))
     }
 
     pub fn num_parameters(&self) -> usize {
@@ -335,14 +367,32 @@ impl Bert {
             );
         }
         let (b, t) = (s[0], s[1]);
-        if t > cfg.max_position_embeddings {
-            return shape_err("bert", format!("{t} tokens exceed max_position_embeddings = {}", cfg.max_position_embeddings));
+        if t > cfg.max_tokens() {
+            return shape_err("bert", format!("{t} tokens exceed the {} positions of max_position_embeddings = {}", cfg.max_tokens(), cfg.max_position_embeddings));
         }
         let device = self.device();
         let drop = if train { cfg.hidden_dropout_prob } else { 0.0 };
         let attn_drop = if train { cfg.attention_probs_dropout_prob } else { 0.0 };
-        let pos = Tensor::from_ids((0..b * t).map(|i| (i % t) as i64).collect(), &[b, t])?.to_device(device)?;
-        let types = token_type_ids.to_device(device)?;
+        let pos = match cfg.family {
+            // transformers' create_position_ids_from_input_ids: real tokens count up from
+            // pad + 1, padding sits at pad (the mask marks the real tokens).
+            Family::Roberta => {
+                let m = attention_mask.to_f64_vec();
+                let mut ids = Vec::with_capacity(b * t);
+                for row in m.chunks(t) {
+                    let mut n = 0i64;
+                    for &x in row {
+                        n += (x != 0.0) as i64;
+                        ids.push(if x != 0.0 { cfg.pad_token_id + n } else { cfg.pad_token_id });
+                    }
+                }
+                Tensor::from_ids(ids, &[b, t])?
+            }
+            _ => Tensor::from_ids((0..b * t).map(|i| (i % t) as i64).collect(), &[b, t])?,
+        }
+        .to_device(device)?;
+        // RoBERTa has one token type (its tokenizer marks none).
+        let types = if cfg.family == Family::Roberta { Tensor::from_ids(vec![0; b * t], &[b, t])? } else { token_type_ids.clone() }.to_device(device)?;
         let mask = attention_mask.to_device(device)?;
         let distil = cfg.family == Family::DistilBert;
         let mut e = ops::add(tape, words, &ops::embedding(tape, &pos, self.p("embeddings.position_embeddings.weight")?, None)?)?;
@@ -378,7 +428,7 @@ impl Bert {
     pub fn pool(&self, tape: &Tape, hidden: &Tensor) -> Result<Tensor> {
         let d = self.linear(tape, &ops::token(tape, hidden, 0)?, "pooler.dense")?;
         match self.config.family {
-            Family::Bert => ops::tanh(tape, &d),
+            Family::Bert | Family::Roberta => ops::tanh(tape, &d),
             Family::DistilBert => ops::relu(tape, &d),
         }
     }
@@ -396,6 +446,12 @@ impl Bert {
         let p = if train { self.config.classifier_dropout.unwrap_or(self.config.hidden_dropout_prob) } else { 0.0 };
         match self.head {
             Head::None => Err(Error::Autograd("bert: logits need a classification head".into())),
+            Head::SequenceClassification { .. } if self.config.family == Family::Roberta => {
+                // RobertaClassificationHead: dropout, dense, tanh, dropout, out_proj on <s>.
+                let x = ops::dropout(tape, &ops::token(tape, &hidden, 0)?, p)?;
+                let x = ops::dropout(tape, &ops::tanh(tape, &self.linear(tape, &x, "head.dense")?)?, p)?;
+                self.linear(tape, &x, "classifier")
+            }
             Head::SequenceClassification { .. } => {
                 let pooled = ops::dropout(tape, &self.pool(tape, &hidden)?, p)?;
                 self.linear(tape, &pooled, "classifier")
