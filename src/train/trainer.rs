@@ -706,6 +706,9 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
             *t = t.detach();
         }
     }
+    if args.max_length > bert.config.max_tokens() && args.progress {
+        eprintln!("engram: --max-length {} is more than the model's {} positions; inputs are cut at {}", args.max_length, bert.config.max_tokens(), bert.config.max_tokens());
+    }
     let tok = BertTokenizer::from_file(args.model.join("tokenizer.json"), args.max_length.min(bert.config.max_tokens()))?.truncate_left(args.truncate_left)?.fits(bert.config.vocab_size)?;
 
     let micro_per_epoch = train.len().div_ceil(args.batch_size);
