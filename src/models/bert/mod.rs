@@ -1,6 +1,7 @@
 //! BERT as Hugging Face defines it: `BertModel` (embeddings, encoder, pooler) and the
 //! sequence- and token-classification heads, loaded from an HF model directory by HF names;
-//! DistilBERT checkpoints load into the same model (names translated, see `model.rs`).
+//! DistilBERT and RoBERTa / XLM-R checkpoints load into the same model (names translated, see
+//! `model.rs`; what differs is in `config::Family`).
 
 pub mod config;
 pub mod model;

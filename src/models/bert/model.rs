@@ -6,6 +6,8 @@
 //! DistilBERT's names map onto the same canonical ones (`distilbert.transformer.layer.N.
 //! attention.q_lin` → `encoder.layer.N.attention.self.query`, …, its `pre_classifier` →
 //! `pooler.dense`) and back when saved (`Bert::hf_name`); it has no token-type embeddings.
+//! RoBERTa's are BERT's under `roberta.`, except its sequence head: `classifier.dense` →
+//! `head.dense`, `classifier.out_proj` → `classifier`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -274,7 +276,8 @@ impl Bert {
     }
 
     /// The checkpoint name of canonical parameter `name` in this model's family (what
-    /// transformers' `save_pretrained` writes): `bert.…` / `distilbert.…`, heads unprefixed.
+    /// transformers' `save_pretrained` writes): `bert.…` / `roberta.…` / `distilbert.…`, heads
+    /// unprefixed (RoBERTa's sequence head as `classifier.dense` / `classifier.out_proj`).
     pub fn hf_name(&self, name: &str) -> String {
         if self.config.family == Family::Roberta {
             if let Some(p) = name.strip_prefix("head.dense.") {
