@@ -60,7 +60,10 @@ def model_mutants(binary, rng, n, tmp, model="weights/tiny-bert"):
         else:
             t = json.load(open(f"{d}/tokenizer.json"))
             vocab = t["model"]["vocab"]
-            vocab[rng.choice(list(vocab.keys()))] = rng.choice([-1, 10**9, 135, 134, "x"])
+            if isinstance(vocab, dict):  # WordPiece / BPE: token -> id
+                vocab[rng.choice(list(vocab.keys()))] = rng.choice([-1, 10**9, 135, 134, "x"])
+            else:  # Unigram: [piece, score] pairs
+                vocab[rng.randrange(len(vocab))] = rng.choice([["x", "bad"], [None, 0.0], "x", ["tok", 1e300], []])
             json.dump(t, open(f"{d}/tokenizer.json", "w"))
         for args in (["embed", "--model", d, "hello world the cat"], ["predict", "--model", d, "hello world"]):
             rc, err = run(binary, args)

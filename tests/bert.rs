@@ -118,6 +118,14 @@ fn tiny_roberta_tokens_logits_loss_hidden_state_and_every_gradient_match_pytorch
     assert_eq!(ids[1], ids[3]);
 }
 
+/// XLM-R: RoBERTa's architecture under `model_type: xlm-roberta`, with a SentencePiece-style
+/// Unigram tokenizer (Metaspace) — the same checks against PyTorch.
+#[test]
+fn tiny_xlm_roberta_matches_pytorch() {
+    let (_, bert, _) = family_fixture_matches_pytorch("tiny-xlm-roberta", engram::models::bert::Family::Roberta);
+    assert_eq!(bert.config.class_prefix(), "XLMRoberta");
+}
+
 fn minilm_dir() -> PathBuf {
     let d = std::env::var_os("ENGRAM_MINILM_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("weights/cache/all-MiniLM-L6-v2"));
     assert!(

@@ -173,7 +173,7 @@ fn frozen_backbone_trains_only_the_head_and_sgd_works() {
     }
 }
 
-/// DistilBERT and RoBERTa checkpoints fine-tune like a BERT and are saved as transformers saves
+/// DistilBERT, RoBERTa and XLM-R checkpoints fine-tune like a BERT and are saved as transformers saves
 /// them: their own tensor names, `model_type` and architecture; the sequence head's extra layer
 /// (DistilBERT's `pre_classifier`, RoBERTa's `classifier.dense`) trains with a frozen backbone,
 /// as it belongs to the head, and is absent from the token head; the outputs reload.
@@ -182,6 +182,7 @@ fn distilbert_and_roberta_finetune_and_save_in_their_own_format() {
     for (fixture, model_type, class, seq_only) in [
         ("tiny-distilbert", "distilbert", "DistilBert", &["pre_classifier."][..]),
         ("tiny-roberta", "roberta", "Roberta", &["classifier.dense.", "classifier.out_proj."][..]),
+        ("tiny-xlm-roberta", "xlm-roberta", "XLMRoberta", &["classifier.dense.", "classifier.out_proj."][..]),
     ] {
         let model = root().join("weights").join(fixture);
         let stored: Vec<String> = weights(&model).into_iter().map(|(n, _)| n).collect();

@@ -15,7 +15,10 @@ Writes (all committed, all small):
       tokenizer); its reference also holds the last hidden state (DistilBertModel).
   weights/tiny-roberta/{…}  the same for a 2-layer random RoBERTa (RobertaForSequenceClassification)
       with a small byte-level BPE tokenizer trained here on the fixture texts.
-Run one part: `generate_fixtures.py minilm|tiny|distilbert|roberta` (default: all).
+  weights/tiny-xlm-roberta/{…}  the same for XLM-R (XLMRobertaForSequenceClassification) with a
+      small SentencePiece-style Unigram tokenizer (Metaspace) trained here (the Unigram trainer's
+      scores vary in their last digits from run to run: regenerate the whole directory at once).
+Run one part: `generate_fixtures.py minilm|tiny|distilbert|roberta|xlmr` (default: all).
 engram itself never runs Python.
 """
 import json
@@ -26,13 +29,15 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import (AutoModel, AutoTokenizer, BertConfig, BertForSequenceClassification, DistilBertConfig,
-                          DistilBertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification)
+                          DistilBertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification,
+                          XLMRobertaConfig, XLMRobertaForSequenceClassification)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MINILM = os.path.join(ROOT, "cache", "all-MiniLM-L6-v2")
 TINY = os.path.join(ROOT, "tiny-bert")
 TINY_DISTIL = os.path.join(ROOT, "tiny-distilbert")
 TINY_ROBERTA = os.path.join(ROOT, "tiny-roberta")
+TINY_XLMR = os.path.join(ROOT, "tiny-xlm-roberta")
 
 SENTENCES = [
     "The cat sat on the mat.",
@@ -193,6 +198,32 @@ def tiny_distil():
     save_reference(model, model.distilbert, ids, mask, TINY_DISTIL)
 
 
+def random_roberta(config_cls, model_cls, tk, seed, out_dir):
+    """A random 2-layer RoBERTa-architecture classifier over tokenizer `tk` (pad 1, <s> 0, </s>
+    2), saved with the tokenizer and its reference."""
+    torch.manual_seed(seed)
+    config = config_cls(
+        vocab_size=tk.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=37, hidden_act="gelu", max_position_embeddings=66, type_vocab_size=1,
+        layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2, num_labels=3,
+        id2label={0: "negative", 1: "neutral", 2: "positive"},
+        label2id={"negative": 0, "neutral": 1, "positive": 2},
+    )
+    model = model_cls(config)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("bias") or "LayerNorm" in n:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tk.enable_padding(pad_id=1, pad_token="<pad>")
+    encs = tk.encode_batch(PAIRS)
+    ids = torch.tensor([e.ids for e in encs])
+    mask = torch.tensor([e.attention_mask for e in encs])
+    tk.no_padding()
+    tk.save(os.path.join(out_dir, "tokenizer.json"))
+    save_reference(model, model.roberta, ids, mask, out_dir)
+
+
 def tiny_roberta():
     """A random 2-layer RoBERTa with a byte-level BPE vocabulary trained on the fixture texts:
     logits, loss, last hidden state, every gradient (padding included, so the position ids'
@@ -207,31 +238,29 @@ def tiny_roberta():
     texts = SENTENCES + [t for p in PAIRS for t in p] + ["the a an of to in is it and or not", "the quick brown fox is on my email"]
     tk.train_from_iterator(texts * 10, trainer)
     tk.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), trim_offsets=True, add_prefix_space=False)
-    torch.manual_seed(2)
-    config = RobertaConfig(
-        vocab_size=tk.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=37, hidden_act="gelu", max_position_embeddings=66, type_vocab_size=1,
-        layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2, num_labels=3,
-        id2label={0: "negative", 1: "neutral", 2: "positive"},
-        label2id={"negative": 0, "neutral": 1, "positive": 2},
-    )
-    model = RobertaForSequenceClassification(config)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith("bias") or "LayerNorm" in n:
-                p.add_(0.1 * torch.randn_like(p))
-    model.save_pretrained(TINY_ROBERTA, safe_serialization=True)
-    tk.enable_padding(pad_id=1, pad_token="<pad>")
-    encs = tk.encode_batch(PAIRS)
-    ids = torch.tensor([e.ids for e in encs])
-    mask = torch.tensor([e.attention_mask for e in encs])
-    tk.no_padding()
-    tk.save(os.path.join(TINY_ROBERTA, "tokenizer.json"))
-    save_reference(model, model.roberta, ids, mask, TINY_ROBERTA)
+    random_roberta(RobertaConfig, RobertaForSequenceClassification, tk, 2, TINY_ROBERTA)
+
+
+def tiny_xlmr():
+    """A random 2-layer XLM-R (RoBERTa's architecture, `model_type: xlm-roberta`) with a Unigram
+    tokenizer behind a Metaspace pre-tokenizer, as XLM-R's SentencePiece vocabulary is."""
+    from tokenizers import decoders, trainers
+    os.makedirs(TINY_XLMR, exist_ok=True)
+    tk = Tokenizer(models.Unigram())
+    tk.normalizer = normalizers.NFKC()
+    tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tk.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    trainer = trainers.UnigramTrainer(vocab_size=300, special_tokens=specials, unk_token="<unk>")
+    texts = SENTENCES + [t for p in PAIRS for t in p] + ["the a an of to in is it and or not", "the quick brown fox is on my email"]
+    tk.train_from_iterator(texts * 10, trainer)
+    tk.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    random_roberta(XLMRobertaConfig, XLMRobertaForSequenceClassification, tk, 3, TINY_XLMR)
 
 
 if __name__ == "__main__":
     import sys
-    parts = {"minilm": minilm, "tiny": tiny, "distilbert": tiny_distil, "roberta": tiny_roberta}
+    parts = {"minilm": minilm, "tiny": tiny, "distilbert": tiny_distil, "roberta": tiny_roberta, "xlmr": tiny_xlmr}
     for name in sys.argv[1:] or list(parts):
         parts[name]()
