@@ -118,6 +118,24 @@ __device__ __forceinline__ void fetch_slice(float* ra, float* rb, const float* A
     }
 }
 
+// Registers → shared memory: element e of each share goes where store_a(mm, kk, v) /
+// store_b(nn, kk, v) put it (each kernel has its own shared layout).
+template <int BM_, int BN_, int BK_, int NT, bool ta, bool tb, class SA, class SB>
+__device__ __forceinline__ void stash_slice(const float* ra, const float* rb, SA&& store_a, SB&& store_b) {
+#pragma unroll
+    for (int e = 0; e < BM_ * BK_ / NT; ++e) {
+        int mm, kk;
+        a_slot<BM_, BK_, ta>(threadIdx.x + NT * e, mm, kk);
+        store_a(mm, kk, ra[e]);
+    }
+#pragma unroll
+    for (int e = 0; e < BN_ * BK_ / NT; ++e) {
+        int nn, kk;
+        b_slot<BN_, BK_, tb>(threadIdx.x + NT * e, nn, kk);
+        store_b(nn, kk, rb[e]);
+    }
+}
+
 // ---- gemm_v2 ------------------------------------------------------------------------------------
 // Thread (tx, ty) of a (BN/8) × (BM/8) grid owns rows {ty·4 + i, BM/2 + ty·4 + i} and columns
 // {tx·4 + j, BN/2 + tx·4 + j}, i, j < 4: its reads of a K step are two float4 from As and two from Bs.
@@ -150,18 +168,8 @@ __device__ __forceinline__ void gemm_v2_body(GemmV2Smem<BM2, BN2>& sm, float* C,
     auto stash = [&](int buf) {
         float* as = reinterpret_cast<float*>(&As4[buf][0][0]);
         float* bs = reinterpret_cast<float*>(&Bs4[buf][0][0]);
-#pragma unroll
-        for (int e = 0; e < LA; ++e) {
-            int mm, kk;
-            a_slot<BM2, BK2, ta>(tid + NT * e, mm, kk);
-            as[kk * PA + mm] = ra[e];
-        }
-#pragma unroll
-        for (int e = 0; e < LB; ++e) {
-            int nn, kk;
-            b_slot<BN2, BK2, tb>(tid + NT * e, nn, kk);
-            bs[kk * PB + nn] = rb[e];
-        }
+        stash_slice<BM2, BN2, BK2, NT, ta, tb>(
+            ra, rb, [&](int mm, int kk, float v) { as[kk * PA + mm] = v; }, [&](int nn, int kk, float v) { bs[kk * PB + nn] = v; });
     };
     float r[8][8] = {};
     fetch(0);
@@ -292,18 +300,8 @@ __device__ __forceinline__ void gemm_v3_body(GemmV3Smem<BM3>& sm, float* C, cons
     auto fetch = [&](int k0) { fetch_slice<BM3, BN3, BK3, NT, ta, tb>(ra, rb, A, B, M, N, K, m0, n0, k0); };
     // Registers → shared buffer `buf` (m- and n-major: fragments read along k).
     auto stash = [&](int buf) {
-#pragma unroll
-        for (int e = 0; e < LA; ++e) {
-            int mm, kk;
-            a_slot<BM3, BK3, ta>(tid + NT * e, mm, kk);
-            sm.a[buf][mm][kk] = ra[e];
-        }
-#pragma unroll
-        for (int e = 0; e < LB; ++e) {
-            int nn, kk;
-            b_slot<BN3, BK3, tb>(tid + NT * e, nn, kk);
-            sm.b[buf][nn][kk] = rb[e];
-        }
+        stash_slice<BM3, BN3, BK3, NT, ta, tb>(
+            ra, rb, [&](int mm, int kk, float v) { sm.a[buf][mm][kk] = v; }, [&](int nn, int kk, float v) { sm.b[buf][nn][kk] = v; });
     };
     // x → its TF32 high part (hi) and, with `split`, the TF32 rounding of the rest (lo).
     auto to_tf32 = [&](float x, unsigned& hi, unsigned& lo) {
