@@ -1,7 +1,9 @@
 """Check that an `engram finetune` output directory loads in transformers unchanged and predicts
-what `engram predict` predicts.
+what `engram predict` predicts (softmax classes, a multi-label model's per-label sigmoids, a
+regression model's score, or NER tags); with `--data`, also that transformers computes the loss
+`engram eval` reports on that file (the loss its config's `problem_type` selects).
 
-    python3 scripts/check_hf_export.py --model OUT_DIR --engram target/release/engram TEXT...
+    python3 scripts/check_hf_export.py --model OUT_DIR --engram target/release/engram [--data F] TEXT...
 """
 import argparse, json, subprocess, sys
 
@@ -11,6 +13,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoMod
 ap = argparse.ArgumentParser()
 ap.add_argument("--model", required=True)
 ap.add_argument("--engram", required=True)
+ap.add_argument("--data", help="a sequence-task data file (.jsonl) to compare the loss on")
 ap.add_argument("texts", nargs="+")
 a = ap.parse_args()
 
@@ -35,11 +38,46 @@ for text, o in zip(a.texts, ours):
                 seen.add(w)
                 tags[w] = cfg.id2label[int(pred[i])]
         assert tags == o["tags"], f"{text!r}: transformers {tags} vs engram {o['tags']}"
+    elif cfg.problem_type == "multi_label_classification":
+        with torch.no_grad():
+            probs = model(**tok(text, return_tensors="pt")).logits.sigmoid()[0]
+        labels = [cfg.id2label[i] for i in range(len(probs)) if probs[i] > 0.5]
+        assert labels == o["labels"], f"{text!r}: transformers {labels} vs engram {o['labels']}"
+        worst = max(worst, max(abs(float(probs[i]) - o["probs"][cfg.id2label[i]]) for i in range(len(probs))))
+    elif cfg.problem_type == "regression":
+        with torch.no_grad():
+            score = float(model(**tok(text, return_tensors="pt")).logits[0, 0])
+        worst = max(worst, abs(score - o["score"]))
     else:
         with torch.no_grad():
             probs = model(**tok(text, return_tensors="pt")).logits.softmax(-1)[0]
         label = cfg.id2label[int(probs.argmax())]
         assert label == o["label"], f"{text!r}: transformers {label} vs engram {o['label']}"
         worst = max(worst, max(abs(float(probs[i]) - o["probs"][cfg.id2label[i]]) for i in range(len(probs))))
-print(f"OK: {a.model} loads in transformers ({cfg.architectures[0]}, {len(cfg.id2label)} labels); "
-      f"{len(a.texts)} predictions identical to engram predict" + ("" if ner else f", max |Δprob| = {worst:.2e}"))
+what = "score" if cfg.problem_type == "regression" else "prob"
+msg = (f"OK: {a.model} loads in transformers ({cfg.architectures[0]}, {len(cfg.id2label)} labels, "
+       f"problem_type {cfg.problem_type}); {len(a.texts)} predictions identical to engram predict"
+       + ("" if ner else f", max |Δ{what}| = {worst:.2e}"))
+if a.data and not ner:
+    # transformers' own loss for the problem_type, over the file, against engram eval's.
+    rows = [json.loads(l) for l in open(a.data) if l.strip()]
+    if cfg.problem_type == "multi_label_classification":
+        def target(r):
+            ls = r.get("labels", r.get("label"))
+            ls = ls if isinstance(ls, list) else [x.strip() for x in str(ls).split(",") if x.strip()]
+            return [1.0 if cfg.id2label[i] in ls else 0.0 for i in range(len(cfg.id2label))]
+    elif cfg.problem_type == "regression":
+        target = lambda r: [float(r["label"])]
+    else:
+        target = lambda r: cfg.label2id[str(r["label"])]
+    total = 0.0
+    for r in rows:
+        enc = tok(r["text"], r.get("text_pair"), return_tensors="pt", truncation=True, max_length=128)
+        with torch.no_grad():
+            total += float(model(**enc, labels=torch.tensor([target(r)])).loss)
+    theirs = total / len(rows)
+    ev = json.loads(subprocess.run([a.engram, "eval", "--model", a.model, "--data", a.data], capture_output=True, text=True, check=True).stdout)
+    mine = ev["metrics"]["loss"]
+    assert abs(theirs - mine) <= 1e-5 + 1e-4 * abs(theirs), f"loss: transformers {theirs} vs engram eval {mine}"
+    msg += f"; loss on {a.data} (batch 1 in transformers) {theirs:.6f} vs engram eval {mine:.6f}"
+print(msg)

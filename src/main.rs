@@ -38,9 +38,16 @@ impl From<DeviceArg> for Device {
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum TaskArg {
+    /// One label per text (or text pair): softmax, cross-entropy.
     Classify,
+    /// BIO tags per word (NER, token-level intents).
     Ner,
+    /// Dialogue history + candidate response (text, text_pair) → label.
     Pair,
+    /// Any number of labels per text: a sigmoid per label, binary cross-entropy.
+    Multilabel,
+    /// A real-valued score per text or pair: mean squared error.
+    Regression,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -56,7 +63,7 @@ struct FinetuneCli {
     model: PathBuf,
     #[arg(long, value_enum)]
     task: TaskArg,
-    /// Training data: CSV/TSV/JSONL (classify, pair) or CoNLL/JSONL (ner).
+    /// Training data: CSV/TSV/JSONL (classify, pair, multilabel, regression) or CoNLL/JSONL (ner).
     #[arg(long)]
     train: PathBuf,
     #[arg(long)]
@@ -97,9 +104,15 @@ struct FinetuneCli {
     /// Early stopping: epochs without improvement of --metric before stopping.
     #[arg(long)]
     patience: Option<usize>,
-    /// accuracy | macro_f1 | entity_f1 | loss (default: entity_f1 for ner, else accuracy).
+    /// Dev metric for early stopping and the best checkpoint: accuracy | macro_f1 (classify,
+    /// pair), entity_f1 (ner), micro_f1 (multilabel), pearson | spearman | mse (regression), loss
+    /// (default: entity_f1 for ner, micro_f1 for multilabel, pearson for regression, else accuracy).
     #[arg(long)]
     metric: Option<String>,
+    /// Multilabel: the separator of the labels in one CSV/TSV field or JSON string (a JSON array
+    /// needs none).
+    #[arg(long, default_value_t = ',')]
+    label_sep: char,
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceArg,
     /// Use only the first N training examples.
@@ -156,6 +169,9 @@ enum Cmd {
         max_length: usize,
         #[arg(long, value_enum, default_value = "cpu")]
         device: DeviceArg,
+        /// Multilabel models: the separator of the labels in one field.
+        #[arg(long, default_value_t = ',')]
+        label_sep: char,
     },
     /// Predict with a fine-tuned model: JSONL (label and probabilities; tags and entity spans for NER).
     Predict {
@@ -248,7 +264,7 @@ fn main() -> ExitCode {
             })
         }
         Cmd::Finetune(f) => finetune(*f).map(|_| ExitCode::SUCCESS),
-        Cmd::Eval { model, data, max_length, device } => engram::train::evaluate_dir(&model, &data, max_length, device.into()).map(|(text, json)| {
+        Cmd::Eval { model, data, max_length, device, label_sep } => engram::train::evaluate_dir(&model, &data, max_length, device.into(), label_sep).map(|(text, json)| {
             eprint!("{text}");
             println!("{}", serde_json::to_string_pretty(&json).expect("metrics serialise"));
             ExitCode::SUCCESS
@@ -288,6 +304,8 @@ fn finetune(f: FinetuneCli) -> Result<()> {
         TaskArg::Classify => Task::Classify,
         TaskArg::Ner => Task::Ner,
         TaskArg::Pair => Task::Pair,
+        TaskArg::Multilabel => Task::Multilabel,
+        TaskArg::Regression => Task::Regression,
     };
     let mut a = FinetuneArgs::new(f.model, task, f.train, f.dev, f.out);
     a.test = f.test;
@@ -315,6 +333,7 @@ fn finetune(f: FinetuneCli) -> Result<()> {
     a.stop_after_steps = f.stop_after_steps;
     a.progress = !f.quiet;
     a.truncate_left = f.truncate_left;
+    a.label_sep = f.label_sep;
     a.profile = f.profile;
     if f.memory_tokens.is_some() || f.segment_len.is_some() {
         use engram::memory::MemoryConfig;

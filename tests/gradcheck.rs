@@ -167,6 +167,19 @@ fn cross_entropy_with_ignore_index() {
 }
 
 #[test]
+fn elementwise_losses_against_float_targets() {
+    let mut r = Rng::new(23);
+    let logits = r.param(&[3, 4]);
+    // Multi-hot and soft targets, as a multi-label head sees them.
+    let y = Tensor::from_vec(vec![1.0, 0.0, 0.0, 1.0, 0.25, 1.0, 0.0, 0.5, 0.0, 0.0, 1.0, 1.0f64], &[3, 4]).unwrap();
+    assert_gradcheck("binary_cross_entropy_with_logits", &[logits.clone()], 24, |t, v| {
+        ops::binary_cross_entropy_with_logits(t, &ops::scale(t, &v[0], 3.0)?, &y)
+    });
+    let target = Tensor::from_vec(r.normal_vec(12), &[3, 4]).unwrap();
+    assert_gradcheck("mse_loss", &[logits], 25, |t, v| ops::mse_loss(t, &v[0], &target));
+}
+
+#[test]
 fn mean_pool_with_padding() {
     let mut r = Rng::new(13);
     let x = r.param(&[3, 4, 5]);

@@ -15,7 +15,10 @@ fn run_case(c: &serde_json::Value) {
     for (k, v) in c["inputs"].as_object().unwrap() {
         x.insert(k.clone(), f32_tensor(v).requires_grad());
     }
-    let ids: HashMap<String, Tensor> = c["ids"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), id_tensor(v))).collect();
+    // Integer ids/masks/targets, or float targets (a loss's data, no gradient).
+    let ids: HashMap<String, Tensor> = c["ids"].as_object().unwrap().iter()
+        .map(|(k, v)| (k.clone(), if v.get("ids").is_some() { id_tensor(v) } else { f32_tensor(v) }))
+        .collect();
     let p = &c["params"];
     let out = match op {
         "matmul" => ops::matmul(&tape, &x["a"], &x["b"]),
@@ -32,6 +35,8 @@ fn run_case(c: &serde_json::Value) {
         "attention" => ops::attention(&tape, &x["q"], &x["k"], &x["v"], Some(&ids["mask"]), p["scale"].as_f64().unwrap(), 0.0),
         "embedding" => ops::embedding(&tape, &ids["ids"], &x["table"], p["padding_idx"].as_i64()),
         "cross_entropy" => ops::cross_entropy(&tape, &x["logits"], &ids["targets"]),
+        "binary_cross_entropy_with_logits" => ops::binary_cross_entropy_with_logits(&tape, &x["logits"], &ids["target"]),
+        "mse_loss" => ops::mse_loss(&tape, &x["x"], &ids["target"]),
         "mean_pool" => ops::mean_pool(&tape, &x["x"], &ids["mask"]),
         "split_heads" => ops::split_heads(&tape, &x["x"], p["heads"].as_u64().unwrap() as usize),
         "merge_heads" => ops::merge_heads(&tape, &x["x"]),
@@ -59,7 +64,8 @@ fn every_op_matches_pytorch() {
     // Every public op with a PyTorch counterpart is covered (dropout's mask comes from our own
     // counter-based generator, so it is checked by its properties in tests/ops_properties.rs).
     for op in ["matmul", "matmul_nt", "linear", "add", "bias_add", "scale", "gelu", "gelu_tanh", "tanh", "layer_norm",
-        "softmax", "attention", "embedding", "cross_entropy", "mean_pool", "split_heads", "merge_heads"] {
+        "softmax", "attention", "embedding", "cross_entropy",
+        "binary_cross_entropy_with_logits", "mse_loss", "mean_pool", "split_heads", "merge_heads"] {
         assert!(seen.contains(op), "ops.json has no case for {op}");
     }
 }

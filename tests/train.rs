@@ -278,6 +278,29 @@ fn bad_data_is_an_error_naming_the_file_and_line() {
     a.dev = p;
     let e = finetune(&a).unwrap_err().to_string();
     assert!(e.contains("dev.csv") && e.contains("maybe"), "{e}");
+    // Multi-label and regression files: what each task reads, with the line of a bad label.
+    let cases: [(Task, &str, &str, &str); 6] = [
+        (Task::Regression, "r.csv", "text,label\nx,0.5\ny,high\n", "line 3: label \"high\" is not a finite number"),
+        (Task::Regression, "r.jsonl", "{\"text\": \"x\", \"label\": 1}\n{\"text\": \"y\", \"label\": \"NaN\"}\n", "line 2: label \"NaN\" is not a finite number"),
+        (Task::Regression, "r2.jsonl", "{\"text\": \"x\", \"label\": [1]}\n", "needs a string \"text\" and a number \"label\""),
+        (Task::Multilabel, "m.jsonl", "{\"text\": \"x\", \"labels\": [\"a\", {}]}\n", "line 1: the labels array must hold strings or numbers"),
+        (Task::Multilabel, "m.csv", "text,tags\nx,a\n", "\"label\" or \"labels\""),
+        (Task::Multilabel, "m2.csv", "text,labels\nx,\ny,\n", "no example has a label"),
+    ];
+    for (task, name, body, needle) in cases {
+        let p = bad.join(name);
+        std::fs::write(&p, body).unwrap();
+        let mut a = args(&model, task, tmp("badout4"));
+        (a.train, a.dev) = (p.clone(), p);
+        let e = finetune(&a).unwrap_err().to_string();
+        assert!(e.contains(name) && e.contains(needle), "{name}: {e}");
+    }
+    // A metric the task does not report is refused before training, not after an epoch.
+    let mut a = args(&model, Task::Classify, tmp("badout5"));
+    a.metric = "pearson".into();
+    let e = finetune(&a).unwrap_err().to_string();
+    assert!(e.contains("unknown metric \"pearson\" for the classify task") && e.contains("accuracy, macro_f1, loss"), "{e}");
+    assert!(!a.out.exists(), "nothing may be written");
 }
 
 #[test]
@@ -346,7 +369,7 @@ fn over_long_inputs_are_marked_truncated() {
     let f = dev.join("dev.csv");
     let label = predict_dir(&a.out, &["x".to_string()], 128, 8, engram::Device::Cpu, false).unwrap()[0]["label"].as_str().unwrap().to_string();
     std::fs::write(&f, format!("text,label\nshort,{label}\n{},{label}\n", vec!["word "; 300].concat())).unwrap();
-    let (text, json) = engram::train::evaluate_dir(&a.out, &f, 128, engram::Device::Cpu).unwrap();
+    let (text, json) = engram::train::evaluate_dir(&a.out, &f, 128, engram::Device::Cpu, ',').unwrap();
     assert_eq!(json["metrics"]["truncated"], serde_json::json!(1), "{json}");
     assert!(text.contains("1 of 2 inputs were longer than"), "{text}");
 }
@@ -366,7 +389,7 @@ fn memory_model_trains_saves_reloads_and_resumes_exactly() {
     let cfg: MemoryConfig = serde_json::from_slice(&std::fs::read(a.out.join("memory.json")).unwrap()).unwrap();
     assert_eq!(cfg, MemoryConfig::memory(2, 4, None));
     // Reloaded and re-evaluated: the same dev accuracy and loss as the epoch that saved it.
-    let (_, json) = engram::train::evaluate_dir(&a.out, &a.dev, 128, engram::Device::Cpu).unwrap();
+    let (_, json) = engram::train::evaluate_dir(&a.out, &a.dev, 128, engram::Device::Cpu, ',').unwrap();
     let metrics: serde_json::Value = serde_json::from_slice(&std::fs::read(a.out.join("metrics.json")).unwrap()).unwrap();
     let best = &metrics["epochs"][s.best_epoch - 1]["dev"];
     assert_eq!(json["values"]["accuracy"].as_f64().unwrap(), s.best_metric);
@@ -448,4 +471,112 @@ fn pair_model_predicts_pairs_and_refuses_a_missing_candidate() {
     assert!(ok[0]["label"].is_string(), "{}", ok[0]);
     let e = predict_dir(&a.out, &["the film was good".to_string()], 64, 8, engram::Device::Cpu, false).unwrap_err().to_string();
     assert!(e.contains("no candidate") && e.contains("pair model"), "{e}");
+}
+
+/// Sentences over the tiny vocabulary in which "cat" means the label `animal` and "hello" the
+/// label `greeting` (both, either or neither), and a score = 2·[cat] + [hello] − 1 for regression.
+fn label_pattern(dir: &Path, n: usize, seed: usize) -> (PathBuf, PathBuf) {
+    let filler = ["mat", "sat", "my", "on", "the", "is", "today", "how", "models", "runs", "in", "from"];
+    let (mut multi, mut reg) = (String::new(), String::new());
+    for i in 0..n {
+        let k = i + seed * 7919;
+        let (cat, hello) = (k % 2 == 0, (k / 2) % 2 == 0);
+        // Five words whatever the labels: the length must not give the labels away.
+        let mut words: Vec<&str> = (0..5 - cat as usize - hello as usize).map(|j| filler[(k * 5 + j * 3 + k / 3) % filler.len()]).collect();
+        if cat {
+            words.insert(k % 3, "cat");
+        }
+        if hello {
+            words.insert(k % 4, "hello");
+        }
+        let labels: Vec<&str> = [("animal", cat), ("greeting", hello)].iter().filter(|(_, on)| *on).map(|(l, _)| *l).collect();
+        let text = words.join(" ");
+        multi += &format!("{}\n", serde_json::json!({ "text": text, "labels": labels }));
+        reg += &format!("{}\n", serde_json::json!({ "text": text, "label": 2.0 * cat as u8 as f64 + hello as u8 as f64 - 1.0 }));
+    }
+    let (m, r) = (dir.join(format!("multi{seed}.jsonl")), dir.join(format!("reg{seed}.jsonl")));
+    std::fs::write(&m, multi).unwrap();
+    std::fs::write(&r, reg).unwrap();
+    (m, r)
+}
+
+/// all-MiniLM-L6-v2 (installed by scripts/install-weights.sh): the random tiny BERT learns either
+/// keyword alone at once but often settles on one of the two when both are labels (PyTorch's
+/// BertForSequenceClassification does the same from it), so the two-label pattern is learned
+/// from the pretrained model, as users do.
+fn minilm() -> PathBuf {
+    std::env::var_os("ENGRAM_MINILM_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("weights/cache/all-MiniLM-L6-v2"))
+}
+
+#[test]
+fn multilabel_and_regression_learn_the_pattern_and_save_their_problem_type() {
+    let model = minilm();
+    let dir = tmp("label-pattern");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (train_m, train_r) = label_pattern(&dir, 96, 0);
+    let (dev_m, dev_r) = label_pattern(&dir, 16, 1);
+    let texts = vec!["hello my cat is on".to_string(), "the mat is sat on".to_string(), "hello today my runs in".to_string()];
+    let config = |out: &Path| -> serde_json::Value { serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap() };
+
+    let mut a = args(&model, Task::Multilabel, tmp("multilabel"));
+    (a.train, a.dev, a.epochs, a.lr, a.batch_size) = (train_m, dev_m.clone(), 3, 2e-4, 8);
+    let s = finetune(&a).unwrap();
+    assert_eq!(s.metric, "micro_f1");
+    assert!(s.best_metric >= 0.9, "the multi-label head should learn which words carry which label (micro F1 {})", s.best_metric);
+    let cfg = config(&a.out);
+    assert_eq!((cfg["problem_type"].as_str(), cfg["architectures"][0].as_str()), (Some("multi_label_classification"), Some("BertForSequenceClassification")));
+    assert_eq!(cfg["id2label"], serde_json::json!({ "0": "animal", "1": "greeting" }));
+    let p = predict_dir(&a.out, &texts, 64, 8, engram::Device::Cpu, false).unwrap();
+    let got: Vec<&serde_json::Value> = p.iter().map(|o| &o["labels"]).collect();
+    assert_eq!(got, [&serde_json::json!(["animal", "greeting"]), &serde_json::json!([]), &serde_json::json!(["greeting"])], "{p:?}");
+    let pa = p[0]["probs"]["animal"].as_f64().unwrap();
+    assert!(pa > 0.5 && pa < 1.0, "a sigmoid, not a softmax over labels: {}", p[0]);
+    let (_, json) = engram::train::evaluate_dir(&a.out, &dev_m, 64, engram::Device::Cpu, ',').unwrap();
+    assert!(json["values"]["accuracy"].as_f64().unwrap() >= 0.8, "{json}");
+
+    let mut r = args(&model, Task::Regression, tmp("regression"));
+    (r.train, r.dev, r.epochs, r.lr, r.batch_size) = (train_r, dev_r, 4, 2e-4, 8);
+    let s = finetune(&r).unwrap();
+    assert_eq!(s.metric, "pearson");
+    assert!(s.best_metric >= 0.9, "the regression head should learn the score (Pearson {})", s.best_metric);
+    let cfg = config(&r.out);
+    assert_eq!(cfg["problem_type"], "regression");
+    assert_eq!(cfg["id2label"], serde_json::json!({ "0": "LABEL_0" }));
+    let p = predict_dir(&r.out, &texts, 64, 8, engram::Device::Cpu, false).unwrap();
+    let scores: Vec<f64> = p.iter().map(|o| o["score"].as_f64().unwrap()).collect();
+    for (got, want) in scores.iter().zip([2.0, -1.0, 0.0]) {
+        assert!((got - want).abs() < 0.5, "cat + hello → 2, neither → −1, hello → 0: {scores:?}");
+    }
+}
+
+#[test]
+fn an_hf_model_with_one_output_and_no_problem_type_predicts_a_score() {
+    // transformers treats num_labels = 1 without a problem_type as regression (a cross-encoder).
+    let model = tiny_without_dropout("one-output");
+    let dir = tmp("one-output-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (train, _) = label_pattern(&dir, 8, 2);
+    let mut a = args(&model, Task::Multilabel, tmp("one-output"));
+    (a.train, a.dev, a.epochs) = (train.clone(), train, 1);
+    finetune(&a).unwrap();
+    let path = a.out.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let o = cfg.as_object_mut().unwrap();
+    for k in ["problem_type", "engram_task"] {
+        o.remove(k);
+    }
+    o.insert("id2label".into(), serde_json::json!({ "0": "LABEL_0" }));
+    o.insert("label2id".into(), serde_json::json!({ "LABEL_0": 0 }));
+    std::fs::write(&path, serde_json::to_string(&cfg).unwrap()).unwrap();
+    // The head has two rows; a one-output model has one: cut classifier.* to its first row.
+    let mut w = read_safetensors(a.out.join("model.safetensors")).unwrap();
+    let cw = w["classifier.weight"].to_f64_vec();
+    let h = cw.len() / 2;
+    w.insert("classifier.weight".into(), engram::Tensor::from_vec(cw[..h].iter().map(|&x| x as f32).collect::<Vec<f32>>(), &[1, h]).unwrap());
+    let cb = w["classifier.bias"].to_f64_vec();
+    w.insert("classifier.bias".into(), engram::Tensor::from_vec(vec![cb[0] as f32], &[1]).unwrap());
+    engram::models::bert::weights::write_safetensors(a.out.join("model.safetensors"), &w, None).unwrap();
+    let p = predict_dir(&a.out, &["hello my cat".to_string()], 64, 8, engram::Device::Cpu, false).unwrap();
+    let s = p[0]["score"].as_f64().unwrap_or_else(|| panic!("a score, not class probabilities: {}", p[0]));
+    assert!(s.is_finite() && p[0].get("probs").is_none(), "{}", p[0]);
 }

@@ -5,22 +5,89 @@ use std::path::Path;
 
 use crate::error::{file_err, Result};
 
+/// What a sequence example is labelled with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// One class (`classify`, `pair`).
+    Class(String),
+    /// Any number of classes, none included (`multilabel`).
+    Labels(Vec<String>),
+    /// A real number (`regression`).
+    Score(f64),
+}
+
+/// Which kind of [`Target`] a sequence data file holds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TargetKind {
+    Class,
+    /// Labels in a JSON array, or in one string field separated by `sep`.
+    Labels { sep: char },
+    Score,
+}
+
 /// One training example.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Example {
     /// Sequence or pair classification (`text_pair` = the candidate response for dialogue pairs).
-    Seq { text: String, text_pair: Option<String>, label: String },
+    Seq { text: String, text_pair: Option<String>, target: Target },
     /// Token classification: words and one BIO tag per word.
     Tokens { words: Vec<String>, tags: Vec<String> },
 }
 
 impl Example {
+    /// The class names the example uses (none for a regression score).
     pub fn labels(&self) -> Vec<&str> {
         match self {
-            Example::Seq { label, .. } => vec![label.as_str()],
+            Example::Seq { target: Target::Class(l), .. } => vec![l.as_str()],
+            Example::Seq { target: Target::Labels(ls), .. } => ls.iter().map(|s| s.as_str()).collect(),
+            Example::Seq { target: Target::Score(_), .. } => Vec::new(),
             Example::Tokens { tags, .. } => tags.iter().map(|s| s.as_str()).collect(),
         }
     }
+}
+
+/// A label field as text (string, number or bool), as classify reads it.
+fn scalar(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn split_labels(s: &str, sep: char) -> Vec<String> {
+    s.split(sep).map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
+}
+
+/// A regression score from its text: a finite number.
+fn score(path: &Path, line: usize, s: &str) -> Result<f64> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() => Ok(x),
+        _ => file_err(path, format!("line {line}: label \"{}\" is not a finite number (the regression task needs a real-valued label)", s.trim())),
+    }
+}
+
+/// The target of a JSON line's label value.
+fn json_target(path: &Path, line: usize, v: &serde_json::Value, kind: TargetKind) -> Result<Option<Target>> {
+    Ok(match kind {
+        TargetKind::Class => scalar(v).map(Target::Class),
+        TargetKind::Labels { sep } => match v {
+            serde_json::Value::Array(a) => {
+                let ls: Option<Vec<String>> = a.iter().map(scalar).collect();
+                match ls {
+                    Some(ls) => Some(Target::Labels(ls)),
+                    None => return file_err(path, format!("line {line}: the labels array must hold strings or numbers")),
+                }
+            }
+            other => scalar(other).map(|s| Target::Labels(split_labels(&s, sep))),
+        },
+        TargetKind::Score => match v {
+            serde_json::Value::Number(n) => Some(Target::Score(score(path, line, &n.to_string())?)),
+            serde_json::Value::String(s) => Some(Target::Score(score(path, line, s)?)),
+            _ => None,
+        },
+    })
 }
 
 fn read(path: &Path) -> Result<String> {
@@ -159,35 +226,52 @@ fn ext(path: &Path) -> String {
 /// Sequence-classification examples from `.csv`, `.tsv` (header with `text`, `label`, optional
 /// `text_pair`) or `.jsonl` (objects with the same keys; `label` may be a string or an integer).
 pub fn load_classification(path: impl AsRef<Path>) -> Result<Vec<Example>> {
+    load_sequences(path, TargetKind::Class)
+}
+
+/// Sequence examples with targets of `kind`: the files of [`load_classification`]; for
+/// multi-label data the column may also be called `labels`, and holds the labels separated by
+/// `sep` (or, in JSONL, an array); for regression the label is a number.
+pub fn load_sequences(path: impl AsRef<Path>, kind: TargetKind) -> Result<Vec<Example>> {
     let path = path.as_ref();
     let text = read(path)?;
     let mut out = Vec::new();
+    let label_keys: &[&str] = if matches!(kind, TargetKind::Labels { .. }) { &["label", "labels"] } else { &["label"] };
+    let what = match kind {
+        TargetKind::Class => "a string \"label\"",
+        TargetKind::Labels { .. } => "a \"label\" (or \"labels\") array or string",
+        TargetKind::Score => "a number \"label\"",
+    };
     match ext(path).as_str() {
         "jsonl" | "json" => {
             for (line, v) in json_lines(path, &text)? {
-                let field = |k: &str| -> Option<String> {
-                    match v.get(k)? {
-                        serde_json::Value::String(s) => Some(s.clone()),
-                        serde_json::Value::Number(n) => Some(n.to_string()),
-                        serde_json::Value::Bool(b) => Some(b.to_string()),
-                        _ => None,
-                    }
+                let t = v.get("text").and_then(scalar);
+                let label = label_keys.iter().find_map(|k| v.get(*k));
+                let target = match label {
+                    Some(l) => json_target(path, line, l, kind)?,
+                    None => None,
                 };
-                let (Some(t), Some(label)) = (field("text"), field("label")) else {
-                    return file_err(path, format!("line {line}: needs string fields \"text\" and \"label\" (found {})", keys(&v)));
+                let (Some(t), Some(target)) = (t, target) else {
+                    return file_err(path, format!("line {line}: needs a string \"text\" and {what} (found {})", keys(&v)));
                 };
-                out.push(Example::Seq { text: t, text_pair: field("text_pair"), label });
+                out.push(Example::Seq { text: t, text_pair: v.get("text_pair").and_then(scalar), target });
             }
         }
         e @ ("csv" | "tsv") => {
             let delim = if e == "csv" { ',' } else { '\t' };
             let table = Table::parse(path, &text, delim)?;
-            let (Some(ti), Some(li)) = (table.col("text"), table.col("label")) else {
-                return file_err(path, format!("the header must name the columns \"text\" and \"label\" (found {:?})", table.header));
+            let (Some(ti), Some(li)) = (table.col("text"), label_keys.iter().find_map(|k| table.col(k))) else {
+                return file_err(path, format!("the header must name the columns \"text\" and \"{}\" (found {:?})", label_keys.join("\" or \""), table.header));
             };
             let pi = table.col("text_pair");
-            for (_, r) in table.records(path)? {
-                out.push(Example::Seq { text: r[ti].clone(), text_pair: pi.map(|p| r[p].clone()), label: r[li].trim().to_string() });
+            for (line, r) in table.records(path)? {
+                let l = r[li].trim();
+                let target = match kind {
+                    TargetKind::Class => Target::Class(l.to_string()),
+                    TargetKind::Labels { sep } => Target::Labels(split_labels(l, sep)),
+                    TargetKind::Score => Target::Score(score(path, *line, l)?),
+                };
+                out.push(Example::Seq { text: r[ti].clone(), text_pair: pi.map(|p| r[p].clone()), target });
             }
         }
         "" => return file_err(path, "has no extension: classification data must be .csv, .tsv or .jsonl (NER: .conll or .jsonl)"),
@@ -319,7 +403,7 @@ mod tests {
         let p = dir.join("bom.csv");
         std::fs::write(&p, "\u{feff}text,label\r\nhello,pos\r\n").unwrap();
         let ex = load_classification(&p).unwrap();
-        assert!(matches!(&ex[0], Example::Seq { text, label, .. } if text == "hello" && label == "pos"));
+        assert!(matches!(&ex[0], Example::Seq { text, target: Target::Class(label), .. } if text == "hello" && label == "pos"));
         let p = dir.join("glue.jsonl");
         std::fs::write(&p, "{\"sentence\": \"a\", \"label\": 1}\n").unwrap();
         let e = load_classification(&p).unwrap_err().to_string();
@@ -328,5 +412,29 @@ mod tests {
         std::fs::write(&p, "{\"tokens\": [\"a\"], \"ner_tags\": [3]}\n").unwrap();
         let e = load_token_classification(&p).unwrap_err().to_string();
         assert!(e.contains("tokens: array of strings, ner_tags: array)"), "{e}");
+    }
+
+    #[test]
+    fn multilabel_and_score_targets() {
+        let dir = std::env::temp_dir().join(format!("engram-data-targets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let labels = |ex: &[Example]| -> Vec<Vec<String>> { ex.iter().map(|e| e.labels().iter().map(|s| s.to_string()).collect()).collect() };
+        let p = dir.join("m.tsv");
+        std::fs::write(&p, "text\tlabels\nx\tjoy| anger\ny\t\n").unwrap();
+        let ex = load_sequences(&p, TargetKind::Labels { sep: '|' }).unwrap();
+        assert_eq!(labels(&ex), vec![vec!["joy".to_string(), "anger".into()], vec![]]);
+        let p = dir.join("m.jsonl");
+        std::fs::write(&p, "{\"text\": \"x\", \"labels\": [\"a\", 3]}\n{\"text\": \"y\", \"label\": \"b,c\"}\n").unwrap();
+        let ex = load_sequences(&p, TargetKind::Labels { sep: ',' }).unwrap();
+        assert_eq!(labels(&ex), vec![vec!["a".to_string(), "3".into()], vec!["b".into(), "c".into()]]);
+        let p = dir.join("r.jsonl");
+        std::fs::write(&p, "{\"text\": \"x\", \"label\": -2.5e-1, \"text_pair\": \"z\"}\n{\"text\": \"y\", \"label\": \" 4 \"}\n").unwrap();
+        let ex = load_sequences(&p, TargetKind::Score).unwrap();
+        assert_eq!(ex[0], Example::Seq { text: "x".into(), text_pair: Some("z".into()), target: Target::Score(-0.25) });
+        assert!(matches!(ex[1], Example::Seq { target: Target::Score(x), .. } if x == 4.0));
+        let p = dir.join("r.csv");
+        std::fs::write(&p, "text,label\nx,inf\n").unwrap();
+        let e = load_sequences(&p, TargetKind::Score).unwrap_err().to_string();
+        assert!(e.contains("r.csv") && e.contains("line 2") && e.contains("\"inf\" is not a finite number"), "{e}");
     }
 }

@@ -1,6 +1,8 @@
 //! Evaluation metrics: accuracy, per-label precision/recall/F1 with support (a classification
 //! report), macro F1, and entity-level precision/recall/F1 for BIO tags with conlleval semantics
-//! (an entity counts only if its type and both boundaries match).
+//! (an entity counts only if its type and both boundaries match); for multi-label data the
+//! per-label report with micro and macro averages and subset accuracy (scikit-learn's
+//! definitions); for regression MSE, MAE, Pearson's r and Spearman's ρ.
 
 use std::collections::BTreeMap;
 
@@ -139,6 +141,121 @@ impl EntityReport {
     }
 }
 
+/// Multi-label metrics over an indicator matrix (scikit-learn's semantics): per-label
+/// precision/recall/F1 with support, micro averages (over all label decisions), macro F1 (the
+/// plain mean over every label, 0 for a label never gold nor predicted, as `f1_score(...,
+/// average="macro")`), and subset accuracy (rows with every label right, `accuracy_score`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MultilabelReport {
+    pub subset_accuracy: f64,
+    pub micro: Prf,
+    pub macro_f1: f64,
+    pub per_label: BTreeMap<String, Prf>,
+    pub total: usize,
+}
+
+/// `gold` and `pred` are row-major `rows × labels.len()` indicator matrices.
+pub fn multilabel_report(gold: &[bool], pred: &[bool], labels: &[String]) -> MultilabelReport {
+    let l = labels.len().max(1);
+    let rows = gold.len() / l;
+    let (mut tp, mut np, mut ng) = (vec![0; l], vec![0; l], vec![0; l]);
+    let mut exact = 0;
+    for (g, p) in gold.chunks(l).zip(pred.chunks(l)) {
+        for j in 0..l {
+            ng[j] += g[j] as usize;
+            np[j] += p[j] as usize;
+            tp[j] += (g[j] && p[j]) as usize;
+        }
+        exact += (g == p) as usize;
+    }
+    let per_label: BTreeMap<String, Prf> = labels.iter().enumerate().map(|(j, name)| (name.clone(), prf(tp[j], np[j], ng[j]))).collect();
+    let micro = prf(tp.iter().sum(), np.iter().sum(), ng.iter().sum());
+    let macro_f1 = if labels.is_empty() { 0.0 } else { per_label.values().map(|p| p.f1).sum::<f64>() / labels.len() as f64 };
+    MultilabelReport { subset_accuracy: if rows == 0 { 0.0 } else { exact as f64 / rows as f64 }, micro, macro_f1, per_label, total: rows }
+}
+
+impl MultilabelReport {
+    pub fn table(&self) -> String {
+        let w = self.per_label.keys().map(|k| k.len()).max().unwrap_or(5).max(15);
+        let mut s = format!("{:>w$}  precision  recall  f1-score  support\n", "");
+        for (k, p) in &self.per_label {
+            s += &format!("{k:>w$}  {:>9.4}  {:>6.4}  {:>8.4}  {:>7}\n", p.precision, p.recall, p.f1, p.support);
+        }
+        let m = &self.micro;
+        s += &format!("{:>w$}  {:>9.4}  {:>6.4}  {:>8.4}  {:>7}\n", "micro avg", m.precision, m.recall, m.f1, m.support);
+        s += &format!("{:>w$}  {:>9}  {:>6}  {:>8.4}  {:>7}\n", "macro f1", "", "", self.macro_f1, m.support);
+        s += &format!("{:>w$}  {:>9}  {:>6}  {:>8.4}  {:>7}\n", "subset accuracy", "", "", self.subset_accuracy, self.total);
+        s
+    }
+}
+
+/// Regression metrics: mean squared and absolute error, Pearson's r and Spearman's ρ (Pearson
+/// of the ranks, ties sharing their mean rank). A constant prediction or gold column has no
+/// correlation: r and ρ are 0 there (scipy returns NaN, which no "best epoch" could compare).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RegressionReport {
+    pub mse: f64,
+    pub mae: f64,
+    pub pearson: f64,
+    pub spearman: f64,
+    pub total: usize,
+}
+
+fn pearson(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (&x, &y) in a.iter().zip(b) {
+        sab += (x - ma) * (y - mb);
+        saa += (x - ma) * (x - ma);
+        sbb += (y - mb) * (y - mb);
+    }
+    if saa == 0.0 || sbb == 0.0 {
+        0.0
+    } else {
+        sab / (saa * sbb).sqrt()
+    }
+}
+
+/// 1-based ranks, ties averaged (`scipy.stats.rankdata`).
+fn ranks(v: &[f64]) -> Vec<f64> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&i, &j| v[i].total_cmp(&v[j]));
+    let mut r = vec![0.0; v.len()];
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && v[idx[j + 1]] == v[idx[i]] {
+            j += 1;
+        }
+        let mean = (i + j) as f64 / 2.0 + 1.0;
+        for k in i..=j {
+            r[idx[k]] = mean;
+        }
+        i = j + 1;
+    }
+    r
+}
+
+pub fn regression_report(gold: &[f64], pred: &[f64]) -> RegressionReport {
+    let n = gold.len();
+    if n == 0 {
+        return RegressionReport::default();
+    }
+    let mse = gold.iter().zip(pred).map(|(g, p)| (g - p) * (g - p)).sum::<f64>() / n as f64;
+    let mae = gold.iter().zip(pred).map(|(g, p)| (g - p).abs()).sum::<f64>() / n as f64;
+    RegressionReport { mse, mae, pearson: pearson(gold, pred), spearman: pearson(&ranks(gold), &ranks(pred)), total: n }
+}
+
+impl RegressionReport {
+    pub fn table(&self) -> String {
+        format!(
+            "{:>10}  {:>8.4}\n{:>10}  {:>8.4}\n{:>10}  {:>8.4}\n{:>10}  {:>8.4}\n{:>10}  {:>8}\n",
+            "pearson", self.pearson, "spearman", self.spearman, "mse", self.mse, "mae", self.mae, "examples", self.total
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +287,34 @@ mod tests {
         assert!((r.accuracy - 0.6).abs() < 1e-12);
         assert_eq!(r.per_label["b"], Prf { precision: 2.0 / 3.0, recall: 1.0, f1: 0.8, support: 2 });
         assert!((r.macro_f1 - (0.5 + 0.8 + 0.0) / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn multilabel_report_matches_hand_counts() {
+        let labels = vec!["a".to_string(), "b".into(), "c".into()];
+        let (t, f) = (true, false);
+        // Rows: gold {a,b} pred {a}; gold {} pred {}; gold {c} pred {b,c}.
+        let gold = [t, t, f, f, f, f, f, f, t];
+        let pred = [t, f, f, f, f, f, f, t, t];
+        let r = multilabel_report(&gold, &pred, &labels);
+        assert!((r.subset_accuracy - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(r.micro, Prf { precision: 2.0 / 3.0, recall: 2.0 / 3.0, f1: 2.0 / 3.0, support: 3 });
+        assert_eq!(r.per_label["b"], Prf { precision: 0.0, recall: 0.0, f1: 0.0, support: 1 });
+        assert!((r.macro_f1 - (1.0 + 0.0 + 1.0) / 3.0).abs() < 1e-12);
+        assert_eq!(r.per_label["c"].f1, 1.0);
+    }
+
+    #[test]
+    fn regression_report_matches_torch_corrcoef() {
+        // torch.corrcoef of these vectors, and of their ranks [1, 2.5, 2.5, 5, 6, 4] / [2, 1, 3, 6, 4.5, 4.5]
+        // (ties in both): 0.8633425695 and 0.7941176471.
+        let gold = [1.0, 2.0, 2.0, 4.0, 5.0, 3.5];
+        let pred = [1.5, 1.0, 2.5, 4.5, 4.0, 4.0];
+        let r = regression_report(&gold, &pred);
+        assert!((r.pearson - 0.8633425695).abs() < 1e-9, "{}", r.pearson);
+        assert!((r.spearman - 0.7941176471).abs() < 1e-9, "{}", r.spearman);
+        assert!((r.mse - (0.25 + 1.0 + 0.25 + 0.25 + 1.0 + 0.25) / 6.0).abs() < 1e-12);
+        assert_eq!(ranks(&[3.0, 1.0, 3.0, 2.0]), vec![3.5, 1.0, 3.5, 2.0]);
+        assert_eq!(regression_report(&[1.0, 2.0], &[0.5, 0.5]).pearson, 0.0);
     }
 }

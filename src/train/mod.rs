@@ -1,4 +1,5 @@
-//! The trainer: fine-tuning BERT checkpoints for sequence, pair and token classification, with
+//! The trainer: fine-tuning BERT checkpoints for sequence, pair, multi-label and token
+//! classification and for regression, with
 //! evaluation, early stopping, HF-format checkpoints and exact resume.
 
 pub mod data;
@@ -6,5 +7,5 @@ pub mod metrics;
 pub mod plot;
 pub mod trainer;
 
-pub use data::{load_classification, load_token_classification, Example};
+pub use data::{load_classification, load_sequences, load_token_classification, Example, Target, TargetKind};
 pub use trainer::{evaluate_dir, finetune, predict_dir, FinetuneArgs, OptimizerKind, Task};

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use super::data::{load_classification, load_token_classification, Example};
-use super::metrics::{classification_report, entity_report, EntityReport, Report};
+use super::data::{load_sequences, load_token_classification, Example, Target, TargetKind};
+use super::metrics::{classification_report, entity_report, multilabel_report, regression_report, EntityReport, Report};
 use crate::data::{Batch, BertTokenizer};
 use crate::error::{file_err, Error, Result};
 use crate::memory::{self, MemoryConfig};
@@ -40,6 +40,49 @@ pub enum Task {
     Ner,
     /// Text-pair classification (dialogue history as `text`, candidate response as `text_pair`).
     Pair,
+    /// Multi-label sequence classification: any number of labels per text (sigmoid per label,
+    /// binary cross-entropy; transformers' `problem_type: multi_label_classification`).
+    Multilabel,
+    /// Sequence regression: one real-valued score per text or pair (mean squared error;
+    /// transformers' `problem_type: regression`, `num_labels: 1`).
+    Regression,
+}
+
+impl Task {
+    /// transformers' `problem_type` for a sequence task (None for token classification).
+    pub fn problem_type(self) -> Option<&'static str> {
+        match self {
+            Task::Classify | Task::Pair => Some("single_label_classification"),
+            Task::Multilabel => Some("multi_label_classification"),
+            Task::Regression => Some("regression"),
+            Task::Ner => None,
+        }
+    }
+
+    /// The dev metrics the task's evaluation reports (any may be `--metric`).
+    pub fn metrics(self) -> &'static [&'static str] {
+        match self {
+            Task::Ner => &["entity_f1", "entity_precision", "entity_recall", "accuracy", "macro_f1", "loss"],
+            Task::Multilabel => &["micro_f1", "micro_precision", "micro_recall", "macro_f1", "accuracy", "loss"],
+            Task::Regression => &["pearson", "spearman", "mse", "mae", "loss"],
+            Task::Classify | Task::Pair => &["accuracy", "macro_f1", "loss"],
+        }
+    }
+
+    /// The metric early stopping and the best checkpoint follow unless `--metric` says otherwise.
+    pub fn default_metric(self) -> &'static str {
+        match self {
+            Task::Ner => "entity_f1",
+            Task::Multilabel => "micro_f1",
+            Task::Regression => "pearson",
+            Task::Classify | Task::Pair => "accuracy",
+        }
+    }
+}
+
+/// Metrics where lower is better (the rest: higher is better).
+fn lower_is_better(metric: &str) -> bool {
+    matches!(metric, "loss" | "mse" | "mae")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,7 +115,8 @@ pub struct FinetuneArgs {
     pub freeze_backbone: bool,
     /// Stop after this many epochs without improvement of `metric` on dev.
     pub patience: Option<usize>,
-    /// accuracy | macro_f1 | entity_f1 | loss (default: accuracy, entity_f1 for NER).
+    /// accuracy | macro_f1 | entity_f1 | micro_f1 | pearson | spearman | mse | loss (default:
+    /// [`Task::default_metric`]).
     pub metric: String,
     pub device: Device,
     pub max_train_examples: Option<usize>,
@@ -87,6 +131,9 @@ pub struct FinetuneArgs {
     /// baseline (see `memory`). `None`: truncate to `max_length` like transformers.
     #[serde(default)]
     pub memory: Option<MemoryConfig>,
+    /// Multi-label data: the separator of the labels in one CSV/TSV field or JSON string.
+    #[serde(default = "default_label_sep")]
+    pub label_sep: char,
     /// Truncate over-long inputs from the left (keep their end), transformers' `truncation_side="left"`.
     #[serde(default)]
     pub truncate_left: bool,
@@ -94,6 +141,10 @@ pub struct FinetuneArgs {
     /// batching, the optimizer and evaluation, and write the table to OUT/profile.txt.
     #[serde(default)]
     pub profile: bool,
+}
+
+fn default_label_sep() -> char {
+    ','
 }
 
 impl FinetuneArgs {
@@ -118,7 +169,7 @@ impl FinetuneArgs {
             momentum: 0.9,
             freeze_backbone: false,
             patience: None,
-            metric: if task == Task::Ner { "entity_f1".into() } else { "accuracy".into() },
+            metric: task.default_metric().into(),
             device: Device::Cpu,
             max_train_examples: None,
             max_eval_examples: None,
@@ -127,6 +178,7 @@ impl FinetuneArgs {
             stop_after_steps: None,
             progress: true,
             memory: None,
+            label_sep: default_label_sep(),
             truncate_left: false,
             profile: false,
         }
@@ -166,10 +218,17 @@ fn fingerprint(ex: &[Example]) -> String {
     };
     for e in ex {
         match e {
-            Example::Seq { text, text_pair, label } => {
+            Example::Seq { text, text_pair, target } => {
                 eat(text);
                 eat(text_pair.as_deref().unwrap_or("\u{0}none"));
-                eat(label);
+                match target {
+                    Target::Class(l) => eat(l),
+                    Target::Labels(ls) => {
+                        eat("\u{0}labels");
+                        ls.iter().for_each(|l| eat(l));
+                    }
+                    Target::Score(x) => eat(&format!("\u{0}score {x:e}")),
+                }
             }
             Example::Tokens { words, tags } => {
                 words.iter().for_each(|w| eat(w));
@@ -206,6 +265,7 @@ fn check_resume(args: &FinetuneArgs, state: &TrainerState, saved: &serde_json::V
         ("seed", "--seed"),
         ("max_length", "--max-length"),
         ("truncate_left", "--truncate-left"),
+        ("label_sep", "--label-sep"),
         ("freeze_backbone", "--freeze-backbone"),
         ("memory", "--memory-tokens/--segment-len/--bptt"),
     ] {
@@ -258,10 +318,12 @@ fn order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     v
 }
 
-fn load_examples(task: Task, path: &Path, limit: Option<usize>) -> Result<Vec<Example>> {
+fn load_examples(task: Task, path: &Path, limit: Option<usize>, label_sep: char) -> Result<Vec<Example>> {
     let mut ex = match task {
         Task::Ner => load_token_classification(path)?,
-        Task::Classify | Task::Pair => load_classification(path)?,
+        Task::Classify | Task::Pair => load_sequences(path, TargetKind::Class)?,
+        Task::Multilabel => load_sequences(path, TargetKind::Labels { sep: label_sep })?,
+        Task::Regression => load_sequences(path, TargetKind::Score)?,
     };
     if task == Task::Pair && ex.iter().any(|e| matches!(e, Example::Seq { text_pair: None, .. })) {
         return file_err(path, "the pair task needs a text_pair column (history in text, candidate in text_pair)");
@@ -309,20 +371,15 @@ fn logits(bert: &Bert, mem: Option<&MemoryConfig>, tape: &Tape, inputs: &Inputs,
 
 fn encode(tok: &BertTokenizer, task: Task, mem: Option<&MemoryConfig>, ex: &[&Example], label_ids: &HashMap<String, usize>, path: &Path, strict: bool) -> Result<(Inputs, Tensor)> {
     if let Some(cfg) = mem {
-        let mut labels = Vec::with_capacity(ex.len());
         let mut units = Vec::with_capacity(ex.len());
         for e in ex {
-            let Example::Seq { text, text_pair, label } = e else {
+            let Example::Seq { text, text_pair, .. } = e else {
                 return file_err(path, "memory segments need sequence or pair examples (not token classification)");
             };
-            labels.push(match label_ids.get(label) {
-                Some(&i) => i as i64,
-                None => return file_err(path, format!("label \"{label}\" is not among the model's labels")),
-            });
             units.push(memory::units(tok, text, text_pair.as_deref())?);
         }
         let seg = memory::segment(tok, cfg, &units, &path.display().to_string())?;
-        return Ok((Inputs::Long(seg), Tensor::from_ids(labels, &[ex.len()])?));
+        return Ok((Inputs::Long(seg), seq_targets(task, ex, label_ids, path)?));
     }
     let (b, y) = encode_plain(tok, task, ex, label_ids, path, strict)?;
     Ok((Inputs::Plain(b), y))
@@ -357,13 +414,11 @@ fn encode_plain(tok: &BertTokenizer, task: Task, ex: &[&Example], label_ids: &Ha
             let l = Tensor::from_ids(labels, &[ex.len(), t])?;
             Ok((batch, l))
         }
-        Task::Classify | Task::Pair => {
-            let mut labels = Vec::with_capacity(ex.len());
+        Task::Classify | Task::Pair | Task::Multilabel | Task::Regression => {
             let mut singles = Vec::new();
             let mut pairs = Vec::new();
             for e in ex {
-                let Example::Seq { text, text_pair, label } = e else { unreachable!() };
-                labels.push(lab(label)?);
+                let Example::Seq { text, text_pair, .. } = e else { unreachable!() };
                 match text_pair {
                     Some(p) => pairs.push((text.as_str(), p.as_str())),
                     None => singles.push(text.as_str()),
@@ -376,8 +431,57 @@ fn encode_plain(tok: &BertTokenizer, task: Task, ex: &[&Example], label_ids: &Ha
             } else {
                 return file_err(path, "mixes rows with and without text_pair");
             };
-            Ok((batch, Tensor::from_ids(labels, &[ex.len()])?))
+            Ok((batch, seq_targets(task, ex, label_ids, path)?))
         }
+    }
+}
+
+/// The loss targets of sequence examples: class ids `(B)` (classify, pair), multi-hot `(B, L)`
+/// f32 (multilabel), scores `(B, 1)` f32 (regression).
+fn seq_targets(task: Task, ex: &[&Example], label_ids: &HashMap<String, usize>, path: &Path) -> Result<Tensor> {
+    let id = |l: &str| -> Result<usize> {
+        label_ids.get(l).copied().ok_or_else(|| Error::File { path: path.display().to_string(), detail: format!("label \"{l}\" is not among the model's labels") })
+    };
+    let n = ex.len();
+    let mismatch = || file_err(path, format!("holds examples of another kind than the {task:?} task reads"));
+    match task {
+        Task::Multilabel => {
+            let l = label_ids.len();
+            let mut hot = vec![0f32; n * l];
+            for (b, e) in ex.iter().enumerate() {
+                let Example::Seq { target: Target::Labels(ls), .. } = e else { return mismatch() };
+                for x in ls {
+                    hot[b * l + id(x)?] = 1.0;
+                }
+            }
+            Tensor::from_vec(hot, &[n, l])
+        }
+        Task::Regression => {
+            let mut y = Vec::with_capacity(n);
+            for e in ex {
+                let Example::Seq { target: Target::Score(x), .. } = e else { return mismatch() };
+                y.push(*x as f32);
+            }
+            Tensor::from_vec(y, &[n, 1])
+        }
+        _ => {
+            let mut y = Vec::with_capacity(n);
+            for e in ex {
+                let Example::Seq { target: Target::Class(l), .. } = e else { return mismatch() };
+                y.push(id(l)? as i64);
+            }
+            Tensor::from_ids(y, &[n])
+        }
+    }
+}
+
+/// The task's training loss: cross-entropy over classes (or tags), BCE with logits per label,
+/// or mean squared error of the score — transformers' choice for each `problem_type`.
+fn task_loss(task: Task, tape: &Tape, logits: &Tensor, y: &Tensor) -> Result<Tensor> {
+    match task {
+        Task::Multilabel => ops::binary_cross_entropy_with_logits(tape, logits, y),
+        Task::Regression => ops::mse_loss(tape, logits, y),
+        Task::Classify | Task::Pair | Task::Ner => ops::cross_entropy(tape, logits, y),
     }
 }
 
@@ -413,6 +517,7 @@ pub struct Evaluation {
 fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: Task, ex: &[Example], labels: &[String], batch_size: usize, path: &Path) -> Result<Evaluation> {
     let label_ids: HashMap<String, usize> = labels.iter().enumerate().map(|(i, l)| (l.clone(), i)).collect();
     let (mut gold, mut pred, mut gold_tags, mut pred_tags) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut gold_multi, mut pred_multi, mut gold_score, mut pred_score) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut loss_sum, mut loss_n) = (0.0, 0usize);
     let mut truncated = 0usize;
     for chunk in ex.chunks(batch_size.max(1)) {
@@ -424,9 +529,24 @@ fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: 
         let tape = Tape::inference();
         let logits = logits(bert, mem, &tape, &inputs, false)?;
         let yd = y.to_device(bert.device())?;
-        loss_sum += ops::cross_entropy(&tape, &logits, &yd)?.item()? * chunk.len() as f64;
+        loss_sum += task_loss(task, &tape, &logits, &yd)?.item()? * chunk.len() as f64;
         loss_n += chunk.len();
-        let p = argmax_rows(&logits.to_f64_vec(), labels.len());
+        let out = logits.to_f64_vec();
+        match task {
+            Task::Multilabel => {
+                // A label is predicted when its sigmoid passes 0.5, i.e. its logit passes 0.
+                gold_multi.extend(y.to_f64_vec().iter().map(|&v| v > 0.5));
+                pred_multi.extend(out.iter().map(|&v| v > 0.0));
+                continue;
+            }
+            Task::Regression => {
+                gold_score.extend(y.to_f64_vec());
+                pred_score.extend(out);
+                continue;
+            }
+            _ => {}
+        }
+        let p = argmax_rows(&out, labels.len());
         match task {
             Task::Ner => {
                 for (b, e) in chunk.iter().enumerate() {
@@ -466,6 +586,21 @@ fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: 
             text: format!("{}loss {loss:.4}\n", r.table()),
             values,
         }
+    } else if task == Task::Multilabel {
+        let r = multilabel_report(&gold_multi, &pred_multi, labels);
+        values.insert("accuracy".into(), r.subset_accuracy);
+        values.insert("micro_f1".into(), r.micro.f1);
+        values.insert("micro_precision".into(), r.micro.precision);
+        values.insert("micro_recall".into(), r.micro.recall);
+        values.insert("macro_f1".into(), r.macro_f1);
+        Evaluation { json: serde_json::json!({ "loss": loss, "report": r }), text: format!("{}loss {loss:.4}\n", r.table()), values }
+    } else if task == Task::Regression {
+        let r = regression_report(&gold_score, &pred_score);
+        values.insert("pearson".into(), r.pearson);
+        values.insert("spearman".into(), r.spearman);
+        values.insert("mse".into(), r.mse);
+        values.insert("mae".into(), r.mae);
+        Evaluation { json: serde_json::json!({ "loss": loss, "report": r }), text: format!("{}loss {loss:.4}\n", r.table()), values }
     } else {
         let r = classification_report(&gold, &pred, labels);
         values.insert("accuracy".into(), r.accuracy);
@@ -486,7 +621,11 @@ fn head_for(task: Task, n: usize) -> Head {
 
 /// The label set: the model's own `id2label` when it already names every training label (a
 /// fine-tuned model trained further), else the sorted training labels.
-fn label_set(config_labels: &[String], train: &[Example]) -> Vec<String> {
+fn label_set(task: Task, config_labels: &[String], train: &[Example]) -> Vec<String> {
+    if task == Task::Regression {
+        // One output, named as transformers names it (or as the model already does).
+        return if config_labels.len() == 1 { config_labels.to_vec() } else { vec!["LABEL_0".to_string()] };
+    }
     let mut seen: Vec<String> = train.iter().flat_map(|e| e.labels()).map(String::from).collect();
     // BIO: every entity type seen gets both its B- and I- tag, even if one never occurs in training.
     let types: Vec<String> = seen.iter().filter_map(|l| l.strip_prefix("B-").or_else(|| l.strip_prefix("I-")).map(String::from)).collect();
@@ -499,7 +638,7 @@ fn label_set(config_labels: &[String], train: &[Example]) -> Vec<String> {
     seen.sort();
     seen.dedup();
     let generic = config_labels.iter().all(|l| l.starts_with("LABEL_"));
-    if !config_labels.is_empty() && !generic && seen.iter().all(|l| config_labels.contains(l)) {
+    if !config_labels.is_empty() && !generic && !seen.is_empty() && seen.iter().all(|l| config_labels.contains(l)) {
         config_labels.to_vec()
     } else {
         seen
@@ -531,6 +670,10 @@ pub fn save_hf(bert: &Bert, mem: Option<&MemoryConfig>, task: Task, labels: &[St
     obj.insert("id2label".into(), serde_json::Value::Object(labels.iter().enumerate().map(|(i, l)| (i.to_string(), serde_json::json!(l))).collect()));
     obj.insert("label2id".into(), serde_json::Value::Object(labels.iter().enumerate().map(|(i, l)| (l.clone(), serde_json::json!(i))).collect()));
     obj.remove("num_labels");
+    match task.problem_type() {
+        Some(p) => obj.insert("problem_type".into(), serde_json::json!(p)),
+        None => obj.remove("problem_type"),
+    };
     obj.insert("engram_task".into(), serde_json::json!(task));
     let text = serde_json::to_string_pretty(&cfg).expect("config serialises");
     write_atomic(&out.join("config.json"), text.as_bytes())?;
@@ -628,11 +771,18 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
     }
     check_hyperparameters(args)?;
     let task = args.task;
-    let train = load_examples(task, &args.train, args.max_train_examples)?;
+    // Known before the first epoch, not after it.
+    if !task.metrics().contains(&args.metric.as_str()) {
+        return Err(Error::Value {
+            op: "finetune",
+            detail: format!("unknown metric \"{}\" for the {} task (one of: {})", args.metric, serde_json::json!(task).as_str().unwrap_or("?"), task.metrics().join(", ")),
+        });
+    }
+    let train = load_examples(task, &args.train, args.max_train_examples, args.label_sep)?;
     if train.is_empty() {
         return file_err(&args.train, "no training examples left (--max-train-examples 0)");
     }
-    let dev = load_examples(task, &args.dev, args.max_eval_examples)?;
+    let dev = load_examples(task, &args.dev, args.max_eval_examples, args.label_sep)?;
     let ckpt = args.out.join("checkpoint");
     let resuming = args.resume && ckpt.join("trainer_state.json").is_file();
     if args.resume && !resuming {
@@ -641,7 +791,10 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
     let mut state: TrainerState = if resuming { json_file(&ckpt.join("trainer_state.json"))? } else { TrainerState::default() };
     let src_dir = if resuming { ckpt.clone() } else { args.model.clone() };
     let config_labels = crate::models::bert::BertConfig::from_file(src_dir.join("config.json"))?.id2label;
-    let labels = if resuming { state.labels.clone() } else { label_set(&config_labels, &train) };
+    let labels = if resuming { state.labels.clone() } else { label_set(task, &config_labels, &train) };
+    if labels.is_empty() {
+        return file_err(&args.train, "no example has a label: nothing to learn");
+    }
     if resuming {
         check_resume(args, &state, &json_file(&ckpt.join("training_args.json"))?, &train, &ckpt)?;
     } else {
@@ -676,7 +829,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
     let mem = mem_cfg.as_ref();
     if let Some(cfg) = mem {
         if task == Task::Ner {
-            return Err(Error::Value { op: "finetune", detail: "memory segments are for classify and pair tasks, not token classification".into() });
+            return Err(Error::Value { op: "finetune", detail: "memory segments are for sequence tasks (classify, pair, multilabel, regression), not token classification".into() });
         }
         let loaded = memory::attach(&mut bert, cfg, &src_dir, args.seed)?;
         if args.progress {
@@ -786,7 +939,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
                 let tape = if args.profile { tape.profiled() } else { tape };
                 state.global_micro += 1;
                 let logits = logits(&bert, mem, &tape, &inputs, true)?;
-                let loss = ops::cross_entropy(&tape, &logits, &y.to_device(args.device)?)?;
+                let loss = task_loss(task, &tape, &logits, &y.to_device(args.device)?)?;
                 loss_sum += loss.item()?;
                 grads.accumulate(tape.backward(&loss)?)?;
                 if let Some(p) = tape.profile() {
@@ -839,7 +992,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
         })?;
         let better = match state.best_metric {
             None => true,
-            Some(b) if args.metric == "loss" => value < b,
+            Some(b) if lower_is_better(&args.metric) => value < b,
             Some(b) => value > b,
         };
         if args.progress {
@@ -904,7 +1057,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
     let mut test_json = None;
     if let (Some(test), false) = (&args.test, interrupted) {
         let (best, _, _, best_mem) = load_finetuned(&args.out, args.device)?;
-        let ex = load_examples(task, test, args.max_eval_examples)?;
+        let ex = load_examples(task, test, args.max_eval_examples, args.label_sep)?;
         let ev = evaluate(&best, best_mem.as_ref(), &tok, task, &ex, &labels, 64, test)?;
         if args.progress {
             eprintln!("test ({}):\n{}", test.display(), ev.text);
@@ -950,11 +1103,19 @@ fn load_finetuned(dir: &Path, device: Device) -> Result<(Bert, Task, Vec<String>
     if cfg.id2label.is_empty() {
         return file_err(dir.join("config.json"), "has no id2label: not a fine-tuned classification model");
     }
+    // engram's own models say their task; others are read the way transformers reads them:
+    // `problem_type` if set, else one output is a regression (a cross-encoder's score).
+    let problem = cfg.raw.get("problem_type").and_then(|v| v.as_str());
     let task = match cfg.raw.get("engram_task").and_then(|v| v.as_str()) {
         Some("ner") => Task::Ner,
         Some("pair") => Task::Pair,
         Some("classify") => Task::Classify,
+        Some("multilabel") => Task::Multilabel,
+        Some("regression") => Task::Regression,
         _ if cfg.architectures.iter().any(|a| a.ends_with("ForTokenClassification")) => Task::Ner,
+        _ if problem == Some("multi_label_classification") => Task::Multilabel,
+        _ if problem == Some("regression") => Task::Regression,
+        _ if problem.is_none() && cfg.id2label.len() == 1 => Task::Regression,
         _ => Task::Classify,
     };
     let labels = cfg.id2label.clone();
@@ -973,9 +1134,9 @@ fn load_finetuned(dir: &Path, device: Device) -> Result<(Bert, Task, Vec<String>
 }
 
 /// `engram eval`: the report text and the metrics JSON of a fine-tuned model on a data file.
-pub fn evaluate_dir(dir: &Path, data: &Path, max_length: usize, device: Device) -> Result<(String, serde_json::Value)> {
+pub fn evaluate_dir(dir: &Path, data: &Path, max_length: usize, device: Device, label_sep: char) -> Result<(String, serde_json::Value)> {
     let (bert, task, labels, mem) = load_finetuned(dir, device)?;
-    let ex = load_examples(task, data, None)?;
+    let ex = load_examples(task, data, None, label_sep)?;
     let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), max_length.min(bert.config.max_tokens()))?.fits(bert.config.vocab_size)?;
     let ev = evaluate(&bert, mem.as_ref(), &tok, task, &ex, &labels, 64, data)?;
     Ok((ev.text, serde_json::json!({ "metrics": ev.json, "values": ev.values })))
@@ -1047,7 +1208,7 @@ pub fn predict_dir(dir: &Path, texts: &[String], max_length: usize, batch_size: 
                     out.push(obj);
                 }
             }
-            Task::Classify | Task::Pair => {
+            Task::Classify | Task::Pair | Task::Multilabel | Task::Regression => {
                 if task == Task::Pair {
                     // A pair model scores a candidate against a history: without the candidate its
                     // output means nothing, so that is an error rather than a silent empty pair.
@@ -1081,11 +1242,25 @@ pub fn predict_dir(dir: &Path, texts: &[String], max_length: usize, batch_size: 
                     }
                 };
                 for (b, row) in logits.chunks(labels.len()).enumerate() {
-                    let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                    let z: f64 = row.iter().map(|x| (x - m).exp()).sum();
-                    let probs: serde_json::Map<String, serde_json::Value> = row.iter().zip(&labels).map(|(x, l)| (l.clone(), serde_json::json!(((x - m).exp() / z * 1e6).round() / 1e6))).collect();
-                    let best = argmax_rows(row, labels.len())[0];
-                    let mut obj = serde_json::json!({ "text": chunk[b], "label": labels[best], "probs": probs });
+                    let round = |p: f64| serde_json::json!((p * 1e6).round() / 1e6);
+                    let mut obj = match task {
+                        // Every label whose sigmoid passes 0.5, and each label's sigmoid.
+                        Task::Multilabel => {
+                            let sig: Vec<f64> = row.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect();
+                            let on: Vec<&String> = labels.iter().zip(&sig).filter(|(_, &p)| p > 0.5).map(|(l, _)| l).collect();
+                            let probs: serde_json::Map<String, serde_json::Value> = labels.iter().zip(&sig).map(|(l, &p)| (l.clone(), round(p))).collect();
+                            serde_json::json!({ "text": chunk[b], "labels": on, "probs": probs })
+                        }
+                        // The model's output itself, as transformers' forward returns it.
+                        Task::Regression => serde_json::json!({ "text": chunk[b], "score": row[0] }),
+                        _ => {
+                            let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                            let z: f64 = row.iter().map(|x| (x - m).exp()).sum();
+                            let probs: serde_json::Map<String, serde_json::Value> = row.iter().zip(&labels).map(|(x, l)| (l.clone(), round((x - m).exp() / z))).collect();
+                            let best = argmax_rows(row, labels.len())[0];
+                            serde_json::json!({ "text": chunk[b], "label": labels[best], "probs": probs })
+                        }
+                    };
                     if cut[b] {
                         obj["truncated"] = serde_json::json!(true);
                     }
