@@ -149,6 +149,10 @@ fn output_dir_is_an_hf_model_that_reloads_with_the_same_predictions() {
     let p1 = predict_dir(&a.out, &texts, 64, 8, engram::Device::Cpu, false).unwrap();
     let p2 = predict_dir(&a.out, &texts, 64, 1, engram::Device::Cpu, false).unwrap();
     assert_eq!(p1.len(), 2);
+    // Batches run in order of length (the second text is the shorter); answers come back in input order.
+    for (p, t) in p1.iter().zip(&texts) {
+        assert_eq!(p["text"].as_str(), Some(t.as_str()));
+    }
     for (x, y) in p1.iter().zip(&p2) {
         assert_eq!(x["label"], y["label"]);
         let (px, py) = (x["probs"]["pos"].as_f64().unwrap(), y["probs"]["pos"].as_f64().unwrap());

@@ -503,6 +503,23 @@ fn word_predictions(batch: &Batch, pred_ids: &[usize], b: usize, n_words: usize,
     out
 }
 
+/// Indices of items ordered by their length (stable: equal lengths keep their order), so a
+/// batch holds inputs of similar length and pads little.
+fn by_length(lens: impl Iterator<Item = usize>) -> Vec<usize> {
+    let lens: Vec<usize> = lens.collect();
+    let mut idx: Vec<usize> = (0..lens.len()).collect();
+    idx.sort_by_key(|&i| lens[i]);
+    idx
+}
+
+/// Characters of an example's text(s): a cheap stand-in for its token count.
+fn example_chars(e: &Example) -> usize {
+    match e {
+        Example::Seq { text, text_pair, .. } => text.len() + text_pair.as_ref().map_or(0, |p| p.len()),
+        Example::Tokens { words, .. } => words.iter().map(|w| w.len() + 1).sum(),
+    }
+}
+
 fn argmax_rows(v: &[f64], width: usize) -> Vec<usize> {
     v.chunks(width).map(|r| r.iter().enumerate().fold((0, f64::NEG_INFINITY), |acc, (i, &x)| if x > acc.1 { (i, x) } else { acc }).0).collect()
 }
@@ -520,9 +537,13 @@ fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: 
     let (mut gold_multi, mut pred_multi, mut gold_score, mut pred_score) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut loss_sum, mut loss_n) = (0.0, 0usize);
     let mut truncated = 0usize;
-    for chunk in ex.chunks(batch_size.max(1)) {
-        let refs: Vec<&Example> = chunk.iter().collect();
-        let (inputs, y) = encode(tok, task, mem, &refs, &label_ids, path, false)?;
+    // Sequence tasks run in order of length (less padding; their metrics and mean loss do not
+    // depend on the order). NER keeps the file's batches: its loss is a mean per batch.
+    let order: Vec<usize> = if task == Task::Ner { (0..ex.len()).collect() } else { by_length(ex.iter().map(example_chars)) };
+    for idx in order.chunks(batch_size.max(1)) {
+        let chunk: Vec<&Example> = idx.iter().map(|&i| &ex[i]).collect();
+        let refs = &chunk;
+        let (inputs, y) = encode(tok, task, mem, refs, &label_ids, path, false)?;
         if let Inputs::Plain(b) = &inputs {
             truncated += b.truncated.iter().filter(|&&t| t).count();
         }
@@ -550,7 +571,7 @@ fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: 
         match task {
             Task::Ner => {
                 for (b, e) in chunk.iter().enumerate() {
-                    let Example::Tokens { words, tags } = e else { unreachable!() };
+                    let Example::Tokens { words, tags } = *e else { unreachable!() };
                     gold_tags.push(tags.clone());
                     pred_tags.push(word_predictions(inputs.batch(), &p, b, words.len(), labels));
                 }
@@ -1181,7 +1202,12 @@ pub fn predict_dir(dir: &Path, texts: &[String], max_length: usize, batch_size: 
     let (bert, task, labels, mem) = load_finetuned(dir, device)?;
     let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), max_length.min(bert.config.max_tokens()))?.fits(bert.config.vocab_size)?;
     let mut out = Vec::new();
-    for chunk in texts.chunks(batch_size) {
+    // Batches of similar length pad little; the outputs go back to the input order at the end.
+    let order = by_length(texts.iter().map(|t| t.len()));
+    let mut at = Vec::with_capacity(texts.len());
+    for idx in order.chunks(batch_size) {
+        let chunk: Vec<String> = idx.iter().map(|&i| texts[i].clone()).collect();
+        at.extend_from_slice(idx);
         match task {
             Task::Ner => {
                 let words: Vec<Vec<(String, usize, usize)>> = chunk.iter().map(|t| split_words(t)).collect();
@@ -1273,7 +1299,12 @@ pub fn predict_dir(dir: &Path, texts: &[String], max_length: usize, batch_size: 
             }
         }
     }
-    Ok(out)
+    // `out[k]` answers `texts[at[k]]`: put each answer back at its input's place.
+    let mut placed: Vec<Option<serde_json::Value>> = vec![None; texts.len()];
+    for (k, v) in at.into_iter().zip(out) {
+        placed[k] = Some(v);
+    }
+    Ok(placed.into_iter().map(|v| v.expect("every input answered once")).collect())
 }
 
 #[cfg(test)]
