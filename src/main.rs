@@ -127,6 +127,10 @@ struct FinetuneCli {
     /// Also checkpoint every N optimizer steps.
     #[arg(long)]
     save_steps: Option<u64>,
+    /// Evaluate on dev every N optimizer steps (and after the last) instead of every epoch;
+    /// --patience then counts evaluations.
+    #[arg(long, value_name = "N")]
+    eval_steps: Option<u64>,
     /// Stop after N optimizer steps with a checkpoint (to test --resume).
     #[arg(long, hide = true)]
     stop_after_steps: Option<u64>,
@@ -330,6 +334,7 @@ fn finetune(f: FinetuneCli) -> Result<()> {
     a.max_eval_examples = f.max_eval_examples;
     a.resume = f.resume;
     a.save_steps = f.save_steps;
+    a.eval_steps = f.eval_steps;
     a.stop_after_steps = f.stop_after_steps;
     a.progress = !f.quiet;
     a.truncate_left = f.truncate_left;
@@ -351,6 +356,7 @@ fn finetune(f: FinetuneCli) -> Result<()> {
     } else if f.bptt.is_some() {
         return Err(Error::Value { op: "finetune", detail: "--bptt needs --memory-tokens".into() });
     }
+    let eval_steps = a.eval_steps;
     let s = engram::train::finetune(&a)?;
     if s.interrupted {
         eprintln!("\nstopped after step {}; checkpoint in {}; continue with --resume", s.global_step, s.out.join("checkpoint").display());
@@ -358,9 +364,10 @@ fn finetune(f: FinetuneCli) -> Result<()> {
         return Ok(());
     }
     eprintln!(
-        "\ndone: best dev {} = {:.4} at epoch {} of {}{}; {:.1} examples/s, {:.0} tokens/s; model in {}",
+        "\ndone: best dev {} = {:.4} at {}epoch {} of {}{}; {:.1} examples/s, {:.0} tokens/s; model in {}",
         s.metric,
         s.best_metric,
+        if eval_steps.is_some() { format!("step {}, ", s.best_step) } else { String::new() },
         s.best_epoch,
         s.epochs_run,
         if s.stopped_early { " (stopped early)" } else { "" },

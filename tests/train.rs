@@ -584,3 +584,45 @@ fn an_hf_model_with_one_output_and_no_problem_type_predicts_a_score() {
     let s = p[0]["score"].as_f64().unwrap_or_else(|| panic!("a score, not class probabilities: {}", p[0]));
     assert!(s.is_finite() && p[0].get("probs").is_none(), "{}", p[0]);
 }
+
+#[test]
+fn eval_steps_evaluates_mid_epoch_keeps_the_best_and_resumes_exactly() {
+    let model = root().join("weights/tiny-bert");
+    let steps = |dir: &Path| -> Vec<u64> {
+        let m: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).unwrap()).unwrap();
+        m["epochs"].as_array().unwrap().iter().filter_map(|e| e["step"].as_u64()).collect()
+    };
+    // 48 examples, batch 8: 6 steps per epoch, 12 in all.
+    let mut a = args(&model, Task::Classify, tmp("eval-steps-4"));
+    a.eval_steps = Some(4);
+    let s = finetune(&a).unwrap();
+    assert_eq!(steps(&a.out), vec![4, 8, 12]);
+    assert!(s.best_step == 4 || s.best_step == 8 || s.best_step == 12, "{s:?}");
+    // Every 5 steps, and once more after the last one.
+    let mut full = args(&model, Task::Classify, tmp("eval-steps-5"));
+    full.eval_steps = Some(5);
+    let s = finetune(&full).unwrap();
+    assert_eq!(steps(&full.out), vec![5, 10, 12]);
+    // The model in OUT is the best evaluation's: re-evaluated, it scores the best metric.
+    let (_, json) = engram::train::evaluate_dir(&full.out, &full.dev, 128, engram::Device::Cpu, ',').unwrap();
+    assert_eq!(json["values"]["accuracy"].as_f64().unwrap(), s.best_metric, "{s:?}");
+    // Interrupted between two evaluations and resumed: the same weights and the same evaluations.
+    let mut part = full.clone();
+    part.out = tmp("eval-steps-5-part");
+    part.stop_after_steps = Some(7);
+    finetune(&part).unwrap();
+    (part.stop_after_steps, part.resume) = (None, true);
+    let r = finetune(&part).unwrap();
+    assert!(std::fs::read(full.out.join("checkpoint/model.safetensors")).unwrap() == std::fs::read(part.out.join("checkpoint/model.safetensors")).unwrap());
+    assert_eq!(steps(&part.out), vec![5, 10, 12]);
+    assert_eq!((r.best_metric, r.best_step), (s.best_metric, s.best_step));
+    // Patience counts evaluations: with lr 0 nothing improves after the first one.
+    let mut p = args(&model, Task::Classify, tmp("eval-steps-patience"));
+    (p.eval_steps, p.patience, p.lr) = (Some(2), Some(2), 0.0);
+    let s = finetune(&p).unwrap();
+    assert!(s.stopped_early && s.global_step == 6 && s.best_step == 2, "{s:?}");
+    assert_eq!(steps(&p.out), vec![2, 4, 6]);
+    p.eval_steps = Some(0);
+    let e = finetune(&p).unwrap_err().to_string();
+    assert!(e.contains("--eval-steps"), "{e}");
+}

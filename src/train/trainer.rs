@@ -126,6 +126,10 @@ pub struct FinetuneArgs {
     pub save_steps: Option<u64>,
     /// Stop (as if interrupted) after this many optimizer steps, with a checkpoint: for testing resume.
     pub stop_after_steps: Option<u64>,
+    /// Evaluate on dev every N optimizer steps (and after the last one) instead of after every
+    /// epoch — transformers' `eval_strategy="steps"`; `patience` then counts evaluations.
+    #[serde(default)]
+    pub eval_steps: Option<u64>,
     pub progress: bool,
     /// Long inputs cut into segments: recurrent memory tokens, or the chunk-and-average
     /// baseline (see `memory`). `None`: truncate to `max_length` like transformers.
@@ -176,6 +180,7 @@ impl FinetuneArgs {
             resume: false,
             save_steps: None,
             stop_after_steps: None,
+            eval_steps: None,
             progress: true,
             memory: None,
             label_sep: default_label_sep(),
@@ -195,7 +200,14 @@ struct TrainerState {
     global_micro: u64,
     best_metric: Option<f64>,
     best_epoch: Option<usize>,
+    /// The optimizer step of the best evaluation.
+    #[serde(default)]
+    best_step: Option<u64>,
+    /// Evaluations since the best one (epochs, or every `eval_steps`), for early stopping.
     epochs_without_improvement: usize,
+    /// The optimizer step of the last evaluation.
+    #[serde(default)]
+    last_eval_step: Option<u64>,
     loss_log: Vec<(u64, f64)>,
     history: Vec<serde_json::Value>,
     labels: Vec<String>,
@@ -288,6 +300,8 @@ fn check_resume(args: &FinetuneArgs, state: &TrainerState, saved: &serde_json::V
 pub struct Summary {
     pub best_metric: f64,
     pub best_epoch: usize,
+    /// The optimizer step the best model was evaluated at.
+    pub best_step: u64,
     pub metric: String,
     pub epochs_run: usize,
     pub stopped_early: bool,
@@ -472,6 +486,15 @@ fn seq_targets(task: Task, ex: &[&Example], label_ids: &HashMap<String, usize>, 
             }
             Tensor::from_ids(y, &[n])
         }
+    }
+}
+
+/// The op name of the task's loss (one call per micro-batch, as the profile counts them).
+fn loss_op(task: Task) -> &'static str {
+    match task {
+        Task::Multilabel => "binary_cross_entropy_with_logits",
+        Task::Regression => "mse_loss",
+        Task::Classify | Task::Pair | Task::Ner => "cross_entropy",
     }
 }
 
@@ -755,6 +778,9 @@ fn check_hyperparameters(args: &FinetuneArgs) -> Result<()> {
     if args.optimizer == OptimizerKind::Sgd && !(args.momentum.is_finite() && (0.0..1.0).contains(&args.momentum)) {
         return bad("--momentum", args.momentum, "in [0, 1)");
     }
+    if args.eval_steps == Some(0) {
+        return Err(Error::Value { op: "finetune", detail: "--eval-steps must be at least 1 (leave it out to evaluate after every epoch)".into() });
+    }
     if args.save_steps == Some(0) {
         return Err(Error::Value { op: "finetune", detail: "--save-steps must be at least 1 (leave it out for a checkpoint per epoch only)".into() });
     }
@@ -993,6 +1019,23 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
             let secs = start.elapsed().as_secs_f64();
             bar.set_position(i as u64);
             bar.set_message(format!("loss {step_loss:.4} lr {lr:.2e} {:.1} ex/s {:.0} tok/s", seen_examples as f64 / secs, seen_tokens as f64 / secs));
+            if args.eval_steps.is_some_and(|n| state.global_step % n == 0) {
+                let t0 = Instant::now();
+                let avg = epoch_loss / epoch_n.max(1) as f64;
+                let done = bar.suspend(|| dev_round(args, &bert, mem, &tok, &dev, &labels, &mut state, epoch, avg, epoch_start.elapsed().as_secs_f64()))?;
+                t_eval += t0.elapsed();
+                write_metrics(args, &state)?;
+                if done && (state.global_step < total) {
+                    save_checkpoint(&ckpt, &bert, mem, &opt, &state, task, args)?;
+                    bar.abandon();
+                    if args.progress {
+                        eprintln!("early stop: no {} improvement in {} evaluations", args.metric, state.epochs_without_improvement);
+                    }
+                    state.epoch += 1;
+                    stopped_early = true;
+                    break 'epochs;
+                }
+            }
             let stop_now = args.stop_after_steps.is_some_and(|s| state.global_step >= s);
             if args.save_steps.is_some_and(|s| state.global_step % s == 0) || stop_now {
                 save_checkpoint(&ckpt, &bert, mem, &opt, &state, task, args)?;
@@ -1004,48 +1047,20 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
             }
         }
         bar.finish_and_clear();
-        let t0 = Instant::now();
-        let ev = evaluate(&bert, mem, &tok, task, &dev, &labels, args.batch_size.max(32), &args.dev)?;
-        t_eval += t0.elapsed();
-        let value = *ev.values.get(&args.metric).ok_or_else(|| Error::Value {
-            op: "finetune",
-            detail: format!("unknown metric \"{}\" (one of: {})", args.metric, ev.values.keys().cloned().collect::<Vec<_>>().join(", ")),
-        })?;
-        let better = match state.best_metric {
-            None => true,
-            Some(b) if lower_is_better(&args.metric) => value < b,
-            Some(b) => value > b,
-        };
-        if args.progress {
-            eprintln!(
-                "epoch {}/{}: train loss {:.4}, dev {} {:.4}{} ({:.1} s)",
-                epoch + 1,
-                args.epochs,
-                epoch_loss / epoch_n.max(1) as f64,
-                args.metric,
-                value,
-                if better { " (best so far)" } else { "" },
-                epoch_start.elapsed().as_secs_f64()
-            );
-            eprint!("{}", ev.text);
-        }
-        state.history.push(serde_json::json!({
-            "epoch": epoch + 1, "step": state.global_step, "train_loss": epoch_loss / epoch_n.max(1) as f64,
-            "dev": ev.json, args.metric.clone(): value, "seconds": epoch_start.elapsed().as_secs_f64(),
-        }));
-        if better {
-            state.best_metric = Some(value);
-            state.best_epoch = Some(epoch + 1);
-            state.epochs_without_improvement = 0;
-            save_hf(&bert, mem, task, &labels, &args.out, &args.model)?;
-        } else {
-            state.epochs_without_improvement += 1;
+        // Per epoch, or (with --eval-steps) once more after the last step if it was not evaluated.
+        let last = state.epoch + 1 == args.epochs;
+        let due = args.eval_steps.is_none() || (last && state.last_eval_step != Some(state.global_step));
+        let mut done = false;
+        if due {
+            let t0 = Instant::now();
+            done = dev_round(args, &bert, mem, &tok, &dev, &labels, &mut state, epoch, epoch_loss / epoch_n.max(1) as f64, epoch_start.elapsed().as_secs_f64())?;
+            t_eval += t0.elapsed();
         }
         state.epoch += 1;
         state.micro_in_epoch = 0;
         save_checkpoint(&ckpt, &bert, mem, &opt, &state, task, args)?;
         write_metrics(args, &state)?;
-        if args.patience.is_some_and(|p| state.epochs_without_improvement >= p) && state.epoch < args.epochs {
+        if done && state.epoch < args.epochs {
             if args.progress {
                 eprintln!("early stop: no {} improvement for {} epoch(s)", args.metric, state.epochs_without_improvement);
             }
@@ -1059,7 +1074,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
         let text = format!(
             "per-op time of the training steps ({} micro-batches; on CUDA meaningful only with ENGRAM_CUDA_SYNC=1)\n{prof}\n\
              {:<18} {:>46.1}\n{:<18} {:>46.1}\n{:<18} {:>46.1}\n{:<18} {:>46.1}\n",
-            prof.get("cross_entropy").map_or(0, |t| t.fwd_calls),
+            prof.get(loss_op(task)).map_or(0, |t| t.fwd_calls),
             "tokenise + batch",
             ms(t_batch),
             "clip + optimizer",
@@ -1090,6 +1105,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
     Ok(Summary {
         best_metric: state.best_metric.unwrap_or(f64::NAN),
         best_epoch: state.best_epoch.unwrap_or(0),
+        best_step: state.best_step.unwrap_or(0),
         metric: args.metric.clone(),
         epochs_run: state.epoch,
         stopped_early,
@@ -1102,9 +1118,51 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
     })
 }
 
+/// One evaluation on dev during training: record it, keep the model in `args.out` when it is the
+/// best so far, and say whether early stopping's patience has run out.
+#[allow(clippy::too_many_arguments)]
+fn dev_round(args: &FinetuneArgs, bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, dev: &[Example], labels: &[String], state: &mut TrainerState, epoch: usize, train_loss: f64, seconds: f64) -> Result<bool> {
+    let ev = evaluate(bert, mem, tok, args.task, dev, labels, args.batch_size.max(32), &args.dev)?;
+    let value = *ev.values.get(&args.metric).ok_or_else(|| Error::Value {
+        op: "finetune",
+        detail: format!("unknown metric \"{}\" (one of: {})", args.metric, ev.values.keys().cloned().collect::<Vec<_>>().join(", ")),
+    })?;
+    let better = match state.best_metric {
+        None => true,
+        Some(b) if lower_is_better(&args.metric) => value < b,
+        Some(b) => value > b,
+    };
+    if args.progress {
+        let at = if args.eval_steps.is_some() { format!(" step {}", state.global_step) } else { String::new() };
+        eprintln!(
+            "epoch {}/{}{at}: train loss {train_loss:.4}, dev {} {value:.4}{} ({seconds:.1} s)",
+            epoch + 1,
+            args.epochs,
+            args.metric,
+            if better { " (best so far)" } else { "" },
+        );
+        eprint!("{}", ev.text);
+    }
+    state.history.push(serde_json::json!({
+        "epoch": epoch + 1, "step": state.global_step, "train_loss": train_loss,
+        "dev": ev.json, args.metric.clone(): value, "seconds": seconds,
+    }));
+    state.last_eval_step = Some(state.global_step);
+    if better {
+        state.best_metric = Some(value);
+        state.best_epoch = Some(epoch + 1);
+        state.best_step = Some(state.global_step);
+        state.epochs_without_improvement = 0;
+        save_hf(bert, mem, args.task, labels, &args.out, &args.model)?;
+    } else {
+        state.epochs_without_improvement += 1;
+    }
+    Ok(args.patience.is_some_and(|p| state.epochs_without_improvement >= p))
+}
+
 fn write_metrics(args: &FinetuneArgs, state: &TrainerState) -> Result<()> {
     let json = serde_json::json!({
-        "metric": args.metric, "best": state.best_metric, "best_epoch": state.best_epoch,
+        "metric": args.metric, "best": state.best_metric, "best_epoch": state.best_epoch, "best_step": state.best_step,
         "epochs": state.history, "loss_per_step": state.loss_log,
     });
     std::fs::create_dir_all(&args.out).map_err(|e| Error::File { path: args.out.display().to_string(), detail: e.to_string() })?;
