@@ -131,6 +131,10 @@ struct FinetuneCli {
     /// --patience then counts evaluations.
     #[arg(long, value_name = "N")]
     eval_steps: Option<u64>,
+    /// Batch training examples of similar length together (less padding, faster epochs), as
+    /// transformers' group_by_length does.
+    #[arg(long)]
+    group_by_length: bool,
     /// Stop after N optimizer steps with a checkpoint (to test --resume).
     #[arg(long, hide = true)]
     stop_after_steps: Option<u64>,
@@ -335,6 +339,7 @@ fn finetune(f: FinetuneCli) -> Result<()> {
     a.resume = f.resume;
     a.save_steps = f.save_steps;
     a.eval_steps = f.eval_steps;
+    a.group_by_length = f.group_by_length;
     a.stop_after_steps = f.stop_after_steps;
     a.progress = !f.quiet;
     a.truncate_left = f.truncate_left;

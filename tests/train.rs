@@ -626,3 +626,27 @@ fn eval_steps_evaluates_mid_epoch_keeps_the_best_and_resumes_exactly() {
     let e = finetune(&p).unwrap_err().to_string();
     assert!(e.contains("--eval-steps"), "{e}");
 }
+
+#[test]
+fn group_by_length_trains_resumes_exactly_and_is_a_resume_flag() {
+    let model = root().join("weights/tiny-bert");
+    let mut full = args(&model, Task::Classify, tmp("grouped"));
+    full.group_by_length = true;
+    finetune(&full).unwrap();
+    let plain = args(&model, Task::Classify, tmp("ungrouped"));
+    finetune(&plain).unwrap();
+    let w = |a: &FinetuneArgs| std::fs::read(a.out.join("checkpoint/model.safetensors")).unwrap();
+    assert!(w(&full) != w(&plain), "grouping changes the batches, so the weights");
+    let mut part = full.clone();
+    part.out = tmp("grouped-part");
+    part.stop_after_steps = Some(4);
+    finetune(&part).unwrap();
+    part.group_by_length = false;
+    part.stop_after_steps = None;
+    part.resume = true;
+    let e = finetune(&part).unwrap_err().to_string();
+    assert!(e.contains("--group-by-length"), "{e}");
+    part.group_by_length = true;
+    finetune(&part).unwrap();
+    assert!(w(&full) == w(&part), "resumed grouped run differs from the uninterrupted one");
+}

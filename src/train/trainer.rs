@@ -130,6 +130,9 @@ pub struct FinetuneArgs {
     /// epoch — transformers' `eval_strategy="steps"`; `patience` then counts evaluations.
     #[serde(default)]
     pub eval_steps: Option<u64>,
+    /// Batch examples of similar length together (transformers' `group_by_length`): less padding.
+    #[serde(default)]
+    pub group_by_length: bool,
     pub progress: bool,
     /// Long inputs cut into segments: recurrent memory tokens, or the chunk-and-average
     /// baseline (see `memory`). `None`: truncate to `max_length` like transformers.
@@ -181,6 +184,7 @@ impl FinetuneArgs {
             save_steps: None,
             stop_after_steps: None,
             eval_steps: None,
+            group_by_length: false,
             progress: true,
             memory: None,
             label_sep: default_label_sep(),
@@ -278,6 +282,7 @@ fn check_resume(args: &FinetuneArgs, state: &TrainerState, saved: &serde_json::V
         ("max_length", "--max-length"),
         ("truncate_left", "--truncate-left"),
         ("label_sep", "--label-sep"),
+        ("group_by_length", "--group-by-length"),
         ("freeze_backbone", "--freeze-backbone"),
         ("memory", "--memory-tokens/--segment-len/--bptt"),
     ] {
@@ -330,6 +335,26 @@ fn order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
         v.swap(i, j);
     }
     v
+}
+
+/// transformers' `group_by_length` (its `get_length_grouped_indices`): the epoch's shuffled order
+/// cut into megabatches of `min(n / (4·batch), 50)` batches, each sorted longest first, and the
+/// longest example of all moved to the very front (an out-of-memory shows at once). Batches then
+/// hold examples of similar length and pad little; the order is still a function of (seed, epoch).
+fn group_by_length(ord: Vec<usize>, lens: &[usize], batch: usize) -> Vec<usize> {
+    let mult = (ord.len() / (batch * 4)).clamp(1, 50);
+    let mut megas: Vec<Vec<usize>> = ord.chunks(mult * batch).map(|m| {
+        let mut m = m.to_vec();
+        m.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
+        m
+    }).collect();
+    let longest = (0..megas.len()).max_by_key(|&k| (lens[megas[k][0]], std::cmp::Reverse(k)));
+    if let Some(k) = longest {
+        let (a, b) = (megas[0][0], megas[k][0]);
+        megas[0][0] = b;
+        megas[k][0] = a;
+    }
+    megas.concat()
 }
 
 fn load_examples(task: Task, path: &Path, limit: Option<usize>, label_sep: char) -> Result<Vec<Example>> {
@@ -951,6 +976,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
             if resuming { format!(", resuming at epoch {} step {}", state.epoch + 1, state.global_step) } else { String::new() }
         );
     }
+    let train_lens: Vec<usize> = if args.group_by_length { train.iter().map(example_chars).collect() } else { Vec::new() };
     let start = Instant::now();
     let (mut seen_examples, mut seen_tokens) = (0usize, 0usize);
     // --profile: per-op times of the training tapes, and wall time of what runs around them.
@@ -961,6 +987,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
     'epochs: while state.epoch < args.epochs {
         let epoch = state.epoch;
         let ord = order(train.len(), args.seed, epoch);
+        let ord = if args.group_by_length { group_by_length(ord, &train_lens, args.batch_size) } else { ord };
         let micro: Vec<&[usize]> = ord.chunks(args.batch_size).collect();
         let bar = if args.progress { ProgressBar::new(micro.len() as u64) } else { ProgressBar::hidden() };
         bar.set_style(
@@ -1369,6 +1396,25 @@ pub fn predict_dir(dir: &Path, texts: &[String], max_length: usize, batch_size: 
 mod tests {
     /// The data order is part of the contract with `scripts/compare_torch.py --matched`, which replays
     /// it in Python (its `engram_order`) and checks the same two vectors.
+    #[test]
+    fn group_by_length_sorts_megabatches_and_fronts_the_longest() {
+        // 40 items of lengths 0..39, batch 2: megabatches of min(40 / 8, 50) = 5 batches = 10 items.
+        let lens: Vec<usize> = (0..40).collect();
+        let ord = super::order(40, 5, 0);
+        let mut want: Vec<Vec<usize>> = ord.chunks(10).map(|c| {
+            let mut c = c.to_vec();
+            c.sort_by(|a, b| b.cmp(a));
+            c
+        }).collect();
+        let k = want.iter().position(|c| c[0] == 39).unwrap();
+        let (x, y) = (want[0][0], want[k][0]);
+        (want[0][0], want[k][0]) = (y, x);
+        assert_eq!(super::group_by_length(ord.clone(), &lens, 2), want.concat());
+        assert_ne!(k, 0, "this seed puts the longest outside the first megabatch, so the swap is tested");
+        // Fewer than 4 batches: megabatches of one batch; only the longest moves to the front.
+        assert_eq!(super::group_by_length(vec![2, 0, 1], &[5, 9, 7], 1), vec![1, 0, 2]);
+    }
+
     #[test]
     fn epoch_order_is_pinned() {
         assert_eq!(super::order(10, 1, 0), vec![9, 5, 0, 3, 1, 2, 8, 6, 4, 7]);
