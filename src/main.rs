@@ -438,17 +438,18 @@ fn inspect(dir: &Path) -> Result<()> {
     if !report.unexpected.is_empty() {
         println!("unused       {} stored tensors: {}", report.unexpected.len(), report.unexpected.join(", "));
     }
-    let tpath = dir.join("tokenizer.json");
-    if tpath.is_file() {
+    let has_slow = dir.join("vocab.txt").is_file() || (dir.join("vocab.json").is_file() && dir.join("merges.txt").is_file());
+    if dir.join("tokenizer.json").is_file() || has_slow {
         let max_len = max_seq_length(dir).unwrap_or(c.max_tokens());
-        let tok = BertTokenizer::from_file(&tpath, max_len)?.fits(c.vocab_size)?;
+        let tok = BertTokenizer::from_dir(dir, max_len)?.fits(c.vocab_size)?;
         let ids: Vec<String> = ["[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]", "<s>", "</s>", "<pad>", "<unk>", "<mask>"]
             .iter()
             .filter_map(|t| tok.token_to_id(t).map(|id| format!("{t}={id}")))
             .collect();
-        println!("tokenizer    vocab {}, max length {max_len}, special {}", tok.vocab_size(), ids.join(" "));
+        let from = if dir.join("tokenizer.json").is_file() { "" } else { " (built from the slow tokenizer's vocabulary)" };
+        println!("tokenizer    vocab {}, max length {max_len}, special {}{from}", tok.vocab_size(), ids.join(" "));
     } else {
-        println!("tokenizer    none (no tokenizer.json)");
+        println!("tokenizer    none (no tokenizer.json, vocab.txt or vocab.json + merges.txt)");
     }
     let (pooling, normalize) = sentence_config(dir)?;
     println!("sentence     {:?} pooling{}", pooling, if normalize { ", L2-normalised" } else { "" });
@@ -473,7 +474,7 @@ fn embed(
         bert.to_device(device)?;
     }
     let max_len = max_length.or_else(|| max_seq_length(dir)).unwrap_or(512).min(bert.config.max_tokens());
-    let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), max_len)?.fits(bert.config.vocab_size)?;
+    let tok = BertTokenizer::from_dir(dir, max_len)?.fits(bert.config.vocab_size)?;
     let (pooling, _) = sentence_config(dir)?;
     let start = Instant::now();
     let (mut tokens, mut truncated) = (0usize, 0usize);

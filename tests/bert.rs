@@ -357,3 +357,65 @@ fn too_long_text_is_truncated_and_flagged() {
     let e = bert.logits(&Tape::inference(), &tok.encode(&[long.as_str()]).unwrap(), false).unwrap_err().to_string();
     assert!(e.contains("max_position_embeddings"), "{e}");
 }
+
+/// A checkpoint with only its slow tokenizer's files (`vocab.txt`; `vocab.json` + `merges.txt`):
+/// the tokenizer engram builds from them encodes exactly as the checkpoint's own `tokenizer.json`
+/// (which transformers' converters made from the same vocabulary) — ids, types, masks, offsets,
+/// word ids — on single texts, pairs and pre-split words, tricky text included.
+#[test]
+fn slow_tokenizer_files_build_the_tokenizer_json_they_came_from() {
+    let texts = [
+        "Hello, world! The café's naïve résumé costs $3.50.",
+        "我爱北京天安门 and ＦＵＬＬ-width Ｔｅｘｔ",
+        "a [MASK] token, [CLS] and [SEP] inside text, <s> and </s> too",
+        "emoji 🙂🚀 tabs\tand   spaces\u{0007}control",
+        "supercalifragilisticexpialidocioussupercalifragilisticexpialidocioussupercalifragilisticexpialidociousx words",
+        "  leading and trailing  ",
+        "ÀÉÎÕÜ straße İstanbul",
+        "",
+    ];
+    let words: Vec<Vec<String>> = vec![vec!["Hello".into(), "wörld".into(), "!".into()], vec!["über".into(), "[MASK]".into(), "🙂".into()]];
+    // (Not tiny-bert: its generator built tokenizer.json without registering [CLS] and the others
+    // as added tokens, which transformers' converter always does, so literal "[MASK]" differs.)
+    for (name, src) in [("minilm", minilm_dir()), ("tiny-roberta", root().join("weights/tiny-roberta"))] {
+        let tj: serde_json::Value = serde_json::from_slice(&std::fs::read(src.join("tokenizer.json")).unwrap()).unwrap();
+        let dir = std::env::temp_dir().join(format!("engram-slow-tok-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        if src.join("tokenizer_config.json").is_file() {
+            std::fs::copy(src.join("tokenizer_config.json"), dir.join("tokenizer_config.json")).unwrap();
+        }
+        let vocab = tj["model"]["vocab"].as_object().unwrap();
+        if tj["model"]["type"] == "WordPiece" {
+            let mut v: Vec<(&String, u64)> = vocab.iter().map(|(k, i)| (k, i.as_u64().unwrap())).collect();
+            v.sort_by_key(|x| x.1);
+            assert!(v.iter().enumerate().all(|(i, x)| x.1 == i as u64), "{name}: ids are dense");
+            std::fs::write(dir.join("vocab.txt"), v.iter().map(|x| format!("{}\n", x.0)).collect::<String>()).unwrap();
+        } else {
+            std::fs::write(dir.join("vocab.json"), serde_json::to_string(vocab).unwrap()).unwrap();
+            let merges: String = tj["model"]["merges"].as_array().unwrap().iter().map(|m| match m {
+                serde_json::Value::String(s) => format!("{s}\n"),
+                pair => format!("{} {}\n", pair[0].as_str().unwrap(), pair[1].as_str().unwrap()),
+            }).collect();
+            std::fs::write(dir.join("merges.txt"), format!("#version: 0.2\n{merges}")).unwrap();
+        }
+        let fast = BertTokenizer::from_dir(&src, 48).unwrap();
+        let slow = BertTokenizer::from_dir(&dir, 48).unwrap();
+        let same = |what: &str, a: &engram::data::Batch, b: &engram::data::Batch| {
+            assert_eq!(a.input_ids.ids("t").unwrap(), b.input_ids.ids("t").unwrap(), "{name} {what}: ids");
+            assert_eq!(a.token_type_ids.ids("t").unwrap(), b.token_type_ids.ids("t").unwrap(), "{name} {what}: types");
+            assert_eq!(a.attention_mask.ids("t").unwrap(), b.attention_mask.ids("t").unwrap(), "{name} {what}: mask");
+            assert_eq!((&a.offsets, &a.word_ids, &a.truncated), (&b.offsets, &b.word_ids, &b.truncated), "{name} {what}: offsets, words");
+        };
+        same("texts", &fast.encode(&texts).unwrap(), &slow.encode(&texts).unwrap());
+        let pairs: Vec<(&str, &str)> = texts.iter().zip(texts.iter().rev()).map(|(a, b)| (*a, *b)).collect();
+        same("pairs", &fast.encode_pairs(&pairs).unwrap(), &slow.encode_pairs(&pairs).unwrap());
+        same("words", &fast.encode_words(&words).unwrap(), &slow.encode_words(&words).unwrap());
+        assert!(slow.encode(&texts).unwrap().input_ids.ids("t").unwrap().iter().any(|&i| i > 4), "{name}: real tokens");
+    }
+    // No tokenizer at all: an error naming what is missing.
+    let empty = std::env::temp_dir().join(format!("engram-no-tok-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let e = BertTokenizer::from_dir(&empty, 48).err().unwrap().to_string();
+    assert!(e.contains("tokenizer.json") && e.contains("vocab.txt"), "{e}");
+}

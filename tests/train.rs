@@ -650,3 +650,27 @@ fn group_by_length_trains_resumes_exactly_and_is_a_resume_flag() {
     finetune(&part).unwrap();
     assert!(w(&full) == w(&part), "resumed grouped run differs from the uninterrupted one");
 }
+
+#[test]
+fn a_checkpoint_with_only_vocab_txt_finetunes_and_gets_a_tokenizer_json() {
+    let src = root().join("weights/tiny-bert");
+    let dir = tmp("vocab-only");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let tj: serde_json::Value = serde_json::from_slice(&std::fs::read(src.join("tokenizer.json")).unwrap()).unwrap();
+    let mut v: Vec<(String, u64)> = tj["model"]["vocab"].as_object().unwrap().iter().map(|(k, i)| (k.clone(), i.as_u64().unwrap())).collect();
+    v.sort_by_key(|x| x.1);
+    std::fs::write(dir.join("vocab.txt"), v.iter().map(|x| format!("{}\n", x.0)).collect::<String>()).unwrap();
+    let mut a = args(&dir, Task::Classify, tmp("vocab-only-out"));
+    a.epochs = 1;
+    finetune(&a).unwrap();
+    for f in ["vocab.txt", "tokenizer.json"] {
+        assert!(a.out.join(f).is_file(), "{f} missing from the output");
+    }
+    let from_vocab = predict_dir(&a.out, &["the cat sat on my mat".to_string()], 64, 8, engram::Device::Cpu, false).unwrap();
+    std::fs::remove_file(a.out.join("tokenizer.json")).unwrap();
+    let rebuilt = predict_dir(&a.out, &["the cat sat on my mat".to_string()], 64, 8, engram::Device::Cpu, false).unwrap();
+    assert_eq!(from_vocab, rebuilt, "the written tokenizer.json is the one built from vocab.txt");
+}

@@ -1,6 +1,8 @@
 //! Tokenization with the `tokenizers` crate from a model's `tokenizer.json`: dynamic padding to
 //! the longest sequence of a batch, truncation to a maximum length (longest-first for pairs),
 //! token type ids for pairs, and character offsets and word ids kept for token-level labels.
+//! A checkpoint saved with only its slow tokenizer's files (`vocab.txt`; `vocab.json` +
+//! `merges.txt`) gets the fast tokenizer transformers' converters would build from them.
 
 use std::path::{Path, PathBuf};
 
@@ -62,17 +64,99 @@ impl Batch {
     }
 }
 
+/// The `tokenizer.json` text of a model directory that has none, built from the slow
+/// tokenizer's files as transformers' `BertConverter` / `RobertaConverter` do: WordPiece over
+/// `vocab.txt` behind the BERT normalizer (`do_lower_case`, `strip_accents`,
+/// `tokenize_chinese_chars` from `tokenizer_config.json`) and pre-tokenizer, `[CLS] A [SEP] B
+/// [SEP]`; or byte-level BPE over `vocab.json` + `merges.txt` (`add_prefix_space` from the config),
+/// `<s> A </s></s> B </s>`. Special tokens are the config's (else the usual ones).
+pub fn tokenizer_json_from_vocab(dir: &Path) -> Result<String> {
+    use tokenizers::models::{bpe::BPE, wordpiece::WordPiece};
+    use tokenizers::{decoders, normalizers::BertNormalizer, pre_tokenizers, processors, AddedToken};
+    let cfg_path = dir.join("tokenizer_config.json");
+    let cfg: serde_json::Value = match std::fs::read_to_string(&cfg_path) {
+        Ok(t) => serde_json::from_str(&t).or_else(|e| file_err(&cfg_path, format!("not valid JSON: {e}")))?,
+        Err(_) => serde_json::json!({}),
+    };
+    // A special token's text: a string, or an AddedToken object's "content".
+    let special = |key: &str, default: &str| -> String {
+        match cfg.get(key) {
+            Some(serde_json::Value::String(t)) => t.clone(),
+            Some(v) => v.get("content").and_then(|c| c.as_str()).unwrap_or(default).to_string(),
+            None => default.to_string(),
+        }
+    };
+    let flag = |key: &str| cfg.get(key).and_then(|v| v.as_bool());
+    let (vocab, json, merges) = (dir.join("vocab.txt"), dir.join("vocab.json"), dir.join("merges.txt"));
+    let text = |p: &Path| p.to_str().map(str::to_string).ok_or_else(|| crate::error::Error::File { path: p.display().to_string(), detail: "path is not UTF-8".into() });
+    let mut tok = if vocab.is_file() {
+        let (cls, sep, unk, pad, mask) = (special("cls_token", "[CLS]"), special("sep_token", "[SEP]"), special("unk_token", "[UNK]"), special("pad_token", "[PAD]"), special("mask_token", "[MASK]"));
+        let wp = WordPiece::from_file(&text(&vocab)?).unk_token(unk.clone()).build().or_else(|e| file_err(&vocab, format!("not a usable WordPiece vocabulary: {e}")))?;
+        let vocab_map = tokenizers::Model::get_vocab(&wp);
+        let id = |t: &str| vocab_map.get(t).copied().ok_or_else(|| crate::error::Error::File { path: vocab.display().to_string(), detail: format!("has no {t} token") });
+        let (cls_id, sep_id) = (id(&cls)?, id(&sep)?);
+        let mut tok = Tokenizer::new(wp);
+        let lower = flag("do_lower_case").unwrap_or(true);
+        tok.with_normalizer(Some(BertNormalizer::new(true, flag("tokenize_chinese_chars").unwrap_or(true), flag("strip_accents"), lower)));
+        tok.with_pre_tokenizer(Some(pre_tokenizers::bert::BertPreTokenizer));
+        tok.with_post_processor(Some(processors::bert::BertProcessing::new((sep.clone(), sep_id), (cls.clone(), cls_id))));
+        tok.with_decoder(Some(decoders::wordpiece::WordPiece::default()));
+        let specials: Vec<AddedToken> = [pad, unk, cls, sep, mask].into_iter().filter(|t| id(t).is_ok()).map(|t| AddedToken::from(t, true)).collect();
+        tok.add_special_tokens(&specials);
+        tok
+    } else if json.is_file() && merges.is_file() {
+        let (cls, sep, unk, pad, mask) = (special("cls_token", "<s>"), special("sep_token", "</s>"), special("unk_token", "<unk>"), special("pad_token", "<pad>"), special("mask_token", "<mask>"));
+        let bpe = BPE::from_file(&text(&json)?, &text(&merges)?).build().or_else(|e| file_err(&json, format!("with {} is not a usable BPE vocabulary: {e}", merges.display())))?;
+        let vocab_map = tokenizers::Model::get_vocab(&bpe);
+        let id = |t: &str| vocab_map.get(t).copied().ok_or_else(|| crate::error::Error::File { path: json.display().to_string(), detail: format!("has no {t} token") });
+        let (cls_id, sep_id) = (id(&cls)?, id(&sep)?);
+        let prefix = flag("add_prefix_space").unwrap_or(false);
+        let mut tok = Tokenizer::new(bpe);
+        tok.with_pre_tokenizer(Some(pre_tokenizers::byte_level::ByteLevel::new(prefix, true, true)));
+        tok.with_post_processor(Some(processors::roberta::RobertaProcessing::new((sep.clone(), sep_id), (cls.clone(), cls_id)).add_prefix_space(prefix).trim_offsets(true)));
+        tok.with_decoder(Some(decoders::byte_level::ByteLevel::default()));
+        let specials: Vec<AddedToken> = [cls, pad, sep, unk].into_iter().filter(|t| id(t).is_ok()).map(|t| AddedToken::from(t, true)).collect();
+        tok.add_special_tokens(&specials);
+        if id(&mask).is_ok() {
+            tok.add_special_tokens(&[AddedToken::from(mask, true).lstrip(true)]);
+        }
+        tok
+    } else {
+        return file_err(dir.join("tokenizer.json"), "not found, and no slow tokenizer's vocab.txt (WordPiece) or vocab.json + merges.txt (byte-level BPE) to build it from");
+    };
+    tok.with_padding(None);
+    tok.to_string(false).or_else(|e| file_err(dir, format!("cannot serialise the tokenizer built from its vocabulary: {e}")))
+}
+
 impl BertTokenizer {
+    /// The tokenizer of a model directory: its `tokenizer.json`, else one built from the slow
+    /// tokenizer's vocabulary files ([`tokenizer_json_from_vocab`]).
+    pub fn from_dir(dir: impl AsRef<Path>, max_len: usize) -> Result<BertTokenizer> {
+        let dir = dir.as_ref();
+        let path = dir.join("tokenizer.json");
+        if path.is_file() {
+            return Self::from_file(path, max_len);
+        }
+        let text = tokenizer_json_from_vocab(dir)?;
+        let from = if dir.join("vocab.txt").is_file() { dir.join("vocab.txt") } else { dir.join("vocab.json") };
+        Self::from_text(&from, text, max_len)
+    }
+
     /// Load `tokenizer.json`; `max_len` is the truncation length in tokens (special tokens included).
     pub fn from_file(path: impl AsRef<Path>, max_len: usize) -> Result<BertTokenizer> {
         let path = path.as_ref();
-        if max_len < 2 {
-            return file_err(path, format!("maximum length {max_len} leaves no room for [CLS] and [SEP]"));
-        }
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) => return file_err(path, format!("cannot read: {e}")),
         };
+        Self::from_text(path, text, max_len)
+    }
+
+    /// A tokenizer from its JSON text (`path` names where it came from, for errors).
+    fn from_text(path: &Path, text: String, max_len: usize) -> Result<BertTokenizer> {
+        if max_len < 2 {
+            return file_err(path, format!("maximum length {max_len} leaves no room for [CLS] and [SEP]"));
+        }
         // JSON first: the tokenizers library panics (instead of erring) on some malformed files,
         // e.g. a truncated byte-level decoder section. A panic it still raises becomes an error.
         if let Err(e) = serde_json::from_str::<serde_json::Value>(&text) {

@@ -746,12 +746,17 @@ pub fn save_hf(bert: &Bert, mem: Option<&MemoryConfig>, task: Task, labels: &[St
     obj.insert("engram_task".into(), serde_json::json!(task));
     let text = serde_json::to_string_pretty(&cfg).expect("config serialises");
     write_atomic(&out.join("config.json"), text.as_bytes())?;
-    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"] {
+    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt"] {
         let src = tokenizer_src.join(f);
         if src.is_file() && src != out.join(f) {
             let bytes = std::fs::read(&src).map_err(|e| Error::File { path: src.display().to_string(), detail: e.to_string() })?;
             write_atomic(&out.join(f), &bytes)?;
         }
+    }
+    // A source with only the slow tokenizer's files: write the fast one built from them too, as
+    // transformers' save_pretrained does for a fast tokenizer.
+    if !tokenizer_src.join("tokenizer.json").is_file() && !out.join("tokenizer.json").is_file() {
+        write_atomic(&out.join("tokenizer.json"), crate::data::tokenize::tokenizer_json_from_vocab(tokenizer_src)?.as_bytes())?;
     }
     match mem {
         Some(cfg) => memory::save(bert, cfg, out),
@@ -934,7 +939,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
     if args.max_length > bert.config.max_tokens() && args.progress {
         eprintln!("engram: --max-length {} is more than the model's {} positions; inputs are cut at {}", args.max_length, bert.config.max_tokens(), bert.config.max_tokens());
     }
-    let tok = BertTokenizer::from_file(args.model.join("tokenizer.json"), args.max_length.min(bert.config.max_tokens()))?.truncate_left(args.truncate_left)?.fits(bert.config.vocab_size)?;
+    let tok = BertTokenizer::from_dir(&args.model, args.max_length.min(bert.config.max_tokens()))?.truncate_left(args.truncate_left)?.fits(bert.config.vocab_size)?;
 
     let micro_per_epoch = train.len().div_ceil(args.batch_size);
     let steps_per_epoch = micro_per_epoch.div_ceil(args.grad_accum) as u64;
@@ -1243,7 +1248,7 @@ fn load_finetuned(dir: &Path, device: Device) -> Result<(Bert, Task, Vec<String>
 pub fn evaluate_dir(dir: &Path, data: &Path, max_length: usize, device: Device, label_sep: char) -> Result<(String, serde_json::Value)> {
     let (bert, task, labels, mem) = load_finetuned(dir, device)?;
     let ex = load_examples(task, data, None, label_sep)?;
-    let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), max_length.min(bert.config.max_tokens()))?.fits(bert.config.vocab_size)?;
+    let tok = BertTokenizer::from_dir(dir, max_length.min(bert.config.max_tokens()))?.fits(bert.config.vocab_size)?;
     let ev = evaluate(&bert, mem.as_ref(), &tok, task, &ex, &labels, 64, data)?;
     Ok((ev.text, serde_json::json!({ "metrics": ev.json, "values": ev.values })))
 }
@@ -1285,7 +1290,7 @@ pub fn predict_dir(dir: &Path, texts: &[String], max_length: usize, batch_size: 
         return Err(Error::Value { op: "predict", detail: "--batch-size must be at least 1".into() });
     }
     let (bert, task, labels, mem) = load_finetuned(dir, device)?;
-    let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), max_length.min(bert.config.max_tokens()))?.fits(bert.config.vocab_size)?;
+    let tok = BertTokenizer::from_dir(dir, max_length.min(bert.config.max_tokens()))?.fits(bert.config.vocab_size)?;
     let mut out = Vec::new();
     // Batches of similar length pad little; the outputs go back to the input order at the end.
     let order = by_length(texts.iter().map(|t| t.len()));
