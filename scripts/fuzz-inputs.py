@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Input fuzzing of the engram binary: corrupted copies of a model directory (safetensors header
 bytes, truncation, header length; config.json values, deletions and types; tokenizer.json
-truncation and vocabulary ids) through `embed` and `predict`, and corrupted training files (CSV
-and CoNLL: flipped and inserted bytes, truncation, duplicated or deleted lines) through
-`finetune`, and a finished run's checkpoint with one file corrupted (trainer state, arguments,
+truncation and vocabulary ids; the slow tokenizer's vocab.txt / vocab.json + merges.txt in its
+place, corrupted) through `embed` and `predict`, and corrupted training files (CSV, CoNLL, and
+multi-label JSONL and regression CSV: flipped and inserted bytes, truncation, duplicated or
+deleted lines) through `finetune`, and a finished run's checkpoint with one file corrupted (trainer state, arguments,
 optimizer moments, weights, config) through `finetune --resume`, plus corrupted JSONL inputs to
 `predict`. A run passes when every call exits 0 (accepted) or 1/2 (a reported error) — a panic
 (101) or a signal is a bug — and a failed resume leaves the saved best model as it was. Not part of the test command; the standard library only.
@@ -30,7 +31,7 @@ def model_mutants(binary, rng, n, tmp, model="weights/tiny-bert"):
     for i in range(n):
         d = os.path.join(tmp, f"m{i}-{os.path.basename(model)}")
         shutil.copytree(src, d)
-        kind = rng.choice(["st_header", "st_trunc", "st_len", "cfg_val", "cfg_del", "tok_trunc", "tok_flip", "cfg_type"])
+        kind = rng.choice(["st_header", "st_trunc", "st_len", "cfg_val", "cfg_del", "tok_trunc", "tok_flip", "cfg_type", "slow_vocab"])
         st = f"{d}/model.safetensors"
         b = bytearray(open(st, "rb").read())
         hl = int.from_bytes(b[:8], "little")
@@ -54,6 +55,39 @@ def model_mutants(binary, rng, n, tmp, model="weights/tiny-bert"):
             else:
                 cfg[k] = rng.choice(["x", None, [], {}, True])
             json.dump(cfg, open(f"{d}/config.json", "w"))
+        elif kind == "slow_vocab":
+            # Only the slow tokenizer's files, from tokenizer.json, then damaged.
+            t = json.load(open(f"{d}/tokenizer.json"))
+            os.remove(f"{d}/tokenizer.json")
+            vocab = t["model"]["vocab"]
+            if t["model"]["type"] == "WordPiece":
+                lines = [k for k, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+                how = rng.choice(["drop", "dupe", "garbage", "empty", "trunc"])
+                if how == "drop":
+                    del lines[rng.randrange(len(lines))]
+                elif how == "dupe":
+                    lines.insert(rng.randrange(len(lines)), rng.choice(lines))
+                elif how == "garbage":
+                    lines[rng.randrange(len(lines))] = "\udcff" if rng.random() < 0.5 else ""
+                elif how == "empty":
+                    lines = []
+                else:
+                    lines = lines[: rng.randrange(len(lines))]
+                open(f"{d}/vocab.txt", "w", errors="surrogateescape").write("\n".join(lines) + "\n")
+                if rng.random() < 0.3:
+                    open(f"{d}/tokenizer_config.json", "w").write(rng.choice(['{"do_lower_case": "yes"}', '{"cls_token": 5}', "{", '{"unk_token": "[NOPE]"}']))
+            elif t["model"]["type"] == "BPE":
+                merges = [m if isinstance(m, str) else " ".join(m) for m in t["model"]["merges"]]
+                how = rng.choice(["merge_unknown", "merge_bad", "vocab_bad", "no_merges"])
+                if how == "merge_unknown":
+                    merges[rng.randrange(len(merges))] = "zzz qqq"
+                elif how == "merge_bad":
+                    merges[rng.randrange(len(merges))] = rng.choice(["single", "", "a b c"])
+                elif how == "vocab_bad":
+                    vocab[rng.choice(list(vocab))] = rng.choice([-1, "x", 10**12])
+                json.dump(vocab, open(f"{d}/vocab.json", "w"))
+                if how != "no_merges":
+                    open(f"{d}/merges.txt", "w").write("#version: 0.2\n" + "\n".join(merges) + "\n")
         elif kind == "tok_trunc":
             t = open(f"{d}/tokenizer.json").read()
             open(f"{d}/tokenizer.json", "w").write(t[: rng.randrange(len(t))])
@@ -76,10 +110,19 @@ def model_mutants(binary, rng, n, tmp, model="weights/tiny-bert"):
 
 
 def data_mutants(binary, rng, n, tmp):
-    fx = os.path.join(ROOT, "tests/fixtures/data")
+    # The multilabel (JSONL) and regression (CSV) files: the classification fixtures relabelled.
+    fx = os.path.join(tmp, "fixtures")
+    shutil.copytree(os.path.join(ROOT, "tests/fixtures/data"), fx)
+    for split in ("train", "dev"):
+        rows = [l.rsplit(",", 1) for l in open(f"{fx}/tiny_{split}.csv").read().splitlines()[1:]]
+        with open(f"{fx}/tiny_{split}_multi.jsonl", "w") as f:
+            f.writelines(json.dumps({"text": t, "labels": [l] + (["long"] if len(t) > 25 else [])}) + "\n" for t, l in rows)
+        with open(f"{fx}/tiny_{split}_score.csv", "w") as f:
+            f.write("text,label\n" + "".join(f"{t},{1.0 if l == 'pos' else -0.5}\n" for t, l in rows))
     bad = 0
     for i in range(n):
-        task, tr, dv = rng.choice([("classify", "tiny_train.csv", "tiny_dev.csv"), ("ner", "tiny_train.conll", "tiny_dev.conll")])
+        task, tr, dv = rng.choice([("classify", "tiny_train.csv", "tiny_dev.csv"), ("ner", "tiny_train.conll", "tiny_dev.conll"),
+                                   ("multilabel", "tiny_train_multi.jsonl", "tiny_dev_multi.jsonl"), ("regression", "tiny_train_score.csv", "tiny_dev_score.csv")])
         d = os.path.join(tmp, f"d{i}")
         os.makedirs(d)
         data = bytearray(open(f"{fx}/{tr}", "rb").read())
