@@ -418,4 +418,10 @@ fn slow_tokenizer_files_build_the_tokenizer_json_they_came_from() {
     std::fs::create_dir_all(&empty).unwrap();
     let e = BertTokenizer::from_dir(&empty, 48).err().unwrap().to_string();
     assert!(e.contains("tokenizer.json") && e.contains("vocab.txt"), "{e}");
+    // A vocab.json id far past the vocabulary (found by fuzzing: the library then walked every id
+    // below it) is an error naming the token.
+    std::fs::write(empty.join("vocab.json"), r#"{"<s>": 0, "</s>": 1, "a": 1000000000000}"#).unwrap();
+    std::fs::write(empty.join("merges.txt"), "#version: 0.2\n").unwrap();
+    let e = BertTokenizer::from_dir(&empty, 48).err().unwrap().to_string();
+    assert!(e.contains("vocab.json") && e.contains("\"a\" has id 1000000000000"), "{e}");
 }

@@ -106,6 +106,16 @@ pub fn tokenizer_json_from_vocab(dir: &Path) -> Result<String> {
         tok
     } else if json.is_file() && merges.is_file() {
         let (cls, sep, unk, pad, mask) = (special("cls_token", "<s>"), special("sep_token", "</s>"), special("unk_token", "<unk>"), special("pad_token", "<pad>"), special("mask_token", "<mask>"));
+        // Ids must be 0..n: the tokenizers library builds (and serialises) vocabularies by id,
+        // so a stray huge id would run it through every number below it.
+        let parsed: serde_json::Value = std::fs::read_to_string(&json)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+            .or_else(|e| file_err(&json, format!("not valid JSON: {e}")))?;
+        let Some(entries) = parsed.as_object() else { return file_err(&json, "is not a JSON object of token → id") };
+        if let Some((k, v)) = entries.iter().find(|(_, v)| !v.as_u64().is_some_and(|i| (i as usize) < entries.len())) {
+            return file_err(&json, format!("token {k:?} has id {v}: ids must be integers from 0 to {} (the vocabulary's size − 1)", entries.len().saturating_sub(1)));
+        }
         let bpe = BPE::from_file(&text(&json)?, &text(&merges)?).build().or_else(|e| file_err(&json, format!("with {} is not a usable BPE vocabulary: {e}", merges.display())))?;
         let vocab_map = tokenizers::Model::get_vocab(&bpe);
         let id = |t: &str| vocab_map.get(t).copied().ok_or_else(|| crate::error::Error::File { path: json.display().to_string(), detail: format!("has no {t} token") });
