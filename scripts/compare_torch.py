@@ -222,12 +222,14 @@ def torch_run(model_dir, spec, seed, device, limit=None, matched_dir=None):
 
     g = torch.Generator().manual_seed(seed)
     best, best_state = -1.0, None
+    losses = []
     model.train()
     for epoch in range(spec["epochs"]):
         perm = engram_order(len(train), seed, epoch) if matched_dir else torch.randperm(len(train), generator=g).tolist()
         for s in range(0, len(perm), BATCH):
             x, y, _ = encode([train[j] for j in perm[s:s + BATCH]])
             loss = model(**x, labels=y).loss
+            losses.append(loss.item())
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
             opt.step()
@@ -237,7 +239,7 @@ def torch_run(model_dir, spec, seed, device, limit=None, matched_dir=None):
         if d > best:
             best, best_state = d, {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
-    return {"dev": best, "test": evaluate(test)}
+    return {"dev": best, "test": evaluate(test), "loss_per_step": losses}
 
 
 def engram_run(engram, model_dir, spec, seed, device, out, limit=None):
@@ -251,7 +253,15 @@ def engram_run(engram, model_dir, spec, seed, device, out, limit=None):
     if res.returncode != 0:
         sys.exit(f"engram failed: {res.stderr}")
     summary = json.loads(res.stdout.strip().splitlines()[-1])
-    return {"dev": summary["best_metric"], "test": summary["test"][spec["metric"]]}
+    steps = [l for _, l in json.load(open(os.path.join(out, "metrics.json")))["loss_per_step"]]
+    return {"dev": summary["best_metric"], "test": summary["test"][spec["metric"]], "loss_per_step": steps}
+
+
+def agreement(a, b):
+    """How long two training-loss curves stay together: max |Δ| over the first 100 steps and the
+    first step where they differ by more than 1e-3 (None if never)."""
+    d = [abs(x - y) for x, y in zip(a, b)]
+    return {"max_diff_first_100": max(d[:100], default=0.0), "first_step_over_1e-3": next((i + 1 for i, v in enumerate(d) if v > 1e-3), None), "steps": len(d)}
 
 
 def main():
@@ -280,9 +290,13 @@ def main():
             t0 = time.time()
             e = engram_run(a.engram, start or a.model, spec, seed, a.device, f"/tmp/engram-compare-{name}-{seed}", a.limit)
             engram_s = time.time() - t0
-            results.setdefault(name, []).append({"seed": seed, "engram": e, "torch": p, "engram_s": engram_s, "torch_s": torch_s, "matched": a.matched})
+            agree = agreement(p["loss_per_step"], e["loss_per_step"])
+            results.setdefault(name, []).append({"seed": seed, "engram": e, "torch": p, "engram_s": engram_s, "torch_s": torch_s,
+                                                 "matched": a.matched, "loss_agreement": agree})
             print(f"{name} seed {seed}: engram dev {e['dev']:.4f} test {e['test']:.4f} ({engram_s:.0f} s), "
-                  f"torch dev {p['dev']:.4f} test {p['test']:.4f} ({torch_s:.0f} s)", flush=True)
+                  f"torch dev {p['dev']:.4f} test {p['test']:.4f} ({torch_s:.0f} s)"
+                  + (f"; training losses: max |Δ| {agree['max_diff_first_100']:.1e} over the first 100 steps, first |Δ| > 1e-3 at step "
+                     f"{agree['first_step_over_1e-3']} of {agree['steps']}" if a.matched else ""), flush=True)
     json.dump(results, open(a.json, "w"), indent=1)
     print("\n| task | metric | engram test (median of %d) | PyTorch test (median) | difference (points) |" % len(a.seeds))
     print("|---|---|---|---|---|")
