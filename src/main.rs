@@ -426,7 +426,8 @@ fn inspect(dir: &Path) -> Result<()> {
     let distil = c.family == engram::models::bert::Family::DistilBert;
     let types = if distil { "none (DistilBERT)".to_string() } else { c.type_vocab_size.to_string() };
     let positions = if c.max_tokens() == c.max_position_embeddings { c.max_position_embeddings.to_string() } else { format!("{} ({} rows from pad_token_id + 1)", c.max_tokens(), c.max_position_embeddings) };
-    println!("embeddings   vocab {}, positions {positions}, token types {types}, pad id {}", c.vocab_size, c.pad_token_id);
+    let width = if c.embedding_size == c.hidden_size { String::new() } else { format!(", {} wide (projected to {})", c.embedding_size, c.hidden_size) };
+    println!("embeddings   vocab {}, positions {positions}, token types {types}, pad id {}{width}", c.vocab_size, c.pad_token_id);
     let what = if c.family == engram::models::bert::Family::Bert { "in the backbone + pooler" } else { "in the backbone (the heads' tensors below)" };
     println!("parameters   {} ({:.1} M) {what}", bert.num_parameters(), bert.num_parameters() as f64 / 1e6);
     for (dt, (n, numel)) in &dtypes {

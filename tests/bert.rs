@@ -126,6 +126,21 @@ fn tiny_xlm_roberta_matches_pytorch() {
     assert_eq!(bert.config.class_prefix(), "XLMRoberta");
 }
 
+/// ELECTRA (the discriminator): embeddings 24 wide projected to 32 (`embeddings_project`), token
+/// types on pairs, the `classifier.dense` → GELU → `out_proj` head — the same checks.
+#[test]
+fn tiny_electra_matches_pytorch() {
+    let (dir, bert, _) = family_fixture_matches_pytorch("tiny-electra", engram::models::bert::Family::Electra);
+    assert_eq!((bert.config.embedding_size, bert.config.hidden_size, bert.config.class_prefix()), (24, 32, "Electra"));
+    assert!(!bert.params.keys().any(|k| k.starts_with("pooler.")), "ELECTRA has no pooler");
+    // Token classification: a plain classifier; memory tokens need embeddings as wide as the
+    // hidden states, so they are refused here with the reason.
+    let (mut ner, _) = Bert::load(&dir, Head::TokenClassification { num_labels: 5 }, 0).unwrap();
+    assert_eq!(ner.hf_name("classifier.weight"), "classifier.weight");
+    let e = engram::memory::attach(&mut ner, &engram::memory::MemoryConfig::memory(2, 8, None), &dir, 0).unwrap_err().to_string();
+    assert!(e.contains("24 wide") && e.contains("32"), "{e}");
+}
+
 fn minilm_dir() -> PathBuf {
     let d = std::env::var_os("ENGRAM_MINILM_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("weights/cache/all-MiniLM-L6-v2"));
     assert!(

@@ -455,8 +455,9 @@ mod gpu_bert {
             return;
         }
         // The random BERT, DistilBERT (its names, no token types, ReLU head) and RoBERTa
-        // (positions from the padding index, its own head; XLM-R with a Unigram tokenizer).
-        for fixture in ["tiny-bert", "tiny-distilbert", "tiny-roberta", "tiny-xlm-roberta"] {
+        // (positions from the padding index, its own head; XLM-R with a Unigram tokenizer), and
+        // ELECTRA (narrow embeddings projected, a GELU head).
+        for fixture in ["tiny-bert", "tiny-distilbert", "tiny-roberta", "tiny-xlm-roberta", "tiny-electra"] {
             let dir = root().join("weights").join(fixture);
             let (mut bert, _) = Bert::load(&dir, Head::SequenceClassification { num_labels: 3 }, 0).unwrap();
             bert.to_device(Device::Cuda).unwrap();

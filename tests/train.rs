@@ -187,6 +187,7 @@ fn distilbert_and_roberta_finetune_and_save_in_their_own_format() {
         ("tiny-distilbert", "distilbert", "DistilBert", &["pre_classifier."][..]),
         ("tiny-roberta", "roberta", "Roberta", &["classifier.dense.", "classifier.out_proj."][..]),
         ("tiny-xlm-roberta", "xlm-roberta", "XLMRoberta", &["classifier.dense.", "classifier.out_proj."][..]),
+        ("tiny-electra", "electra", "Electra", &["classifier.dense.", "classifier.out_proj."][..]),
     ] {
         let model = root().join("weights").join(fixture);
         let stored: Vec<String> = weights(&model).into_iter().map(|(n, _)| n).collect();

@@ -18,7 +18,10 @@ Writes (all committed, all small):
   weights/tiny-xlm-roberta/{…}  the same for XLM-R (XLMRobertaForSequenceClassification) with a
       small SentencePiece-style Unigram tokenizer (Metaspace) trained here (the Unigram trainer's
       scores vary in their last digits from run to run: regenerate the whole directory at once).
-Run one part: `generate_fixtures.py minilm|tiny|distilbert|roberta|xlmr` (default: all).
+  weights/tiny-electra/{…}  the same for a 2-layer random ELECTRA discriminator
+      (ElectraForSequenceClassification, tiny-bert's tokenizer) whose embeddings (24 wide) are
+      narrower than its hidden states (32): the `embeddings_project` layer; token types used.
+Run one part: `generate_fixtures.py minilm|tiny|distilbert|roberta|xlmr|electra` (default: all).
 engram itself never runs Python.
 """
 import json
@@ -30,7 +33,8 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import (AutoModel, AutoTokenizer, BertConfig, BertForSequenceClassification, DistilBertConfig,
                           DistilBertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification,
-                          XLMRobertaConfig, XLMRobertaForSequenceClassification)
+                          ElectraConfig, ElectraForSequenceClassification, XLMRobertaConfig,
+                          XLMRobertaForSequenceClassification)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MINILM = os.path.join(ROOT, "cache", "all-MiniLM-L6-v2")
@@ -38,6 +42,7 @@ TINY = os.path.join(ROOT, "tiny-bert")
 TINY_DISTIL = os.path.join(ROOT, "tiny-distilbert")
 TINY_ROBERTA = os.path.join(ROOT, "tiny-roberta")
 TINY_XLMR = os.path.join(ROOT, "tiny-xlm-roberta")
+TINY_ELECTRA = os.path.join(ROOT, "tiny-electra")
 
 SENTENCES = [
     "The cat sat on the mat.",
@@ -74,6 +79,15 @@ def minilm():
         metadata={"sentences": json.dumps(SENTENCES)},
     )
     print("minilm: hidden", tuple(out.shape), "embeddings", tuple(emb.shape))
+
+
+def nudge(model):
+    """Non-trivial LayerNorm and bias values (drawn in parameter order from the global RNG), so a
+    swapped weight/bias cannot pass."""
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("bias") or "layer_norm" in n or "LayerNorm" in n:
+                p.add_(0.1 * torch.randn_like(p))
 
 
 def tiny_vocab():
@@ -113,11 +127,7 @@ def tiny():
         label2id={"negative": 0, "neutral": 1, "positive": 2},
     )
     model = BertForSequenceClassification(config)
-    # Non-trivial LayerNorm and bias values, so a swapped weight/bias cannot pass.
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith("bias") or "LayerNorm" in n:
-                p.add_(0.1 * torch.randn_like(p))
+    nudge(model)
     model.save_pretrained(TINY, safe_serialization=True)
 
     tk.enable_padding(pad_id=vocab["[PAD]"], pad_token="[PAD]")
@@ -148,15 +158,16 @@ def tiny():
     print("tiny: vocab", len(vocab), "params", sum(p.numel() for p in model.parameters()), "loss", out.loss.item())
 
 
-def save_reference(model, base, ids, mask, out_dir):
+def save_reference(model, base, ids, mask, out_dir, types=None):
     """`out_dir/reference.safetensors`: inputs, labels, logits, loss, the base model's last hidden
     state and every parameter gradient (eval mode: dropout off, as the Rust side compares)."""
     labels = torch.tensor([2, 0, 1])
     model.eval()
-    out = model(input_ids=ids, attention_mask=mask, labels=labels)
+    extra = {} if types is None else {"token_type_ids": types}
+    out = model(input_ids=ids, attention_mask=mask, labels=labels, **extra)
     out.loss.backward()
     with torch.no_grad():
-        hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = base(input_ids=ids, attention_mask=mask, **extra).last_hidden_state
     tensors = {
         "input_ids": ids.contiguous(),
         "attention_mask": mask.contiguous(),
@@ -186,10 +197,7 @@ def tiny_distil():
         label2id={"negative": 0, "neutral": 1, "positive": 2},
     )
     model = DistilBertForSequenceClassification(config)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith("bias") or "layer_norm" in n or "LayerNorm" in n:
-                p.add_(0.1 * torch.randn_like(p))
+    nudge(model)
     model.save_pretrained(TINY_DISTIL, safe_serialization=True)
     tk.enable_padding(pad_id=vocab["[PAD]"], pad_token="[PAD]")
     encs = tk.encode_batch(PAIRS)
@@ -210,10 +218,7 @@ def random_roberta(config_cls, model_cls, tk, seed, out_dir):
         label2id={"negative": 0, "neutral": 1, "positive": 2},
     )
     model = model_cls(config)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n.endswith("bias") or "LayerNorm" in n:
-                p.add_(0.1 * torch.randn_like(p))
+    nudge(model)
     model.save_pretrained(out_dir, safe_serialization=True)
     tk.enable_padding(pad_id=1, pad_token="<pad>")
     encs = tk.encode_batch(PAIRS)
@@ -259,8 +264,35 @@ def tiny_xlmr():
     random_roberta(XLMRobertaConfig, XLMRobertaForSequenceClassification, tk, 3, TINY_XLMR)
 
 
+def tiny_electra():
+    """A random 2-layer ELECTRA discriminator with tiny-bert's WordPiece tokenizer; embedding_size
+    24 < hidden_size 32, so the embeddings go through `embeddings_project`; pairs with token types."""
+    import shutil
+    os.makedirs(TINY_ELECTRA, exist_ok=True)
+    shutil.copy(os.path.join(TINY, "tokenizer.json"), os.path.join(TINY_ELECTRA, "tokenizer.json"))
+    tk = Tokenizer.from_file(os.path.join(TINY, "tokenizer.json"))
+    vocab = tk.get_vocab()
+    torch.manual_seed(4)
+    config = ElectraConfig(
+        vocab_size=len(vocab), embedding_size=24, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=37, hidden_act="gelu", max_position_embeddings=64, type_vocab_size=2,
+        layer_norm_eps=1e-12, pad_token_id=0, num_labels=3,
+        id2label={0: "negative", 1: "neutral", 2: "positive"},
+        label2id={"negative": 0, "neutral": 1, "positive": 2},
+    )
+    model = ElectraForSequenceClassification(config)
+    nudge(model)
+    model.save_pretrained(TINY_ELECTRA, safe_serialization=True)
+    tk.enable_padding(pad_id=vocab["[PAD]"], pad_token="[PAD]")
+    encs = tk.encode_batch(PAIRS)
+    ids = torch.tensor([e.ids for e in encs])
+    mask = torch.tensor([e.attention_mask for e in encs])
+    types = torch.tensor([e.type_ids for e in encs])
+    save_reference(model, model.electra, ids, mask, TINY_ELECTRA, types=types)
+
+
 if __name__ == "__main__":
     import sys
-    parts = {"minilm": minilm, "tiny": tiny, "distilbert": tiny_distil, "roberta": tiny_roberta, "xlmr": tiny_xlmr}
+    parts = {"minilm": minilm, "tiny": tiny, "distilbert": tiny_distil, "roberta": tiny_roberta, "xlmr": tiny_xlmr, "electra": tiny_electra}
     for name in sys.argv[1:] or list(parts):
         parts[name]()

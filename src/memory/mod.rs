@@ -94,6 +94,13 @@ impl MemoryConfig {
         if self.bptt == Some(0) {
             return bad("--bptt must be at least 1 segment".into());
         }
+        // The memory is written over word embeddings: it must be as wide as the hidden states.
+        if self.mode == Mode::Memory && bert.config.embedding_size != bert.config.hidden_size {
+            return bad(format!(
+                "memory tokens need embeddings as wide as the hidden states; this model's are {} wide, its hidden states {} (ELECTRA's embeddings_project)",
+                bert.config.embedding_size, bert.config.hidden_size
+            ));
+        }
         match (self.mode, self.memory_tokens) {
             (Mode::Memory, 0) => return bad("the memory model needs at least one memory token".into()),
             (Mode::ChunkMean, m) if m > 0 => return bad("chunk-and-average uses no memory tokens".into()),

@@ -22,6 +22,9 @@ struct Raw {
     model_type: Option<String>,
     vocab_size: usize,
     hidden_size: usize,
+    /// ELECTRA: the width of the embeddings (projected to hidden_size when it differs).
+    #[serde(default)]
+    embedding_size: Option<usize>,
     num_hidden_layers: usize,
     num_attention_heads: usize,
     intermediate_size: usize,
@@ -85,6 +88,10 @@ pub enum Family {
     Bert,
     DistilBert,
     Roberta,
+    /// ELECTRA (the discriminator): a BERT whose embeddings may be narrower than its hidden
+    /// states (`embedding_size`, then `embeddings_project`), with no pooler, and RoBERTa's
+    /// sequence head with GELU in place of tanh.
+    Electra,
 }
 
 /// A DistilBERT `config.json` in `BertConfig` terms (field names translated; the original stays
@@ -152,6 +159,8 @@ pub struct BertConfig {
     pub family: Family,
     pub vocab_size: usize,
     pub hidden_size: usize,
+    /// The embeddings' width: `hidden_size` except in ELECTRA checkpoints that project them.
+    pub embedding_size: usize,
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub intermediate_size: usize,
@@ -202,6 +211,7 @@ impl BertConfig {
                 other => other,
             }),
             Some("roberta" | "xlm-roberta") => Self::from_value(value.clone(), value, Family::Roberta),
+            Some("electra") => Self::from_value(value.clone(), value, Family::Electra),
             _ => Self::from_value(value.clone(), value, Family::Bert),
         }
     }
@@ -215,7 +225,7 @@ impl BertConfig {
         };
         if let (Some(mt), Family::Bert) = (&raw.model_type, family) {
             if mt != "bert" {
-                return file_err(P, format!("model_type \"{mt}\" is not supported (engram runs \"bert\", \"distilbert\", \"roberta\" and \"xlm-roberta\")"));
+                return file_err(P, format!("model_type \"{mt}\" is not supported (engram runs \"bert\", \"distilbert\", \"roberta\", \"xlm-roberta\" and \"electra\")"));
             }
         }
         if let Some(pe) = &raw.position_embedding_type {
@@ -240,6 +250,7 @@ impl BertConfig {
             ("intermediate_size", raw.intermediate_size),
             ("max_position_embeddings", raw.max_position_embeddings),
             ("type_vocab_size", raw.type_vocab_size),
+            ("embedding_size", raw.embedding_size.unwrap_or(raw.hidden_size)),
         ] {
             if v == 0 {
                 return file_err(P, format!("{name} must be positive"));
@@ -291,6 +302,7 @@ impl BertConfig {
             family,
             vocab_size: raw.vocab_size,
             hidden_size: raw.hidden_size,
+            embedding_size: if family == Family::Electra { raw.embedding_size.unwrap_or(raw.hidden_size) } else { raw.hidden_size },
             num_hidden_layers: raw.num_hidden_layers,
             num_attention_heads: raw.num_attention_heads,
             intermediate_size: raw.intermediate_size,
@@ -322,13 +334,14 @@ impl BertConfig {
         }
     }
 
-    /// The transformers class name prefix: `Bert`, `DistilBert`, `Roberta` or `XLMRoberta`.
+    /// The transformers class name prefix: `Bert`, `DistilBert`, `Roberta`, `XLMRoberta` or `Electra`.
     pub fn class_prefix(&self) -> &'static str {
         match (self.family, self.raw.get("model_type").and_then(|m| m.as_str())) {
             (Family::DistilBert, _) => "DistilBert",
             (Family::Roberta, Some("xlm-roberta")) => "XLMRoberta",
             (Family::Roberta, _) => "Roberta",
             (Family::Bert, _) => "Bert",
+            (Family::Electra, _) => "Electra",
         }
     }
 }

@@ -7,7 +7,9 @@
 //! attention.q_lin` → `encoder.layer.N.attention.self.query`, …, its `pre_classifier` →
 //! `pooler.dense`) and back when saved (`Bert::hf_name`); it has no token-type embeddings.
 //! RoBERTa's are BERT's under `roberta.`, except its sequence head: `classifier.dense` →
-//! `head.dense`, `classifier.out_proj` → `classifier`.
+//! `head.dense`, `classifier.out_proj` → `classifier`. ELECTRA's are BERT's under `electra.`,
+//! plus `embeddings_project` (embeddings narrower than the hidden states), with RoBERTa's head
+//! names.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -97,7 +99,7 @@ fn canonical(name: &str) -> String {
     if let Some(p) = name.strip_prefix("classifier.out_proj.") {
         return format!("classifier.{p}");
     }
-    let n = name.strip_prefix("bert.").or_else(|| name.strip_prefix("roberta.")).unwrap_or(name);
+    let n = ["bert.", "roberta.", "electra."].iter().find_map(|p| name.strip_prefix(p)).unwrap_or(name);
     if let Some(p) = n.strip_suffix(".gamma") {
         format!("{p}.weight")
     } else if let Some(p) = n.strip_suffix(".beta") {
@@ -110,16 +112,20 @@ fn canonical(name: &str) -> String {
 impl Bert {
     /// Names and shapes of every parameter the model (with `head`) needs.
     pub fn expected(config: &BertConfig, head: Head) -> Vec<(String, Vec<usize>)> {
-        let (c, f) = (config.hidden_size, config.intermediate_size);
+        let (c, f, e) = (config.hidden_size, config.intermediate_size, config.embedding_size);
         let distil = config.family == Family::DistilBert;
         let mut v: Vec<(String, Vec<usize>)> = vec![
-            ("embeddings.word_embeddings.weight".into(), vec![config.vocab_size, c]),
-            ("embeddings.position_embeddings.weight".into(), vec![config.max_position_embeddings, c]),
-            ("embeddings.LayerNorm.weight".into(), vec![c]),
-            ("embeddings.LayerNorm.bias".into(), vec![c]),
+            ("embeddings.word_embeddings.weight".into(), vec![config.vocab_size, e]),
+            ("embeddings.position_embeddings.weight".into(), vec![config.max_position_embeddings, e]),
+            ("embeddings.LayerNorm.weight".into(), vec![e]),
+            ("embeddings.LayerNorm.bias".into(), vec![e]),
         ];
         if !distil {
-            v.push(("embeddings.token_type_embeddings.weight".into(), vec![config.type_vocab_size, c]));
+            v.push(("embeddings.token_type_embeddings.weight".into(), vec![config.type_vocab_size, e]));
+        }
+        if e != c {
+            v.push(("embeddings_project.weight".into(), vec![c, e]));
+            v.push(("embeddings_project.bias".into(), vec![c]));
         }
         for l in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{l}");
@@ -148,7 +154,7 @@ impl Bert {
         };
         match (config.family, seq) {
             (Family::Bert, _) | (Family::DistilBert, true) => dense("pooler.dense"),
-            (Family::Roberta, true) => dense("head.dense"),
+            (Family::Roberta | Family::Electra, true) => dense("head.dense"),
             _ => {}
         }
         match head {
@@ -279,7 +285,7 @@ impl Bert {
     /// transformers' `save_pretrained` writes): `bert.…` / `roberta.…` / `distilbert.…`, heads
     /// unprefixed (RoBERTa's sequence head as `classifier.dense` / `classifier.out_proj`).
     pub fn hf_name(&self, name: &str) -> String {
-        if self.config.family == Family::Roberta {
+        if matches!(self.config.family, Family::Roberta | Family::Electra) {
             if let Some(p) = name.strip_prefix("head.dense.") {
                 return format!("classifier.dense.{p}");
             }
@@ -293,6 +299,7 @@ impl Bert {
         match self.config.family {
             Family::Bert => return format!("bert.{name}"),
             Family::Roberta => return format!("roberta.{name}"),
+            Family::Electra => return format!("electra.{name}"),
             Family::DistilBert => {}
         }
         if let Some(p) = name.strip_prefix("pooler.dense.") {
@@ -363,10 +370,10 @@ impl Bert {
     pub fn encode_embeds(&self, tape: &Tape, words: &Tensor, token_type_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Result<Tensor> {
         let cfg = &self.config;
         let s = words.shape();
-        if s.len() != 3 || s[2] != cfg.hidden_size || token_type_ids.shape() != &s[..2] || attention_mask.shape() != &s[..2] {
+        if s.len() != 3 || s[2] != cfg.embedding_size || token_type_ids.shape() != &s[..2] || attention_mask.shape() != &s[..2] {
             return shape_err(
                 "bert",
-                format!("embeddings {s:?}, token types {:?} and mask {:?} do not fit hidden size {}", token_type_ids.shape(), attention_mask.shape(), cfg.hidden_size),
+                format!("embeddings {s:?}, token types {:?} and mask {:?} do not fit embedding size {}", token_type_ids.shape(), attention_mask.shape(), cfg.embedding_size),
             );
         }
         let (b, t) = (s[0], s[1]);
@@ -402,7 +409,10 @@ impl Bert {
         if !distil {
             e = ops::add(tape, &e, &ops::embedding(tape, &types, self.p("embeddings.token_type_embeddings.weight")?, None)?)?;
         }
-        let mut x = ops::dropout(tape, &self.layer_norm(tape, &e, "embeddings.LayerNorm")?, drop)?; // (B, T, C)
+        let mut x = ops::dropout(tape, &self.layer_norm(tape, &e, "embeddings.LayerNorm")?, drop)?; // (B, T, E)
+        if cfg.embedding_size != cfg.hidden_size {
+            x = self.linear(tape, &x, "embeddings_project")?; // ELECTRA: (B, T, E) → (B, T, C)
+        }
         let nh = cfg.num_attention_heads;
         let scale = 1.0 / (cfg.head_size() as f64).sqrt();
         for l in 0..cfg.num_hidden_layers {
@@ -431,7 +441,7 @@ impl Bert {
     pub fn pool(&self, tape: &Tape, hidden: &Tensor) -> Result<Tensor> {
         let d = self.linear(tape, &ops::token(tape, hidden, 0)?, "pooler.dense")?;
         match self.config.family {
-            Family::Bert | Family::Roberta => ops::tanh(tape, &d),
+            Family::Bert | Family::Roberta | Family::Electra => ops::tanh(tape, &d),
             Family::DistilBert => ops::relu(tape, &d),
         }
     }
@@ -449,10 +459,13 @@ impl Bert {
         let p = if train { self.config.classifier_dropout.unwrap_or(self.config.hidden_dropout_prob) } else { 0.0 };
         match self.head {
             Head::None => Err(Error::Autograd("bert: logits need a classification head".into())),
-            Head::SequenceClassification { .. } if self.config.family == Family::Roberta => {
-                // RobertaClassificationHead: dropout, dense, tanh, dropout, out_proj on <s>.
+            Head::SequenceClassification { .. } if matches!(self.config.family, Family::Roberta | Family::Electra) => {
+                // RobertaClassificationHead: dropout, dense, tanh, dropout, out_proj on <s>;
+                // ElectraClassificationHead: the same with GELU.
                 let x = ops::dropout(tape, &ops::token(tape, &hidden, 0)?, p)?;
-                let x = ops::dropout(tape, &ops::tanh(tape, &self.linear(tape, &x, "head.dense")?)?, p)?;
+                let d = self.linear(tape, &x, "head.dense")?;
+                let a = if self.config.family == Family::Electra { ops::gelu(tape, &d)? } else { ops::tanh(tape, &d)? };
+                let x = ops::dropout(tape, &a, p)?;
                 self.linear(tape, &x, "classifier")
             }
             Head::SequenceClassification { .. } => {
