@@ -1,5 +1,6 @@
-// Softmax cross-entropy with integer targets and ignore_index = -100 (mean over non-ignored rows;
-// 0 with no gradient when every row is ignored). Targets are validated on the host.
+// Softmax cross-entropy with integer targets, ignore_index = -100 (mean over non-ignored rows;
+// 0 with no gradient when every row is ignored) and label smoothing eps (row loss
+// (1 − eps)·(lse − x_t) + eps·(lse − mean x); eps = 0: plain). Targets are validated on the host.
 // Variants:
 //   cross_entropy_fwd_v1: one block per row, logsumexp + per-row loss — production
 //   cross_entropy_reduce_v1: one block, f64 sum of row losses and the non-ignored count — production
@@ -9,7 +10,7 @@
 #define IGNORE_INDEX (-100LL)
 
 extern "C" __global__ void cross_entropy_fwd_v1(float* row_loss, float* lse, const float* logits, const long long* targets,
-                                                long long rows, int v) {
+                                                long long rows, int v, float eps) {
     const long long r = blockIdx.x;
     if (r >= rows) return;
     const float* xr = logits + r * v;
@@ -19,11 +20,16 @@ extern "C" __global__ void cross_entropy_fwd_v1(float* row_loss, float* lse, con
     float s = 0.f;
     for (int i = threadIdx.x; i < v; i += blockDim.x) s += expf(xr[i] - m);
     s = block_sum(s);
+    float sum = 0.f;
+    if (eps != 0.f) {
+        for (int i = threadIdx.x; i < v; i += blockDim.x) sum += xr[i];
+        sum = block_sum(sum);
+    }
     if (threadIdx.x == 0) {
         const float l = m + logf(s);
         lse[r] = l;
         const long long t = targets[r];
-        row_loss[r] = (t == IGNORE_INDEX) ? 0.f : l - xr[t];
+        row_loss[r] = (t == IGNORE_INDEX) ? 0.f : (1.f - eps) * (l - xr[t]) + eps * (l - sum / (float)v);
     }
 }
 
@@ -44,7 +50,7 @@ extern "C" __global__ void cross_entropy_reduce_v1(float* loss, float* count, co
 }
 
 extern "C" __global__ void cross_entropy_bwd_v1(float* dx, const float* dloss, const float* count, const float* lse,
-                                                const float* logits, const long long* targets, long long rows, int v) {
+                                                const float* logits, const long long* targets, long long rows, int v, float eps) {
     const float cnt = count[0];
     if (cnt == 0.f) return;
     const float g = dloss[0] / cnt;
@@ -54,6 +60,6 @@ extern "C" __global__ void cross_entropy_bwd_v1(float* dx, const float* dloss, c
         if (t == IGNORE_INDEX) continue;
         const int j = (int)(i % v);
         const float p = expf(logits[i] - lse[r]);
-        dx[i] += g * (p - (j == t ? 1.f : 0.f));
+        dx[i] += g * (p - (j == t ? 1.f - eps : 0.f) - eps / (float)v);
     }
 }

@@ -135,6 +135,10 @@ struct FinetuneCli {
     /// transformers' group_by_length does.
     #[arg(long)]
     group_by_length: bool,
+    /// Label smoothing of the cross-entropy loss (classify, pair, ner), as transformers'
+    /// label_smoothing_factor: the target gets 1 − ε + ε/V, every class ε/V.
+    #[arg(long, default_value_t = 0.0, value_name = "EPS")]
+    label_smoothing: f64,
     /// Stop after N optimizer steps with a checkpoint (to test --resume).
     #[arg(long, hide = true)]
     stop_after_steps: Option<u64>,
@@ -340,6 +344,7 @@ fn finetune(f: FinetuneCli) -> Result<()> {
     a.save_steps = f.save_steps;
     a.eval_steps = f.eval_steps;
     a.group_by_length = f.group_by_length;
+    a.label_smoothing = f.label_smoothing;
     a.stop_after_steps = f.stop_after_steps;
     a.progress = !f.quiet;
     a.truncate_left = f.truncate_left;

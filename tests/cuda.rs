@@ -313,6 +313,9 @@ mod gpu {
         let targets = Tensor::from_ids(vec![5, -100, 36, 0, -100, 12], &[2, 3]).unwrap();
         parity("cross_entropy", &[logits.clone(), targets], |t, i| ops::cross_entropy(t, &i[0], &i[1]));
         let ignored = Tensor::from_ids(vec![-100; 6], &[2, 3]).unwrap();
+        parity("cross_entropy label smoothing", &[logits.clone(), Tensor::from_ids(vec![5, -100, 36, 0, -100, 12], &[2, 3]).unwrap()], |t, i| {
+            ops::cross_entropy_smoothed(t, &i[0], &i[1], 0.1)
+        });
         parity("cross_entropy all ignored", &[logits, ignored], |t, i| ops::cross_entropy(t, &i[0], &i[1]));
 
         // Multi-label and regression heads: more elements than one block's 1024 threads.

@@ -164,6 +164,7 @@ fn cross_entropy_with_ignore_index() {
     let one = ids(vec![3], &[1]);
     let l1 = r.param(&[1, 5]);
     assert_gradcheck("cross_entropy N=1", &[l1], 22, |t, v| ops::cross_entropy(t, &v[0], &one));
+    assert_gradcheck("cross_entropy label smoothing 0.2", &[logits], 26, |t, v| ops::cross_entropy_smoothed(t, &v[0], &targets, 0.2));
 }
 
 #[test]

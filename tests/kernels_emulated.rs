@@ -383,19 +383,19 @@ fn pointwise_cases(exe: &Path, tag: &str) -> Result<(), String> {
         close("softmax y", &read_f32(&d.join("y")), &y.to_f64_vec())?;
         close("softmax dx", &read_f32(&d.join("dx")), &g.tensor(&x).unwrap().to_f64_vec())?;
     }
-    {
-        let d = dir.join("cross_entropy");
+    for eps in [0.0, 0.1] {
+        let d = dir.join(format!("cross_entropy-{eps}"));
         std::fs::create_dir_all(&d).unwrap();
         let (rows, v) = (7usize, 37usize);
         let x = randn(&mut rng, &[rows, v]).requires_grad();
         let t: Vec<i64> = (0..rows as i64).map(|i| if i % 3 == 1 { ops::IGNORE_INDEX } else { (i * 5) % v as i64 }).collect();
         let tt = Tensor::from_ids(t.clone(), &[rows]).unwrap();
         let tape = Tape::training(0);
-        let loss = ops::cross_entropy(&tape, &x, &tt).unwrap();
+        let loss = ops::cross_entropy_smoothed(&tape, &x, &tt, eps).unwrap();
         let g = tape.backward(&loss).unwrap();
         write_f32(&d.join("x"), &x.to_f64_vec());
         std::fs::write(d.join("t"), t.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
-        std::fs::write(d.join("cfg.txt"), format!("{rows} {v}\n")).unwrap();
+        std::fs::write(d.join("cfg.txt"), format!("{rows} {v} {eps}\n")).unwrap();
         let (ok, log) = run(exe, &[d.as_os_str(), "cross_entropy".as_ref()]);
         if !ok {
             return Err(format!("cross_entropy kernels failed:\n{log}"));

@@ -312,8 +312,14 @@ fn bad_data_is_an_error_naming_the_file_and_line() {
 fn bad_hyperparameters_and_divergence_are_errors_that_keep_the_best_model() {
     let model = root().join("weights/tiny-bert");
     type Case = (&'static str, fn(&mut FinetuneArgs));
-    let cases: [Case; 6] = [
+    let cases: [Case; 9] = [
         ("--save-steps", |a| a.save_steps = Some(0)),
+        ("--label-smoothing", |a| a.label_smoothing = 1.0),
+        ("--label-smoothing", |a| a.label_smoothing = f64::NAN),
+        ("--label-smoothing", |a| {
+            a.task = Task::Regression;
+            a.label_smoothing = 0.1
+        }),
         ("--lr", |a| a.lr = f64::NAN),
         ("--lr", |a| a.lr = f64::INFINITY),
         ("--weight-decay", |a| a.weight_decay = f64::NAN),
@@ -674,4 +680,25 @@ fn a_checkpoint_with_only_vocab_txt_finetunes_and_gets_a_tokenizer_json() {
     std::fs::remove_file(a.out.join("tokenizer.json")).unwrap();
     let rebuilt = predict_dir(&a.out, &["the cat sat on my mat".to_string()], 64, 8, engram::Device::Cpu, false).unwrap();
     assert_eq!(from_vocab, rebuilt, "the written tokenizer.json is the one built from vocab.txt");
+}
+
+#[test]
+fn label_smoothing_reaches_the_loss() {
+    // Dropout off: the two runs differ only by ε (the op itself is checked against PyTorch's
+    // label_smoothing in ops.json). From the same logits the first losses differ a little (two
+    // nearly uniform classes at the start), and the weights then part.
+    let model = tiny_without_dropout("smoothing");
+    let plain = args(&model, Task::Classify, tmp("smooth-0"));
+    let mut smooth = plain.clone();
+    smooth.out = tmp("smooth-1");
+    smooth.label_smoothing = 0.1;
+    finetune(&plain).unwrap();
+    finetune(&smooth).unwrap();
+    let first = |a: &FinetuneArgs| -> f64 {
+        let m: serde_json::Value = serde_json::from_slice(&std::fs::read(a.out.join("metrics.json")).unwrap()).unwrap();
+        m["loss_per_step"][0][1].as_f64().unwrap()
+    };
+    let (l0, l1) = (first(&plain), first(&smooth));
+    assert!(l0 != l1 && (l0 - l1).abs() < 0.1 * l0, "step-1 loss {l0} vs smoothed {l1}");
+    assert!(weights(&plain.out.join("checkpoint")) != weights(&smooth.out.join("checkpoint")));
 }

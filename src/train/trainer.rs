@@ -133,6 +133,9 @@ pub struct FinetuneArgs {
     /// Batch examples of similar length together (transformers' `group_by_length`): less padding.
     #[serde(default)]
     pub group_by_length: bool,
+    /// Label smoothing ε of the cross-entropy tasks (transformers' `label_smoothing_factor`).
+    #[serde(default)]
+    pub label_smoothing: f64,
     pub progress: bool,
     /// Long inputs cut into segments: recurrent memory tokens, or the chunk-and-average
     /// baseline (see `memory`). `None`: truncate to `max_length` like transformers.
@@ -185,6 +188,7 @@ impl FinetuneArgs {
             stop_after_steps: None,
             eval_steps: None,
             group_by_length: false,
+            label_smoothing: 0.0,
             progress: true,
             memory: None,
             label_sep: default_label_sep(),
@@ -525,11 +529,12 @@ fn loss_op(task: Task) -> &'static str {
 
 /// The task's training loss: cross-entropy over classes (or tags), BCE with logits per label,
 /// or mean squared error of the score — transformers' choice for each `problem_type`.
-fn task_loss(task: Task, tape: &Tape, logits: &Tensor, y: &Tensor) -> Result<Tensor> {
+/// `label_smoothing` applies to the cross-entropy tasks (transformers' `label_smoothing_factor`).
+fn task_loss(task: Task, tape: &Tape, logits: &Tensor, y: &Tensor, label_smoothing: f64) -> Result<Tensor> {
     match task {
         Task::Multilabel => ops::binary_cross_entropy_with_logits(tape, logits, y),
         Task::Regression => ops::mse_loss(tape, logits, y),
-        Task::Classify | Task::Pair | Task::Ner => ops::cross_entropy(tape, logits, y),
+        Task::Classify | Task::Pair | Task::Ner => ops::cross_entropy_smoothed(tape, logits, y, label_smoothing),
     }
 }
 
@@ -579,7 +584,10 @@ pub struct Evaluation {
     pub values: BTreeMap<String, f64>,
 }
 
-fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: Task, ex: &[Example], labels: &[String], batch_size: usize, path: &Path) -> Result<Evaluation> {
+/// `label_smoothing`: the training loss's, so the dev loss is the same quantity (as transformers'
+/// Trainer computes it); 0 for `engram eval`.
+#[allow(clippy::too_many_arguments)]
+fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: Task, ex: &[Example], labels: &[String], batch_size: usize, path: &Path, label_smoothing: f64) -> Result<Evaluation> {
     let label_ids: HashMap<String, usize> = labels.iter().enumerate().map(|(i, l)| (l.clone(), i)).collect();
     let (mut gold, mut pred, mut gold_tags, mut pred_tags) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut gold_multi, mut pred_multi, mut gold_score, mut pred_score) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -598,7 +606,7 @@ fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: 
         let tape = Tape::inference();
         let logits = logits(bert, mem, &tape, &inputs, false)?;
         let yd = y.to_device(bert.device())?;
-        loss_sum += task_loss(task, &tape, &logits, &yd)?.item()? * chunk.len() as f64;
+        loss_sum += task_loss(task, &tape, &logits, &yd, label_smoothing)?.item()? * chunk.len() as f64;
         loss_n += chunk.len();
         let out = logits.to_f64_vec();
         match task {
@@ -807,6 +815,12 @@ fn check_hyperparameters(args: &FinetuneArgs) -> Result<()> {
     }
     if args.optimizer == OptimizerKind::Sgd && !(args.momentum.is_finite() && (0.0..1.0).contains(&args.momentum)) {
         return bad("--momentum", args.momentum, "in [0, 1)");
+    }
+    if !(args.label_smoothing.is_finite() && (0.0..1.0).contains(&args.label_smoothing)) {
+        return bad("--label-smoothing", args.label_smoothing, "in [0, 1)");
+    }
+    if args.label_smoothing > 0.0 && matches!(args.task, Task::Multilabel | Task::Regression) {
+        return Err(Error::Value { op: "finetune", detail: "--label-smoothing applies to the cross-entropy tasks (classify, pair, ner), not to multilabel or regression".into() });
     }
     if args.eval_steps == Some(0) {
         return Err(Error::Value { op: "finetune", detail: "--eval-steps must be at least 1 (leave it out to evaluate after every epoch)".into() });
@@ -1018,7 +1032,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
                 let tape = if args.profile { tape.profiled() } else { tape };
                 state.global_micro += 1;
                 let logits = logits(&bert, mem, &tape, &inputs, true)?;
-                let loss = task_loss(task, &tape, &logits, &y.to_device(args.device)?)?;
+                let loss = task_loss(task, &tape, &logits, &y.to_device(args.device)?, args.label_smoothing)?;
                 loss_sum += loss.item()?;
                 grads.accumulate(tape.backward(&loss)?)?;
                 if let Some(p) = tape.profile() {
@@ -1126,7 +1140,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
     if let (Some(test), false) = (&args.test, interrupted) {
         let (best, _, _, best_mem) = load_finetuned(&args.out, args.device)?;
         let ex = load_examples(task, test, args.max_eval_examples, args.label_sep)?;
-        let ev = evaluate(&best, best_mem.as_ref(), &tok, task, &ex, &labels, 64, test)?;
+        let ev = evaluate(&best, best_mem.as_ref(), &tok, task, &ex, &labels, 64, test, args.label_smoothing)?;
         if args.progress {
             eprintln!("test ({}):\n{}", test.display(), ev.text);
         }
@@ -1154,7 +1168,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
 /// best so far, and say whether early stopping's patience has run out.
 #[allow(clippy::too_many_arguments)]
 fn dev_round(args: &FinetuneArgs, bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, dev: &[Example], labels: &[String], state: &mut TrainerState, epoch: usize, train_loss: f64, seconds: f64) -> Result<bool> {
-    let ev = evaluate(bert, mem, tok, args.task, dev, labels, args.batch_size.max(32), &args.dev)?;
+    let ev = evaluate(bert, mem, tok, args.task, dev, labels, args.batch_size.max(32), &args.dev, args.label_smoothing)?;
     let value = *ev.values.get(&args.metric).ok_or_else(|| Error::Value {
         op: "finetune",
         detail: format!("unknown metric \"{}\" (one of: {})", args.metric, ev.values.keys().cloned().collect::<Vec<_>>().join(", ")),
@@ -1249,7 +1263,7 @@ pub fn evaluate_dir(dir: &Path, data: &Path, max_length: usize, device: Device, 
     let (bert, task, labels, mem) = load_finetuned(dir, device)?;
     let ex = load_examples(task, data, None, label_sep)?;
     let tok = BertTokenizer::from_dir(dir, max_length.min(bert.config.max_tokens()))?.fits(bert.config.vocab_size)?;
-    let ev = evaluate(&bert, mem.as_ref(), &tok, task, &ex, &labels, 64, data)?;
+    let ev = evaluate(&bert, mem.as_ref(), &tok, task, &ex, &labels, 64, data, 0.0)?;
     Ok((ev.text, serde_json::json!({ "metrics": ev.json, "values": ev.values })))
 }
 

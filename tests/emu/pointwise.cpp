@@ -7,7 +7,7 @@
 //   pointwise DIR layer_norm  DIR/cfg.txt "rows c eps", DIR/{x, w, b, dy} → DIR/{y, dx, dw, db}
 //                             (cfg_rows(rows, 256) for the row kernels, cfg_1d(c) for dw/db)
 //   pointwise DIR softmax     DIR/cfg.txt "rows c", DIR/{x, dy} → DIR/{y, dx}
-//   pointwise DIR cross_entropy  DIR/cfg.txt "rows v", DIR/{x, t (i64)} → DIR/{loss, dx} (dloss = 1;
+//   pointwise DIR cross_entropy  DIR/cfg.txt "rows v eps", DIR/{x, t (i64)} → DIR/{loss, dx} (dloss = 1;
 //                             the reduce kernel runs as one block of 1024 threads)
 //   pointwise DIR gelu | gelu_tanh  DIR/cfg.txt "n", DIR/{x, dy} → DIR/{y, dx}
 //   pointwise DIR embedding   DIR/cfg.txt "n c v padding_idx|-1", DIR/{ids (i64), table, dy} → DIR/{y, dtable}
@@ -95,16 +95,17 @@ int main(int argc, char** argv) {
     } else if (what == "cross_entropy") {
         long long rows;
         int v;
-        if (!(cfg >> rows >> v)) return 2;
+        float eps;
+        if (!(cfg >> rows >> v >> eps)) return 2;
         auto x = load(dir + "/x", rows * v);
         std::vector<long long> t(rows);
         std::ifstream tf(dir + "/t", std::ios::binary);
         if (!tf.read(reinterpret_cast<char*>(t.data()), (std::streamsize)(rows * 8))) return 2;
         std::vector<float> row_loss(rows, NAN), lse(rows, NAN), loss(1, NAN), count(1, NAN), dloss(1, 1.f), dx(rows * v, 0.f);
-        emu::launch(dim3((unsigned)rows), dim3(256), [&] { cross_entropy_fwd_v1(row_loss.data(), lse.data(), x.data(), t.data(), rows, v); });
+        emu::launch(dim3((unsigned)rows), dim3(256), [&] { cross_entropy_fwd_v1(row_loss.data(), lse.data(), x.data(), t.data(), rows, v, eps); });
         emu::launch(dim3(1), dim3(1024), [&] { cross_entropy_reduce_v1(loss.data(), count.data(), row_loss.data(), t.data(), rows); });
         emu::launch(dim3(blocks(rows * v)), dim3(256), [&] {
-            cross_entropy_bwd_v1(dx.data(), dloss.data(), count.data(), lse.data(), x.data(), t.data(), rows, v);
+            cross_entropy_bwd_v1(dx.data(), dloss.data(), count.data(), lse.data(), x.data(), t.data(), rows, v, eps);
         });
         save(dir + "/loss", loss);
         save(dir + "/dx", dx);
