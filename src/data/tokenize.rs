@@ -113,7 +113,7 @@ pub fn tokenizer_json_from_vocab(dir: &Path) -> Result<String> {
             .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
             .or_else(|e| file_err(&json, format!("not valid JSON: {e}")))?;
         let Some(entries) = parsed.as_object() else { return file_err(&json, "is not a JSON object of token → id") };
-        if let Some((k, v)) = entries.iter().find(|(_, v)| !v.as_u64().is_some_and(|i| (i as usize) < entries.len())) {
+        if let Some((k, v)) = entries.iter().find(|(_, v)| v.as_u64().is_none_or(|i| (i as usize) >= entries.len())) {
             return file_err(&json, format!("token {k:?} has id {v}: ids must be integers from 0 to {} (the vocabulary's size − 1)", entries.len().saturating_sub(1)));
         }
         let bpe = BPE::from_file(&text(&json)?, &text(&merges)?).build().or_else(|e| file_err(&json, format!("with {} is not a usable BPE vocabulary: {e}", merges.display())))?;

@@ -1065,7 +1065,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
             let secs = start.elapsed().as_secs_f64();
             bar.set_position(i as u64);
             bar.set_message(format!("loss {step_loss:.4} lr {lr:.2e} {:.1} ex/s {:.0} tok/s", seen_examples as f64 / secs, seen_tokens as f64 / secs));
-            if args.eval_steps.is_some_and(|n| state.global_step % n == 0) {
+            if args.eval_steps.is_some_and(|n| state.global_step.is_multiple_of(n)) {
                 let t0 = Instant::now();
                 let avg = epoch_loss / epoch_n.max(1) as f64;
                 let done = bar.suspend(|| dev_round(args, &bert, mem, &tok, &dev, &labels, &mut state, epoch, avg, epoch_start.elapsed().as_secs_f64()))?;
