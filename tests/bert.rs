@@ -141,6 +141,19 @@ fn tiny_electra_matches_pytorch() {
     assert!(e.contains("24 wide") && e.contains("32"), "{e}");
 }
 
+/// ALBERT: one layer's weights shared by three layers (each gradient sums three uses), gelu_new,
+/// embeddings 24 → 32, a tanh pooler — the same checks; the saved names are ALBERT's.
+#[test]
+fn tiny_albert_matches_pytorch() {
+    let (dir, bert, _) = family_fixture_matches_pytorch("tiny-albert", engram::models::bert::Family::Albert);
+    assert_eq!((bert.config.num_hidden_layers, bert.config.class_prefix()), (3, "Albert"));
+    assert!(!bert.params.keys().any(|k| k.starts_with("encoder.layer.1")), "one shared layer");
+    // More than one layer group is refused, naming the field.
+    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap().replace("\"num_hidden_groups\": 1", "\"num_hidden_groups\": 2");
+    let e = engram::models::bert::BertConfig::from_json(&cfg).unwrap_err().to_string();
+    assert!(e.contains("num_hidden_groups = 2"), "{e}");
+}
+
 fn minilm_dir() -> PathBuf {
     let d = std::env::var_os("ENGRAM_MINILM_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("weights/cache/all-MiniLM-L6-v2"));
     assert!(

@@ -459,8 +459,8 @@ mod gpu_bert {
         }
         // The random BERT, DistilBERT (its names, no token types, ReLU head) and RoBERTa
         // (positions from the padding index, its own head; XLM-R with a Unigram tokenizer), and
-        // ELECTRA (narrow embeddings projected, a GELU head).
-        for fixture in ["tiny-bert", "tiny-distilbert", "tiny-roberta", "tiny-xlm-roberta", "tiny-electra"] {
+        // ELECTRA (narrow embeddings projected, a GELU head), ALBERT (one layer shared by three).
+        for fixture in ["tiny-bert", "tiny-distilbert", "tiny-roberta", "tiny-xlm-roberta", "tiny-electra", "tiny-albert"] {
             let dir = root().join("weights").join(fixture);
             let (mut bert, _) = Bert::load(&dir, Head::SequenceClassification { num_labels: 3 }, 0).unwrap();
             bert.to_device(Device::Cuda).unwrap();

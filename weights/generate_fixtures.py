@@ -21,7 +21,9 @@ Writes (all committed, all small):
   weights/tiny-electra/{…}  the same for a 2-layer random ELECTRA discriminator
       (ElectraForSequenceClassification, tiny-bert's tokenizer) whose embeddings (24 wide) are
       narrower than its hidden states (32): the `embeddings_project` layer; token types used.
-Run one part: `generate_fixtures.py minilm|tiny|distilbert|roberta|xlmr|electra` (default: all).
+  weights/tiny-albert/{…}  the same for a 3-layer random ALBERT (AlbertForSequenceClassification,
+      tiny-bert's tokenizer): one layer's weights shared by all three, embeddings 24 → 32.
+Run one part: `generate_fixtures.py minilm|tiny|distilbert|roberta|xlmr|electra|albert` (default: all).
 engram itself never runs Python.
 """
 import json
@@ -31,7 +33,7 @@ import re
 import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-from transformers import (AutoModel, AutoTokenizer, BertConfig, BertForSequenceClassification, DistilBertConfig,
+from transformers import (AlbertConfig, AlbertForSequenceClassification, AutoModel, AutoTokenizer, BertConfig, BertForSequenceClassification, DistilBertConfig,
                           DistilBertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification,
                           ElectraConfig, ElectraForSequenceClassification, XLMRobertaConfig,
                           XLMRobertaForSequenceClassification)
@@ -43,6 +45,7 @@ TINY_DISTIL = os.path.join(ROOT, "tiny-distilbert")
 TINY_ROBERTA = os.path.join(ROOT, "tiny-roberta")
 TINY_XLMR = os.path.join(ROOT, "tiny-xlm-roberta")
 TINY_ELECTRA = os.path.join(ROOT, "tiny-electra")
+TINY_ALBERT = os.path.join(ROOT, "tiny-albert")
 
 SENTENCES = [
     "The cat sat on the mat.",
@@ -264,35 +267,45 @@ def tiny_xlmr():
     random_roberta(XLMRobertaConfig, XLMRobertaForSequenceClassification, tk, 3, TINY_XLMR)
 
 
-def tiny_electra():
-    """A random 2-layer ELECTRA discriminator with tiny-bert's WordPiece tokenizer; embedding_size
-    24 < hidden_size 32, so the embeddings go through `embeddings_project`; pairs with token types."""
+def tiny_narrow(out_dir, config_cls, model_cls, base, seed, **extra):
+    """A random classifier over tiny-bert's WordPiece tokenizer whose embeddings (24) are narrower
+    than its hidden states (32); the reference is computed on the pairs with token types."""
     import shutil
-    os.makedirs(TINY_ELECTRA, exist_ok=True)
-    shutil.copy(os.path.join(TINY, "tokenizer.json"), os.path.join(TINY_ELECTRA, "tokenizer.json"))
+    os.makedirs(out_dir, exist_ok=True)
+    shutil.copy(os.path.join(TINY, "tokenizer.json"), os.path.join(out_dir, "tokenizer.json"))
     tk = Tokenizer.from_file(os.path.join(TINY, "tokenizer.json"))
     vocab = tk.get_vocab()
-    torch.manual_seed(4)
-    config = ElectraConfig(
-        vocab_size=len(vocab), embedding_size=24, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=37, hidden_act="gelu", max_position_embeddings=64, type_vocab_size=2,
-        layer_norm_eps=1e-12, pad_token_id=0, num_labels=3,
-        id2label={0: "negative", 1: "neutral", 2: "positive"},
-        label2id={"negative": 0, "neutral": 1, "positive": 2},
+    torch.manual_seed(seed)
+    config = config_cls(
+        vocab_size=len(vocab), embedding_size=24, hidden_size=32, num_attention_heads=4,
+        intermediate_size=37, max_position_embeddings=64, type_vocab_size=2, layer_norm_eps=1e-12,
+        pad_token_id=0, num_labels=3, id2label={0: "negative", 1: "neutral", 2: "positive"},
+        label2id={"negative": 0, "neutral": 1, "positive": 2}, **extra,
     )
-    model = ElectraForSequenceClassification(config)
+    model = model_cls(config)
     nudge(model)
-    model.save_pretrained(TINY_ELECTRA, safe_serialization=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
     tk.enable_padding(pad_id=vocab["[PAD]"], pad_token="[PAD]")
     encs = tk.encode_batch(PAIRS)
     ids = torch.tensor([e.ids for e in encs])
     mask = torch.tensor([e.attention_mask for e in encs])
     types = torch.tensor([e.type_ids for e in encs])
-    save_reference(model, model.electra, ids, mask, TINY_ELECTRA, types=types)
+    save_reference(model, getattr(model, base), ids, mask, out_dir, types=types)
+
+
+def tiny_electra():
+    """A random 2-layer ELECTRA discriminator: `embeddings_project`, the GELU head."""
+    tiny_narrow(TINY_ELECTRA, ElectraConfig, ElectraForSequenceClassification, "electra", 4, num_hidden_layers=2, hidden_act="gelu")
+
+
+def tiny_albert():
+    """A random 3-layer ALBERT: one shared layer (so every gradient sums three uses), gelu_new,
+    `embedding_hidden_mapping_in`, a tanh pooler."""
+    tiny_narrow(TINY_ALBERT, AlbertConfig, AlbertForSequenceClassification, "albert", 5, num_hidden_layers=3)
 
 
 if __name__ == "__main__":
     import sys
-    parts = {"minilm": minilm, "tiny": tiny, "distilbert": tiny_distil, "roberta": tiny_roberta, "xlmr": tiny_xlmr, "electra": tiny_electra}
+    parts = {"minilm": minilm, "tiny": tiny, "distilbert": tiny_distil, "roberta": tiny_roberta, "xlmr": tiny_xlmr, "electra": tiny_electra, "albert": tiny_albert}
     for name in sys.argv[1:] or list(parts):
         parts[name]()

@@ -92,6 +92,27 @@ pub enum Family {
     /// states (`embedding_size`, then `embeddings_project`), with no pooler, and RoBERTa's
     /// sequence head with GELU in place of tanh.
     Electra,
+    /// ALBERT: narrow embeddings projected (`embedding_hidden_mapping_in`), one encoder layer's
+    /// weights shared by every layer, a tanh pooler, no dropout after the feed-forward output.
+    Albert,
+}
+
+/// An ALBERT `config.json` in `BertConfig` terms: `classifier_dropout_prob` is the heads'
+/// dropout; one layer group of one layer (every released ALBERT) is what engram shares.
+fn albert_as_bert(v: &serde_json::Value) -> Result<serde_json::Value> {
+    const P: &str = "config.json";
+    let Some(obj) = v.as_object() else { return file_err(P, "not a JSON object") };
+    for key in ["num_hidden_groups", "inner_group_num"] {
+        match obj.get(key).map(|x| x.as_u64()) {
+            None | Some(Some(1)) => {}
+            Some(n) => return file_err(P, format!("{key} = {}: engram runs ALBERTs with one shared layer (num_hidden_groups = inner_group_num = 1)", n.map_or("not a count".to_string(), |n| n.to_string()))),
+        }
+    }
+    let mut out = obj.clone();
+    if let Some(p) = obj.get("classifier_dropout_prob") {
+        out.insert("classifier_dropout".into(), p.clone());
+    }
+    Ok(serde_json::Value::Object(out))
 }
 
 /// A DistilBERT `config.json` in `BertConfig` terms (field names translated; the original stays
@@ -212,6 +233,7 @@ impl BertConfig {
             }),
             Some("roberta" | "xlm-roberta") => Self::from_value(value.clone(), value, Family::Roberta),
             Some("electra") => Self::from_value(value.clone(), value, Family::Electra),
+            Some("albert") => Self::from_value(albert_as_bert(&value)?, value, Family::Albert),
             _ => Self::from_value(value.clone(), value, Family::Bert),
         }
     }
@@ -225,7 +247,7 @@ impl BertConfig {
         };
         if let (Some(mt), Family::Bert) = (&raw.model_type, family) {
             if mt != "bert" {
-                return file_err(P, format!("model_type \"{mt}\" is not supported (engram runs \"bert\", \"distilbert\", \"roberta\", \"xlm-roberta\" and \"electra\")"));
+                return file_err(P, format!("model_type \"{mt}\" is not supported (engram runs \"bert\", \"distilbert\", \"roberta\", \"xlm-roberta\", \"electra\" and \"albert\")"));
             }
         }
         if let Some(pe) = &raw.position_embedding_type {
@@ -302,7 +324,7 @@ impl BertConfig {
             family,
             vocab_size: raw.vocab_size,
             hidden_size: raw.hidden_size,
-            embedding_size: if family == Family::Electra { raw.embedding_size.unwrap_or(raw.hidden_size) } else { raw.hidden_size },
+            embedding_size: if matches!(family, Family::Electra | Family::Albert) { raw.embedding_size.unwrap_or(raw.hidden_size) } else { raw.hidden_size },
             num_hidden_layers: raw.num_hidden_layers,
             num_attention_heads: raw.num_attention_heads,
             intermediate_size: raw.intermediate_size,
@@ -334,7 +356,7 @@ impl BertConfig {
         }
     }
 
-    /// The transformers class name prefix: `Bert`, `DistilBert`, `Roberta`, `XLMRoberta` or `Electra`.
+    /// The transformers class name prefix: `Bert`, `DistilBert`, `Roberta`, `XLMRoberta`, `Electra` or `Albert`.
     pub fn class_prefix(&self) -> &'static str {
         match (self.family, self.raw.get("model_type").and_then(|m| m.as_str())) {
             (Family::DistilBert, _) => "DistilBert",
@@ -342,6 +364,7 @@ impl BertConfig {
             (Family::Roberta, _) => "Roberta",
             (Family::Bert, _) => "Bert",
             (Family::Electra, _) => "Electra",
+            (Family::Albert, _) => "Albert",
         }
     }
 }

@@ -9,7 +9,8 @@
 //! RoBERTa's are BERT's under `roberta.`, except its sequence head: `classifier.dense` →
 //! `head.dense`, `classifier.out_proj` → `classifier`. ELECTRA's are BERT's under `electra.`,
 //! plus `embeddings_project` (embeddings narrower than the hidden states), with RoBERTa's head
-//! names.
+//! names. ALBERT's one shared layer is canonically `encoder.layer.0` (used by every layer), its
+//! `embedding_hidden_mapping_in` is `embeddings_project`, its `pooler` is `pooler.dense`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -86,11 +87,39 @@ fn distil_canonical(name: &str) -> Option<String> {
     DISTIL_LAYER.iter().find_map(|(d, b)| module.strip_prefix(d).map(|tail| format!("encoder.layer.{l}.{b}{tail}")))
 }
 
+/// ALBERT's names inside its one shared layer, and BERT's for them.
+const ALBERT_LAYER: [(&str, &str); 8] = [
+    ("attention.query.", "attention.self.query."),
+    ("attention.key.", "attention.self.key."),
+    ("attention.value.", "attention.self.value."),
+    ("attention.dense.", "attention.output.dense."),
+    ("attention.LayerNorm.", "attention.output.LayerNorm."),
+    ("ffn_output.", "output.dense."),
+    ("ffn.", "intermediate.dense."),
+    ("full_layer_layer_norm.", "output.LayerNorm."),
+];
+const ALBERT_SHARED: &str = "encoder.albert_layer_groups.0.albert_layers.0.";
+
+/// An ALBERT tensor name in BERT's canonical terms (None: not an ALBERT name).
+fn albert_canonical(name: &str) -> Option<String> {
+    let n = name.strip_prefix("albert.")?;
+    if let Some(p) = n.strip_prefix("encoder.embedding_hidden_mapping_in.") {
+        return Some(format!("embeddings_project.{p}"));
+    }
+    if let Some(p) = n.strip_prefix("pooler.") {
+        return Some(format!("pooler.dense.{p}"));
+    }
+    if let Some(rest) = n.strip_prefix(ALBERT_SHARED) {
+        return ALBERT_LAYER.iter().find_map(|(a, b)| rest.strip_prefix(a).map(|tail| format!("encoder.layer.0.{b}{tail}")));
+    }
+    Some(n.to_string())
+}
+
 /// `bert.x` / `roberta.x` → `x`; `….gamma`/`….beta` → `….weight`/`….bias`; DistilBERT names →
 /// BERT's; RoBERTa's sequence head `classifier.dense` → `head.dense`, `classifier.out_proj` →
 /// `classifier`.
 fn canonical(name: &str) -> String {
-    if let Some(c) = distil_canonical(name) {
+    if let Some(c) = distil_canonical(name).or_else(|| albert_canonical(name)) {
         return c;
     }
     if let Some(p) = name.strip_prefix("classifier.dense.") {
@@ -127,7 +156,9 @@ impl Bert {
             v.push(("embeddings_project.weight".into(), vec![c, e]));
             v.push(("embeddings_project.bias".into(), vec![c]));
         }
-        for l in 0..config.num_hidden_layers {
+        // ALBERT: one layer's weights, shared by all.
+        let stored_layers = if config.family == Family::Albert { 1 } else { config.num_hidden_layers };
+        for l in 0..stored_layers {
             let p = format!("encoder.layer.{l}");
             for (name, shape) in [
                 ("attention.self.query", (c, c)),
@@ -153,7 +184,7 @@ impl Bert {
             v.push((format!("{p}.bias"), vec![c]));
         };
         match (config.family, seq) {
-            (Family::Bert, _) | (Family::DistilBert, true) => dense("pooler.dense"),
+            (Family::Bert | Family::Albert, _) | (Family::DistilBert, true) => dense("pooler.dense"),
             (Family::Roberta | Family::Electra, true) => dense("head.dense"),
             _ => {}
         }
@@ -300,6 +331,20 @@ impl Bert {
             Family::Bert => return format!("bert.{name}"),
             Family::Roberta => return format!("roberta.{name}"),
             Family::Electra => return format!("electra.{name}"),
+            Family::Albert => {
+                if let Some(p) = name.strip_prefix("pooler.dense.") {
+                    return format!("albert.pooler.{p}");
+                }
+                if let Some(p) = name.strip_prefix("embeddings_project.") {
+                    return format!("albert.encoder.embedding_hidden_mapping_in.{p}");
+                }
+                if let Some(rest) = name.strip_prefix("encoder.layer.0.") {
+                    if let Some(n) = ALBERT_LAYER.iter().find_map(|(a, b)| rest.strip_prefix(b).map(|tail| format!("albert.{ALBERT_SHARED}{a}{tail}"))) {
+                        return n;
+                    }
+                }
+                return format!("albert.{name}");
+            }
             Family::DistilBert => {}
         }
         if let Some(p) = name.strip_prefix("pooler.dense.") {
@@ -415,8 +460,9 @@ impl Bert {
         }
         let nh = cfg.num_attention_heads;
         let scale = 1.0 / (cfg.head_size() as f64).sqrt();
+        let albert = cfg.family == Family::Albert;
         for l in 0..cfg.num_hidden_layers {
-            let p = format!("encoder.layer.{l}");
+            let p = format!("encoder.layer.{}", if albert { 0 } else { l });
             let heads = |n: &str| -> Result<Tensor> { ops::split_heads(tape, &self.linear(tape, &x, &format!("{p}.attention.self.{n}"))?, nh) };
             let (q, k, v) = (heads("query")?, heads("key")?, heads("value")?); // (B, NH, T, HS)
             let a = ops::merge_heads(tape, &ops::attention(tape, &q, &k, &v, Some(&mask), scale, attn_drop)?)?; // (B, T, C)
@@ -430,7 +476,9 @@ impl Bert {
                 Activation::GeluTanh => ops::gelu_tanh(tape, &h)?,
                 Activation::Relu => ops::relu(tape, &h)?,
             };
-            let h = ops::dropout(tape, &self.linear(tape, &h, &format!("{p}.output.dense"))?, drop)?;
+            let h = self.linear(tape, &h, &format!("{p}.output.dense"))?;
+            // ALBERT's layer applies no dropout to the feed-forward output.
+            let h = if albert { h } else { ops::dropout(tape, &h, drop)? };
             x = self.layer_norm(tape, &ops::add(tape, &h, &x)?, &format!("{p}.output.LayerNorm"))?;
         }
         Ok(x)
@@ -441,7 +489,7 @@ impl Bert {
     pub fn pool(&self, tape: &Tape, hidden: &Tensor) -> Result<Tensor> {
         let d = self.linear(tape, &ops::token(tape, hidden, 0)?, "pooler.dense")?;
         match self.config.family {
-            Family::Bert | Family::Roberta | Family::Electra => ops::tanh(tape, &d),
+            Family::Bert | Family::Roberta | Family::Electra | Family::Albert => ops::tanh(tape, &d),
             Family::DistilBert => ops::relu(tape, &d),
         }
     }
