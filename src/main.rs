@@ -433,7 +433,11 @@ fn inspect(dir: &Path) -> Result<()> {
     let positions = if c.max_tokens() == c.max_position_embeddings { c.max_position_embeddings.to_string() } else { format!("{} ({} rows from pad_token_id + 1)", c.max_tokens(), c.max_position_embeddings) };
     let width = if c.embedding_size == c.hidden_size { String::new() } else { format!(", {} wide (projected to {})", c.embedding_size, c.hidden_size) };
     println!("embeddings   vocab {}, positions {positions}, token types {types}, pad id {}{width}", c.vocab_size, c.pad_token_id);
-    let what = if c.family == engram::models::bert::Family::Bert { "in the backbone + pooler" } else { "in the backbone (the heads' tensors below)" };
+    use engram::models::bert::Family;
+    let what = if matches!(c.family, Family::Bert | Family::Albert) { "in the backbone + pooler" } else { "in the backbone (the heads' tensors below)" };
+    if c.family == Family::Albert {
+        println!("sharing      one layer's weights used by all {} layers (ALBERT)", c.num_hidden_layers);
+    }
     println!("parameters   {} ({:.1} M) {what}", bert.num_parameters(), bert.num_parameters() as f64 / 1e6);
     for (dt, (n, numel)) in &dtypes {
         println!("stored       {n} tensors as {dt} ({numel} values)");
