@@ -561,6 +561,14 @@ fn multilabel_and_regression_learn_the_pattern_and_save_their_problem_type() {
     for (got, want) in scores.iter().zip([2.0, -1.0, 0.0]) {
         assert!((got - want).abs() < 0.5, "cat + hello → 2, neither → −1, hello → 0: {scores:?}");
     }
+    // What evaluation reports is what --metric may name (checked before training).
+    for (task, out, data) in [(Task::Multilabel, &a.out, &a.dev), (Task::Regression, &r.out, &r.dev)] {
+        let (_, json) = engram::train::evaluate_dir(out, data, 64, engram::Device::Cpu, ',').unwrap();
+        let mut got: Vec<&str> = json["values"].as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        let mut want = task.metrics().to_vec();
+        (got.sort(), want.sort());
+        assert_eq!(got, want, "{task:?}");
+    }
 }
 
 #[test]
