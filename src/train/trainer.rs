@@ -565,7 +565,7 @@ fn by_length(lens: impl Iterator<Item = usize>) -> Vec<usize> {
     idx
 }
 
-/// Characters of an example's text(s): a cheap stand-in for its token count.
+/// Bytes of an example's text(s) (UTF-8): a cheap stand-in for its token count.
 fn example_chars(e: &Example) -> usize {
     match e {
         Example::Seq { text, text_pair, .. } => text.len() + text_pair.as_ref().map_or(0, |p| p.len()),
