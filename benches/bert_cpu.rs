@@ -1,6 +1,7 @@
 //! End-to-end CPU cost of the real all-MiniLM-L6-v2 (+ a 2-label sequence-classification head) at
 //! sequence length 128: inference at batch 1 and 32, and one full fine-tuning step at batch 32
-//! (forward with dropout, cross-entropy, backward, grad-norm clip 1.0, AdamW). Median of the
+//! (forward with dropout, cross-entropy, backward, grad-norm clip 1.0, AdamW), and inference at
+//! batch 1 and 32 with the encoder's linear layers in int8 (`Bert::quantize_int8`). Median of the
 //! repetitions after one warm-up. The peer is PyTorch on the same machine in the same run:
 //! `scripts/cpu-vs-torch.sh` runs this and `scripts/bench_cpu_torch.py` and prints the ratios.
 //!
@@ -60,6 +61,11 @@ fn main() {
     let y = Tensor::from_ids((0..32).map(|i| i % 2).collect(), &[32]).expect("labels");
     println!("engram CPU, {} ({} threads), sequence length {seq}, median of {reps}", dir.display(), rayon::current_num_threads());
 
+    let quantized = (run("int8 inference, batch 1") || run("int8 inference, batch 32")).then(|| {
+        let (mut q, _) = Bert::load(&dir, Head::SequenceClassification { num_labels: 2 }, 0).expect("model");
+        q.quantize_int8().expect("quantize");
+        q
+    });
     let profile = args.iter().any(|a| a == "--profile");
     let show = |row: &str, tape: &Tape, extra: &[(&str, f64)]| {
         if let Some(p) = tape.profile() {
@@ -75,6 +81,11 @@ fn main() {
     let infer = |b: &engram::data::Batch| infer_with(&Tape::inference(), b);
     let infer_1 = if run("inference, batch 1") { time(reps, || infer(&b1)) } else { f64::NAN };
     let infer_32 = if run("inference, batch 32") { time(reps, || infer(&b32)) } else { f64::NAN };
+    let int8_with = |tape: &Tape, b: &engram::data::Batch| {
+        std::hint::black_box(quantized.as_ref().expect("int8 model").logits(tape, b, false).expect("forward"));
+    };
+    let int8_1 = if run("int8 inference, batch 1") { time(reps, || int8_with(&Tape::inference(), &b1)) } else { f64::NAN };
+    let int8_32 = if run("int8 inference, batch 32") { time(reps, || int8_with(&Tape::inference(), &b32)) } else { f64::NAN };
     if profile {
         for (row, b) in [("inference, batch 1", &b1), ("inference, batch 32", &b32)] {
             if run(row) {
@@ -82,6 +93,11 @@ fn main() {
                 infer_with(&tape, b);
                 show(row, &tape, &[]);
             }
+        }
+        if run("int8 inference, batch 32") {
+            let tape = Tape::inference().profiled();
+            int8_with(&tape, &b32);
+            show("int8 inference, batch 32", &tape, &[]);
         }
     }
     let mut opt_state = AdamW::new(AdamWConfig::default());
@@ -105,9 +121,15 @@ fn main() {
     if profile && run("train step, batch 32") {
         train(true);
     }
-    let rows = [("inference, batch 1", infer_1), ("inference, batch 32", infer_32), ("train step, batch 32", train_32)];
+    let rows = [
+        ("inference, batch 1", infer_1),
+        ("inference, batch 32", infer_32),
+        ("train step, batch 32", train_32),
+        ("int8 inference, batch 1", int8_1),
+        ("int8 inference, batch 32", int8_32),
+    ];
     for (name, ms) in rows {
-        println!("{name:<22} {ms:9.1} ms");
+        println!("{name:<26} {ms:9.1} ms");
     }
     if let Some(path) = opt("--json") {
         let body: Vec<String> = rows.iter().map(|(n, ms)| format!("\"{n}\": {ms:.3}")).collect();

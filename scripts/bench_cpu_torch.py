@@ -1,6 +1,8 @@
 """PyTorch + transformers peer of benches/bert_cpu.rs: the same model dir, sequence length 128,
 inference at batch 1 and 32 and one fine-tuning step at batch 32 (train mode, cross-entropy,
-backward, clip_grad_norm_ 1.0, AdamW with no decay on biases/LayerNorm), median of N after one
+backward, clip_grad_norm_ 1.0, AdamW with no decay on biases/LayerNorm), and inference at batch 1
+and 32 with the encoder's nn.Linear layers dynamically quantized to int8
+(torch.ao.quantization.quantize_dynamic, its default qint8 config), median of N after one
 warm-up, on the CPU with as many threads as cores; --json writes the three medians (ms) in the
 shape benches/bert_cpu.rs writes. scripts/cpu-vs-torch.sh runs both and prints the ratios.
 Reference only; engram never imports Python.
@@ -8,6 +10,7 @@ Reference only; engram never imports Python.
     python scripts/bench_cpu_torch.py --model weights/cache/all-MiniLM-L6-v2 [--json F] [--reps 5]
 """
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -52,6 +55,14 @@ def main():
     with torch.inference_mode():
         infer_1 = timed(a.reps, lambda: model(**b1).logits)
         infer_32 = timed(a.reps, lambda: model(**b32).logits)
+    from torch.ao.quantization import quantize_dynamic
+
+    quantized = copy.deepcopy(model)
+    quantized.bert.encoder = quantize_dynamic(quantized.bert.encoder, {torch.nn.Linear}, dtype=torch.qint8)
+    with torch.inference_mode():
+        int8_1 = timed(a.reps, lambda: quantized(**b1).logits)
+        int8_32 = timed(a.reps, lambda: quantized(**b32).logits)
+    del quantized
     model.train()
     decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
     no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
@@ -65,10 +76,16 @@ def main():
         opt.step()
 
     train_32 = timed(a.reps, step)
-    rows = {"inference, batch 1": infer_1, "inference, batch 32": infer_32, "train step, batch 32": train_32}
+    rows = {
+        "inference, batch 1": infer_1,
+        "inference, batch 32": infer_32,
+        "train step, batch 32": train_32,
+        "int8 inference, batch 1": int8_1,
+        "int8 inference, batch 32": int8_32,
+    }
     print(f"PyTorch {torch.__version__} CPU, {torch.get_num_threads()} threads, sequence length {SEQ}, median of {a.reps}")
     for name, ms in rows.items():
-        print(f"{name:<22} {ms:9.1f} ms")
+        print(f"{name:<26} {ms:9.1f} ms")
     if a.json:
         json.dump(rows, open(a.json, "w"))
 

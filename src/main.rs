@@ -9,7 +9,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand, ValueEnum};
 use engram::data::BertTokenizer;
 use engram::models::bert::weights::describe_safetensors;
-use engram::models::bert::{sentence_config, Bert, Head};
+use engram::models::bert::{sentence_config, Bert, Head, Precision};
 use engram::optim::{clip_grad_norm, hf_param_groups, AdamW, AdamWConfig, LinearWarmupDecay};
 use engram::util::Rng;
 use engram::{ops, Device, Error, Result, Tape, Tensor};
@@ -181,6 +181,9 @@ enum Cmd {
         max_length: usize,
         #[arg(long, value_enum, default_value = "cpu")]
         device: DeviceArg,
+        /// Run the encoder's linear layers in int8 (dynamic quantization; CPU).
+        #[arg(long)]
+        int8: bool,
         /// Multilabel models: the separator of the labels in one field.
         #[arg(long, default_value_t = ',')]
         label_sep: char,
@@ -200,6 +203,9 @@ enum Cmd {
         batch_size: usize,
         #[arg(long, value_enum, default_value = "cpu")]
         device: DeviceArg,
+        /// Run the encoder's linear layers in int8 (dynamic quantization; CPU).
+        #[arg(long)]
+        int8: bool,
         /// Memory models: print the memory state norm after each segment.
         #[arg(long)]
         memory_norms: bool,
@@ -257,6 +263,9 @@ enum Cmd {
         max_length: Option<usize>,
         #[arg(long, value_enum, default_value = "cpu")]
         device: DeviceArg,
+        /// Run the encoder's linear layers in int8 (dynamic quantization; CPU).
+        #[arg(long)]
+        int8: bool,
         /// Texts to embed.
         texts: Vec<String>,
     },
@@ -276,13 +285,13 @@ fn main() -> ExitCode {
             })
         }
         Cmd::Finetune(f) => finetune(*f).map(|_| ExitCode::SUCCESS),
-        Cmd::Eval { model, data, max_length, device, label_sep } => engram::train::evaluate_dir(&model, &data, max_length, device.into(), label_sep).map(|(text, json)| {
+        Cmd::Eval { model, data, max_length, device, int8, label_sep } => engram::train::evaluate_dir(&model, &data, max_length, device.into(), precision(int8), label_sep).map(|(text, json)| {
             eprint!("{text}");
             println!("{}", serde_json::to_string_pretty(&json).expect("metrics serialise"));
             ExitCode::SUCCESS
         }),
-        Cmd::Predict { model, input, max_length, batch_size, device, memory_norms, texts } => read_texts(input.as_deref(), texts).and_then(|texts| {
-            let preds = engram::train::predict_dir(&model, &texts, max_length, batch_size, device.into(), memory_norms)?;
+        Cmd::Predict { model, input, max_length, batch_size, device, int8, memory_norms, texts } => read_texts(input.as_deref(), texts).and_then(|texts| {
+            let preds = engram::train::predict_dir(&model, &texts, max_length, batch_size, device.into(), precision(int8), memory_norms)?;
             let cut = preds.iter().filter(|p| p.get("truncated").is_some()).count();
             if cut > 0 {
                 eprintln!(
@@ -297,8 +306,8 @@ fn main() -> ExitCode {
             }
             Ok(ExitCode::SUCCESS)
         }),
-        Cmd::Embed { model, normalize, input, batch_size, max_length, device, texts } => {
-            embed(&model, normalize, input.as_deref(), texts, batch_size, max_length, device.into()).map(|_| ExitCode::SUCCESS)
+        Cmd::Embed { model, normalize, input, batch_size, max_length, device, int8, texts } => {
+            embed(&model, normalize, input.as_deref(), texts, batch_size, max_length, device.into(), precision(int8)).map(|_| ExitCode::SUCCESS)
         }
     };
     match res {
@@ -466,6 +475,14 @@ fn inspect(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+fn precision(int8: bool) -> Precision {
+    if int8 {
+        Precision::Int8
+    } else {
+        Precision::F32
+    }
+}
+
 fn embed(
     dir: &Path,
     normalize: bool,
@@ -474,12 +491,19 @@ fn embed(
     batch_size: usize,
     max_length: Option<usize>,
     device: Device,
+    precision: Precision,
 ) -> Result<()> {
     let texts = read_texts(input, texts)?;
     if batch_size == 0 {
         return Err(Error::Value { op: "embed", detail: "--batch-size must be at least 1".into() });
     }
     let (mut bert, _) = Bert::load(dir, Head::None, 0)?;
+    if precision == Precision::Int8 {
+        if device != Device::Cpu {
+            return Err(Error::Device("--int8 runs on the CPU (drop --device cuda)".into()));
+        }
+        bert.quantize_int8()?;
+    }
     if device != Device::Cpu {
         bert.to_device(device)?;
     }

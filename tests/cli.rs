@@ -83,6 +83,27 @@ fn bad_input_exits_nonzero_naming_the_file() {
     if !ok {
         assert!(stderr.contains("cuda") || stderr.contains("CUDA"), "{stderr}");
     }
+    let (ok, _, stderr) = engram(&["embed", "--model", "weights/tiny-bert", "--int8", "--device", "cuda", "x"]);
+    assert!(!ok && stderr.contains("--int8 runs on the CPU"), "{stderr}");
+}
+
+#[test]
+fn int8_embeddings_are_close_to_f32_and_not_equal() {
+    let text = "how do i reset my password?";
+    let vecs: Vec<Vec<f64>> = [&[][..], &["--int8"][..]]
+        .iter()
+        .map(|flag| {
+            let mut args = vec!["embed", "--model", "weights/tiny-bert", "--normalize"];
+            args.extend_from_slice(flag);
+            args.push(text);
+            let (ok, stdout, stderr) = engram(&args);
+            assert!(ok, "{stderr}");
+            let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+            v["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+        })
+        .collect();
+    let cos: f64 = vecs[0].iter().zip(&vecs[1]).map(|(a, b)| a * b).sum();
+    assert!(cos > 0.99 && vecs[0] != vecs[1], "cosine(f32, int8) = {cos}");
 }
 
 #[test]

@@ -9,6 +9,7 @@ use common::root;
 use std::path::{Path, PathBuf};
 
 use engram::models::bert::weights::read_safetensors;
+use engram::models::bert::Precision;
 use engram::train::{finetune, predict_dir, FinetuneArgs, OptimizerKind, Task};
 
 
@@ -146,8 +147,8 @@ fn output_dir_is_an_hf_model_that_reloads_with_the_same_predictions() {
         assert!(a.out.join(f).is_file(), "{f} missing");
     }
     let texts = vec!["the cat is nice and warm".to_string(), "my lazy dog".to_string()];
-    let p1 = predict_dir(&a.out, &texts, 64, 8, engram::Device::Cpu, false).unwrap();
-    let p2 = predict_dir(&a.out, &texts, 64, 1, engram::Device::Cpu, false).unwrap();
+    let p1 = predict_dir(&a.out, &texts, 64, 8, engram::Device::Cpu, Precision::F32, false).unwrap();
+    let p2 = predict_dir(&a.out, &texts, 64, 1, engram::Device::Cpu, Precision::F32, false).unwrap();
     assert_eq!(p1.len(), 2);
     // Batches run in order of length (the second text is the shorter); answers come back in input order.
     for (p, t) in p1.iter().zip(&texts) {
@@ -158,6 +159,17 @@ fn output_dir_is_an_hf_model_that_reloads_with_the_same_predictions() {
         let (px, py) = (x["probs"]["pos"].as_f64().unwrap(), y["probs"]["pos"].as_f64().unwrap());
         assert!((px - py).abs() < 1e-5, "batching changed a probability: {px} vs {py}");
     }
+    // int8 inference (the encoder's linear layers quantized): nearly the f32 probabilities and
+    // dev loss, but not exactly the loss (so the int8 layers really ran).
+    let q = predict_dir(&a.out, &texts, 64, 8, engram::Device::Cpu, Precision::Int8, false).unwrap();
+    for (x, y) in p1.iter().zip(&q) {
+        let (px, py) = (x["probs"]["pos"].as_f64().unwrap(), y["probs"]["pos"].as_f64().unwrap());
+        assert!((px - py).abs() < 0.02, "int8 probability {py} vs f32 {px}");
+    }
+    let (_, f32_eval) = engram::train::evaluate_dir(&a.out, &a.dev, 64, engram::Device::Cpu, Precision::F32, ',').unwrap();
+    let (_, int8_eval) = engram::train::evaluate_dir(&a.out, &a.dev, 64, engram::Device::Cpu, Precision::Int8, ',').unwrap();
+    let (l32, l8) = (f32_eval["metrics"]["loss"].as_f64().unwrap(), int8_eval["metrics"]["loss"].as_f64().unwrap());
+    assert!((l32 - l8).abs() < 0.01 * l32 && l32 != l8, "dev loss int8 {l8} vs f32 {l32}");
 }
 
 #[test]
@@ -209,7 +221,7 @@ fn distilbert_and_roberta_finetune_and_save_in_their_own_format() {
                 assert_eq!(changed, head, "{fixture} {n}: changed = {changed}");
             }
         }
-        let p = predict_dir(&a.out, &["the cat is nice".to_string()], 64, 8, engram::Device::Cpu, false).unwrap();
+        let p = predict_dir(&a.out, &["the cat is nice".to_string()], 64, 8, engram::Device::Cpu, Precision::F32, false).unwrap();
         assert!(p[0]["probs"]["pos"].as_f64().is_some(), "{p:?}");
 
         let mut a = args(&model, Task::Ner, tmp(&format!("{fixture}-ner")));
@@ -228,7 +240,7 @@ fn distilbert_and_roberta_finetune_and_save_in_their_own_format() {
         }
         want.sort();
         assert_eq!(names, want, "{fixture}: token-classification names");
-        let p = predict_dir(&a.out, &["the quick brown fox".to_string()], 64, 4, engram::Device::Cpu, false).unwrap();
+        let p = predict_dir(&a.out, &["the quick brown fox".to_string()], 64, 4, engram::Device::Cpu, Precision::F32, false).unwrap();
         assert_eq!(p[0]["tags"].as_array().unwrap().len(), 4);
     }
 }
@@ -242,7 +254,7 @@ fn ner_trains_and_predicts_entity_spans() {
     a.batch_size = 4;
     let s = finetune(&a).unwrap();
     assert_eq!(s.metric, "entity_f1");
-    let p = predict_dir(&a.out, &["the quick brown fox is on my email".to_string()], 64, 4, engram::Device::Cpu, false).unwrap();
+    let p = predict_dir(&a.out, &["the quick brown fox is on my email".to_string()], 64, 4, engram::Device::Cpu, Precision::F32, false).unwrap();
     let tags = p[0]["tags"].as_array().unwrap();
     assert_eq!(tags.len(), 8);
     assert_eq!(p[0]["tokens"][2], "brown");
@@ -375,15 +387,15 @@ fn over_long_inputs_are_marked_truncated() {
     a.epochs = 1;
     finetune(&a).unwrap();
     let long = vec!["good "; 200].concat();
-    let p = predict_dir(&a.out, &["good".to_string(), long], 128, 8, engram::Device::Cpu, false).unwrap();
+    let p = predict_dir(&a.out, &["good".to_string(), long], 128, 8, engram::Device::Cpu, Precision::F32, false).unwrap();
     assert!(p[0].get("truncated").is_none(), "{}", p[0]);
     assert_eq!(p[1]["truncated"], serde_json::json!(true), "{}", p[1]);
     let dev = tmp("trunc-dev");
     std::fs::create_dir_all(&dev).unwrap();
     let f = dev.join("dev.csv");
-    let label = predict_dir(&a.out, &["x".to_string()], 128, 8, engram::Device::Cpu, false).unwrap()[0]["label"].as_str().unwrap().to_string();
+    let label = predict_dir(&a.out, &["x".to_string()], 128, 8, engram::Device::Cpu, Precision::F32, false).unwrap()[0]["label"].as_str().unwrap().to_string();
     std::fs::write(&f, format!("text,label\nshort,{label}\n{},{label}\n", vec!["word "; 300].concat())).unwrap();
-    let (text, json) = engram::train::evaluate_dir(&a.out, &f, 128, engram::Device::Cpu, ',').unwrap();
+    let (text, json) = engram::train::evaluate_dir(&a.out, &f, 128, engram::Device::Cpu, Precision::F32, ',').unwrap();
     assert_eq!(json["metrics"]["truncated"], serde_json::json!(1), "{json}");
     assert!(text.contains("1 of 2 inputs were longer than"), "{text}");
 }
@@ -403,15 +415,15 @@ fn memory_model_trains_saves_reloads_and_resumes_exactly() {
     let cfg: MemoryConfig = serde_json::from_slice(&std::fs::read(a.out.join("memory.json")).unwrap()).unwrap();
     assert_eq!(cfg, MemoryConfig::memory(2, 4, None));
     // Reloaded and re-evaluated: the same dev accuracy and loss as the epoch that saved it.
-    let (_, json) = engram::train::evaluate_dir(&a.out, &a.dev, 128, engram::Device::Cpu, ',').unwrap();
+    let (_, json) = engram::train::evaluate_dir(&a.out, &a.dev, 128, engram::Device::Cpu, Precision::F32, ',').unwrap();
     let metrics: serde_json::Value = serde_json::from_slice(&std::fs::read(a.out.join("metrics.json")).unwrap()).unwrap();
     let best = &metrics["epochs"][s.best_epoch - 1]["dev"];
     assert_eq!(json["values"]["accuracy"].as_f64().unwrap(), s.best_metric);
     assert!((json["values"]["loss"].as_f64().unwrap() - best["loss"].as_f64().unwrap()).abs() < 1e-6);
     // predict streams segments; batching does not change it; memory norms per segment.
     let texts = vec!["the quick brown fox jumps over the lazy dog twice".to_string(), "my lazy dog".to_string()];
-    let p1 = predict_dir(&a.out, &texts, 64, 8, engram::Device::Cpu, true).unwrap();
-    let p2 = predict_dir(&a.out, &texts, 64, 1, engram::Device::Cpu, true).unwrap();
+    let p1 = predict_dir(&a.out, &texts, 64, 8, engram::Device::Cpu, Precision::F32, true).unwrap();
+    let p2 = predict_dir(&a.out, &texts, 64, 1, engram::Device::Cpu, Precision::F32, true).unwrap();
     for (x, y) in p1.iter().zip(&p2) {
         assert_eq!(x["label"], y["label"]);
         assert!((x["probs"]["pos"].as_f64().unwrap() - y["probs"]["pos"].as_f64().unwrap()).abs() < 1e-5);
@@ -481,9 +493,9 @@ fn pair_model_predicts_pairs_and_refuses_a_missing_candidate() {
     a.dev = dir.join("pairs.jsonl");
     a.epochs = 1;
     finetune(&a).unwrap();
-    let ok = predict_dir(&a.out, &["the film was good\tit was bad".to_string()], 64, 8, engram::Device::Cpu, false).unwrap();
+    let ok = predict_dir(&a.out, &["the film was good\tit was bad".to_string()], 64, 8, engram::Device::Cpu, Precision::F32, false).unwrap();
     assert!(ok[0]["label"].is_string(), "{}", ok[0]);
-    let e = predict_dir(&a.out, &["the film was good".to_string()], 64, 8, engram::Device::Cpu, false).unwrap_err().to_string();
+    let e = predict_dir(&a.out, &["the film was good".to_string()], 64, 8, engram::Device::Cpu, Precision::F32, false).unwrap_err().to_string();
     assert!(e.contains("no candidate") && e.contains("pair model"), "{e}");
 }
 
@@ -540,12 +552,12 @@ fn multilabel_and_regression_learn_the_pattern_and_save_their_problem_type() {
     let cfg = config(&a.out);
     assert_eq!((cfg["problem_type"].as_str(), cfg["architectures"][0].as_str()), (Some("multi_label_classification"), Some("BertForSequenceClassification")));
     assert_eq!(cfg["id2label"], serde_json::json!({ "0": "animal", "1": "greeting" }));
-    let p = predict_dir(&a.out, &texts, 64, 8, engram::Device::Cpu, false).unwrap();
+    let p = predict_dir(&a.out, &texts, 64, 8, engram::Device::Cpu, Precision::F32, false).unwrap();
     let got: Vec<&serde_json::Value> = p.iter().map(|o| &o["labels"]).collect();
     assert_eq!(got, [&serde_json::json!(["animal", "greeting"]), &serde_json::json!([]), &serde_json::json!(["greeting"])], "{p:?}");
     let pa = p[0]["probs"]["animal"].as_f64().unwrap();
     assert!(pa > 0.5 && pa < 1.0, "a sigmoid, not a softmax over labels: {}", p[0]);
-    let (_, json) = engram::train::evaluate_dir(&a.out, &dev_m, 64, engram::Device::Cpu, ',').unwrap();
+    let (_, json) = engram::train::evaluate_dir(&a.out, &dev_m, 64, engram::Device::Cpu, Precision::F32, ',').unwrap();
     assert!(json["values"]["accuracy"].as_f64().unwrap() >= 0.8, "{json}");
 
     let mut r = args(&model, Task::Regression, tmp("regression"));
@@ -556,14 +568,14 @@ fn multilabel_and_regression_learn_the_pattern_and_save_their_problem_type() {
     let cfg = config(&r.out);
     assert_eq!(cfg["problem_type"], "regression");
     assert_eq!(cfg["id2label"], serde_json::json!({ "0": "LABEL_0" }));
-    let p = predict_dir(&r.out, &texts, 64, 8, engram::Device::Cpu, false).unwrap();
+    let p = predict_dir(&r.out, &texts, 64, 8, engram::Device::Cpu, Precision::F32, false).unwrap();
     let scores: Vec<f64> = p.iter().map(|o| o["score"].as_f64().unwrap()).collect();
     for (got, want) in scores.iter().zip([2.0, -1.0, 0.0]) {
         assert!((got - want).abs() < 0.5, "cat + hello → 2, neither → −1, hello → 0: {scores:?}");
     }
     // What evaluation reports is what --metric may name (checked before training).
     for (task, out, data) in [(Task::Multilabel, &a.out, &a.dev), (Task::Regression, &r.out, &r.dev)] {
-        let (_, json) = engram::train::evaluate_dir(out, data, 64, engram::Device::Cpu, ',').unwrap();
+        let (_, json) = engram::train::evaluate_dir(out, data, 64, engram::Device::Cpu, Precision::F32, ',').unwrap();
         let mut got: Vec<&str> = json["values"].as_object().unwrap().keys().map(|k| k.as_str()).collect();
         let mut want = task.metrics().to_vec();
         (got.sort(), want.sort());
@@ -598,7 +610,7 @@ fn an_hf_model_with_one_output_and_no_problem_type_predicts_a_score() {
     let cb = w["classifier.bias"].to_f64_vec();
     w.insert("classifier.bias".into(), engram::Tensor::from_vec(vec![cb[0] as f32], &[1]).unwrap());
     engram::models::bert::weights::write_safetensors(a.out.join("model.safetensors"), &w, None).unwrap();
-    let p = predict_dir(&a.out, &["hello my cat".to_string()], 64, 8, engram::Device::Cpu, false).unwrap();
+    let p = predict_dir(&a.out, &["hello my cat".to_string()], 64, 8, engram::Device::Cpu, Precision::F32, false).unwrap();
     let s = p[0]["score"].as_f64().unwrap_or_else(|| panic!("a score, not class probabilities: {}", p[0]));
     assert!(s.is_finite() && p[0].get("probs").is_none(), "{}", p[0]);
 }
@@ -622,7 +634,7 @@ fn eval_steps_evaluates_mid_epoch_keeps_the_best_and_resumes_exactly() {
     let s = finetune(&full).unwrap();
     assert_eq!(steps(&full.out), vec![5, 10, 12]);
     // The model in OUT is the best evaluation's: re-evaluated, it scores the best metric.
-    let (_, json) = engram::train::evaluate_dir(&full.out, &full.dev, 128, engram::Device::Cpu, ',').unwrap();
+    let (_, json) = engram::train::evaluate_dir(&full.out, &full.dev, 128, engram::Device::Cpu, Precision::F32, ',').unwrap();
     assert_eq!(json["values"]["accuracy"].as_f64().unwrap(), s.best_metric, "{s:?}");
     // Interrupted between two evaluations and resumed: the same weights and the same evaluations.
     let mut part = full.clone();
@@ -687,9 +699,9 @@ fn a_checkpoint_with_only_vocab_txt_finetunes_and_gets_a_tokenizer_json() {
     for f in ["vocab.txt", "tokenizer.json"] {
         assert!(a.out.join(f).is_file(), "{f} missing from the output");
     }
-    let from_vocab = predict_dir(&a.out, &["the cat sat on my mat".to_string()], 64, 8, engram::Device::Cpu, false).unwrap();
+    let from_vocab = predict_dir(&a.out, &["the cat sat on my mat".to_string()], 64, 8, engram::Device::Cpu, Precision::F32, false).unwrap();
     std::fs::remove_file(a.out.join("tokenizer.json")).unwrap();
-    let rebuilt = predict_dir(&a.out, &["the cat sat on my mat".to_string()], 64, 8, engram::Device::Cpu, false).unwrap();
+    let rebuilt = predict_dir(&a.out, &["the cat sat on my mat".to_string()], 64, 8, engram::Device::Cpu, Precision::F32, false).unwrap();
     assert_eq!(from_vocab, rebuilt, "the written tokenizer.json is the one built from vocab.txt");
 }
 

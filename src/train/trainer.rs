@@ -23,7 +23,7 @@ use crate::data::{Batch, BertTokenizer};
 use crate::error::{file_err, Error, Result};
 use crate::memory::{self, MemoryConfig};
 use crate::models::bert::weights::{read_safetensors, write_safetensors};
-use crate::models::bert::{Bert, Head};
+use crate::models::bert::{Bert, Head, Precision};
 use crate::ops;
 use crate::optim::{clip_grad_norm, hf_param_groups, AdamW, AdamWConfig, LinearWarmupDecay, Sgd, SgdConfig};
 use crate::util::Rng;
@@ -1138,7 +1138,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
     }
     let mut test_json = None;
     if let (Some(test), false) = (&args.test, interrupted) {
-        let (best, _, _, best_mem) = load_finetuned(&args.out, args.device)?;
+        let (best, _, _, best_mem) = load_finetuned(&args.out, args.device, Precision::F32)?;
         let ex = load_examples(task, test, args.max_eval_examples, args.label_sep)?;
         let ev = evaluate(&best, best_mem.as_ref(), &tok, task, &ex, &labels, 64, test, args.label_smoothing)?;
         if args.progress {
@@ -1223,7 +1223,7 @@ fn write_metrics(args: &FinetuneArgs, state: &TrainerState) -> Result<()> {
 }
 
 /// Load a fine-tuned directory: the task from `engram_task` or `architectures`, labels from `id2label`.
-fn load_finetuned(dir: &Path, device: Device) -> Result<(Bert, Task, Vec<String>, Option<MemoryConfig>)> {
+fn load_finetuned(dir: &Path, device: Device, precision: Precision) -> Result<(Bert, Task, Vec<String>, Option<MemoryConfig>)> {
     let cfg = crate::models::bert::BertConfig::from_file(dir.join("config.json"))?;
     if cfg.id2label.is_empty() {
         return file_err(dir.join("config.json"), "has no id2label: not a fine-tuned classification model");
@@ -1252,6 +1252,12 @@ fn load_finetuned(dir: &Path, device: Device) -> Result<(Bert, Task, Vec<String>
             return file_err(dir.join(memory::CONFIG_FILE), "names a memory model but memory.safetensors does not match it");
         }
     }
+    if precision == Precision::Int8 {
+        if device != Device::Cpu {
+            return Err(Error::Device("--int8 runs on the CPU (drop --device cuda)".into()));
+        }
+        bert.quantize_int8()?;
+    }
     if device != Device::Cpu {
         bert.to_device(device)?;
     }
@@ -1259,8 +1265,8 @@ fn load_finetuned(dir: &Path, device: Device) -> Result<(Bert, Task, Vec<String>
 }
 
 /// `engram eval`: the report text and the metrics JSON of a fine-tuned model on a data file.
-pub fn evaluate_dir(dir: &Path, data: &Path, max_length: usize, device: Device, label_sep: char) -> Result<(String, serde_json::Value)> {
-    let (bert, task, labels, mem) = load_finetuned(dir, device)?;
+pub fn evaluate_dir(dir: &Path, data: &Path, max_length: usize, device: Device, precision: Precision, label_sep: char) -> Result<(String, serde_json::Value)> {
+    let (bert, task, labels, mem) = load_finetuned(dir, device, precision)?;
     let ex = load_examples(task, data, None, label_sep)?;
     let tok = BertTokenizer::from_dir(dir, max_length.min(bert.config.max_tokens()))?.fits(bert.config.vocab_size)?;
     let ev = evaluate(&bert, mem.as_ref(), &tok, task, &ex, &labels, 64, data, 0.0)?;
@@ -1299,11 +1305,19 @@ pub fn split_words(text: &str) -> Vec<(String, usize, usize)> {
 /// and entity spans with character offsets. A memory model streams long texts through its
 /// segments (dialogue turns one per line, `\n` in the text); `memory_norms` adds the mean norm of
 /// the memory states after each segment.
-pub fn predict_dir(dir: &Path, texts: &[String], max_length: usize, batch_size: usize, device: Device, memory_norms: bool) -> Result<Vec<serde_json::Value>> {
+pub fn predict_dir(
+    dir: &Path,
+    texts: &[String],
+    max_length: usize,
+    batch_size: usize,
+    device: Device,
+    precision: Precision,
+    memory_norms: bool,
+) -> Result<Vec<serde_json::Value>> {
     if batch_size == 0 {
         return Err(Error::Value { op: "predict", detail: "--batch-size must be at least 1".into() });
     }
-    let (bert, task, labels, mem) = load_finetuned(dir, device)?;
+    let (bert, task, labels, mem) = load_finetuned(dir, device, precision)?;
     let tok = BertTokenizer::from_dir(dir, max_length.min(bert.config.max_tokens()))?.fits(bert.config.vocab_size)?;
     let mut out = Vec::new();
     // Batches of similar length pad little; the outputs go back to the input order at the end.

@@ -8,4 +8,4 @@ pub mod model;
 pub mod weights;
 
 pub use config::{Activation, BertConfig, Family};
-pub use model::{sentence_config, Bert, Head, LoadReport, Pooling};
+pub use model::{sentence_config, Bert, Head, LoadReport, Pooling, Precision};

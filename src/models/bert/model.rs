@@ -53,12 +53,23 @@ pub struct LoadReport {
     pub mismatched: Vec<String>,
 }
 
+/// The arithmetic inference runs in: f32 throughout, or the encoder's linear layers in int8
+/// ([`Bert::quantize_int8`]; CPU only).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    #[default]
+    F32,
+    Int8,
+}
+
 pub struct Bert {
     pub config: BertConfig,
     pub head: Head,
     /// Parameters by canonical HF name (see the module docs).
     pub params: BTreeMap<String, Tensor>,
     pub dir: PathBuf,
+    /// Encoder linear weights quantized by [`Bert::quantize_int8`] (taken out of `params`).
+    pub int8: BTreeMap<String, ops::Int8Weight>,
 }
 
 /// DistilBERT's per-layer module names and BERT's, in the order `canonical` tries them.
@@ -289,7 +300,7 @@ impl Bert {
             .map(|(_, (stored_name, _))| stored_name)
             .collect();
         let params = params.into_iter().map(|(k, v)| (k, v.requires_grad())).collect();
-        Ok((Bert { config, head, params, dir: dir.to_path_buf() }, report))
+        Ok((Bert { config, head, params, dir: dir.to_path_buf(), int8: BTreeMap::new() }, report))
     }
 
     /// Replace the task head with a fresh one (normal(0, initializer_range) weights, zero bias),
@@ -373,6 +384,9 @@ impl Bert {
 
     /// Move every parameter to `device` (they stay trainable).
     pub fn to_device(&mut self, device: Device) -> Result<()> {
+        if !self.int8.is_empty() && device != Device::Cpu {
+            return Err(Error::Device("an int8-quantized model runs on the CPU only".into()));
+        }
         for t in self.params.values_mut() {
             *t = t.to_device(device)?.requires_grad();
         }
@@ -388,7 +402,35 @@ impl Bert {
     }
 
     fn linear(&self, tape: &Tape, x: &Tensor, name: &str) -> Result<Tensor> {
-        ops::linear(tape, x, self.p(&format!("{name}.weight"))?, Some(self.p(&format!("{name}.bias"))?))
+        let bias = self.p(&format!("{name}.bias"))?;
+        match self.int8.get(&format!("{name}.weight")) {
+            Some(w) => ops::linear_int8(tape, x, w, Some(bias)),
+            None => ops::linear(tape, x, self.p(&format!("{name}.weight"))?, Some(bias)),
+        }
+    }
+
+    /// Dynamic int8 quantization for CPU inference (`torch.ao.quantization.quantize_dynamic` on
+    /// the encoder's `nn.Linear`s): every linear weight of the encoder layers (query, key, value,
+    /// attention output, intermediate, output — 6 per layer, most of the FLOPs) is quantized per
+    /// output channel and replaces its f32 tensor, so the model also holds ~4× fewer bytes for
+    /// them. Embeddings, LayerNorms, the pooler and the head stay f32. The model can no longer
+    /// be trained, saved or moved to a GPU. Returns the bytes the f32 weights took and the
+    /// quantized ones take.
+    pub fn quantize_int8(&mut self) -> Result<(usize, usize)> {
+        if self.device() != Device::Cpu {
+            return Err(Error::Device("int8 quantization runs on the CPU (the model is on a GPU)".into()));
+        }
+        let names: Vec<String> =
+            self.params.iter().filter(|(k, t)| k.starts_with("encoder.layer.") && k.ends_with(".weight") && t.shape().len() == 2).map(|(k, _)| k.clone()).collect();
+        let (mut before, mut after) = (0, 0);
+        for name in names {
+            let q = ops::Int8Weight::quantize(&self.params[&name])?;
+            before += self.params[&name].numel() * 4;
+            after += q.bytes();
+            self.int8.insert(name.clone(), q);
+            self.params.remove(&name);
+        }
+        Ok((before, after))
     }
 
     fn layer_norm(&self, tape: &Tape, x: &Tensor, name: &str) -> Result<Tensor> {
