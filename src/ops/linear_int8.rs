@@ -9,11 +9,17 @@
 //!
 //! `y[r, n] = s_x[r] · s_w[n] · Σ_k q_x[r, k] · q_w[n, k] + bias[n]`
 //!
-//! The integer product runs on x86's `vpdpbusd` (AVX-512 VNNI: 64 u8×i8 products summed in fours
-//! into 16 i32 lanes per instruction) where the CPU has it, else on a portable loop. `vpdpbusd`
-//! wants the left operand unsigned, so the activations are stored as `q_x + 128` and the 128·Σ_k
-//! q_w[n, k] this adds is taken off again. Integer sums are exact and both paths finish with the
-//! same f32 operations in the same order, so they give bit-identical outputs (a test checks it).
+//! Three kernels compute the integer sums, picked once at run time (`ENGRAM_INT8_KERNEL=vnni|avx2|
+//! portable` forces one, for comparisons):
+//! - `vnni`: x86's `vpdpbusd` (AVX-512 VNNI: 64 u8×i8 products summed in fours into 16 i32 lanes
+//!   per instruction). It wants the left operand unsigned, so the activations are stored as
+//!   `q_x + 128` and the 128·Σ_k q_w[n, k] this adds is taken off at the end.
+//! - `avx2`: `vpmaddubsw` on |q_x| and q_w·sign(q_x) (pairs of products ≤ 2·127² fit i16, so it
+//!   never saturates), then `vpmaddwd` with ones into i32 — for x86 CPUs without VNNI.
+//! - `portable`: plain loops (other architectures; slow, it is the reference).
+//!
+//! Integer sums are exact and every kernel finishes with the same f32 operations in the same order,
+//! so all give bit-identical outputs (a test checks it).
 //!
 //! Inference only: there is no backward (a training tape that tracks the input is refused), and
 //! a quantized model is not fine-tuned. Error against the f32 layer: each product term is off by
@@ -50,7 +56,8 @@ pub struct Int8Weight {
     packed: Vec<i8>,
     /// `s_w[n]`, per output channel.
     scale: Vec<f32>,
-    /// `128 · Σ_k q_w[n, k]`: what storing the activations offset by 128 adds to each sum.
+    /// `128 · Σ_k q_w[n, k]`: what storing the activations offset by 128 adds to each sum of
+    /// the `vnni` kernel. Padded with zeros to whole panels.
     offset: Vec<i32>,
 }
 
@@ -76,7 +83,8 @@ impl Int8Weight {
         q.par_chunks_mut(inp).zip(scale.par_iter_mut()).zip(wd.par_chunks(inp)).for_each(|((qr, s), wr)| {
             *s = quantize_row(wr, qr);
         });
-        let offset = q.chunks(inp).map(|r| 128 * r.iter().map(|&v| v as i32).sum::<i32>()).collect();
+        let mut offset: Vec<i32> = q.chunks(inp).map(|r| 128 * r.iter().map(|&v| v as i32).sum::<i32>()).collect();
+        offset.resize(panels * NR, 0);
         let mut packed = vec![0i8; panels * kp * NR];
         packed.par_chunks_mut(kp * NR).enumerate().for_each(|(p, panel)| {
             for j in 0..NR.min(out - p * NR) {
@@ -144,13 +152,13 @@ fn round_even(v: f32) -> f32 {
 }
 
 /// One input row quantized and offset for `vpdpbusd`: `u8 = q + 128`; returns the row scale.
-fn quantize_row_u8(x: &[f32], qr: &mut [u8], vnni: bool) -> f32 {
+fn quantize_row_u8(x: &[f32], qr: &mut [u8], kernel: Kernel) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if vnni {
-        // SAFETY: the CPU has AVX-512F/BW (checked by `vnni_available`); qr holds ≥ x.len() bytes.
+    if kernel == Kernel::Vnni {
+        // SAFETY: the CPU has AVX-512F/BW (checked by `Kernel::detect`); qr holds ≥ x.len() bytes.
         return unsafe { x86::quantize_row_u8(x, qr) };
     }
-    let _ = vnni;
+    let _ = kernel;
     let (amax, inv, poison) = row_scale(x);
     for (d, &v) in qr.iter_mut().zip(x) {
         *d = (round_even(v * inv).clamp(-127.0, 127.0) as i32 + 128) as u8;
@@ -180,26 +188,44 @@ pub fn linear_int8(tape: &Tape, x: &Tensor, w: &Int8Weight, bias: Option<&Tensor
     let rows = x.numel() / w.inp;
     let mut out_shape = sx.to_vec();
     *out_shape.last_mut().expect("rank ≥ 1") = w.out;
-    let y = forward(x.data::<f32>(OP)?, rows, w, bias, vnni_available());
+    let y = forward(x.data::<f32>(OP)?, rows, w, bias, Kernel::detect());
     Ok(tape.record(OP, &[x], Buf::F32(y), out_shape, |_| NoBackward))
 }
 
-/// Whether the AVX-512 VNNI kernel runs (checked once; `ENGRAM_INT8_VNNI=0` forces the portable
-/// loop, for comparing the two on one machine).
-fn vnni_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *ON.get_or_init(|| {
-            std::is_x86_feature_detected!("avx512f")
-                && std::is_x86_feature_detected!("avx512bw")
-                && std::is_x86_feature_detected!("avx512vnni")
-                && std::env::var_os("ENGRAM_INT8_VNNI").is_none_or(|v| v != "0")
+/// The integer kernel (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    Vnni,
+    Avx2,
+    Portable,
+}
+
+impl Kernel {
+    /// The fastest this CPU runs, once per process; `ENGRAM_INT8_KERNEL` may pick a slower one.
+    fn detect() -> Kernel {
+        static K: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *K.get_or_init(|| {
+            let all = Kernel::available();
+            let want = std::env::var("ENGRAM_INT8_KERNEL").ok();
+            all.iter().copied().find(|k| want.as_deref().is_none_or(|w| format!("{k:?}").eq_ignore_ascii_case(w))).unwrap_or(all[0])
         })
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    /// The kernels this CPU can run, fastest first (`Portable` always).
+    fn available() -> Vec<Kernel> {
+        let mut out = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("avx512bw") && has!("avx512vnni") {
+                out.push(Kernel::Vnni);
+            }
+            if has!("avx2") {
+                out.push(Kernel::Avx2);
+            }
+        }
+        out.push(Kernel::Portable);
+        out
     }
 }
 
@@ -219,7 +245,7 @@ unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
 /// `rows` rows of `x (rows, IN)` through the layer: `(rows, OUT)`.
-fn forward(x: &[f32], rows: usize, w: &Int8Weight, bias: Option<&[f32]>, vnni: bool) -> Vec<f32> {
+fn forward(x: &[f32], rows: usize, w: &Int8Weight, bias: Option<&[f32]>, kernel: Kernel) -> Vec<f32> {
     let (n, kp) = (w.out, w.kp);
     // Every element is written below (the tasks tile all rows × all panels), so the output is
     // not zeroed first: at batch 32 × 128 tokens that memset was 8 % of a MiniLM forward.
@@ -230,7 +256,7 @@ fn forward(x: &[f32], rows: usize, w: &Int8Weight, bias: Option<&[f32]>, vnni: b
     // Quantized rows, offset to u8; the padding bytes meet zero weights.
     let mut xq = vec![0u8; rows * kp];
     let mut xs = vec![0f32; rows];
-    let quantize = |(qr, s): (&mut [u8], &mut f32), xr: &[f32]| *s = quantize_row_u8(xr, qr, vnni);
+    let quantize = |(qr, s): (&mut [u8], &mut f32), xr: &[f32]| *s = quantize_row_u8(xr, qr, kernel);
     if rows >= 16 {
         xq.par_chunks_mut(kp).zip(xs.par_iter_mut()).zip(x.par_chunks(w.inp)).for_each(|(qs, xr)| quantize(qs, xr));
     } else {
@@ -249,21 +275,23 @@ fn forward(x: &[f32], rows: usize, w: &Int8Weight, bias: Option<&[f32]>, vnni: b
             while r0 < ((rb + 1) * RB).min(rows) {
                 let mr = MR.min(rows - r0);
                 let mut acc = [0i32; MR * NR];
-                tile(&mut acc, &xq[r0 * kp..(r0 + mr) * kp], mr, kp, panel, vnni);
+                tile(&mut acc, &xq[r0 * kp..(r0 + mr) * kp], mr, kp, panel, &w.offset[c0..c0 + NR], kernel);
                 for i in 0..mr {
                     // SAFETY: row r0 + i < rows, columns c0..c0 + nc ≤ n: inside y's capacity,
                     // and only this task writes this (row block, panel) rectangle.
                     let yr = unsafe { out.0.add((r0 + i) * n + c0) };
-                    let args = (&acc[i * NR..][..nc], xs[r0 + i], &w.scale[c0..c0 + nc], &w.offset[c0..c0 + nc], bias.map(|b| &b[c0..c0 + nc]));
-                    // SAFETY: yr has nc writable elements (above); the x86 form needs only the
-                    // AVX-512F that `vnni` implies.
+                    let args = (&acc[i * NR..][..nc], xs[r0 + i], &w.scale[c0..c0 + nc], bias.map(|b| &b[c0..c0 + nc]));
+                    // SAFETY: yr has nc writable elements (above); the x86 forms need only the
+                    // AVX-512F / AVX2 the kernel implies.
                     unsafe {
                         #[cfg(target_arch = "x86_64")]
-                        if vnni {
-                            x86::epilogue(yr, args.0, args.1, args.2, args.3, args.4);
-                            continue;
+                        match kernel {
+                            Kernel::Vnni => x86::epilogue_avx512(yr, args.0, args.1, args.2, args.3),
+                            Kernel::Avx2 => x86::epilogue_avx2(yr, args.0, args.1, args.2, args.3),
+                            Kernel::Portable => epilogue(yr, args.0, args.1, args.2, args.3),
                         }
-                        epilogue(yr, args.0, args.1, args.2, args.3, args.4);
+                        #[cfg(not(target_arch = "x86_64"))]
+                        epilogue(yr, args.0, args.1, args.2, args.3);
                     }
                 }
                 r0 += mr;
@@ -281,16 +309,16 @@ fn forward(x: &[f32], rows: usize, w: &Int8Weight, bias: Option<&[f32]>, vnni: b
     y
 }
 
-/// `y = (acc − offset) · (s_x · s_w) + bias` for `acc.len()` columns, element by element in f32
-/// (no fused multiply-add, so every build and kernel rounds the same way).
+/// `y = acc · (s_x · s_w) + bias` for `acc.len()` columns, element by element in f32 (no fused
+/// multiply-add, so every build and kernel rounds the same way).
 ///
 /// # Safety
 /// `y` points to `acc.len()` writable f32 (possibly uninitialised).
 #[inline(always)]
-unsafe fn epilogue(y: *mut f32, acc: &[i32], sx: f32, sw: &[f32], offset: &[i32], bias: Option<&[f32]>) {
-    let (sw, offset) = (&sw[..acc.len()], &offset[..acc.len()]);
+unsafe fn epilogue(y: *mut f32, acc: &[i32], sx: f32, sw: &[f32], bias: Option<&[f32]>) {
+    let sw = &sw[..acc.len()];
     for j in 0..acc.len() {
-        let v = (acc[j] - offset[j]) as f32 * (sx * sw[j]);
+        let v = acc[j] as f32 * (sx * sw[j]);
         let v = match bias {
             Some(b) => v + b[j],
             None => v,
@@ -300,17 +328,19 @@ unsafe fn epilogue(y: *mut f32, acc: &[i32], sx: f32, sw: &[f32], offset: &[i32]
     }
 }
 
-/// `acc (MR, NR) = xq (mr rows of kp u8) · panel`, exact in i32.
-fn tile(acc: &mut [i32; MR * NR], xq: &[u8], mr: usize, kp: usize, panel: &[i8], vnni: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if vnni {
-        // SAFETY: the CPU has AVX-512F/BW/VNNI (checked by `vnni_available`); the slices hold
-        // mr·kp and kp·NR bytes, which is all the kernel reads.
-        unsafe { x86::tile_vnni(acc, xq, mr, kp, panel) };
-        return;
+/// `acc (MR, NR) = Σ_k q_x · q_w` for `mr` rows of `xq` (kp bytes each, `q_x + 128`) and one
+/// panel, exact in i32; `offset` is the panel's (NR values).
+fn tile(acc: &mut [i32; MR * NR], xq: &[u8], mr: usize, kp: usize, panel: &[i8], offset: &[i32], kernel: Kernel) {
+    debug_assert!(xq.len() >= mr * kp && panel.len() >= kp * NR && offset.len() >= NR && mr >= 1);
+    // SAFETY (both x86 arms): the CPU has the kernel's features (`Kernel::available`); the
+    // slices hold mr·kp, kp·NR and NR elements (checked above), which is all the kernels read.
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Vnni => unsafe { x86::tile_vnni(acc, xq, mr, kp, panel, offset) },
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => unsafe { x86::tile_avx2(acc, xq, mr, kp, panel) },
+        _ => tile_portable(acc, xq, mr, kp, panel),
     }
-    let _ = vnni;
-    tile_portable(acc, xq, mr, kp, panel);
 }
 
 /// The reference loop: the same sums in any order (integers are exact).
@@ -318,11 +348,13 @@ fn tile_portable(acc: &mut [i32; MR * NR], xq: &[u8], mr: usize, kp: usize, pane
     for i in 0..mr {
         let xr = &xq[i * kp..][..kp];
         let a = &mut acc[i * NR..][..NR];
+        a.fill(0);
         for (g, xg) in xr.chunks_exact(4).enumerate() {
             let pg = &panel[g * 4 * NR..][..4 * NR];
+            let xg = [xg[0] as i32 - 128, xg[1] as i32 - 128, xg[2] as i32 - 128, xg[3] as i32 - 128];
             for j in 0..NR {
                 let wj = &pg[4 * j..4 * j + 4];
-                a[j] += xg[0] as i32 * wj[0] as i32 + xg[1] as i32 * wj[1] as i32 + xg[2] as i32 * wj[2] as i32 + xg[3] as i32 * wj[3] as i32;
+                a[j] += xg[0] * wj[0] as i32 + xg[1] * wj[1] as i32 + xg[2] * wj[2] as i32 + xg[3] * wj[3] as i32;
             }
         }
     }
@@ -335,9 +367,16 @@ mod x86 {
 
     /// [`super::epilogue`] compiled for AVX-512 (the same operations, 16 lanes at a time).
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn epilogue(y: *mut f32, acc: &[i32], sx: f32, sw: &[f32], offset: &[i32], bias: Option<&[f32]>) {
+    pub(super) unsafe fn epilogue_avx512(y: *mut f32, acc: &[i32], sx: f32, sw: &[f32], bias: Option<&[f32]>) {
         // SAFETY: the caller's contract is the generic one's.
-        unsafe { super::epilogue(y, acc, sx, sw, offset, bias) }
+        unsafe { super::epilogue(y, acc, sx, sw, bias) }
+    }
+
+    /// [`super::epilogue`] compiled for AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn epilogue_avx2(y: *mut f32, acc: &[i32], sx: f32, sw: &[f32], bias: Option<&[f32]>) {
+        // SAFETY: the caller's contract is the generic one's.
+        unsafe { super::epilogue(y, acc, sx, sw, bias) }
     }
 
     /// [`super::quantize_row_u8`] 16 floats at a time: the same max, the same products, the
@@ -382,8 +421,7 @@ mod x86 {
     /// all lanes and multiplied with the panel's 2×64 bytes (16 columns × 4 inputs each).
     /// 16 accumulators + 2 weight vectors + 1 broadcast of the 32 zmm registers.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn tile_vnni(acc: &mut [i32; MR * NR], xq: &[u8], mr: usize, kp: usize, panel: &[i8]) {
-        debug_assert!(xq.len() >= mr * kp && panel.len() >= kp * NR && mr >= 1);
+    pub(super) unsafe fn tile_vnni(acc: &mut [i32; MR * NR], xq: &[u8], mr: usize, kp: usize, panel: &[i8], offset: &[i32]) {
         let mut c = [[_mm512_setzero_si512(); 2]; MR];
         // Rows past mr repeat the last row (their sums are computed and dropped).
         let row = |i: usize| unsafe { xq.as_ptr().add(i.min(mr - 1) * kp) };
@@ -402,12 +440,50 @@ mod x86 {
                 bp = bp.add(4 * NR);
             }
         }
+        // SAFETY: offset holds NR = 32 i32; so does an acc row.
+        let (o0, o1) = unsafe { (_mm512_loadu_si512(offset.as_ptr() as *const _), _mm512_loadu_si512(offset.as_ptr().add(16) as *const _)) };
         for (row, ci) in acc.chunks_exact_mut(NR).zip(&c).take(mr) {
-            // SAFETY: an acc row holds NR = 32 i32.
             unsafe {
-                _mm512_storeu_si512(row.as_mut_ptr() as *mut _, ci[0]);
-                _mm512_storeu_si512(row.as_mut_ptr().add(16) as *mut _, ci[1]);
+                _mm512_storeu_si512(row.as_mut_ptr() as *mut _, _mm512_sub_epi32(ci[0], o0));
+                _mm512_storeu_si512(row.as_mut_ptr().add(16) as *mut _, _mm512_sub_epi32(ci[1], o1));
             }
+        }
+    }
+
+    /// MR×NR tile on AVX2 without VNNI, two rows at a time (8 accumulators, 4 weight vectors of
+    /// 8 columns × 4 inputs): per group, `vpmaddubsw(|q_x|, q_w · sign(q_x))` gives exact i16
+    /// pair sums (≤ 2·127² < 2¹⁵), `vpmaddwd` with ones adds the pairs into one i32 per column.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn tile_avx2(acc: &mut [i32; MR * NR], xq: &[u8], mr: usize, kp: usize, panel: &[i8]) {
+        let (flip, ones) = (_mm256_set1_epi8(-128), _mm256_set1_epi16(1));
+        let mut i = 0;
+        while i < mr {
+            let rows = if i + 1 < mr { 2 } else { 1 };
+            let mut c = [[_mm256_setzero_si256(); 4]; 2];
+            let mut bp = panel.as_ptr();
+            for g in 0..kp / 4 {
+                // SAFETY: group g < kp/4 of a panel of kp·NR bytes; rows i, i + rows − 1 < mr.
+                unsafe {
+                    let w = [0, 1, 2, 3].map(|v| _mm256_loadu_si256(bp.add(32 * v) as *const _));
+                    for (r, cr) in c.iter_mut().enumerate().take(rows) {
+                        let x4 = (xq.as_ptr().add((i + r) * kp + 4 * g) as *const i32).read_unaligned();
+                        let q = _mm256_xor_si256(_mm256_set1_epi32(x4), flip); // u8 − 128 = q_x as i8
+                        let aq = _mm256_abs_epi8(q);
+                        for (cv, wv) in cr.iter_mut().zip(&w) {
+                            let p = _mm256_maddubs_epi16(aq, _mm256_sign_epi8(*wv, q));
+                            *cv = _mm256_add_epi32(*cv, _mm256_madd_epi16(p, ones));
+                        }
+                    }
+                    bp = bp.add(4 * NR);
+                }
+            }
+            for (r, cr) in c.iter().enumerate().take(rows) {
+                for (v, cv) in cr.iter().enumerate() {
+                    // SAFETY: row i + r < MR of acc, 8 i32 at column 8v < NR.
+                    unsafe { _mm256_storeu_si256(acc.as_mut_ptr().add((i + r) * NR + 8 * v) as *mut _, *cv) };
+                }
+            }
+            i += rows;
         }
     }
 }
@@ -426,27 +502,42 @@ mod tests {
     const SHAPES: [(usize, usize, usize); 6] = [(1, 5, 3), (7, 33, 70), (9, 64, 32), (130, 37, 65), (3, 384, 1536), (200, 384, 96)];
 
     #[test]
-    fn vnni_and_portable_kernels_agree_bitwise() {
-        if !vnni_available() {
-            eprintln!("SKIPPED: no AVX-512 VNNI on this CPU (the portable kernel alone is checked)");
-            return;
+    fn every_kernel_this_cpu_runs_agrees_bitwise_with_the_portable_one() {
+        let kernels = Kernel::available();
+        eprintln!("int8 kernels on this CPU: {kernels:?}");
+        if kernels.len() == 1 {
+            eprintln!("SKIPPED: neither AVX-512 VNNI nor AVX2 on this CPU (the portable kernel alone is checked)");
         }
         let mut rng = Rng::new(3);
         for (rows, inp, out) in SHAPES {
             let w = Int8Weight::quantize(&Tensor::from_vec(rand(&mut rng, out * inp, 0.05), &[out, inp]).unwrap()).unwrap();
             let x = rand(&mut rng, rows * inp, 1.0);
             let b = rand(&mut rng, out, 0.1);
-            let (y1, y2) = (forward(&x, rows, &w, Some(&b), true), forward(&x, rows, &w, Some(&b), false));
-            assert!(y1.iter().zip(&y2).all(|(a, b)| a.to_bits() == b.to_bits()), "{rows}×{inp}×{out}");
+            let want = forward(&x, rows, &w, Some(&b), Kernel::Portable);
+            for &k in &kernels {
+                let got = forward(&x, rows, &w, Some(&b), k);
+                assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{k:?} {rows}×{inp}×{out}");
+            }
+        }
+        // Every code at ±127 with matching signs: each product is 127², each pair of products
+        // 2·127² — the most an i16 step of the avx2 kernel holds — and the sums are exact.
+        let (rows, inp, out) = (9, 68, 33);
+        let sign = |i: usize| if (i * 7919) % 3 == 0 { -1.0f32 } else { 1.0 };
+        let x: Vec<f32> = (0..rows * inp).map(|i| sign(i % inp)).collect();
+        let w = Int8Weight::quantize(&Tensor::from_vec((0..out * inp).map(|i| 0.5 * sign(i % inp)).collect(), &[out, inp]).unwrap()).unwrap();
+        for &k in &kernels {
+            let y = forward(&x, rows, &w, None, k);
+            // s_x · s_w · Σ 127² = (1/127)(0.5/127)·inp·127² = inp / 2, exactly.
+            assert!(y.iter().all(|&v| v == inp as f32 / 2.0), "{k:?}: {:?}", &y[..4]);
         }
     }
 
-    /// Both kernels against an f64 product of the dequantized operands (which is what the
+    /// Every kernel against an f64 product of the dequantized operands (which is what the
     /// integer arithmetic computes exactly), and within the quantization bound of the f32 layer.
     #[test]
     fn matches_the_dequantized_product_and_the_error_bound() {
         let mut rng = Rng::new(5);
-        for vnni in [false, vnni_available()] {
+        for kernel in Kernel::available() {
             for (rows, inp, out) in SHAPES {
                 let wf = rand(&mut rng, out * inp, 0.05);
                 let w = Int8Weight::quantize(&Tensor::from_vec(wf.clone(), &[out, inp]).unwrap()).unwrap();
@@ -454,7 +545,7 @@ mod tests {
                 let mut x = rand(&mut rng, rows * inp, 1.0);
                 x[..inp].iter_mut().for_each(|v| *v = 0.0); // an all-zero row: scale 0
                 let b = rand(&mut rng, out, 0.1);
-                let y = forward(&x, rows, &w, Some(&b), vnni);
+                let y = forward(&x, rows, &w, Some(&b), kernel);
                 for r in 0..rows {
                     let xr = &x[r * inp..][..inp];
                     let mut xq = vec![0i8; inp];
@@ -480,15 +571,15 @@ mod tests {
         let mut rng = Rng::new(9);
         let (rows, inp, out) = (20, 37, 40);
         let w = Int8Weight::quantize(&Tensor::from_vec(rand(&mut rng, out * inp, 0.05), &[out, inp]).unwrap()).unwrap();
-        for vnni in [false, vnni_available()] {
+        for kernel in Kernel::available() {
             for bad in [f32::NAN, f32::INFINITY] {
                 let mut x = rand(&mut rng, rows * inp, 1.0);
                 x[3 * inp + 35] = bad; // in the scalar tail of the vector quantizer
                 x[7 * inp + 2] = bad; // in its vector part
-                let y = forward(&x, rows, &w, None, vnni);
+                let y = forward(&x, rows, &w, None, kernel);
                 for r in 0..rows {
                     let row = &y[r * out..][..out];
-                    assert!(if r == 3 || r == 7 { row.iter().all(|v| v.is_nan()) } else { row.iter().all(|v| v.is_finite()) }, "row {r}, {bad}, vnni {vnni}");
+                    assert!(if r == 3 || r == 7 { row.iter().all(|v| v.is_nan()) } else { row.iter().all(|v| v.is_finite()) }, "row {r}, {bad}, {kernel:?}");
                 }
             }
         }
@@ -500,7 +591,8 @@ mod tests {
         let w = Tensor::from_vec(vec![100.0f32, -50.0, 1.0, -0.5], &[2, 2]).unwrap();
         let q = Int8Weight::quantize(&w).unwrap();
         assert_eq!(q.dequantize(), vec![100.0, 100.0 / 127.0 * -64.0, 1.0, 1.0 / 127.0 * -64.0]);
-        assert_eq!(q.offset, vec![128 * (127 - 64), 128 * (127 - 64)]);
+        assert_eq!(q.offset[..2], [128 * (127 - 64), 128 * (127 - 64)]);
+        assert!(q.offset[2..].iter().all(|&o| o == 0) && q.offset.len() == NR, "padded to a panel");
     }
 
     #[test]
