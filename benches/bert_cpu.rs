@@ -94,10 +94,12 @@ fn main() {
                 show(row, &tape, &[]);
             }
         }
-        if run("int8 inference, batch 32") {
-            let tape = Tape::inference().profiled();
-            int8_with(&tape, &b32);
-            show("int8 inference, batch 32", &tape, &[]);
+        for (row, b) in [("int8 inference, batch 1", &b1), ("int8 inference, batch 32", &b32)] {
+            if run(row) {
+                let tape = Tape::inference().profiled();
+                int8_with(&tape, b);
+                show(row, &tape, &[]);
+            }
         }
     }
     let mut opt_state = AdamW::new(AdamWConfig::default());
