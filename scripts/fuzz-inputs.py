@@ -2,7 +2,7 @@
 """Input fuzzing of the engram binary: corrupted copies of a model directory (safetensors header
 bytes, truncation, header length; config.json values, deletions and types; tokenizer.json
 truncation and vocabulary ids; the slow tokenizer's vocab.txt / vocab.json + merges.txt in its
-place, corrupted) through `embed` and `predict`, and corrupted training files (CSV, CoNLL, and
+place, corrupted) through `embed`, `predict` and `predict --int8`, and corrupted training files (CSV, CoNLL, and
 multi-label JSONL and regression CSV: flipped and inserted bytes, truncation, duplicated or
 deleted lines) through `finetune`, and a finished run's checkpoint with one file corrupted (trainer state, arguments,
 optimizer moments, weights, config) through `finetune --resume`, plus corrupted JSONL inputs to
@@ -99,7 +99,8 @@ def model_mutants(binary, rng, n, tmp, model="weights/tiny-bert"):
             else:  # Unigram: [piece, score] pairs
                 vocab[rng.randrange(len(vocab))] = rng.choice([["x", "bad"], [None, 0.0], "x", ["tok", 1e300], []])
             json.dump(t, open(f"{d}/tokenizer.json", "w"))
-        for args in (["embed", "--model", d, "hello world the cat"], ["predict", "--model", d, "hello world"]):
+        calls = (["embed", "--model", d, "hello world the cat"], ["predict", "--model", d, "hello world"], ["predict", "--int8", "--model", d, "hello world"])
+        for args in calls:
             rc, err = run(binary, args)
             if rc not in (0, 1, 2):
                 bad += 1

@@ -497,13 +497,10 @@ fn embed(
     if batch_size == 0 {
         return Err(Error::Value { op: "embed", detail: "--batch-size must be at least 1".into() });
     }
-    let (mut bert, _) = Bert::load(dir, Head::None, 0)?;
-    if precision == Precision::Int8 {
-        if device != Device::Cpu {
-            return Err(Error::Device("--int8 runs on the CPU (drop --device cuda)".into()));
-        }
-        bert.quantize_int8()?;
+    if precision == Precision::Int8 && device != Device::Cpu {
+        return Err(Error::Device("--int8 runs on the CPU (drop --device cuda)".into()));
     }
+    let (mut bert, _) = Bert::load_with(dir, Head::None, 0, precision)?;
     if device != Device::Cpu {
         bert.to_device(device)?;
     }

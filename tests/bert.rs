@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use engram::data::BertTokenizer;
 use engram::models::bert::weights::{read_safetensors, write_safetensors};
-use engram::models::bert::{sentence_config, Bert, Head};
+use engram::models::bert::{sentence_config, Bert, Head, Precision};
 use engram::testing::assert_close;
 use engram::{ops, Tape, Tensor};
 
@@ -224,6 +224,48 @@ fn minilm_int8_sentence_embeddings_stay_close_to_transformers() {
         eprintln!("sentence {i}: cosine(engram int8, sentence-transformers f32) = {cos:.6}");
         assert!((0.99..0.99999).contains(&cos), "sentence {i}: cosine {cos}");
     }
+}
+
+/// Loading with `Precision::Int8` (each encoder linear weight quantized as it is read) gives the
+/// model `quantize_int8` gives after an f32 load, and its checks name the stored tensor.
+#[test]
+fn int8_load_equals_quantizing_after_load_and_checks_shapes() {
+    let dir = root().join("weights/tiny-bert");
+    let head = Head::SequenceClassification { num_labels: 2 };
+    let (mut a, _) = Bert::load(&dir, head, 7).unwrap();
+    let (before, _) = a.quantize_int8().unwrap();
+    let (b, report) = Bert::load_with(&dir, head, 7, Precision::Int8).unwrap();
+    assert!(before > 0 && report.unexpected.is_empty(), "{report:?}");
+    assert_eq!(a.int8.keys().collect::<Vec<_>>(), b.int8.keys().collect::<Vec<_>>());
+    assert_eq!(a.params.keys().collect::<Vec<_>>(), b.params.keys().collect::<Vec<_>>());
+    assert!(a.int8.keys().all(|k| !b.params.contains_key(k)), "the f32 copies are gone");
+    let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), 64).unwrap();
+    let batch = tok.encode(&["the cat sat on my mat", "hello"]).unwrap();
+    let (la, lb) = (a.logits(&Tape::inference(), &batch, false).unwrap(), b.logits(&Tape::inference(), &batch, false).unwrap());
+    assert_eq!(la.to_f64_vec(), lb.to_f64_vec());
+    let (f, _) = Bert::load(&dir, head, 7).unwrap();
+    assert_ne!(f.logits(&Tape::inference(), &batch, false).unwrap().to_f64_vec(), la.to_f64_vec(), "int8 changed nothing");
+    let e = a.logits(&Tape::training(0), &batch, false).expect_err("an int8 model trains").to_string();
+    assert!(e.contains("no backward"), "{e}");
+
+    let wrong = variant(
+        "int8-shape",
+        |t| {
+            t.insert("bert.encoder.layer.0.attention.self.query.weight".into(), Tensor::from_vec(vec![0.1f32; 32 * 31], &[32, 31]).unwrap());
+        },
+        None,
+    );
+    let e = Bert::load_with(&wrong, head, 0, Precision::Int8).err().expect("a wrong shape loads").to_string();
+    assert!(e.contains("model.safetensors") && e.contains("bert.encoder.layer.0.attention.self.query.weight") && e.contains("[32, 31]"), "{e}");
+    let extra = variant(
+        "int8-extra",
+        |t| {
+            t.insert("bert.encoder.layer.9.output.dense.weight".into(), Tensor::from_vec(vec![0.1f32; 4], &[2, 2]).unwrap());
+        },
+        None,
+    );
+    let (_, report) = Bert::load_with(&extra, head, 0, Precision::Int8).unwrap();
+    assert_eq!(report.unexpected, vec!["bert.encoder.layer.9.output.dense.weight".to_string()]);
 }
 
 /// A copy of the tiny BERT directory with its tensors renamed / converted by `edit`.

@@ -76,6 +76,10 @@ impl Int8Weight {
             return shape_err(OP, format!("IN = {inp} is over {MAX_IN}: 8-bit sums could overflow 32 bits"));
         }
         let wd = w.data::<f32>(OP)?;
+        if let Some(i) = wd.iter().position(|v| !v.is_finite()) {
+            // A scale cannot hold it: refuse rather than quantize it to some finite code.
+            return Err(Error::Value { op: OP, detail: format!("weight element [{}, {}] is {}", i / inp, i % inp, wd[i]) });
+        }
         let kp = inp.div_ceil(4) * 4;
         let panels = out.div_ceil(NR);
         let mut q = vec![0i8; out * inp];
@@ -522,7 +526,7 @@ mod tests {
         // Every code at ±127 with matching signs: each product is 127², each pair of products
         // 2·127² — the most an i16 step of the avx2 kernel holds — and the sums are exact.
         let (rows, inp, out) = (9, 68, 33);
-        let sign = |i: usize| if (i * 7919) % 3 == 0 { -1.0f32 } else { 1.0 };
+        let sign = |i: usize| if (i * 7919).is_multiple_of(3) { -1.0f32 } else { 1.0 };
         let x: Vec<f32> = (0..rows * inp).map(|i| sign(i % inp)).collect();
         let w = Int8Weight::quantize(&Tensor::from_vec((0..out * inp).map(|i| 0.5 * sign(i % inp)).collect(), &[out, inp]).unwrap()).unwrap();
         for &k in &kernels {
@@ -608,5 +612,7 @@ mod tests {
         let b3 = Tensor::from_vec(vec![1.0f32; 3], &[3]).unwrap();
         assert!(linear_int8(&Tape::inference(), &x, &w, Some(&b3)).unwrap_err().to_string().contains("bias"));
         assert!(Int8Weight::quantize(&Tensor::from_vec(vec![1.0f32; 3], &[3]).unwrap()).is_err());
+        let e = Int8Weight::quantize(&Tensor::from_vec(vec![1.0f32, 2.0, f32::NAN, 0.5], &[2, 2]).unwrap()).unwrap_err().to_string();
+        assert!(e.contains("[1, 0] is NaN"), "{e}");
     }
 }

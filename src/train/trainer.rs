@@ -1244,19 +1244,16 @@ fn load_finetuned(dir: &Path, device: Device, precision: Precision) -> Result<(B
         _ => Task::Classify,
     };
     let labels = cfg.id2label.clone();
-    let (mut bert, _) = Bert::load(dir, head_for(task, labels.len()), 0)?;
+    if precision == Precision::Int8 && device != Device::Cpu {
+        return Err(Error::Device("--int8 runs on the CPU (drop --device cuda)".into()));
+    }
+    let (mut bert, _) = Bert::load_with(dir, head_for(task, labels.len()), 0, precision)?;
     let mem = memory::read_config(dir)?;
     if let Some(cfg) = &mem {
         let loaded = memory::attach(&mut bert, cfg, dir, 0)?;
         if !loaded && cfg.mode == memory::Mode::Memory {
             return file_err(dir.join(memory::CONFIG_FILE), "names a memory model but memory.safetensors does not match it");
         }
-    }
-    if precision == Precision::Int8 {
-        if device != Device::Cpu {
-            return Err(Error::Device("--int8 runs on the CPU (drop --device cuda)".into()));
-        }
-        bert.quantize_int8()?;
     }
     if device != Device::Cpu {
         bert.to_device(device)?;

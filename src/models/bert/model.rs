@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::config::{Activation, BertConfig, Family};
-use super::weights::read_safetensors;
+use super::weights::read_safetensors_with;
 use crate::data::Batch;
 use crate::error::{file_err, shape_err, Error, Result};
 use crate::ops;
@@ -129,6 +129,12 @@ fn albert_canonical(name: &str) -> Option<String> {
 /// `bert.x` / `roberta.x` → `x`; `….gamma`/`….beta` → `….weight`/`….bias`; DistilBERT names →
 /// BERT's; RoBERTa's sequence head `classifier.dense` → `head.dense`, `classifier.out_proj` →
 /// `classifier`.
+/// Whether `--int8` quantizes the tensor of this canonical name: the encoder layers' linear
+/// weights (two-dimensional; LayerNorm weights are vectors).
+fn quantizable(canonical: &str, t: &Tensor) -> bool {
+    canonical.starts_with("encoder.layer.") && canonical.ends_with(".weight") && t.shape().len() == 2
+}
+
 fn canonical(name: &str) -> String {
     if let Some(c) = distil_canonical(name).or_else(|| albert_canonical(name)) {
         return c;
@@ -213,6 +219,13 @@ impl Bert {
     /// head; a head (or pooler) absent from the checkpoint is initialised as transformers does
     /// (normal(0, initializer_range) weights, zero biases) from `seed`.
     pub fn load(dir: impl AsRef<Path>, head: Head, seed: u64) -> Result<(Bert, LoadReport)> {
+        Self::load_with(dir, head, seed, Precision::F32)
+    }
+
+    /// [`Bert::load`] for inference in `precision`. With [`Precision::Int8`] each encoder linear
+    /// weight is quantized as soon as it is read and its f32 copy dropped (see
+    /// [`Bert::quantize_int8`]), so loading never holds the f32 encoder.
+    pub fn load_with(dir: impl AsRef<Path>, head: Head, seed: u64, precision: Precision) -> Result<(Bert, LoadReport)> {
         let dir = dir.as_ref();
         if !dir.is_dir() {
             return file_err(dir, "not a model directory");
@@ -223,14 +236,27 @@ impl Bert {
             let hint = if dir.join("pytorch_model.bin").is_file() { " (pytorch_model.bin is not read: convert it to safetensors)" } else { "" };
             return file_err(&wpath, format!("missing{hint}"));
         }
-        let stored = read_safetensors(&wpath)?;
-        Self::from_tensors(config, stored, head, seed, dir, &wpath)
+        let mut int8 = BTreeMap::new();
+        let stored = read_safetensors_with(&wpath, |name, t| {
+            let c = canonical(name);
+            if precision != Precision::Int8 || !quantizable(&c, &t) {
+                return Ok(Some(t));
+            }
+            let q = ops::Int8Weight::quantize(&t).map_err(|e| e.to_string())?;
+            if int8.insert(c.clone(), (name.to_string(), q)).is_some() {
+                return Err(format!("a second tensor maps to {c}"));
+            }
+            Ok(None)
+        })?;
+        Self::from_tensors(config, stored, int8, head, seed, dir, &wpath)
     }
 
-    /// Build from already-read tensors (by stored name); errors name `wpath`.
-    pub fn from_tensors(
+    /// Build from already-read tensors (by stored name) and weights already quantized (by
+    /// canonical name, with their stored name); errors name `wpath`.
+    fn from_tensors(
         config: BertConfig,
         stored: BTreeMap<String, Tensor>,
+        mut int8: BTreeMap<String, (String, ops::Int8Weight)>,
         head: Head,
         seed: u64,
         dir: &Path,
@@ -247,9 +273,17 @@ impl Bert {
         }
         let expected = Self::expected(&config, head);
         let mut params = BTreeMap::new();
+        let mut quantized = BTreeMap::new();
         let mut missing = Vec::new();
         let mut rng = Rng::new(seed);
         for (name, shape) in &expected {
+            if let Some((stored_name, q)) = int8.remove(name) {
+                if q.shape() != shape.as_slice() {
+                    return file_err(wpath, format!("tensor {stored_name} has shape {:?} but config.json implies {shape:?}", q.shape()));
+                }
+                quantized.insert(name.clone(), q);
+                continue;
+            }
             let stored = by_canon.remove(name);
             // A head trained for another label set (different size): re-initialised, as
             // transformers does with ignore_mismatched_sizes=True.
@@ -298,9 +332,10 @@ impl Bert {
             .into_iter()
             .filter(|(c, _)| !c.ends_with("position_ids"))
             .map(|(_, (stored_name, _))| stored_name)
+            .chain(int8.into_values().map(|(stored_name, _)| stored_name))
             .collect();
         let params = params.into_iter().map(|(k, v)| (k, v.requires_grad())).collect();
-        Ok((Bert { config, head, params, dir: dir.to_path_buf(), int8: BTreeMap::new() }, report))
+        Ok((Bert { config, head, params, dir: dir.to_path_buf(), int8: quantized }, report))
     }
 
     /// Replace the task head with a fresh one (normal(0, initializer_range) weights, zero bias),
@@ -420,8 +455,7 @@ impl Bert {
         if self.device() != Device::Cpu {
             return Err(Error::Device("int8 quantization runs on the CPU (the model is on a GPU)".into()));
         }
-        let names: Vec<String> =
-            self.params.iter().filter(|(k, t)| k.starts_with("encoder.layer.") && k.ends_with(".weight") && t.shape().len() == 2).map(|(k, _)| k.clone()).collect();
+        let names: Vec<String> = self.params.iter().filter(|(k, t)| quantizable(k, t)).map(|(k, _)| k.clone()).collect();
         let (mut before, mut after) = (0, 0);
         for name in names {
             let q = ops::Int8Weight::quantize(&self.params[&name])?;

@@ -14,6 +14,16 @@ use crate::tensor::Tensor;
 
 /// Every tensor of a safetensors file, by its stored name.
 pub fn read_safetensors(path: impl AsRef<Path>) -> Result<BTreeMap<String, Tensor>> {
+    read_safetensors_with(path, |_, t| Ok(Some(t)))
+}
+
+/// Like [`read_safetensors`], handing each tensor to `keep` as soon as it is converted: what it
+/// returns is kept, `None` drops it (it has taken what it needs, e.g. an int8 copy), so loading
+/// never holds more than the kept tensors plus one. An error from `keep` names the file.
+pub fn read_safetensors_with(
+    path: impl AsRef<Path>,
+    mut keep: impl FnMut(&str, Tensor) -> std::result::Result<Option<Tensor>, String>,
+) -> Result<BTreeMap<String, Tensor>> {
     let path = path.as_ref();
     let mmap = map(path)?;
     let st = parse(path, &mmap)?;
@@ -21,39 +31,46 @@ pub fn read_safetensors(path: impl AsRef<Path>) -> Result<BTreeMap<String, Tenso
     for (name, view) in st.tensors() {
         let shape = view.shape().to_vec();
         let bytes = view.data();
+        // The file's pages are dropped as soon as they are converted (MiB by MiB), so loading
+        // peaks at about one copy of the weights instead of the file and the copy — and a large
+        // tensor (MiniLM's 47 MB word embeddings) does not sit in memory twice while it converts.
+        let drop_pages = |b: &[u8]| {
+            let offset = b.as_ptr() as usize - mmap.as_ptr() as usize;
+            // SAFETY: a read-only private file mapping that is never written: MADV_DONTNEED
+            // only drops resident pages, and a later read (a neighbour sharing a page) faults
+            // the same file contents back in. Advice is best effort; its error is ignored.
+            let _ = unsafe { mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, b.len()) };
+        };
         let t = match view.dtype() {
-            Dtype::F32 => Tensor::from_vec(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect::<Vec<f32>>(), &shape),
-            Dtype::F16 => Tensor::from_vec(
-                bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect::<Vec<f32>>(),
-                &shape,
-            ),
-            Dtype::BF16 => Tensor::from_vec(
-                bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect::<Vec<f32>>(),
-                &shape,
-            ),
-            Dtype::F64 => Tensor::from_vec(
-                bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32).collect::<Vec<f32>>(),
-                &shape,
-            ),
+            Dtype::F32 => Tensor::from_vec(convert::<4>(bytes, f32::from_le_bytes, drop_pages), &shape),
+            Dtype::F16 => Tensor::from_vec(convert::<2>(bytes, |b| half::f16::from_le_bytes(b).to_f32(), drop_pages), &shape),
+            Dtype::BF16 => Tensor::from_vec(convert::<2>(bytes, |b| half::bf16::from_le_bytes(b).to_f32(), drop_pages), &shape),
+            Dtype::F64 => Tensor::from_vec(convert::<8>(bytes, |b| f64::from_le_bytes(b) as f32, drop_pages), &shape),
             Dtype::I64 => Tensor::from_ids(bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect(), &shape),
             Dtype::I32 => Tensor::from_ids(bytes.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")) as i64).collect(), &shape),
             other => return file_err(path, format!("tensor {name}: stored dtype {other:?} is not supported (f32, f16, bf16, f64, i64, i32)")),
         };
-        // The file's pages of this tensor are not needed again: drop them now, so loading peaks
-        // at about one copy of the weights (plus one tensor) instead of the file and the copy.
-        let offset = bytes.as_ptr() as usize - mmap.as_ptr() as usize;
-        // SAFETY: a read-only private file mapping that is never written: MADV_DONTNEED only
-        // drops resident pages, and a later read (the next tensor sharing a page) faults the
-        // same file contents back in. Advice is best effort; its error is ignored.
-        let _ = unsafe { mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, bytes.len()) };
-        match t {
-            Ok(t) => {
+        drop_pages(bytes);
+        match t.map_err(|e| e.to_string()).and_then(|t| keep(&name, t)) {
+            Ok(Some(t)) => {
                 out.insert(name.to_string(), t);
             }
+            Ok(None) => {}
             Err(e) => return file_err(path, format!("tensor {name}: {e}")),
         }
     }
     Ok(out)
+}
+
+/// Little-endian N-byte values to f32, a MiB of the file at a time, handing each converted piece
+/// to `done` (which drops its pages).
+fn convert<const N: usize>(bytes: &[u8], f: impl Fn([u8; N]) -> f32, done: impl Fn(&[u8])) -> Vec<f32> {
+    let mut out = Vec::with_capacity(bytes.len() / N);
+    for piece in bytes.chunks((1 << 20) / N * N) {
+        out.extend(piece.chunks_exact(N).map(|b| f(b.try_into().expect("N bytes"))));
+        done(piece);
+    }
+    out
 }
 
 /// Write f32 tensors (moved to the host as needed) to a safetensors file atomically: a
