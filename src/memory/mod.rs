@@ -155,7 +155,7 @@ pub fn attach(bert: &mut Bert, cfg: &MemoryConfig, dir: &Path, seed: u64) -> Res
     let mem = match stored {
         Some(m) => m,
         None => {
-            let w = bert.word_embeddings()?.to_f64_vec();
+            let w = bert.word_embedding_values()?;
             let mean = w.iter().sum::<f64>() / w.len() as f64;
             let std = (w.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / w.len() as f64).sqrt();
             let mut rng = Rng::new(seed ^ 0x6d65_6d6f_7279);
@@ -339,7 +339,7 @@ pub fn forward(bert: &Bert, cfg: &MemoryConfig, tape: &Tape, seg: &Segments, tra
         let t = if s < first_grad_step { &frozen } else { tape };
         let ids = step.input_ids.to_device(device)?;
         let (b, len) = (ids.shape()[0], ids.shape()[1]);
-        let words = ops::embedding(t, &ids, bert.word_embeddings()?, None)?; // (B_s, T, C)
+        let words = bert.words(t, &ids)?; // (B_s, T, C)
         let x = if cfg.mode == Mode::Memory {
             let mem_in = {
                 let fresh = if step.joining > 0 {

@@ -70,7 +70,30 @@ pub struct Bert {
     pub dir: PathBuf,
     /// Encoder linear weights quantized by [`Bert::quantize_int8`] (taken out of `params`).
     pub int8: BTreeMap<String, ops::Int8Weight>,
+    /// The word-embedding table quantized by row (taken out of `params`), with `int8`.
+    pub int8_words: Option<ops::Int8Rows>,
 }
+
+/// A tensor the int8 loader quantized: a linear weight, or the word-embedding table.
+enum Quantized {
+    Linear(ops::Int8Weight),
+    Rows(ops::Int8Rows),
+}
+
+impl Quantized {
+    fn of(canonical: &str, t: &Tensor) -> Result<Quantized> {
+        Ok(if canonical == WORDS { Quantized::Rows(ops::Int8Rows::quantize(t)?) } else { Quantized::Linear(ops::Int8Weight::quantize(t)?) })
+    }
+
+    fn shape(&self) -> [usize; 2] {
+        match self {
+            Quantized::Linear(w) => w.shape(),
+            Quantized::Rows(r) => r.shape(),
+        }
+    }
+}
+
+const WORDS: &str = "embeddings.word_embeddings.weight";
 
 /// DistilBERT's per-layer module names and BERT's, in the order `canonical` tries them.
 const DISTIL_LAYER: [(&str, &str); 8] = [
@@ -130,9 +153,9 @@ fn albert_canonical(name: &str) -> Option<String> {
 /// BERT's; RoBERTa's sequence head `classifier.dense` → `head.dense`, `classifier.out_proj` →
 /// `classifier`.
 /// Whether `--int8` quantizes the tensor of this canonical name: the encoder layers' linear
-/// weights (two-dimensional; LayerNorm weights are vectors).
+/// weights (two-dimensional; LayerNorm weights are vectors) and the word-embedding table.
 fn quantizable(canonical: &str, t: &Tensor) -> bool {
-    canonical.starts_with("encoder.layer.") && canonical.ends_with(".weight") && t.shape().len() == 2
+    (canonical.starts_with("encoder.layer.") && canonical.ends_with(".weight") || canonical == WORDS) && t.shape().len() == 2
 }
 
 fn canonical(name: &str) -> String {
@@ -242,7 +265,7 @@ impl Bert {
             if precision != Precision::Int8 || !quantizable(&c, &t) {
                 return Ok(Some(t));
             }
-            let q = ops::Int8Weight::quantize(&t).map_err(|e| e.to_string())?;
+            let q = Quantized::of(&c, &t).map_err(|e| e.to_string())?;
             if int8.insert(c.clone(), (name.to_string(), q)).is_some() {
                 return Err(format!("a second tensor maps to {c}"));
             }
@@ -256,7 +279,7 @@ impl Bert {
     fn from_tensors(
         config: BertConfig,
         stored: BTreeMap<String, Tensor>,
-        mut int8: BTreeMap<String, (String, ops::Int8Weight)>,
+        mut int8: BTreeMap<String, (String, Quantized)>,
         head: Head,
         seed: u64,
         dir: &Path,
@@ -274,6 +297,7 @@ impl Bert {
         let expected = Self::expected(&config, head);
         let mut params = BTreeMap::new();
         let mut quantized = BTreeMap::new();
+        let mut int8_words = None;
         let mut missing = Vec::new();
         let mut rng = Rng::new(seed);
         for (name, shape) in &expected {
@@ -281,7 +305,10 @@ impl Bert {
                 if q.shape() != shape.as_slice() {
                     return file_err(wpath, format!("tensor {stored_name} has shape {:?} but config.json implies {shape:?}", q.shape()));
                 }
-                quantized.insert(name.clone(), q);
+                match q {
+                    Quantized::Linear(w) => drop(quantized.insert(name.clone(), w)),
+                    Quantized::Rows(r) => int8_words = Some(r),
+                }
                 continue;
             }
             let stored = by_canon.remove(name);
@@ -335,7 +362,7 @@ impl Bert {
             .chain(int8.into_values().map(|(stored_name, _)| stored_name))
             .collect();
         let params = params.into_iter().map(|(k, v)| (k, v.requires_grad())).collect();
-        Ok((Bert { config, head, params, dir: dir.to_path_buf(), int8: quantized }, report))
+        Ok((Bert { config, head, params, dir: dir.to_path_buf(), int8: quantized, int8_words }, report))
     }
 
     /// Replace the task head with a fresh one (normal(0, initializer_range) weights, zero bias),
@@ -419,7 +446,7 @@ impl Bert {
 
     /// Move every parameter to `device` (they stay trainable).
     pub fn to_device(&mut self, device: Device) -> Result<()> {
-        if !self.int8.is_empty() && device != Device::Cpu {
+        if (!self.int8.is_empty() || self.int8_words.is_some()) && device != Device::Cpu {
             return Err(Error::Device("an int8-quantized model runs on the CPU only".into()));
         }
         for t in self.params.values_mut() {
@@ -447,8 +474,9 @@ impl Bert {
     /// Dynamic int8 quantization for CPU inference (`torch.ao.quantization.quantize_dynamic` on
     /// the encoder's `nn.Linear`s): every linear weight of the encoder layers (query, key, value,
     /// attention output, intermediate, output — 6 per layer, most of the FLOPs) is quantized per
-    /// output channel and replaces its f32 tensor, so the model also holds ~4× fewer bytes for
-    /// them. Embeddings, LayerNorms, the pooler and the head stay f32. The model can no longer
+    /// output channel, and the word-embedding table (most of the bytes) per row; each replaces
+    /// its f32 tensor, so the model holds ~4× fewer bytes for them. Position and token-type
+    /// embeddings, LayerNorms, the pooler and the head stay f32. The model can no longer
     /// be trained, saved or moved to a GPU. Returns the bytes the f32 weights took and the
     /// quantized ones take.
     pub fn quantize_int8(&mut self) -> Result<(usize, usize)> {
@@ -458,10 +486,17 @@ impl Bert {
         let names: Vec<String> = self.params.iter().filter(|(k, t)| quantizable(k, t)).map(|(k, _)| k.clone()).collect();
         let (mut before, mut after) = (0, 0);
         for name in names {
-            let q = ops::Int8Weight::quantize(&self.params[&name])?;
             before += self.params[&name].numel() * 4;
-            after += q.bytes();
-            self.int8.insert(name.clone(), q);
+            match Quantized::of(&name, &self.params[&name])? {
+                Quantized::Linear(w) => {
+                    after += w.bytes();
+                    self.int8.insert(name.clone(), w);
+                }
+                Quantized::Rows(r) => {
+                    after += r.bytes();
+                    self.int8_words = Some(r);
+                }
+            }
             self.params.remove(&name);
         }
         Ok((before, after))
@@ -476,13 +511,29 @@ impl Bert {
     /// `attention_probs_dropout_prob` inside the fused attention.
     pub fn encode(&self, tape: &Tape, batch: &Batch, train: bool) -> Result<Tensor> {
         let ids = batch.input_ids.to_device(self.device())?;
-        let words = ops::embedding(tape, &ids, self.p("embeddings.word_embeddings.weight")?, None)?;
+        let words = self.words(tape, &ids)?;
         self.encode_embeds(tape, &words, &batch.token_type_ids, &batch.attention_mask, train)
     }
 
-    /// The word-embedding table `(V, C)`.
+    /// The word embeddings of `ids` `(…, E)`, from the f32 table or the int8 one.
+    pub fn words(&self, tape: &Tape, ids: &Tensor) -> Result<Tensor> {
+        match &self.int8_words {
+            Some(q) => ops::embedding_int8(tape, ids, q),
+            None => ops::embedding(tape, ids, self.p(WORDS)?, None),
+        }
+    }
+
+    /// The word-embedding table `(V, E)` (f32; an error once quantized — see [`Bert::words`]).
     pub fn word_embeddings(&self) -> Result<&Tensor> {
-        self.p("embeddings.word_embeddings.weight")
+        self.p(WORDS)
+    }
+
+    /// The word-embedding table's values, dequantized if it is int8.
+    pub fn word_embedding_values(&self) -> Result<Vec<f64>> {
+        match &self.int8_words {
+            Some(q) => Ok(q.dequantize().into_iter().map(f64::from).collect()),
+            None => Ok(self.word_embeddings()?.to_f64_vec()),
+        }
     }
 
     /// The encoder from word embeddings `words (B, T, C)` on (HF's `inputs_embeds`): position and
