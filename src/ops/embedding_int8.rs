@@ -29,14 +29,36 @@ impl Int8Rows {
         if table.dtype() != DType::F32 || table.is_cuda() {
             return Err(Error::DType { op: OP, dtype: table.dtype(), detail: "quantizes f32 tables on the CPU".into() });
         }
-        let (rows, cols) = (table.shape()[0], table.shape()[1]);
-        let t = table.data::<f32>(OP)?;
-        if let Some(i) = t.iter().position(|v| !v.is_finite()) {
-            return value_err(OP, format!("table element [{}, {}] is {}", i / cols, i % cols, t[i]));
+        let mut q = Int8Rows::empty(table.shape()[1])?;
+        q.push_rows(table.data::<f32>(OP)?)?;
+        Ok(q)
+    }
+
+    /// A table of `cols` columns and no rows yet, to be filled by [`Int8Rows::push_rows`] (a
+    /// loader quantizes a table piece by piece as it reads it, never holding it in f32).
+    pub fn empty(cols: usize) -> Result<Int8Rows> {
+        if cols == 0 {
+            return shape_err("embedding_int8", "a table needs at least one column");
         }
-        let mut q = vec![0i8; rows * cols];
-        let mut scale = vec![0f32; rows];
-        q.par_chunks_mut(cols).zip(scale.par_iter_mut()).zip(t.par_chunks(cols)).for_each(|((qr, s), tr)| {
+        Ok(Int8Rows { rows: 0, cols, q: Vec::new(), scale: Vec::new() })
+    }
+
+    /// Quantize and append whole rows (`block.len()` a multiple of C); refuses NaN and infinite
+    /// values, naming the element.
+    pub fn push_rows(&mut self, block: &[f32]) -> Result<()> {
+        const OP: &str = "embedding_int8";
+        let cols = self.cols;
+        if !block.len().is_multiple_of(cols) {
+            return shape_err(OP, format!("{} values are not whole rows of {cols}", block.len()));
+        }
+        if let Some(i) = block.iter().position(|v| !v.is_finite()) {
+            return value_err(OP, format!("table element [{}, {}] is {}", self.rows + i / cols, i % cols, block[i]));
+        }
+        let n = block.len() / cols;
+        let (q0, s0) = (self.q.len(), self.scale.len());
+        self.q.resize(q0 + block.len(), 0);
+        self.scale.resize(s0 + n, 0.0);
+        self.q[q0..].par_chunks_mut(cols).zip(self.scale[s0..].par_iter_mut()).zip(block.par_chunks(cols)).for_each(|((qr, s), tr)| {
             let amax = tr.iter().fold(0f32, |m, v| m.max(v.abs()));
             let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
             for (d, &v) in qr.iter_mut().zip(tr) {
@@ -44,7 +66,8 @@ impl Int8Rows {
             }
             *s = amax / 127.0;
         });
-        Ok(Int8Rows { rows, cols, q, scale })
+        self.rows += n;
+        Ok(())
     }
 
     /// `(V, C)`.
@@ -119,6 +142,21 @@ mod tests {
         assert!(got[2 * c..3 * c].iter().all(|&x| x == 0.0), "the zero row stays zero");
         assert_eq!(got[..c], got[4 * c..]);
         assert!(q.bytes() < v * c * 4 / 3);
+    }
+
+    #[test]
+    fn pushing_rows_piece_by_piece_equals_quantizing_whole() {
+        let mut rng = Rng::new(8);
+        let t: Vec<f32> = (0..50 * 7).map(|_| rng.normal() as f32).collect();
+        let whole = Int8Rows::quantize(&Tensor::from_vec(t.clone(), &[50, 7]).unwrap()).unwrap();
+        let mut pieces = Int8Rows::empty(7).unwrap();
+        for block in [&t[..7], &t[7..140], &t[140..]] {
+            pieces.push_rows(block).unwrap();
+        }
+        assert_eq!((pieces.rows, &pieces.q, &pieces.scale), (whole.rows, &whole.q, &whole.scale));
+        assert!(pieces.push_rows(&t[..5]).unwrap_err().to_string().contains("not whole rows"));
+        let e = pieces.push_rows(&[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, f32::NAN]).unwrap_err().to_string();
+        assert!(e.contains("[50, 6] is NaN"), "{e}");
     }
 
     #[test]

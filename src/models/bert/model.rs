@@ -154,8 +154,8 @@ fn albert_canonical(name: &str) -> Option<String> {
 /// `classifier`.
 /// Whether `--int8` quantizes the tensor of this canonical name: the encoder layers' linear
 /// weights (two-dimensional; LayerNorm weights are vectors) and the word-embedding table.
-fn quantizable(canonical: &str, t: &Tensor) -> bool {
-    (canonical.starts_with("encoder.layer.") && canonical.ends_with(".weight") || canonical == WORDS) && t.shape().len() == 2
+fn quantizable(canonical: &str, shape: &[usize]) -> bool {
+    (canonical.starts_with("encoder.layer.") && canonical.ends_with(".weight") || canonical == WORDS) && shape.len() == 2 && shape[1] > 0
 }
 
 fn canonical(name: &str) -> String {
@@ -260,12 +260,19 @@ impl Bert {
             return file_err(&wpath, format!("missing{hint}"));
         }
         let mut int8 = BTreeMap::new();
-        let stored = read_safetensors_with(&wpath, |name, t| {
+        let stored = read_safetensors_with(&wpath, |name, src| {
             let c = canonical(name);
-            if precision != Precision::Int8 || !quantizable(&c, &t) {
-                return Ok(Some(t));
+            if precision != Precision::Int8 || !quantizable(&c, src.shape()) || !src.is_float() {
+                return src.tensor().map(Some);
             }
-            let q = Quantized::of(&c, &t).map_err(|e| e.to_string())?;
+            let q = if c == WORDS {
+                // The largest tensor: quantized as it is read, never held in f32.
+                let mut rows = ops::Int8Rows::empty(src.shape()[1]).map_err(|e| e.to_string())?;
+                src.float_pieces(src.shape()[1], |p| rows.push_rows(p).map_err(|e| e.to_string()))?;
+                Quantized::Rows(rows)
+            } else {
+                Quantized::of(&c, &src.tensor()?).map_err(|e| e.to_string())?
+            };
             if int8.insert(c.clone(), (name.to_string(), q)).is_some() {
                 return Err(format!("a second tensor maps to {c}"));
             }
@@ -483,7 +490,7 @@ impl Bert {
         if self.device() != Device::Cpu {
             return Err(Error::Device("int8 quantization runs on the CPU (the model is on a GPU)".into()));
         }
-        let names: Vec<String> = self.params.iter().filter(|(k, t)| quantizable(k, t)).map(|(k, _)| k.clone()).collect();
+        let names: Vec<String> = self.params.iter().filter(|(k, t)| quantizable(k, t.shape())).map(|(k, _)| k.clone()).collect();
         let (mut before, mut after) = (0, 0);
         for name in names {
             before += self.params[&name].numel() * 4;

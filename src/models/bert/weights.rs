@@ -14,44 +14,99 @@ use crate::tensor::Tensor;
 
 /// Every tensor of a safetensors file, by its stored name.
 pub fn read_safetensors(path: impl AsRef<Path>) -> Result<BTreeMap<String, Tensor>> {
-    read_safetensors_with(path, |_, t| Ok(Some(t)))
+    read_safetensors_with(path, |_, s| s.tensor().map(Some))
 }
 
-/// Like [`read_safetensors`], handing each tensor to `keep` as soon as it is converted: what it
-/// returns is kept, `None` drops it (it has taken what it needs, e.g. an int8 copy), so loading
-/// never holds more than the kept tensors plus one. An error from `keep` names the file.
+/// One stored tensor, not yet converted, as [`read_safetensors_with`] hands it over:
+/// [`Stored::tensor`] converts it whole; [`Stored::float_pieces`] gives its values as f32 a piece
+/// at a time, so a consumer that keeps something smaller (an int8 copy) never holds it whole.
+pub struct Stored<'a> {
+    shape: Vec<usize>,
+    dtype: Dtype,
+    bytes: &'a [u8],
+    drop_pages: &'a dyn Fn(&[u8]),
+}
+
+impl Stored<'_> {
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// f32, f16, bf16 or f64 (converted to f32); the rest are integer buffers.
+    pub fn is_float(&self) -> bool {
+        matches!(self.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64)
+    }
+
+    /// The tensor: floats as f32, integers as i64.
+    pub fn tensor(&self) -> std::result::Result<Tensor, String> {
+        let (bytes, shape) = (self.bytes, &self.shape);
+        let t = match self.dtype {
+            Dtype::I64 => Tensor::from_ids(bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect(), shape),
+            Dtype::I32 => Tensor::from_ids(bytes.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")) as i64).collect(), shape),
+            _ => {
+                let mut v = Vec::with_capacity(shape.iter().product());
+                self.float_pieces(1, |p| {
+                    v.extend_from_slice(p);
+                    Ok(())
+                })?;
+                Tensor::from_vec(v, shape)
+            }
+        };
+        t.map_err(|e| e.to_string())
+    }
+
+    /// The values as f32 in file order, handed to `f` about a MiB of the file at a time, in
+    /// pieces of whole multiples of `unit` elements (e.g. one row); each piece's file pages are
+    /// dropped once it is converted.
+    pub fn float_pieces(&self, unit: usize, mut f: impl FnMut(&[f32]) -> std::result::Result<(), String>) -> std::result::Result<(), String> {
+        let unit = unit.max(1);
+        let mut run = |n: usize, conv: &dyn Fn(&[u8]) -> f32| {
+            let mut buf = Vec::new();
+            for piece in self.bytes.chunks(((1 << 20) / n / unit).max(1) * unit * n) {
+                buf.clear();
+                buf.extend(piece.chunks_exact(n).map(conv));
+                (self.drop_pages)(piece);
+                f(&buf)?;
+            }
+            Ok(())
+        };
+        match self.dtype {
+            Dtype::F32 => run(4, &|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))),
+            Dtype::F16 => run(2, &|b| half::f16::from_le_bytes(b.try_into().expect("2 bytes")).to_f32()),
+            Dtype::BF16 => run(2, &|b| half::bf16::from_le_bytes(b.try_into().expect("2 bytes")).to_f32()),
+            Dtype::F64 => run(8, &|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32),
+            other => Err(format!("stored dtype {other:?} is not supported (f32, f16, bf16, f64, i64, i32)")),
+        }
+    }
+}
+
+/// Like [`read_safetensors`], handing each stored tensor to `keep` before it is converted: the
+/// tensor it returns is kept, `None` keeps nothing (it has taken what it needs, e.g. an int8
+/// copy), so loading never holds more than the kept tensors plus one. An error from `keep`
+/// names the file and the tensor.
 pub fn read_safetensors_with(
     path: impl AsRef<Path>,
-    mut keep: impl FnMut(&str, Tensor) -> std::result::Result<Option<Tensor>, String>,
+    mut keep: impl FnMut(&str, &Stored) -> std::result::Result<Option<Tensor>, String>,
 ) -> Result<BTreeMap<String, Tensor>> {
     let path = path.as_ref();
     let mmap = map(path)?;
     let st = parse(path, &mmap)?;
     let mut out = BTreeMap::new();
+    // The file's pages are dropped as soon as they are converted (MiB by MiB), so loading peaks
+    // at about one copy of the weights instead of the file and the copy — and a large tensor
+    // (MiniLM's 47 MB word embeddings) does not sit in memory twice while it converts.
+    let drop_pages = |b: &[u8]| {
+        let offset = b.as_ptr() as usize - mmap.as_ptr() as usize;
+        // SAFETY: a read-only private file mapping that is never written: MADV_DONTNEED only
+        // drops resident pages, and a later read (a neighbour sharing a page) faults the same
+        // file contents back in. Advice is best effort; its error is ignored.
+        let _ = unsafe { mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, b.len()) };
+    };
     for (name, view) in st.tensors() {
-        let shape = view.shape().to_vec();
-        let bytes = view.data();
-        // The file's pages are dropped as soon as they are converted (MiB by MiB), so loading
-        // peaks at about one copy of the weights instead of the file and the copy — and a large
-        // tensor (MiniLM's 47 MB word embeddings) does not sit in memory twice while it converts.
-        let drop_pages = |b: &[u8]| {
-            let offset = b.as_ptr() as usize - mmap.as_ptr() as usize;
-            // SAFETY: a read-only private file mapping that is never written: MADV_DONTNEED
-            // only drops resident pages, and a later read (a neighbour sharing a page) faults
-            // the same file contents back in. Advice is best effort; its error is ignored.
-            let _ = unsafe { mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, b.len()) };
-        };
-        let t = match view.dtype() {
-            Dtype::F32 => Tensor::from_vec(convert::<4>(bytes, f32::from_le_bytes, drop_pages), &shape),
-            Dtype::F16 => Tensor::from_vec(convert::<2>(bytes, |b| half::f16::from_le_bytes(b).to_f32(), drop_pages), &shape),
-            Dtype::BF16 => Tensor::from_vec(convert::<2>(bytes, |b| half::bf16::from_le_bytes(b).to_f32(), drop_pages), &shape),
-            Dtype::F64 => Tensor::from_vec(convert::<8>(bytes, |b| f64::from_le_bytes(b) as f32, drop_pages), &shape),
-            Dtype::I64 => Tensor::from_ids(bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect(), &shape),
-            Dtype::I32 => Tensor::from_ids(bytes.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")) as i64).collect(), &shape),
-            other => return file_err(path, format!("tensor {name}: stored dtype {other:?} is not supported (f32, f16, bf16, f64, i64, i32)")),
-        };
-        drop_pages(bytes);
-        match t.map_err(|e| e.to_string()).and_then(|t| keep(&name, t)) {
+        let stored = Stored { shape: view.shape().to_vec(), dtype: view.dtype(), bytes: view.data(), drop_pages: &drop_pages };
+        let kept = keep(&name, &stored);
+        drop_pages(stored.bytes);
+        match kept {
             Ok(Some(t)) => {
                 out.insert(name.to_string(), t);
             }
@@ -60,17 +115,6 @@ pub fn read_safetensors_with(
         }
     }
     Ok(out)
-}
-
-/// Little-endian N-byte values to f32, a MiB of the file at a time, handing each converted piece
-/// to `done` (which drops its pages).
-fn convert<const N: usize>(bytes: &[u8], f: impl Fn([u8; N]) -> f32, done: impl Fn(&[u8])) -> Vec<f32> {
-    let mut out = Vec::with_capacity(bytes.len() / N);
-    for piece in bytes.chunks((1 << 20) / N * N) {
-        out.extend(piece.chunks_exact(N).map(|b| f(b.try_into().expect("N bytes"))));
-        done(piece);
-    }
-    out
 }
 
 /// Write f32 tensors (moved to the host as needed) to a safetensors file atomically: a
