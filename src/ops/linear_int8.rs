@@ -9,11 +9,12 @@
 //!
 //! `y[r, n] = s_x[r] · s_w[n] · Σ_k q_x[r, k] · q_w[n, k] + bias[n]`
 //!
-//! Three kernels compute the integer sums, picked once at run time (`ENGRAM_INT8_KERNEL=vnni|avx2|
-//! portable` forces one, for comparisons):
+//! Four kernels compute the integer sums, picked once at run time (`ENGRAM_INT8_KERNEL=vnni|
+//! avxvnni|avx2|portable` forces one, for comparisons):
 //! - `vnni`: x86's `vpdpbusd` (AVX-512 VNNI: 64 u8×i8 products summed in fours into 16 i32 lanes
 //!   per instruction). It wants the left operand unsigned, so the activations are stored as
 //!   `q_x + 128` and the 128·Σ_k q_w[n, k] this adds is taken off at the end.
+//! - `avxvnni`: the same instruction at 256 bits (AVX-VNNI: CPUs with VNNI but no AVX-512).
 //! - `avx2`: `vpmaddubsw` on |q_x| and q_w·sign(q_x) (pairs of products ≤ 2·127² fit i16, so it
 //!   never saturates), then `vpmaddwd` with ones into i32 — for x86 CPUs without VNNI.
 //! - `portable`: plain loops (other architectures; slow, it is the reference).
@@ -200,6 +201,7 @@ pub fn linear_int8(tape: &Tape, x: &Tensor, w: &Int8Weight, bias: Option<&Tensor
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kernel {
     Vnni,
+    AvxVnni,
     Avx2,
     Portable,
 }
@@ -223,6 +225,9 @@ impl Kernel {
             use std::is_x86_feature_detected as has;
             if has!("avx512f") && has!("avx512bw") && has!("avx512vnni") {
                 out.push(Kernel::Vnni);
+            }
+            if has!("avx2") && has!("avxvnni") {
+                out.push(Kernel::AvxVnni);
             }
             if has!("avx2") {
                 out.push(Kernel::Avx2);
@@ -291,7 +296,7 @@ fn forward(x: &[f32], rows: usize, w: &Int8Weight, bias: Option<&[f32]>, kernel:
                         #[cfg(target_arch = "x86_64")]
                         match kernel {
                             Kernel::Vnni => x86::epilogue_avx512(yr, args.0, args.1, args.2, args.3),
-                            Kernel::Avx2 => x86::epilogue_avx2(yr, args.0, args.1, args.2, args.3),
+                            Kernel::AvxVnni | Kernel::Avx2 => x86::epilogue_avx2(yr, args.0, args.1, args.2, args.3),
                             Kernel::Portable => epilogue(yr, args.0, args.1, args.2, args.3),
                         }
                         #[cfg(not(target_arch = "x86_64"))]
@@ -341,6 +346,9 @@ fn tile(acc: &mut [i32; MR * NR], xq: &[u8], mr: usize, kp: usize, panel: &[i8],
     match kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Vnni => unsafe { x86::tile_vnni(acc, xq, mr, kp, panel, offset) },
+        #[cfg(target_arch = "x86_64")]
+        #[cfg(target_arch = "x86_64")]
+        Kernel::AvxVnni => unsafe { x86::tile_avxvnni(acc, xq, mr, kp, panel, offset) },
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => unsafe { x86::tile_avx2(acc, xq, mr, kp, panel) },
         _ => tile_portable(acc, xq, mr, kp, panel),
@@ -454,41 +462,75 @@ mod x86 {
         }
     }
 
-    /// MR×NR tile on AVX2 without VNNI, two rows at a time (8 accumulators, 4 weight vectors of
-    /// 8 columns × 4 inputs): per group, `vpmaddubsw(|q_x|, q_w · sign(q_x))` gives exact i16
-    /// pair sums (≤ 2·127² < 2¹⁵), `vpmaddwd` with ones adds the pairs into one i32 per column.
+    /// The 256-bit kernels' shared shape: MR×NR in pairs of rows, 8 accumulators (4 vectors of 8
+    /// columns each, per row) + 4 weight vectors of 8 columns × 4 inputs per group. `$prep` turns
+    /// a row's four u8 into what `$step` needs; `$step` adds one weight vector's products to an
+    /// accumulator; `$offset` (a slice of NR, or none) is subtracted before the store.
+    macro_rules! tile_256 {
+        ($acc:ident, $xq:ident, $mr:ident, $kp:ident, $panel:ident, |$x4:ident| $prep:expr, |$cv:ident, $p:ident, $wv:ident| $step:expr, $offset:expr) => {{
+            let offset: Option<&[i32]> = $offset;
+            let mut i = 0;
+            while i < $mr {
+                let rows = if i + 1 < $mr { 2 } else { 1 };
+                let mut c = [[_mm256_setzero_si256(); 4]; 2];
+                let mut bp = $panel.as_ptr();
+                for g in 0..$kp / 4 {
+                    // SAFETY: group g < kp/4 of a panel of kp·NR bytes; rows i, i + rows − 1 < mr.
+                    unsafe {
+                        let w = [0, 1, 2, 3].map(|v| _mm256_loadu_si256(bp.add(32 * v) as *const _));
+                        for (r, cr) in c.iter_mut().enumerate().take(rows) {
+                            let $x4 = ($xq.as_ptr().add((i + r) * $kp + 4 * g) as *const i32).read_unaligned();
+                            let $p = $prep;
+                            for ($cv, $wv) in cr.iter_mut().zip(&w) {
+                                *$cv = $step;
+                            }
+                        }
+                        bp = bp.add(4 * NR);
+                    }
+                }
+                for (r, cr) in c.iter().enumerate().take(rows) {
+                    for (v, cv) in cr.iter().enumerate() {
+                        // SAFETY: offset holds NR i32; row i + r < MR of acc, 8 i32 at column 8v < NR.
+                        unsafe {
+                            let out = match offset {
+                                Some(o) => _mm256_sub_epi32(*cv, _mm256_loadu_si256(o.as_ptr().add(8 * v) as *const _)),
+                                None => *cv,
+                            };
+                            _mm256_storeu_si256($acc.as_mut_ptr().add((i + r) * NR + 8 * v) as *mut _, out);
+                        }
+                    }
+                }
+                i += rows;
+            }
+        }};
+    }
+
+    /// MR×NR tile on AVX-VNNI (the VEX-encoded 256-bit `vpdpbusd` of CPUs with VNNI but without
+    /// AVX-512, e.g. Intel's client cores since Alder Lake): [`tile_vnni`] at half the width.
+    #[target_feature(enable = "avx2,avxvnni")]
+    pub(super) unsafe fn tile_avxvnni(acc: &mut [i32; MR * NR], xq: &[u8], mr: usize, kp: usize, panel: &[i8], offset: &[i32]) {
+        tile_256!(acc, xq, mr, kp, panel, |x4| _mm256_set1_epi32(x4), |cv, a, wv| _mm256_dpbusd_avx_epi32(*cv, a, *wv), Some(offset))
+    }
+
+    /// MR×NR tile on AVX2 without VNNI: per group, `vpmaddubsw(|q_x|, q_w · sign(q_x))` gives
+    /// exact i16 pair sums (≤ 2·127² < 2¹⁵), `vpmaddwd` with ones adds the pairs into one i32 per
+    /// column. `q_x` is the stored u8 with its top bit flipped (u8 − 128 as i8).
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn tile_avx2(acc: &mut [i32; MR * NR], xq: &[u8], mr: usize, kp: usize, panel: &[i8]) {
         let (flip, ones) = (_mm256_set1_epi8(-128), _mm256_set1_epi16(1));
-        let mut i = 0;
-        while i < mr {
-            let rows = if i + 1 < mr { 2 } else { 1 };
-            let mut c = [[_mm256_setzero_si256(); 4]; 2];
-            let mut bp = panel.as_ptr();
-            for g in 0..kp / 4 {
-                // SAFETY: group g < kp/4 of a panel of kp·NR bytes; rows i, i + rows − 1 < mr.
-                unsafe {
-                    let w = [0, 1, 2, 3].map(|v| _mm256_loadu_si256(bp.add(32 * v) as *const _));
-                    for (r, cr) in c.iter_mut().enumerate().take(rows) {
-                        let x4 = (xq.as_ptr().add((i + r) * kp + 4 * g) as *const i32).read_unaligned();
-                        let q = _mm256_xor_si256(_mm256_set1_epi32(x4), flip); // u8 − 128 = q_x as i8
-                        let aq = _mm256_abs_epi8(q);
-                        for (cv, wv) in cr.iter_mut().zip(&w) {
-                            let p = _mm256_maddubs_epi16(aq, _mm256_sign_epi8(*wv, q));
-                            *cv = _mm256_add_epi32(*cv, _mm256_madd_epi16(p, ones));
-                        }
-                    }
-                    bp = bp.add(4 * NR);
-                }
-            }
-            for (r, cr) in c.iter().enumerate().take(rows) {
-                for (v, cv) in cr.iter().enumerate() {
-                    // SAFETY: row i + r < MR of acc, 8 i32 at column 8v < NR.
-                    unsafe { _mm256_storeu_si256(acc.as_mut_ptr().add((i + r) * NR + 8 * v) as *mut _, *cv) };
-                }
-            }
-            i += rows;
-        }
+        tile_256!(
+            acc,
+            xq,
+            mr,
+            kp,
+            panel,
+            |x4| {
+                let q = _mm256_xor_si256(_mm256_set1_epi32(x4), flip);
+                (q, _mm256_abs_epi8(q))
+            },
+            |cv, qa, wv| _mm256_add_epi32(*cv, _mm256_madd_epi16(_mm256_maddubs_epi16(qa.1, _mm256_sign_epi8(*wv, qa.0)), ones)),
+            None
+        )
     }
 }
 
