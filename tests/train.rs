@@ -430,6 +430,14 @@ fn memory_model_trains_saves_reloads_and_resumes_exactly() {
         assert_eq!(x["memory_norms"].as_array().unwrap().len(), x["segments"].as_u64().unwrap() as usize);
     }
     assert_eq!(p1[0]["segments"], 3);
+    // int8 inference streams the same segments (the memory tokens go through the int8 layers).
+    let q = predict_dir(&a.out, &texts, 64, 8, engram::Device::Cpu, Precision::Int8, true).unwrap();
+    for (x, y) in p1.iter().zip(&q) {
+        assert_eq!(x["segments"], y["segments"]);
+        let (px, py) = (x["probs"]["pos"].as_f64().unwrap(), y["probs"]["pos"].as_f64().unwrap());
+        assert!((px - py).abs() < 0.02, "int8 memory model: {py} vs f32 {px}");
+    }
+    assert_ne!(p1, q, "int8 changed nothing (probabilities and memory norms all equal)");
     // Interrupted after 3 steps and resumed: bit-identical memory and weights.
     let mut part = args(&model, Task::Classify, tmp("mem-part"));
     part.memory = a.memory.clone();
