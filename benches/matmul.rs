@@ -3,8 +3,12 @@
 //! forward + backward (x·wᵀ, dy·w, dyᵀ·x — all three operand layouts the GEMM packs) at the
 //! all-MiniLM-L6-v2 fine-tuning shapes (1,280 tokens, hidden 384, intermediate 1536).
 //! Criterion's "elem/s" is set to FLOP/s (2·M·N·K per GEMM), so "Gelem/s" reads as GFLOP/s.
+//! `linear_int8_vs_f32` runs `ops::linear_int8` (activation quantization, the integer kernel and
+//! the f32 epilogue; elem/s = 2·M·N·K integer ops) beside `ops::linear` (with its packed weight,
+//! as inference keeps it) at MiniLM and BERT-base inference shapes, in the same run.
 //!
-//!     cargo bench --bench matmul
+//!     cargo bench --bench matmul [-- int8]
+//!     ENGRAM_INT8_KERNEL=avxvnni|avx2|portable cargo bench --bench matmul -- int8   # another int8 kernel
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use engram::testing::Rng;
@@ -18,6 +22,9 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
 }
 
 fn bench(c: &mut Criterion) {
+    // As the CLI does: without it, every 50 MB output of the 4096×3072 shape was a fresh mapping,
+    // page-faulted in and unmapped again (TLB shootdowns: a third of that row's time in the kernel).
+    engram::util::tune_allocator();
     let mut g = c.benchmark_group("linear_f32");
     g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(6));
     // (M tokens, N out features, K in features): QKV/attention-output, FFN up, FFN down.
@@ -45,6 +52,24 @@ fn bench(c: &mut Criterion) {
                 let y = ops::linear(&tape, x, w, None).unwrap();
                 black_box(tape.backward_with(&y, dy).unwrap())
             })
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("linear_int8_vs_f32");
+    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+    for &(m, n, k) in &[(4096, 384, 384), (4096, 1536, 384), (4096, 384, 1536), (128, 384, 384), (4096, 3072, 768)] {
+        let x = randn(&[m, k], 1);
+        let w = randn(&[n, k], 2);
+        let q = ops::Int8Weight::quantize(&w).unwrap();
+        g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        g.bench_with_input(BenchmarkId::new("f32", format!("{m}x{n}x{k}")), &(&x, &w), |b, (x, w)| {
+            let tape = Tape::inference();
+            b.iter(|| black_box(ops::linear(&tape, x, w, None).unwrap()))
+        });
+        g.bench_with_input(BenchmarkId::new("int8", format!("{m}x{n}x{k}")), &(&x, &q), |b, (x, q)| {
+            let tape = Tape::inference();
+            b.iter(|| black_box(ops::linear_int8(&tape, x, q, None).unwrap()))
         });
     }
     g.finish();
