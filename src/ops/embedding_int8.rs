@@ -6,7 +6,8 @@
 
 use rayon::prelude::*;
 
-use crate::autograd::{Backward, GradSink, Tape};
+use super::linear_int8::{quantize_row, NoBackward};
+use crate::autograd::Tape;
 use crate::error::{shape_err, value_err, Error, Result};
 use crate::tensor::{Buf, DType, Tensor};
 
@@ -58,14 +59,8 @@ impl Int8Rows {
         let (q0, s0) = (self.q.len(), self.scale.len());
         self.q.resize(q0 + block.len(), 0);
         self.scale.resize(s0 + n, 0.0);
-        self.q[q0..].par_chunks_mut(cols).zip(self.scale[s0..].par_iter_mut()).zip(block.par_chunks(cols)).for_each(|((qr, s), tr)| {
-            let amax = tr.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-            for (d, &v) in qr.iter_mut().zip(tr) {
-                *d = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
-            }
-            *s = amax / 127.0;
-        });
+        // The linear layer's row quantizer (the rows are finite, checked above).
+        self.q[q0..].par_chunks_mut(cols).zip(self.scale[s0..].par_iter_mut()).zip(block.par_chunks(cols)).for_each(|((qr, s), tr)| *s = quantize_row(tr, qr));
         self.rows += n;
         Ok(())
     }
@@ -102,15 +97,7 @@ pub fn embedding_int8(tape: &Tape, ids: &Tensor, table: &Int8Rows) -> Result<Ten
         let (q, s) = (&table.q[i as usize * c..][..c], table.scale[i as usize]);
         row.iter_mut().zip(q).for_each(|(o, &qv)| *o = s * qv as f32);
     });
-    Ok(tape.record(OP, &[ids], Buf::F32(out), shape, |_| NoBackward))
-}
-
-struct NoBackward;
-
-impl Backward for NoBackward {
-    fn backward(&self, _: &[Tensor], _: &Buf, _: &mut GradSink) -> Result<()> {
-        Err(Error::Autograd("embedding_int8 has no backward".into()))
-    }
+    Ok(tape.record(OP, &[ids], Buf::F32(out), shape, |_| NoBackward(OP)))
 }
 
 #[cfg(test)]

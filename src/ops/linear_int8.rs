@@ -129,7 +129,7 @@ impl Int8Weight {
 /// all-zero row, whose codes are all 0; NaN for a row with a NaN or infinity, whose outputs are
 /// then NaN, as the f32 layer's would be). Rounding is to nearest, ties to even, as x86's
 /// `cvtps2dq` rounds, so the vector quantizer gives the same codes.
-fn quantize_row(x: &[f32], q: &mut [i8]) -> f32 {
+pub(super) fn quantize_row(x: &[f32], q: &mut [i8]) -> f32 {
     let (amax, inv, poison) = row_scale(x);
     for (qv, &v) in q.iter_mut().zip(x) {
         *qv = round_even(v * inv).clamp(-127.0, 127.0) as i8;
@@ -194,7 +194,7 @@ pub fn linear_int8(tape: &Tape, x: &Tensor, w: &Int8Weight, bias: Option<&Tensor
     let mut out_shape = sx.to_vec();
     *out_shape.last_mut().expect("rank ≥ 1") = w.out;
     let y = forward(x.data::<f32>(OP)?, rows, w, bias, Kernel::detect());
-    Ok(tape.record(OP, &[x], Buf::F32(y), out_shape, |_| NoBackward))
+    Ok(tape.record(OP, &[x], Buf::F32(y), out_shape, |_| NoBackward(OP)))
 }
 
 /// The integer kernel (see the module docs).
@@ -238,11 +238,13 @@ impl Kernel {
     }
 }
 
-struct NoBackward;
+/// The node of a quantized op (its name): never recorded — the ops refuse tracked inputs — and
+/// an error if it ever were asked for a gradient.
+pub(super) struct NoBackward(pub(super) &'static str);
 
 impl Backward for NoBackward {
     fn backward(&self, _: &[Tensor], _: &Buf, _: &mut GradSink) -> Result<()> {
-        Err(Error::Autograd("linear_int8 has no backward".into()))
+        Err(Error::Autograd(format!("{} has no backward", self.0)))
     }
 }
 
