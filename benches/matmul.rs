@@ -7,7 +7,11 @@
 //! the f32 epilogue; elem/s = 2·M·N·K integer ops) beside `ops::linear` (with its packed weight,
 //! as inference keeps it) at MiniLM and BERT-base inference shapes, in the same run.
 //!
-//!     cargo bench --bench matmul [-- int8]
+//! `linear_bf16_vs_f32` runs `ops::linear` on an f32 tape and on a bf16-autocast tape
+//! (`Tape::bf16`, the `--bf16` of the CLI), training (forward + both backward GEMMs) and inference.
+//!
+//!     cargo bench --bench matmul [-- int8 | bf16]
+//!     ENGRAM_GEMM_BF16=portable cargo bench --bench matmul -- bf16   # the portable bf16 kernel
 //!     ENGRAM_INT8_KERNEL=avxvnni|avx2|portable cargo bench --bench matmul -- int8   # another int8 kernel
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -71,6 +75,35 @@ fn bench(c: &mut Criterion) {
             let tape = Tape::inference();
             b.iter(|| black_box(ops::linear_int8(&tape, x, q, None).unwrap()))
         });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("linear_bf16_vs_f32");
+    g.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+    for &(m, n, k) in &[(1280, 384, 384), (1280, 1536, 384), (1280, 384, 1536), (4096, 3072, 768)] {
+        let x = randn(&[m, k], 1).requires_grad();
+        let w = randn(&[n, k], 2).requires_grad();
+        let dy = randn(&[m, n], 3);
+        g.throughput(Throughput::Elements((3 * 2 * m * n * k) as u64));
+        for bf16 in [false, true] {
+            let name = if bf16 { "bf16_fwd_bwd" } else { "f32_fwd_bwd" };
+            g.bench_with_input(BenchmarkId::new(name, format!("{m}x{n}x{k}")), &(&x, &w, &dy), |b, (x, w, dy)| {
+                b.iter(|| {
+                    let tape = Tape::training(1).bf16(bf16);
+                    let y = ops::linear(&tape, x, w, None).unwrap();
+                    black_box(tape.backward_with(&y, dy).unwrap())
+                })
+            });
+        }
+        let (xi, wi) = (x.detach(), w.detach());
+        g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        for bf16 in [false, true] {
+            let name = if bf16 { "bf16_inference" } else { "f32_inference" };
+            g.bench_with_input(BenchmarkId::new(name, format!("{m}x{n}x{k}")), &(&xi, &wi), |b, (x, w)| {
+                let tape = Tape::inference().bf16(bf16);
+                b.iter(|| black_box(ops::linear(&tape, x, w, None).unwrap()))
+            });
+        }
     }
     g.finish();
 }

@@ -148,6 +148,10 @@ struct FinetuneCli {
     /// Cut over-long inputs from the left, keeping their end (transformers' truncation_side="left").
     #[arg(long)]
     truncate_left: bool,
+    /// bf16 autocast on the CPU (transformers' --bf16): linear layers' GEMMs, forward and
+    /// backward, in bf16 with f32 sums; weights, gradients and optimizer state stay f32.
+    #[arg(long)]
+    bf16: bool,
     /// Time every op of the training steps (forward and backward) and what runs around them;
     /// the table goes to OUT/profile.txt (and stderr). On CUDA set ENGRAM_CUDA_SYNC=1 with it.
     #[arg(long)]
@@ -184,6 +188,9 @@ enum Cmd {
         /// Run the encoder's linear layers in int8 (dynamic quantization; CPU).
         #[arg(long)]
         int8: bool,
+        /// Run every linear layer's GEMM in bf16 with f32 sums (bf16 autocast; CPU).
+        #[arg(long, conflicts_with = "int8")]
+        bf16: bool,
         /// Multilabel models: the separator of the labels in one field.
         #[arg(long, default_value_t = ',')]
         label_sep: char,
@@ -206,6 +213,9 @@ enum Cmd {
         /// Run the encoder's linear layers in int8 (dynamic quantization; CPU).
         #[arg(long)]
         int8: bool,
+        /// Run every linear layer's GEMM in bf16 with f32 sums (bf16 autocast; CPU).
+        #[arg(long, conflicts_with = "int8")]
+        bf16: bool,
         /// Memory models: print the memory state norm after each segment.
         #[arg(long)]
         memory_norms: bool,
@@ -266,6 +276,9 @@ enum Cmd {
         /// Run the encoder's linear layers in int8 (dynamic quantization; CPU).
         #[arg(long)]
         int8: bool,
+        /// Run every linear layer's GEMM in bf16 with f32 sums (bf16 autocast; CPU).
+        #[arg(long, conflicts_with = "int8")]
+        bf16: bool,
         /// Texts to embed.
         texts: Vec<String>,
     },
@@ -285,13 +298,13 @@ fn main() -> ExitCode {
             })
         }
         Cmd::Finetune(f) => finetune(*f).map(|_| ExitCode::SUCCESS),
-        Cmd::Eval { model, data, max_length, device, int8, label_sep } => engram::train::evaluate_dir(&model, &data, max_length, device.into(), precision(int8), label_sep).map(|(text, json)| {
+        Cmd::Eval { model, data, max_length, device, int8, bf16, label_sep } => engram::train::evaluate_dir(&model, &data, max_length, device.into(), precision(int8, bf16), label_sep).map(|(text, json)| {
             eprint!("{text}");
             println!("{}", serde_json::to_string_pretty(&json).expect("metrics serialise"));
             ExitCode::SUCCESS
         }),
-        Cmd::Predict { model, input, max_length, batch_size, device, int8, memory_norms, texts } => read_texts(input.as_deref(), texts).and_then(|texts| {
-            let preds = engram::train::predict_dir(&model, &texts, max_length, batch_size, device.into(), precision(int8), memory_norms)?;
+        Cmd::Predict { model, input, max_length, batch_size, device, int8, bf16, memory_norms, texts } => read_texts(input.as_deref(), texts).and_then(|texts| {
+            let preds = engram::train::predict_dir(&model, &texts, max_length, batch_size, device.into(), precision(int8, bf16), memory_norms)?;
             let cut = preds.iter().filter(|p| p.get("truncated").is_some()).count();
             if cut > 0 {
                 eprintln!(
@@ -306,8 +319,8 @@ fn main() -> ExitCode {
             }
             Ok(ExitCode::SUCCESS)
         }),
-        Cmd::Embed { model, normalize, input, batch_size, max_length, device, int8, texts } => {
-            embed(&model, normalize, input.as_deref(), texts, batch_size, max_length, device.into(), precision(int8)).map(|_| ExitCode::SUCCESS)
+        Cmd::Embed { model, normalize, input, batch_size, max_length, device, int8, bf16, texts } => {
+            embed(&model, normalize, input.as_deref(), texts, batch_size, max_length, device.into(), precision(int8, bf16)).map(|_| ExitCode::SUCCESS)
         }
     };
     match res {
@@ -357,6 +370,7 @@ fn finetune(f: FinetuneCli) -> Result<()> {
     a.stop_after_steps = f.stop_after_steps;
     a.progress = !f.quiet;
     a.truncate_left = f.truncate_left;
+    a.bf16 = f.bf16;
     a.label_sep = f.label_sep;
     a.profile = f.profile;
     if f.memory_tokens.is_some() || f.segment_len.is_some() {
@@ -475,11 +489,11 @@ fn inspect(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn precision(int8: bool) -> Precision {
-    if int8 {
-        Precision::Int8
-    } else {
-        Precision::F32
+fn precision(int8: bool, bf16: bool) -> Precision {
+    match (int8, bf16) {
+        (true, _) => Precision::Int8,
+        (false, true) => Precision::Bf16,
+        (false, false) => Precision::F32,
     }
 }
 
@@ -497,8 +511,8 @@ fn embed(
     if batch_size == 0 {
         return Err(Error::Value { op: "embed", detail: "--batch-size must be at least 1".into() });
     }
-    if precision == Precision::Int8 && device != Device::Cpu {
-        return Err(Error::Device("--int8 runs on the CPU (drop --device cuda)".into()));
+    if precision != Precision::F32 && device != Device::Cpu {
+        return Err(Error::Device(format!("--{} runs on the CPU (drop --device cuda)", engram::train::precision_flag(precision))));
     }
     let (mut bert, _) = Bert::load_with(dir, Head::None, 0, precision)?;
     if device != Device::Cpu {

@@ -34,32 +34,46 @@ pub struct Tape {
     nodes: RefCell<Vec<Node>>,
     /// Per-op wall times when built with [`Tape::profiled`].
     profile: Option<RefCell<Recorder>>,
+    /// Linear layers' f32 GEMMs in bf16 on the CPU ([`Tape::bf16`]).
+    bf16: bool,
 }
 
 impl Tape {
     pub fn training(seed: u64) -> Tape {
-        Tape { training: true, grad: true, seed, dropout_calls: Cell::new(0), nodes: RefCell::new(Vec::new()), profile: None }
+        Tape { training: true, grad: true, seed, dropout_calls: Cell::new(0), nodes: RefCell::new(Vec::new()), profile: None, bf16: false }
     }
 
     /// Training-mode forward (dropout on, seeded like [`Tape::training`]) that records and saves
     /// nothing — `torch.no_grad()` under `model.train()`. Truncated backpropagation through time
     /// runs the segments before the truncation point on one.
     pub fn no_grad(seed: u64) -> Tape {
-        Tape { training: true, grad: false, seed, dropout_calls: Cell::new(0), nodes: RefCell::new(Vec::new()), profile: None }
+        Tape { training: true, grad: false, seed, dropout_calls: Cell::new(0), nodes: RefCell::new(Vec::new()), profile: None, bf16: false }
     }
 
     pub fn inference() -> Tape {
-        Tape { training: false, grad: false, seed: 0, dropout_calls: Cell::new(0), nodes: RefCell::new(Vec::new()), profile: None }
+        Tape { training: false, grad: false, seed: 0, dropout_calls: Cell::new(0), nodes: RefCell::new(Vec::new()), profile: None, bf16: false }
     }
 
     /// A [`Tape::no_grad`] twin of this tape (an inference tape stays inference), with a dropout
     /// stream of its own derived from this tape's seed.
     pub fn frozen(&self) -> Tape {
-        if self.training {
-            Tape::no_grad(crate::ops::dropout::mix_seed(self.seed, u64::MAX))
-        } else {
-            Tape::inference()
-        }
+        let t = if self.training { Tape::no_grad(crate::ops::dropout::mix_seed(self.seed, u64::MAX)) } else { Tape::inference() };
+        t.bf16(self.bf16)
+    }
+
+    /// This tape with bf16 autocast on (`on`) — `torch.autocast("cpu", dtype=torch.bfloat16)`
+    /// for the products that dominate: every f32 `linear` on the CPU rounds its operands to bf16
+    /// and sums the exact products in f32, forward and both backward GEMMs (`ops::gemm_bf16`).
+    /// Everything else (attention, softmax, layer norm, GELU, losses, gradients and the
+    /// optimizer) stays f32, and so do parameters. f64 tensors are never cast. CUDA tensors are
+    /// refused: the CUDA backend has no bf16 GEMM.
+    pub fn bf16(mut self, on: bool) -> Tape {
+        self.bf16 = on;
+        self
+    }
+
+    pub fn is_bf16(&self) -> bool {
+        self.bf16
     }
 
     /// This tape, timing every op it sees (forward and backward; see [`Profile`]). The clock of

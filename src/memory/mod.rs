@@ -414,6 +414,6 @@ pub fn forward(bert: &Bert, cfg: &MemoryConfig, tape: &Tape, seg: &Segments, tra
 pub fn predict_logits(bert: &Bert, cfg: &MemoryConfig, tok: &BertTokenizer, inputs: &[(String, Option<String>)], norms: bool) -> Result<Output> {
     let units: Vec<Vec<Unit>> = inputs.iter().map(|(t, p)| units(tok, t, p.as_deref())).collect::<Result<_>>()?;
     let seg = segment(tok, cfg, &units, "input")?;
-    forward(bert, cfg, &Tape::inference(), &seg, false, norms)
+    forward(bert, cfg, &bert.inference_tape(), &seg, false, norms)
 }
 

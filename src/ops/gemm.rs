@@ -46,8 +46,18 @@ impl<'a, T: Float> MatRef<'a, T> {
         }
     }
 
+    /// The same matrix read transposed: (cols, rows).
+    pub(crate) fn t(self) -> Self {
+        MatRef { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
+    }
+
+    /// (row stride, column stride) into `data`.
+    pub(crate) fn strides(&self) -> (usize, usize) {
+        (self.rs, self.cs)
+    }
+
     #[inline(always)]
-    fn at(&self, i: usize, j: usize) -> T {
+    pub(crate) fn at(&self, i: usize, j: usize) -> T {
         self.data[i * self.rs + j * self.cs]
     }
 }
@@ -74,7 +84,7 @@ pub(crate) fn gemm<T: Float>(c: &mut [T], a: MatRef<T>, b: MatRef<T>, parallel: 
 /// maps every page writable in one call and changes no data, so accumulating GEMMs are
 /// unaffected; where it is unavailable nothing changes. (A bias copied into the output first
 /// already writes before the GEMM reads.)
-fn prefault<T>(c: &mut [T]) {
+pub(crate) fn prefault<T>(c: &mut [T]) {
     let bytes = std::mem::size_of_val(c);
     if bytes < 32 << 20 {
         return;

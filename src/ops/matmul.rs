@@ -2,6 +2,7 @@
 //! (`x @ wᵀ + b`, HF/PyTorch `(out, in)` weight layout), all on the packed CPU GEMM.
 
 use super::gemm::{bmm, gemm, gemm_packed, pack_b, MatRef};
+use super::gemm_bf16::{gemm_bf16, gemm_bf16_packed, pack_b_bf16, pairs_of};
 use super::same_dtype;
 use crate::autograd::{Backward, GradSink, Tape};
 use crate::error::{shape_err, Result};
@@ -115,6 +116,9 @@ pub fn linear(tape: &Tape, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Res
     *out_shape.last_mut().expect("rank ≥ 1") = out;
     #[cfg(feature = "cuda")]
     if x.is_cuda() || w.is_cuda() {
+        if tape.is_bf16() {
+            return Err(crate::error::Error::Value { op: OP, detail: "bf16 autocast runs on the CPU only: the CUDA backend has no bf16 GEMM".into() });
+        }
         return cuda::linear(tape, x, w, bias, (rows, inp, out), out_shape);
     }
     with_float!(OP, same_dtype(OP, x, w)?, T => {
@@ -125,7 +129,22 @@ pub fn linear(tape: &Tape, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Res
         }
         let xm = MatRef::new(x.data::<T>(OP)?, rows, inp, false);
         let wm = MatRef::new(w.data::<T>(OP)?, inp, out, true);
-        if tape.tracks(&[x, w]) || bias.is_some_and(|b| tape.tracks(&[b])) || !keep_packed_weights() {
+        let train = tape.tracks(&[x, w]) || bias.is_some_and(|b| tape.tracks(&[b]));
+        // bf16 autocast (f32 only; f64 is never cast).
+        let bf16 = tape.is_bf16() && T::as_f32(xm.data).is_some();
+        if bf16 {
+            let (x32, w32) = (T::as_f32(xm.data).expect("f32"), T::as_f32(wm.data).expect("f32"));
+            let (xm, wm) = (MatRef::new(x32, rows, inp, false), MatRef::new(w32, inp, out, true));
+            let y32 = T::as_f32_mut(&mut y).expect("f32");
+            if train || !keep_packed_weights() {
+                gemm_bf16(y32, xm, wm, true);
+            } else {
+                // The bf16 pairs are kept as the bit patterns of an f32 buffer (never computed on).
+                let packed = w.derived("gemm packed Bᵀ bf16", || Buf::F32(pack_b_bf16(wm, true).into_iter().map(f32::from_bits).collect()));
+                let Buf::F32(bits) = &*packed else { unreachable!("packed bf16 weights are an f32 buffer") };
+                gemm_bf16_packed(y32, xm, pairs_of(bits), out, true);
+            }
+        } else if train || !keep_packed_weights() {
             gemm(&mut y, xm, wm, true);
         } else {
             // No backward: the weight's GEMM packing is made once and kept with the tensor (until
@@ -136,7 +155,7 @@ pub fn linear(tape: &Tape, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Res
         }
         let mut inputs = vec![x, w];
         inputs.extend(bias);
-        Ok(tape.record(OP, &inputs, T::wrap(y), out_shape, |_| LinearBwd::<T> { rows, inp, out, _t: Default::default() }))
+        Ok(tape.record(OP, &inputs, T::wrap(y), out_shape, |_| LinearBwd::<T> { rows, inp, out, bf16, _t: Default::default() }))
     })
 }
 
@@ -152,6 +171,8 @@ struct LinearBwd<T> {
     rows: usize,
     inp: usize,
     out: usize,
+    /// Both backward GEMMs in bf16 too (f32 only), as autocast's matmul backward.
+    bf16: bool,
     _t: std::marker::PhantomData<T>,
 }
 
@@ -160,17 +181,82 @@ impl<T: Float> Backward for LinearBwd<T> {
     fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
         let (x, w) = (&inputs[0], &inputs[1]);
         let dy = T::slice(dout).expect("dout dtype");
-        let Self { rows, inp, out, .. } = *self;
-        sink.accumulate::<T>(x, |dx| {
-            gemm(dx, MatRef::new(dy, rows, out, false), MatRef::new(w.data::<T>("linear").expect("dtype"), out, inp, false), true)
-        })?;
-        sink.accumulate::<T>(w, |dw| {
-            gemm(dw, MatRef::new(dy, out, rows, true), MatRef::new(x.data::<T>("linear").expect("dtype"), rows, inp, false), true)
-        })?;
+        let Self { rows, inp, out, bf16, .. } = *self;
+        let (xd, wd) = (x.data::<T>("linear")?, w.data::<T>("linear")?);
+        if bf16 {
+            let f32s = "bf16 autocast is f32 only";
+            let (dy, xd, wd) = (T::as_f32(dy).expect(f32s), T::as_f32(xd).expect(f32s), T::as_f32(wd).expect(f32s));
+            sink.accumulate::<T>(x, |dx| {
+                gemm_bf16(T::as_f32_mut(dx).expect("f32"), MatRef::new(dy, rows, out, false), MatRef::new(wd, out, inp, false), true)
+            })?;
+            sink.accumulate::<T>(w, |dw| {
+                gemm_bf16(T::as_f32_mut(dw).expect("f32"), MatRef::new(dy, out, rows, true), MatRef::new(xd, rows, inp, false), true)
+            })?;
+        } else {
+            sink.accumulate::<T>(x, |dx| gemm(dx, MatRef::new(dy, rows, out, false), MatRef::new(wd, out, inp, false), true))?;
+            sink.accumulate::<T>(w, |dw| gemm(dw, MatRef::new(dy, out, rows, true), MatRef::new(xd, rows, inp, false), true))?;
+        }
         if let Some(b) = inputs.get(2) {
             sink.accumulate::<T>(b, |db| super::reduce::sum_rows(db, dy))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::gemm_bf16::round_bf16;
+    use crate::util::Rng;
+
+    fn randn(rng: &mut Rng, shape: &[usize]) -> Vec<f32> {
+        (0..shape.iter().product::<usize>()).map(|_| rng.normal() as f32).collect()
+    }
+
+    /// f64 reference of x·wᵀ (+ b) from already-rounded operands.
+    fn reference(x: &[f32], w: &[f32], b: &[f32], rows: usize, inp: usize, out: usize) -> Vec<f64> {
+        (0..rows * out).map(|e| b[e % out] as f64 + (0..inp).map(|k| x[e / out * inp + k] as f64 * w[e % out * inp + k] as f64).sum::<f64>()).collect()
+    }
+
+    fn close(name: &str, got: &[f64], want: &[f64], tol: f64) {
+        assert_eq!(got.len(), want.len(), "{name}");
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert!((g - w).abs() <= tol, "{name}[{i}]: {g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn bf16_autocast_linear_is_the_product_of_rounded_operands_forward_and_backward() {
+        let mut rng = Rng::new(21);
+        let (rows, inp, out) = (37, 67, 45);
+        let (xv, wv, bv, dyv) = (randn(&mut rng, &[rows, inp]), randn(&mut rng, &[out, inp]), randn(&mut rng, &[out]), randn(&mut rng, &[rows, out]));
+        let x = Tensor::from_vec(xv.clone(), &[rows, inp]).unwrap().requires_grad();
+        let w = Tensor::from_vec(wv.clone(), &[out, inp]).unwrap().requires_grad();
+        let b = Tensor::from_vec(bv.clone(), &[out]).unwrap().requires_grad();
+        let r = |v: &[f32]| v.iter().map(|&a| round_bf16(a)).collect::<Vec<f32>>();
+        let t = |v: &[f32], m: usize, n: usize| (0..m * n).map(|e| v[e % m * n + e / m]).collect::<Vec<f32>>();
+        // f32 sums of k exact products of normal(0,1) operands.
+        let tol = 1e-5 * inp.max(rows) as f64;
+        let tape = Tape::training(1).bf16(true);
+        let y = linear(&tape, &x, &w, Some(&b)).unwrap();
+        close("y", &y.to_f64_vec(), &reference(&r(&xv), &r(&wv), &bv, rows, inp, out), tol);
+        let plain = linear(&Tape::training(1), &x, &w, Some(&b)).unwrap().to_f64_vec();
+        let off = y.to_f64_vec().iter().zip(&plain).map(|(a, c)| (a - c).abs()).fold(0f64, f64::max);
+        assert!(off > 1e-3, "bf16 rounding must show against f32 (max difference {off})");
+        let dy = Tensor::from_vec(dyv.clone(), &[rows, out]).unwrap();
+        let g = tape.backward_with(&y, &dy).unwrap();
+        // dx = dy·w and dw = dyᵀ·x, each from bf16-rounded operands; db = Σ dy in f32.
+        close("dx", &g.get::<f32>(&x).unwrap().iter().map(|&a| a as f64).collect::<Vec<f64>>(), &reference(&r(&dyv), &t(&r(&wv), out, inp), &vec![0.0; inp], rows, out, inp), tol);
+        close("dw", &g.get::<f32>(&w).unwrap().iter().map(|&a| a as f64).collect::<Vec<f64>>(), &reference(&t(&r(&dyv), rows, out), &t(&r(&xv), rows, inp), &vec![0.0; inp], out, rows, inp), tol);
+        let db: Vec<f64> = (0..out).map(|j| (0..rows).map(|i| dyv[i * out + j] as f64).sum()).collect();
+        close("db", &g.get::<f32>(&b).unwrap().iter().map(|&a| a as f64).collect::<Vec<f64>>(), &db, 1e-4);
+        // Inference keeps the packed bf16 weight: the same bits as the training path.
+        let inf = linear(&Tape::inference().bf16(true), &x.detach(), &w.detach(), Some(&b.detach())).unwrap();
+        assert_eq!(inf.to_f64_vec(), y.to_f64_vec());
+        // f64 is never cast.
+        let (x64, w64) = (Tensor::from_vec(xv.iter().map(|&a| a as f64).collect::<Vec<f64>>(), &[rows, inp]).unwrap(), Tensor::from_vec(wv.iter().map(|&a| a as f64).collect::<Vec<f64>>(), &[out, inp]).unwrap());
+        let a = linear(&Tape::inference().bf16(true), &x64, &w64, None).unwrap().to_f64_vec();
+        assert_eq!(a, linear(&Tape::inference(), &x64, &w64, None).unwrap().to_f64_vec());
     }
 }
 

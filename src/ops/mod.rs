@@ -12,6 +12,7 @@ pub mod embedding;
 pub mod embedding_int8;
 pub mod gelu;
 pub(crate) mod gemm;
+pub(crate) mod gemm_bf16;
 pub mod layer_norm;
 pub mod linear_int8;
 pub mod matmul;

@@ -8,4 +8,4 @@ pub mod plot;
 pub mod trainer;
 
 pub use data::{load_classification, load_sequences, load_token_classification, Example, Target, TargetKind};
-pub use trainer::{evaluate_dir, finetune, predict_dir, FinetuneArgs, OptimizerKind, Task};
+pub use trainer::{evaluate_dir, finetune, precision_flag, predict_dir, FinetuneArgs, OptimizerKind, Task};

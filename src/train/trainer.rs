@@ -147,6 +147,11 @@ pub struct FinetuneArgs {
     /// Truncate over-long inputs from the left (keep their end), transformers' `truncation_side="left"`.
     #[serde(default)]
     pub truncate_left: bool,
+    /// bf16 autocast on the CPU (transformers' `--bf16`, `torch.autocast("cpu", torch.bfloat16)`):
+    /// every linear layer's GEMMs, forward and backward, take bf16 operands and sum in f32;
+    /// parameters, optimizer state and everything else stay f32. Evaluation runs the same way.
+    #[serde(default)]
+    pub bf16: bool,
     /// Time every op of the training steps (forward and backward, see `autograd::Profile`), plus
     /// batching, the optimizer and evaluation, and write the table to OUT/profile.txt.
     #[serde(default)]
@@ -193,6 +198,7 @@ impl FinetuneArgs {
             memory: None,
             label_sep: default_label_sep(),
             truncate_left: false,
+            bf16: false,
             profile: false,
         }
     }
@@ -288,6 +294,7 @@ fn check_resume(args: &FinetuneArgs, state: &TrainerState, saved: &serde_json::V
         ("label_sep", "--label-sep"),
         ("group_by_length", "--group-by-length"),
         ("freeze_backbone", "--freeze-backbone"),
+        ("bf16", "--bf16"),
         ("memory", "--memory-tokens/--segment-len/--bptt"),
     ] {
         if let Some(was) = saved.get(key) {
@@ -603,7 +610,7 @@ fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: 
         if let Inputs::Plain(b) = &inputs {
             truncated += b.truncated.iter().filter(|&&t| t).count();
         }
-        let tape = Tape::inference();
+        let tape = bert.inference_tape();
         let logits = logits(bert, mem, &tape, &inputs, false)?;
         let yd = y.to_device(bert.device())?;
         loss_sum += task_loss(task, &tape, &logits, &yd, label_smoothing)?.item()? * chunk.len() as f64;
@@ -822,6 +829,9 @@ fn check_hyperparameters(args: &FinetuneArgs) -> Result<()> {
     if args.label_smoothing > 0.0 && matches!(args.task, Task::Multilabel | Task::Regression) {
         return Err(Error::Value { op: "finetune", detail: "--label-smoothing applies to the cross-entropy tasks (classify, pair, ner), not to multilabel or regression".into() });
     }
+    if args.bf16 && args.device != Device::Cpu {
+        return Err(Error::Value { op: "finetune", detail: "--bf16 runs on the CPU only: the CUDA backend has no bf16 GEMM yet".into() });
+    }
     if args.eval_steps == Some(0) {
         return Err(Error::Value { op: "finetune", detail: "--eval-steps must be at least 1 (leave it out to evaluate after every epoch)".into() });
     }
@@ -902,6 +912,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
         }
     }
     let (mut bert, report) = Bert::load(&src_dir, head_for(task, labels.len()), args.seed)?;
+    bert.bf16 = args.bf16;
     if !resuming && report.initialized.is_empty() && config_labels != labels {
         // The checkpoint's head was trained for other labels: start the head afresh.
         bert.reinit_head(args.seed)?;
@@ -1028,7 +1039,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
                 t_batch += t0.elapsed();
                 seen_examples += ex.len();
                 seen_tokens += inputs.tokens();
-                let tape = Tape::training(mix(args.seed, state.global_micro));
+                let tape = Tape::training(mix(args.seed, state.global_micro)).bf16(args.bf16);
                 let tape = if args.profile { tape.profiled() } else { tape };
                 state.global_micro += 1;
                 let logits = logits(&bert, mem, &tape, &inputs, true)?;
@@ -1138,7 +1149,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
     }
     let mut test_json = None;
     if let (Some(test), false) = (&args.test, interrupted) {
-        let (best, _, _, best_mem) = load_finetuned(&args.out, args.device, Precision::F32)?;
+        let (best, _, _, best_mem) = load_finetuned(&args.out, args.device, if args.bf16 { Precision::Bf16 } else { Precision::F32 })?;
         let ex = load_examples(task, test, args.max_eval_examples, args.label_sep)?;
         let ev = evaluate(&best, best_mem.as_ref(), &tok, task, &ex, &labels, 64, test, args.label_smoothing)?;
         if args.progress {
@@ -1244,8 +1255,8 @@ fn load_finetuned(dir: &Path, device: Device, precision: Precision) -> Result<(B
         _ => Task::Classify,
     };
     let labels = cfg.id2label.clone();
-    if precision == Precision::Int8 && device != Device::Cpu {
-        return Err(Error::Device("--int8 runs on the CPU (drop --device cuda)".into()));
+    if precision != Precision::F32 && device != Device::Cpu {
+        return Err(Error::Device(format!("--{} runs on the CPU (drop --device cuda)", precision_flag(precision))));
     }
     let (mut bert, _) = Bert::load_with(dir, head_for(task, labels.len()), 0, precision)?;
     let mem = memory::read_config(dir)?;
@@ -1262,6 +1273,15 @@ fn load_finetuned(dir: &Path, device: Device, precision: Precision) -> Result<(B
 }
 
 /// `engram eval`: the report text and the metrics JSON of a fine-tuned model on a data file.
+/// The command-line flag of a precision.
+pub fn precision_flag(p: Precision) -> &'static str {
+    match p {
+        Precision::F32 => "f32",
+        Precision::Int8 => "int8",
+        Precision::Bf16 => "bf16",
+    }
+}
+
 pub fn evaluate_dir(dir: &Path, data: &Path, max_length: usize, device: Device, precision: Precision, label_sep: char) -> Result<(String, serde_json::Value)> {
     let (bert, task, labels, mem) = load_finetuned(dir, device, precision)?;
     let ex = load_examples(task, data, None, label_sep)?;
@@ -1328,7 +1348,7 @@ pub fn predict_dir(
                 let words: Vec<Vec<(String, usize, usize)>> = chunk.iter().map(|t| split_words(t)).collect();
                 let plain: Vec<Vec<String>> = words.iter().map(|w| if w.is_empty() { vec![String::new()] } else { w.iter().map(|x| x.0.clone()).collect() }).collect();
                 let batch = tok.encode_words(&plain)?;
-                let logits = bert.logits(&Tape::inference(), &batch, false)?;
+                let logits = bert.logits(&bert.inference_tape(), &batch, false)?;
                 let p = argmax_rows(&logits.to_f64_vec(), labels.len());
                 for (b, text) in chunk.iter().enumerate() {
                     let tags = if words[b].is_empty() { Vec::new() } else { word_predictions(&batch, &p, b, words[b].len(), &labels) };
@@ -1379,7 +1399,7 @@ pub fn predict_dir(
                     None => {
                         let batch = if task == Task::Pair { tok.encode_pairs(&pairs)? } else { tok.encode(&chunk.iter().map(|s| s.as_str()).collect::<Vec<_>>())? };
                         cut.clone_from(&batch.truncated);
-                        (bert.logits(&Tape::inference(), &batch, false)?.to_f64_vec(), None)
+                        (bert.logits(&bert.inference_tape(), &batch, false)?.to_f64_vec(), None)
                     }
                 };
                 for (b, row) in logits.chunks(labels.len()).enumerate() {

@@ -53,13 +53,15 @@ pub struct LoadReport {
     pub mismatched: Vec<String>,
 }
 
-/// The arithmetic inference runs in: f32 throughout, or the encoder's linear layers in int8
-/// ([`Bert::quantize_int8`]; CPU only).
+/// The arithmetic inference runs in: f32 throughout, the encoder's linear layers in int8
+/// ([`Bert::quantize_int8`]; CPU only), or every linear layer's GEMM in bf16 with f32 sums
+/// (bf16 autocast, [`Bert::bf16`]; CPU only).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Precision {
     #[default]
     F32,
     Int8,
+    Bf16,
 }
 
 pub struct Bert {
@@ -72,6 +74,9 @@ pub struct Bert {
     pub int8: BTreeMap<String, ops::Int8Weight>,
     /// The word-embedding table quantized by row (taken out of `params`), with `int8`.
     pub int8_words: Option<ops::Int8Rows>,
+    /// bf16 autocast for inference: [`Bert::inference_tape`] turns it on (`Precision::Bf16`,
+    /// or a model trained with `--bf16` evaluating itself). Training tapes set their own.
+    pub bf16: bool,
 }
 
 /// A tensor the int8 loader quantized: a linear weight, or the word-embedding table.
@@ -278,7 +283,14 @@ impl Bert {
             }
             Ok(None)
         })?;
-        Self::from_tensors(config, stored, int8, head, seed, dir, &wpath)
+        let (mut bert, report) = Self::from_tensors(config, stored, int8, head, seed, dir, &wpath)?;
+        bert.bf16 = precision == Precision::Bf16;
+        Ok((bert, report))
+    }
+
+    /// The tape inference runs on: [`Tape::inference`], with bf16 autocast when [`Bert::bf16`].
+    pub fn inference_tape(&self) -> Tape {
+        Tape::inference().bf16(self.bf16)
     }
 
     /// Build from already-read tensors (by stored name) and weights already quantized (by
@@ -369,7 +381,7 @@ impl Bert {
             .chain(int8.into_values().map(|(stored_name, _)| stored_name))
             .collect();
         let params = params.into_iter().map(|(k, v)| (k, v.requires_grad())).collect();
-        Ok((Bert { config, head, params, dir: dir.to_path_buf(), int8: quantized, int8_words }, report))
+        Ok((Bert { config, head, params, dir: dir.to_path_buf(), int8: quantized, int8_words, bf16: false }, report))
     }
 
     /// Replace the task head with a fresh one (normal(0, initializer_range) weights, zero bias),
@@ -665,7 +677,7 @@ impl Bert {
     /// Sentence embeddings `(B, C)` on the host: mean over real tokens or the [CLS] state,
     /// optionally L2-normalised (sentence-transformers' `Normalize`).
     pub fn embed(&self, batch: &Batch, pooling: Pooling, normalize: bool) -> Result<Vec<Vec<f32>>> {
-        let tape = Tape::inference();
+        let tape = self.inference_tape();
         let hidden = self.encode(&tape, batch, false)?;
         let pooled = match pooling {
             Pooling::Mean => ops::mean_pool(&tape, &hidden, &batch.attention_mask.to_device(self.device())?)?,
