@@ -1,7 +1,8 @@
 //! End-to-end CPU cost of the real all-MiniLM-L6-v2 (+ a 2-label sequence-classification head) at
 //! sequence length 128: inference at batch 1 and 32, and one full fine-tuning step at batch 32
 //! (forward with dropout, cross-entropy, backward, grad-norm clip 1.0, AdamW), and inference at
-//! batch 1 and 32 with the encoder's linear layers in int8 (`Bert::quantize_int8`). Median of the
+//! batch 1 and 32 with the encoder's linear layers in int8 (`Bert::quantize_int8`), and inference
+//! at batch 32 and the training step with bf16 autocast (`Tape::bf16`, the CLI's `--bf16`). Median of the
 //! repetitions after one warm-up. The peer is PyTorch on the same machine in the same run:
 //! `scripts/cpu-vs-torch.sh` runs this and `scripts/bench_cpu_torch.py` and prints the ratios.
 //!
@@ -86,6 +87,15 @@ fn main() {
     };
     let int8_1 = if run("int8 inference, batch 1") { time(reps, || int8_with(&Tape::inference(), &b1)) } else { f64::NAN };
     let int8_32 = if run("int8 inference, batch 32") { time(reps, || int8_with(&Tape::inference(), &b32)) } else { f64::NAN };
+    // A model of its own: inference keeps one packed copy of each weight, f32 or bf16.
+    let bf16_32 = if run("bf16 inference, batch 32") {
+        let (b16, _) = Bert::load_with(&dir, Head::SequenceClassification { num_labels: 2 }, 0, engram::models::bert::Precision::Bf16).expect("model");
+        time(reps, || {
+            std::hint::black_box(b16.logits(&b16.inference_tape(), &b32, false).expect("forward"));
+        })
+    } else {
+        f64::NAN
+    };
     if profile {
         for (row, b) in [("inference, batch 1", &b1), ("inference, batch 32", &b32)] {
             if run(row) {
@@ -104,9 +114,10 @@ fn main() {
     }
     let mut opt_state = AdamW::new(AdamWConfig::default());
     let mut step = 0u64;
-    let mut train = |profiled: bool| {
+    let mut train = |profiled: bool, bf16: bool| {
         step += 1;
-        let tape = if profiled { Tape::training(step).profiled() } else { Tape::training(step) };
+        let tape = Tape::training(step).bf16(bf16);
+        let tape = if profiled { tape.profiled() } else { tape };
         let logits = bert.logits(&tape, &b32, true).expect("forward");
         let loss = ops::cross_entropy(&tape, &logits, &y).expect("loss");
         let mut grads = tape.backward(&loss).expect("backward");
@@ -117,11 +128,15 @@ fn main() {
             bert.params.iter_mut().filter(|(_, t)| t.is_tracked()).map(|(k, v)| (k.clone(), v)).collect();
         let mut groups = hf_param_groups(named, 0.01);
         opt_state.step(&mut groups, &grads, 1e-5).expect("adamw");
-        show("train step, batch 32", &tape, &[("clip + AdamW", t_opt.elapsed().as_secs_f64() * 1e3)]);
+        show(if bf16 { "bf16 train step, batch 32" } else { "train step, batch 32" }, &tape, &[("clip + AdamW", t_opt.elapsed().as_secs_f64() * 1e3)]);
     };
-    let train_32 = if !run("train step, batch 32") { f64::NAN } else { time(reps, || train(false)) };
+    let train_32 = if !run("train step, batch 32") { f64::NAN } else { time(reps, || train(false, false)) };
+    let bf16_train_32 = if !run("bf16 train step, batch 32") { f64::NAN } else { time(reps, || train(false, true)) };
     if profile && run("train step, batch 32") {
-        train(true);
+        train(true, false);
+    }
+    if profile && run("bf16 train step, batch 32") {
+        train(true, true);
     }
     let rows = [
         ("inference, batch 1", infer_1),
@@ -129,6 +144,8 @@ fn main() {
         ("train step, batch 32", train_32),
         ("int8 inference, batch 1", int8_1),
         ("int8 inference, batch 32", int8_32),
+        ("bf16 inference, batch 32", bf16_32),
+        ("bf16 train step, batch 32", bf16_train_32),
     ];
     for (name, ms) in rows {
         println!("{name:<26} {ms:9.1} ms");

@@ -2,7 +2,8 @@
 inference at batch 1 and 32 and one fine-tuning step at batch 32 (train mode, cross-entropy,
 backward, clip_grad_norm_ 1.0, AdamW with no decay on biases/LayerNorm), and inference at batch 1
 and 32 with the encoder's nn.Linear layers dynamically quantized to int8
-(torch.ao.quantization.quantize_dynamic, its default qint8 config), median of N after one
+(torch.ao.quantization.quantize_dynamic, its default qint8 config), and inference at batch 32 and
+the training step under torch.autocast("cpu", torch.bfloat16) (transformers' --bf16), median of N after one
 warm-up, on the CPU with as many threads as cores; --json writes the three medians (ms) in the
 shape benches/bert_cpu.rs writes. scripts/cpu-vs-torch.sh runs both and prints the ratios.
 Reference only; engram never imports Python.
@@ -63,6 +64,9 @@ def main():
         int8_1 = timed(a.reps, lambda: quantized(**b1).logits)
         int8_32 = timed(a.reps, lambda: quantized(**b32).logits)
     del quantized
+    # bf16 autocast, as transformers' Trainer runs --bf16 on a CPU.
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16_32 = timed(a.reps, lambda: model(**b32).logits)
     model.train()
     decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
     no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
@@ -76,12 +80,24 @@ def main():
         opt.step()
 
     train_32 = timed(a.reps, step)
+
+    def bf16_step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(model(**b32).logits, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    bf16_train_32 = timed(a.reps, bf16_step)
     rows = {
         "inference, batch 1": infer_1,
         "inference, batch 32": infer_32,
         "train step, batch 32": train_32,
         "int8 inference, batch 1": int8_1,
         "int8 inference, batch 32": int8_32,
+        "bf16 inference, batch 32": bf16_32,
+        "bf16 train step, batch 32": bf16_train_32,
     }
     print(f"PyTorch {torch.__version__} CPU, {torch.get_num_threads()} threads, sequence length {SEQ}, median of {a.reps}")
     for name, ms in rows.items():

@@ -105,14 +105,7 @@ fn to_pairs(m: MatRef<f32>, parallel: bool) -> Pairs {
     let mut data = vec![0u32; rows * k2];
     if cs == 1 {
         let conv = |(i, dst): (usize, &mut [u32])| {
-            let row = &m.data[i * rs..i * rs + cols];
-            let mut it = row.chunks_exact(2);
-            for (d, pr) in dst.iter_mut().zip(&mut it) {
-                *d = pair(pr[0], pr[1]);
-            }
-            if let [last] = it.remainder() {
-                dst[k2 - 1] = pair(*last, 0.0);
-            }
+            convert_row(&m.data[i * rs..i * rs + cols], dst);
         };
         if parallel && rows > 64 {
             data.par_chunks_mut(k2).enumerate().for_each(conv);
@@ -124,12 +117,8 @@ fn to_pairs(m: MatRef<f32>, parallel: bool) -> Pairs {
         // Column c is contiguous: pair p of every row is columns 2p and 2p+1, side by side.
         let conv = |(p, dst): (usize, &mut [u32])| {
             let c0 = &m.data[2 * p * cs..2 * p * cs + rows];
-            if 2 * p + 1 < cols {
-                let c1 = &m.data[(2 * p + 1) * cs..(2 * p + 1) * cs + rows];
-                dst.iter_mut().zip(c0.iter().zip(c1)).for_each(|(d, (&lo, &hi))| *d = pair(lo, hi));
-            } else {
-                dst.iter_mut().zip(c0).for_each(|(d, &lo)| *d = pair(lo, 0.0));
-            }
+            let c1 = (2 * p + 1 < cols).then(|| &m.data[(2 * p + 1) * cs..(2 * p + 1) * cs + rows]);
+            convert_cols(c0, c1, dst);
         };
         if parallel && k2 > 64 {
             data.par_chunks_mut(rows).enumerate().for_each(conv);
@@ -145,6 +134,42 @@ fn to_pairs(m: MatRef<f32>, parallel: bool) -> Pairs {
             }
         }
         Pairs { data, rs: k2, cs: 1 }
+    }
+}
+
+/// `dst[p] = pair(src[2p], src[2p+1])` (zero past the end of `src`).
+fn convert_row(src: &[f32], dst: &mut [u32]) {
+    debug_assert_eq!(dst.len(), src.len().div_ceil(2));
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if hardware_available() {
+        done = src.len() / 32 * 16;
+        // SAFETY: AVX512_BF16 checked; reads src[..2·done] and writes dst[..done], in bounds.
+        unsafe { avx512bf16::convert_row(src.as_ptr(), dst.as_mut_ptr(), done / 16) };
+    }
+    let mut it = src[2 * done..].chunks_exact(2);
+    for (d, pr) in dst[done..].iter_mut().zip(&mut it) {
+        *d = pair(pr[0], pr[1]);
+    }
+    if let [last] = it.remainder() {
+        *dst.last_mut().expect("an odd tail has a pair") = pair(*last, 0.0);
+    }
+}
+
+/// `dst[i] = pair(c0[i], c1[i])` (zero when there is no `c1`).
+fn convert_cols(c0: &[f32], c1: Option<&[f32]>, dst: &mut [u32]) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if hardware_available() {
+        done = dst.len() / 16 * 16;
+        let hi = c1.map_or(std::ptr::null(), |c| c.as_ptr());
+        assert!(c0.len() >= done && c1.is_none_or(|c| c.len() >= done));
+        // SAFETY: AVX512_BF16 checked; reads c0/c1[..done] and writes dst[..done], in bounds.
+        unsafe { avx512bf16::convert_cols(c0.as_ptr(), hi, dst.as_mut_ptr(), done / 16) };
+    }
+    match c1 {
+        Some(c1) => dst[done..].iter_mut().zip(c0[done..].iter().zip(&c1[done..])).for_each(|(d, (&lo, &hi))| *d = pair(lo, hi)),
+        None => dst[done..].iter_mut().zip(&c0[done..]).for_each(|(d, &lo)| *d = pair(lo, 0.0)),
     }
 }
 
@@ -332,6 +357,46 @@ mod avx512bf16 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
+    /// 32·`blocks` floats to 16·`blocks` pairs (`vcvtne2ps2bf16`: round to nearest even, NaN
+    /// quieted, subnormal inputs to zero — the scalar `bf16_bits`, bit for bit, tested).
+    ///
+    /// # Safety
+    /// AVX512_BF16; `src` readable for 32·blocks floats, `dst` writable for 16·blocks u32.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn convert_row(src: *const f32, dst: *mut u32, blocks: usize) {
+        // SAFETY: in bounds by the caller's contract.
+        unsafe {
+            for b in 0..blocks {
+                let lo = _mm512_loadu_ps(src.add(32 * b));
+                let hi = _mm512_loadu_ps(src.add(32 * b + 16));
+                // Lower 16 bf16 from `lo`, upper from `hi`: memory order, i.e. the 16 pairs.
+                let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_storeu_si512(dst.add(16 * b) as *mut _, v);
+            }
+        }
+    }
+
+    /// 16·`blocks` pairs (c0[i] low, c1[i] high; a null `c1` gives zero high halves).
+    ///
+    /// # Safety
+    /// AVX512_BF16; `c0` (and a non-null `c1`) readable for 16·blocks floats, `dst` writable for
+    /// as many u32.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn convert_cols(c0: *const f32, c1: *const f32, dst: *mut u32, blocks: usize) {
+        // SAFETY: in bounds by the caller's contract.
+        unsafe {
+            for b in 0..blocks {
+                let lo: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(c0.add(16 * b))));
+                let mut v = _mm512_cvtepu16_epi32(lo);
+                if !c1.is_null() {
+                    let hi: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(c1.add(16 * b))));
+                    v = _mm512_or_si512(v, _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(hi)));
+                }
+                _mm512_storeu_si512(dst.add(16 * b) as *mut _, v);
+            }
+        }
+    }
+
     /// A full 6×32 tile of C (row stride `ldc`) += A panel · B panel over `kc2` k pairs.
     ///
     /// # Safety
@@ -420,6 +485,40 @@ mod tests {
                 // f32 accumulation of k exact products of magnitude ≤ 1.
                 let tol = 1e-6 * (k as f64 + 1.0) * 2.0;
                 assert!((got as f64 - w).abs() <= tol, "({m},{k},{n}) at {i}: {got} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn vector_conversion_is_the_scalar_one_bit_for_bit() {
+        if !hardware_available() {
+            eprintln!("skipped: this CPU has no AVX512_BF16 (the scalar conversion is the only one)");
+            return;
+        }
+        let mut rng = Rng::new(8);
+        let mut v = rand(&mut rng, 4000, 10.0);
+        let specials = [f32::NAN, -f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::MAX, -f32::MAX, 1e-40, -1e-40, f32::MIN_POSITIVE, 0.0, -0.0, 1.0 + 2f32.powi(-8), 1.0 + 3.0 * 2f32.powi(-8)];
+        for (i, &x) in specials.iter().enumerate() {
+            v[i * 37] = x;
+            v[i * 37 + 1] = f32::from_bits(0x7f80_0001 + i as u32); // signalling NaNs
+        }
+        v.iter_mut().skip(3000).for_each(|x| *x = f32::from_bits(rng.next_u64() as u32)); // any bits
+        let scalar = |a: f32, b: f32| pair(a, b);
+        for len in [4000, 3999, 33, 31] {
+            let src = &v[..len];
+            let mut dst = vec![0u32; len.div_ceil(2)];
+            convert_row(src, &mut dst);
+            for (p, &d) in dst.iter().enumerate() {
+                let want = scalar(src[2 * p], src.get(2 * p + 1).copied().unwrap_or(0.0));
+                assert_eq!(d, want, "row len {len}, pair {p}: {:#x} {:#x}", src[2 * p].to_bits(), src.get(2 * p + 1).map_or(0, |x| x.to_bits()));
+            }
+        }
+        let (c0, c1) = v.split_at(2000);
+        for hi in [Some(c1), None] {
+            let mut dst = vec![0u32; 1999];
+            convert_cols(&c0[..1999], hi.map(|c| &c[..1999]), &mut dst);
+            for (i, &d) in dst.iter().enumerate() {
+                assert_eq!(d, scalar(c0[i], hi.map_or(0.0, |c| c[i])), "cols at {i}");
             }
         }
     }
