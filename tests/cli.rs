@@ -85,12 +85,16 @@ fn bad_input_exits_nonzero_naming_the_file() {
     }
     let (ok, _, stderr) = engram(&["embed", "--model", "weights/tiny-bert", "--int8", "--device", "cuda", "x"]);
     assert!(!ok && stderr.contains("--int8 runs on the CPU"), "{stderr}");
+    let (ok, _, stderr) = engram(&["embed", "--model", "weights/tiny-bert", "--bf16", "--device", "cuda", "x"]);
+    assert!(!ok && stderr.contains("--bf16 runs on the CPU"), "{stderr}");
+    let (ok, _, stderr) = engram(&["embed", "--model", "weights/tiny-bert", "--bf16", "--int8", "x"]);
+    assert!(!ok && stderr.contains("cannot be used with"), "{stderr}");
 }
 
 #[test]
-fn int8_embeddings_are_close_to_f32_and_not_equal() {
+fn int8_and_bf16_embeddings_are_close_to_f32_and_not_equal() {
     let text = "how do i reset my password?";
-    let vecs: Vec<Vec<f64>> = [&[][..], &["--int8"][..]]
+    let vecs: Vec<Vec<f64>> = [&[][..], &["--int8"][..], &["--bf16"][..]]
         .iter()
         .map(|flag| {
             let mut args = vec!["embed", "--model", "weights/tiny-bert", "--normalize"];
@@ -102,8 +106,10 @@ fn int8_embeddings_are_close_to_f32_and_not_equal() {
             v["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
         })
         .collect();
-    let cos: f64 = vecs[0].iter().zip(&vecs[1]).map(|(a, b)| a * b).sum();
-    assert!(cos > 0.99 && vecs[0] != vecs[1], "cosine(f32, int8) = {cos}");
+    for (i, name) in [(1, "int8"), (2, "bf16")] {
+        let cos: f64 = vecs[0].iter().zip(&vecs[i]).map(|(a, b)| a * b).sum();
+        assert!(cos > 0.99 && vecs[0] != vecs[i], "cosine(f32, {name}) = {cos}");
+    }
 }
 
 #[test]
