@@ -104,7 +104,7 @@ fn with_inputs(base: &Bert, names: &[&str], xs: &[engram::Tensor]) -> Bert {
     for (n, x) in names.iter().zip(xs) {
         params.insert(n.to_string(), x.clone());
     }
-    Bert { config: base.config.clone(), head: base.head, params, dir: base.dir.clone(), int8: Default::default(), int8_words: None }
+    Bert { config: base.config.clone(), head: base.head, params, dir: base.dir.clone(), int8: Default::default(), int8_words: None, bf16: false }
 }
 
 #[test]
