@@ -90,9 +90,15 @@ fn main() {
     // A model of its own: inference keeps one packed copy of each weight, f32 or bf16.
     let bf16_32 = if run("bf16 inference, batch 32") {
         let (b16, _) = Bert::load_with(&dir, Head::SequenceClassification { num_labels: 2 }, 0, engram::models::bert::Precision::Bf16).expect("model");
-        time(reps, || {
+        let ms = time(reps, || {
             std::hint::black_box(b16.logits(&b16.inference_tape(), &b32, false).expect("forward"));
-        })
+        });
+        if profile {
+            let tape = b16.inference_tape().profiled();
+            std::hint::black_box(b16.logits(&tape, &b32, false).expect("forward"));
+            show("bf16 inference, batch 32", &tape, &[]);
+        }
+        ms
     } else {
         f64::NAN
     };

@@ -16,7 +16,7 @@ use crate::float::Float;
 
 const MR: usize = 6;
 const NR: usize = 16;
-const KC: usize = 384;
+pub(crate) const KC: usize = 384;
 /// Rows of C per task: A block MC×KC f32 = 192 KiB, sized for a 512 KiB–1 MiB L2, so each pass
 /// over the packed B (which lives in L3) feeds 3× more FLOPs than MC = 64 did (the N = 3072
 /// shape went from 49 to ~100 GFLOP/s). Shrunk for short M so every core still gets work.

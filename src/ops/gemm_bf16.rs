@@ -57,17 +57,12 @@ fn pair(lo: f32, hi: f32) -> u32 {
     bf16_bits(lo) as u32 | (bf16_bits(hi) as u32) << 16
 }
 
-/// Which micro-kernel runs: the hardware one where the CPU has AVX512_BF16 (unless
-/// `ENGRAM_GEMM_BF16=portable`), else the portable twin.
-pub(crate) fn hardware_available() -> bool {
+/// Whether the CPU has AVX512_BF16 (`vdpbf16ps`, `vcvtne2ps2bf16`).
+pub(crate) fn cpu_has_bf16() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *ON.get_or_init(|| {
-            std::is_x86_feature_detected!("avx512f")
-                && std::is_x86_feature_detected!("avx512bf16")
-                && std::env::var_os("ENGRAM_GEMM_BF16").is_none_or(|v| v != "portable")
-        })
+        *ON.get_or_init(|| std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16"))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -75,15 +70,101 @@ pub(crate) fn hardware_available() -> bool {
     }
 }
 
+/// How a bf16 GEMM runs. All three give the same bits (tested), but for sums that fall into the
+/// f32 subnormal range, which `vdpbf16ps` and the portable loop flush to zero and an FMA keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    /// `vdpbf16ps`, where the CPU has AVX512_BF16.
+    Avx512Bf16,
+    /// Elsewhere: the f32 GEMM (AVX-512, AVX2+FMA or portable) on operands rounded to bf16, with
+    /// each pair's two k swapped. Each bf16·bf16 product is exact in f32, so an FMA chain over
+    /// (k+1, k) is exactly `vdpbf16ps`' "high product, then low"; the f32 GEMM's k slices
+    /// (KC = 384) are the bf16 one's (KC2 = 192 pairs) and both add a slice's sum into C at its
+    /// end. About as fast as f32 there, instead of a scalar loop.
+    F32Gemm,
+    /// The instruction's arithmetic step by step in scalar code: the reference (tests).
+    Portable,
+}
+
+/// The kernel this process uses: `ENGRAM_GEMM_BF16=portable|f32` forces one, else `vdpbf16ps`
+/// where the CPU has it and the f32 GEMM elsewhere.
+pub(crate) fn kernel() -> Kernel {
+    static K: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+    *K.get_or_init(|| match std::env::var("ENGRAM_GEMM_BF16").as_deref() {
+        Ok("portable") => Kernel::Portable,
+        Ok("f32") => Kernel::F32Gemm,
+        _ if cpu_has_bf16() => Kernel::Avx512Bf16,
+        _ => Kernel::F32Gemm,
+    })
+}
+
+const _: () = assert!(super::gemm::KC == 2 * KC2, "the f32 GEMM's k slices must be the bf16 one's");
+
 /// `c (M, N row-major) += bf16(a) · bf16(b)`. `parallel` splits the rows of C over rayon tasks.
 pub(crate) fn gemm_bf16(c: &mut [f32], a: MatRef<f32>, b: MatRef<f32>, parallel: bool) {
+    gemm_bf16_with(c, a, b, parallel, kernel())
+}
+
+fn gemm_bf16_with(c: &mut [f32], a: MatRef<f32>, b: MatRef<f32>, parallel: bool, k: Kernel) {
     debug_assert_eq!(b.rows, a.cols);
     debug_assert_eq!(c.len(), a.rows * b.cols);
     if a.rows == 0 || b.cols == 0 || a.cols == 0 {
         return;
     }
+    if k == Kernel::F32Gemm {
+        let (a2, kk) = swapped_values(a, parallel);
+        let (bt2, _) = swapped_values(b.t(), parallel);
+        super::gemm::gemm(c, MatRef::new(&a2, a.rows, kk, false), MatRef::new(&bt2, kk, b.cols, true), parallel);
+        return;
+    }
     let bp = pack_b_bf16(b, parallel);
-    gemm_bf16_packed_with(c, a, &bp, b.cols, parallel, hardware_available());
+    gemm_bf16_packed_with(c, a, &bp, b.cols, parallel, k == Kernel::Avx512Bf16);
+}
+
+/// A weight B (K, N) packed once for [`gemm_weight`] (inference keeps it with the tensor), in
+/// the form the process's kernel wants: bf16 pairs (as f32 bit patterns) or, for
+/// [`Kernel::F32Gemm`], the f32 GEMM's packing of the rounded, pair-swapped values.
+pub(crate) fn pack_weight(b: MatRef<f32>, parallel: bool) -> Vec<f32> {
+    if kernel() == Kernel::F32Gemm {
+        let (bt2, kk) = swapped_values(b.t(), parallel);
+        return super::gemm::pack_b(MatRef::new(&bt2, kk, b.cols, true), parallel);
+    }
+    pack_b_bf16(b, parallel).into_iter().map(f32::from_bits).collect()
+}
+
+/// `c (M, N) += bf16(a) · B` with B from [`pack_weight`] (K = `a.cols`).
+pub(crate) fn gemm_weight(c: &mut [f32], a: MatRef<f32>, packed: &[f32], n: usize, parallel: bool) {
+    if a.rows == 0 || n == 0 || a.cols == 0 {
+        return;
+    }
+    match kernel() {
+        Kernel::F32Gemm => {
+            let (a2, kk) = swapped_values(a, parallel);
+            super::gemm::gemm_packed(c, MatRef::new(&a2, a.rows, kk, false), packed, n, parallel);
+        }
+        k => gemm_bf16_packed_with(c, a, pairs_of(packed), n, parallel, k == Kernel::Avx512Bf16),
+    }
+}
+
+/// `m` (R, C) rounded to bf16 as f32 values, row-major (R, 2⌈C/2⌉), each pair of columns swapped
+/// (and zero-padded): the operand [`Kernel::F32Gemm`] hands the f32 GEMM.
+fn swapped_values(m: MatRef<f32>, parallel: bool) -> (Vec<f32>, usize) {
+    let pr = to_pairs(m, parallel);
+    let k2 = m.cols.div_ceil(2);
+    let mut out = vec![0f32; m.rows * 2 * k2];
+    let fill = |(i, row): (usize, &mut [f32])| {
+        for p in 0..k2 {
+            let v = pr.data[i * pr.rs + p * pr.cs];
+            row[2 * p] = bf16_value((v >> 16) as u16);
+            row[2 * p + 1] = bf16_value(v as u16);
+        }
+    };
+    if parallel && m.rows > 64 {
+        out.par_chunks_mut(2 * k2).enumerate().for_each(fill);
+    } else {
+        out.chunks_mut(2 * k2).enumerate().for_each(fill);
+    }
+    (out, 2 * k2)
 }
 
 /// A matrix converted to bf16 pairs along its columns, once per GEMM: element (i, p) holds
@@ -142,7 +223,7 @@ fn convert_row(src: &[f32], dst: &mut [u32]) {
     debug_assert_eq!(dst.len(), src.len().div_ceil(2));
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if hardware_available() {
+    if cpu_has_bf16() {
         done = src.len() / 32 * 16;
         // SAFETY: AVX512_BF16 checked; reads src[..2·done] and writes dst[..done], in bounds.
         unsafe { avx512bf16::convert_row(src.as_ptr(), dst.as_mut_ptr(), done / 16) };
@@ -160,7 +241,7 @@ fn convert_row(src: &[f32], dst: &mut [u32]) {
 fn convert_cols(c0: &[f32], c1: Option<&[f32]>, dst: &mut [u32]) {
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if hardware_available() {
+    if cpu_has_bf16() {
         done = dst.len() / 16 * 16;
         let hi = c1.map_or(std::ptr::null(), |c| c.as_ptr());
         assert!(c0.len() >= done && c1.is_none_or(|c| c.len() >= done));
@@ -175,7 +256,7 @@ fn convert_cols(c0: &[f32], c1: Option<&[f32]>, dst: &mut [u32]) {
 
 /// B (K, N) packed for [`gemm_bf16_packed`]: panel jp holds the k pairs 0..⌈K/2⌉ of columns
 /// jp·32..jp·32+32, pair-major, zero-padded (an odd K's last pair has a zero high half).
-pub(crate) fn pack_b_bf16(b: MatRef<f32>, parallel: bool) -> Vec<u32> {
+fn pack_b_bf16(b: MatRef<f32>, parallel: bool) -> Vec<u32> {
     let (k, n) = (b.rows, b.cols);
     let k2 = k.div_ceil(2);
     let n_panels = n.div_ceil(NR);
@@ -207,15 +288,10 @@ pub(crate) fn pack_b_bf16(b: MatRef<f32>, parallel: bool) -> Vec<u32> {
 }
 
 /// The packed pairs kept in an f32 buffer (their bit patterns; `Tensor::derived` holds a `Buf`).
-pub(crate) fn pairs_of(bits: &[f32]) -> &[u32] {
+fn pairs_of(bits: &[f32]) -> &[u32] {
     // SAFETY: f32 and u32 have the same size and alignment and every bit pattern is a valid u32;
     // the slice borrows `bits` for its whole life.
     unsafe { std::slice::from_raw_parts(bits.as_ptr().cast::<u32>(), bits.len()) }
-}
-
-/// `c (M, N) += bf16(a) · B` with B as [`pack_b_bf16`] made it from a (K, N) matrix, K = `a.cols`.
-pub(crate) fn gemm_bf16_packed(c: &mut [f32], a: MatRef<f32>, bp: &[u32], n: usize, parallel: bool) {
-    gemm_bf16_packed_with(c, a, bp, n, parallel, hardware_available())
 }
 
 fn gemm_bf16_packed_with(c: &mut [f32], a: MatRef<f32>, bp: &[u32], n: usize, parallel: bool, hw: bool) {
@@ -238,22 +314,30 @@ fn gemm_bf16_packed_with(c: &mut [f32], a: MatRef<f32>, bp: &[u32], n: usize, pa
         let i0 = ci * mc;
         let mrows = cblk.len() / n;
         let m_panels = mrows.div_ceil(MR);
-        let mut ap = vec![0u32; m_panels * KC2 * MR];
+        // Full MR-row panels are read straight from the converted A (no packing); only a last,
+        // partial panel is copied into this zero-padded scratch panel.
+        let tail = mrows % MR;
+        let mut ap_tail = vec![0u32; if tail > 0 { KC2 * MR } else { 0 }];
         let mut edge = [0f32; MR * NR];
         for jb in (0..n_panels).step_by(NC / NR) {
             let jb_end = (jb + NC / NR).min(n_panels);
             let mut p0 = 0;
             while p0 < k2 {
                 let kc2 = KC2.min(k2 - p0);
-                for ip in 0..m_panels {
-                    pack_a(&mut ap[ip * kc2 * MR..(ip + 1) * kc2 * MR], &ap_all, i0 + ip * MR, MR.min(mrows - ip * MR), p0, kc2);
+                if tail > 0 {
+                    pack_a(&mut ap_tail[..kc2 * MR], &ap_all, i0 + (m_panels - 1) * MR, tail, p0, kc2);
                 }
                 for jp in jb..jb_end {
                     let bpanel = &bp[(jp * k2 + p0) * NR..(jp * k2 + p0 + kc2) * NR];
                     let nr = NR.min(n - jp * NR);
                     for ip in 0..m_panels {
-                        let apanel = &ap[ip * kc2 * MR..(ip + 1) * kc2 * MR];
                         let mr = MR.min(mrows - ip * MR);
+                        let apanel = if mr == MR {
+                            let at = (i0 + ip * MR) * ap_all.rs + p0 * ap_all.cs;
+                            APanel { data: &ap_all.data[at..], rs: ap_all.rs, ps: ap_all.cs }
+                        } else {
+                            APanel { data: &ap_tail, rs: 1, ps: MR }
+                        };
                         let base = ip * MR * n + jp * NR;
                         if mr == MR && nr == NR {
                             tile(hw, kc2, apanel, bpanel, &mut cblk[base..], n);
@@ -301,16 +385,25 @@ fn pack_a(dst: &mut [u32], a: &Pairs, r0: usize, mr: usize, p0: usize, kc2: usiz
     }
 }
 
+/// MR rows of A's pairs: pair p of row i at `data[i·rs + p·ps]` — the converted A itself
+/// (row-major: rs = ⌈K/2⌉, ps = 1; stored transposed: rs = 1, ps = M) or a packed tail panel.
+#[derive(Clone, Copy)]
+struct APanel<'a> {
+    data: &'a [u32],
+    rs: usize,
+    ps: usize,
+}
+
 /// The MR×NR tile at `c` (row stride `ldc`, at least MR rows of NR) += A panel · B panel.
 #[inline(always)]
-fn tile(hw: bool, kc2: usize, ap: &[u32], bp: &[u32], c: &mut [f32], ldc: usize) {
-    assert!(ap.len() >= kc2 * MR && bp.len() >= kc2 * NR, "gemm_bf16 panels too short");
+fn tile(hw: bool, kc2: usize, ap: APanel, bp: &[u32], c: &mut [f32], ldc: usize) {
+    assert!(kc2 > 0 && ap.data.len() > (MR - 1) * ap.rs + (kc2 - 1) * ap.ps && bp.len() >= kc2 * NR, "gemm_bf16 panels too short");
     assert!(c.len() >= (MR - 1) * ldc + NR, "gemm_bf16 tile outside C");
     #[cfg(target_arch = "x86_64")]
     if hw {
-        // SAFETY: `hw` is only true when `hardware_available()` (AVX-512F + AVX512_BF16); the
-        // panel lengths and the tile's extent were asserted above.
-        unsafe { avx512bf16::kernel(kc2, ap.as_ptr(), bp.as_ptr(), c.as_mut_ptr(), ldc) };
+        // SAFETY: `hw` is only true for `Kernel::Avx512Bf16`, chosen only when `cpu_has_bf16()`; the
+        // panel extents and the tile's were asserted above.
+        unsafe { avx512bf16::kernel(kc2, ap.data.as_ptr(), ap.rs, ap.ps, bp.as_ptr(), c.as_mut_ptr(), ldc) };
         return;
     }
     let _ = hw;
@@ -336,12 +429,12 @@ fn ftz(x: f32) -> f32 {
     }
 }
 
-fn tile_portable(kc2: usize, ap: &[u32], bp: &[u32], c: &mut [f32], ldc: usize) {
+fn tile_portable(kc2: usize, ap: APanel, bp: &[u32], c: &mut [f32], ldc: usize) {
     let mut acc = [[0f32; NR]; MR];
     for p in 0..kc2 {
         let bv = &bp[p * NR..p * NR + NR];
         for (i, row) in acc.iter_mut().enumerate() {
-            let av = ap[p * MR + i];
+            let av = ap.data[i * ap.rs + p * ap.ps];
             for (x, &bj) in row.iter_mut().zip(bv) {
                 *x = dot_pair(*x, av, bj);
             }
@@ -400,22 +493,23 @@ mod avx512bf16 {
     /// A full 6×32 tile of C (row stride `ldc`) += A panel · B panel over `kc2` k pairs.
     ///
     /// # Safety
-    /// AVX-512F and AVX512_BF16 must be present; `a` points at kc2·MR pairs, `b` at kc2·NR pairs,
-    /// and `c` at MR rows of NR writable floats, `ldc` apart.
+    /// AVX-512F and AVX512_BF16 must be present; pair p of A's row i is at `a + i·ars + p·aps`
+    /// (readable for p < kc2), `b` points at kc2·NR pairs, and `c` at MR rows of NR writable
+    /// floats, `ldc` apart.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn kernel(kc2: usize, a: *const u32, b: *const u32, c: *mut f32, ldc: usize) {
+    pub(super) unsafe fn kernel(kc2: usize, a: *const u32, ars: usize, aps: usize, b: *const u32, c: *mut f32, ldc: usize) {
         const _: () = assert!(MR == 6 && NR == 32);
         let z = _mm512_setzero_ps();
         let mut acc = [[z; 2]; MR];
         // SAFETY: p < kc2 keeps every read inside the panels; the stores stay in the C tile
         // (caller's contract). __m512i and __m512bh are the same 64 bytes.
         unsafe {
+            let rows: [*const u32; MR] = std::array::from_fn(|i| a.add(i * ars));
             for p in 0..kc2 {
                 let v0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR) as *const _));
                 let v1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR + 16) as *const _));
-                let ar = a.add(p * MR);
-                for (i, ci) in acc.iter_mut().enumerate() {
-                    let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*ar.add(i) as i32));
+                for (ci, row) in acc.iter_mut().zip(&rows) {
+                    let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*row.add(p * aps) as i32));
                     ci[0] = _mm512_dpbf16_ps(ci[0], x, v0);
                     ci[1] = _mm512_dpbf16_ps(ci[1], x, v1);
                 }
@@ -458,12 +552,12 @@ mod tests {
     }
 
     /// f64 reference of bf16(A)·bf16(B).
-    fn reference(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, tb: bool) -> Vec<f64> {
+    fn reference(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, ta: bool, tb: bool) -> Vec<f64> {
         let mut c = vec![0f64; m * n];
         for i in 0..m {
             for j in 0..n {
                 c[i * n + j] = (0..k)
-                    .map(|p| round_bf16(a[i * k + p]) as f64 * round_bf16(if tb { b[j * k + p] } else { b[p * n + j] }) as f64)
+                    .map(|p| round_bf16(if ta { a[p * m + i] } else { a[i * k + p] }) as f64 * round_bf16(if tb { b[j * k + p] } else { b[p * n + j] }) as f64)
                     .sum();
             }
         }
@@ -473,13 +567,14 @@ mod tests {
     #[test]
     fn matches_the_f64_reference_of_the_rounded_operands() {
         let mut rng = Rng::new(11);
-        for &(m, k, n, tb) in &[(1, 1, 1, false), (7, 5, 33, false), (13, 384, 70, true), (200, 97, 64, true), (6, 800, 32, false)] {
+        // Ragged M (tail panels), odd K, N not a multiple of 32, K over one slice, both layouts.
+        for &(m, k, n, ta, tb) in &[(1, 1, 1, false, false), (7, 5, 33, false, false), (13, 384, 70, false, true), (200, 97, 64, true, true), (6, 800, 32, false, false), (401, 33, 45, true, false)] {
             let a = rand(&mut rng, m * k, 1.0);
             let b = rand(&mut rng, k * n, 1.0);
             let init = rand(&mut rng, m * n, 1.0);
             let mut c = init.clone();
-            gemm_bf16(&mut c, MatRef::new(&a, m, k, false), MatRef::new(&b, k, n, tb), true);
-            let want = reference(&a, &b, m, k, n, tb);
+            gemm_bf16(&mut c, MatRef::new(&a, m, k, ta), MatRef::new(&b, k, n, tb), true);
+            let want = reference(&a, &b, m, k, n, ta, tb);
             for (i, (&got, &w)) in c.iter().zip(&want).enumerate() {
                 let w = w + init[i] as f64;
                 // f32 accumulation of k exact products of magnitude ≤ 1.
@@ -491,7 +586,7 @@ mod tests {
 
     #[test]
     fn vector_conversion_is_the_scalar_one_bit_for_bit() {
-        if !hardware_available() {
+        if !cpu_has_bf16() {
             eprintln!("skipped: this CPU has no AVX512_BF16 (the scalar conversion is the only one)");
             return;
         }
@@ -523,24 +618,40 @@ mod tests {
         }
     }
 
+    /// Every kernel this CPU can run against the portable reference, bit for bit, through both
+    /// entry points (a GEMM with B packed per call, and a kept packed weight) — at shapes with
+    /// odd K, K over several slices, ragged M and N, and transposed operands.
     #[test]
-    fn hardware_and_portable_kernels_agree_bitwise() {
-        if !hardware_available() {
-            eprintln!("skipped: this CPU has no AVX512_BF16 (the portable kernel ran in the other tests)");
-            return;
+    fn every_kernel_agrees_bitwise_with_the_portable_one() {
+        let mut kernels = vec![Kernel::F32Gemm];
+        if cpu_has_bf16() {
+            kernels.push(Kernel::Avx512Bf16);
+        } else {
+            eprintln!("note: this CPU has no AVX512_BF16; checked the f32-GEMM kernel only");
         }
         let mut rng = Rng::new(5);
-        for &(m, k, n) in &[(6, 2, 32), (37, 385, 100), (128, 1536, 96)] {
+        for &(m, k, n, ta, tb) in &[(6, 2, 32, false, false), (37, 385, 100, false, true), (128, 1536, 96, true, false), (9, 769, 33, true, true)] {
             let a = rand(&mut rng, m * k, 3.0);
             let b = rand(&mut rng, k * n, 0.5);
-            let bp = pack_b_bf16(MatRef::new(&b, k, n, false), false);
-            let mut hw = vec![0.25f32; m * n];
-            let mut pt = hw.clone();
-            gemm_bf16_packed_with(&mut hw, MatRef::new(&a, m, k, false), &bp, n, true, true);
-            gemm_bf16_packed_with(&mut pt, MatRef::new(&a, m, k, false), &bp, n, true, false);
-            let diff = hw.iter().zip(&pt).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
-            assert_eq!(diff, 0, "({m},{k},{n}): {diff} of {} outputs differ", m * n);
+            let (am, bm) = (MatRef::new(&a, m, k, ta), MatRef::new(&b, k, n, tb));
+            let mut want = vec![0.25f32; m * n];
+            gemm_bf16_with(&mut want, am, bm, true, Kernel::Portable);
+            for &kern in &kernels {
+                let mut got = vec![0.25f32; m * n];
+                gemm_bf16_with(&mut got, am, bm, true, kern);
+                let diff = got.iter().zip(&want).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+                assert_eq!(diff, 0, "{kern:?} ({m},{k},{n}): {diff} of {} outputs differ", m * n);
+            }
         }
+        // The kept packed weight (the process's kernel) gives the same bits as a per-call GEMM.
+        let (m, k, n) = (50, 390, 70);
+        let (a, w) = (rand(&mut rng, m * k, 1.0), rand(&mut rng, n * k, 1.0));
+        let (am, wm) = (MatRef::new(&a, m, k, false), MatRef::new(&w, k, n, true));
+        let mut once = vec![0f32; m * n];
+        gemm_bf16(&mut once, am, wm, true);
+        let mut kept = vec![0f32; m * n];
+        gemm_weight(&mut kept, am, &pack_weight(wm, true), n, true);
+        assert!(once.iter().zip(&kept).all(|(x, y)| x.to_bits() == y.to_bits()), "{:?}: packed weight differs", kernel());
     }
 
     #[test]

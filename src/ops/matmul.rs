@@ -2,7 +2,7 @@
 //! (`x @ wᵀ + b`, HF/PyTorch `(out, in)` weight layout), all on the packed CPU GEMM.
 
 use super::gemm::{bmm, gemm, gemm_packed, pack_b, MatRef};
-use super::gemm_bf16::{gemm_bf16, gemm_bf16_packed, pack_b_bf16, pairs_of};
+use super::gemm_bf16::{gemm_bf16, gemm_weight, pack_weight};
 use super::same_dtype;
 use crate::autograd::{Backward, GradSink, Tape};
 use crate::error::{shape_err, Result};
@@ -139,10 +139,9 @@ pub fn linear(tape: &Tape, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Res
             if train || !keep_packed_weights() {
                 gemm_bf16(y32, xm, wm, true);
             } else {
-                // The bf16 pairs are kept as the bit patterns of an f32 buffer (never computed on).
-                let packed = w.derived("gemm packed Bᵀ bf16", || Buf::F32(pack_b_bf16(wm, true).into_iter().map(f32::from_bits).collect()));
-                let Buf::F32(bits) = &*packed else { unreachable!("packed bf16 weights are an f32 buffer") };
-                gemm_bf16_packed(y32, xm, pairs_of(bits), out, true);
+                let packed = w.derived("gemm packed Bᵀ bf16", || Buf::F32(pack_weight(wm, true)));
+                let Buf::F32(packed) = &*packed else { unreachable!("packed bf16 weights are an f32 buffer") };
+                gemm_weight(y32, xm, packed, out, true);
             }
         } else if train || !keep_packed_weights() {
             gemm(&mut y, xm, wm, true);
