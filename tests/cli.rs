@@ -169,3 +169,35 @@ fn a_closed_output_pipe_ends_the_binary_quietly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
 }
+
+/// A `--bf16` fine-tuning run computes the same bits whichever bf16 kernel runs it: `vdpbf16ps`
+/// (where the CPU has AVX512_BF16), the f32 GEMM on rounded, pair-swapped operands (every other
+/// CPU), and the portable scalar loop (the reference). So a bf16 model is reproducible across
+/// machines. Each kernel is chosen once per process, hence one `engram finetune` per kernel.
+#[test]
+fn bf16_fine_tuning_is_bit_identical_across_kernels() {
+    let data = root().join("tests/fixtures/data");
+    let run = |kernel: &str| -> Vec<u8> {
+        let out = std::env::temp_dir().join(format!("engram-cli-bf16-{kernel}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_engram"));
+        cmd.args(["finetune", "--model", "weights/tiny-bert", "--task", "classify", "--bf16", "--quiet", "--epochs", "1", "--batch-size", "8", "--lr", "1e-3", "--seed", "5"])
+            .arg("--train")
+            .arg(data.join("tiny_train.csv"))
+            .arg("--dev")
+            .arg(data.join("tiny_dev.csv"))
+            .arg("--out")
+            .arg(&out)
+            .current_dir(root());
+        if !kernel.is_empty() {
+            cmd.env("ENGRAM_GEMM_BF16", kernel);
+        }
+        let o = cmd.output().expect("run engram");
+        assert!(o.status.success(), "{kernel}: {}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read(out.join("model.safetensors")).unwrap()
+    };
+    let reference = run("portable");
+    for kernel in ["", "f32"] {
+        assert!(run(kernel) == reference, "kernel {kernel:?}: the fine-tuned weights differ from the portable kernel's");
+    }
+}
