@@ -17,6 +17,9 @@ model's freshly initialised head is saved (with every dropout set to 0 in its co
 engines start from that directory, and the PyTorch loop replays engram's data order (engram_order,
 pinned against the Rust trainer's own test). What is left is the arithmetic of the two engines.
 
+--bf16 runs both engines with bf16 autocast, as transformers' --bf16 does: engram `--bf16`, and
+the PyTorch loop's forward passes (training and evaluation) under torch.autocast(bfloat16).
+
 Prints one table (medians of the seeds) and writes the raw numbers as JSON. Reference only: engram
 never imports Python.
 """
@@ -128,7 +131,7 @@ def entity_f1(gold, pred):
     return 2 * prec * rec / (prec + rec) if prec + rec else 0.0
 
 
-def torch_run(model_dir, spec, seed, device, limit=None, matched_dir=None):
+def torch_run(model_dir, spec, seed, device, limit=None, matched_dir=None, bf16=False):
     """Fine-tune with PyTorch. With `matched_dir`, save the initial model there (dropout off) for
     engram to start from, and follow engram's data order."""
     torch.manual_seed(seed)
@@ -195,7 +198,8 @@ def torch_run(model_dir, spec, seed, device, limit=None, matched_dir=None):
             for i in range(0, len(items), 64):
                 chunk = items[i:i + 64]
                 x, y, enc = encode(chunk)
-                logits = model(**x).logits
+                with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+                    logits = model(**x).logits.float()
                 if multi:
                     gold += (y.cpu() > 0.5).tolist()
                     pred += (logits.cpu() > 0).tolist()
@@ -228,7 +232,8 @@ def torch_run(model_dir, spec, seed, device, limit=None, matched_dir=None):
         perm = engram_order(len(train), seed, epoch) if matched_dir else torch.randperm(len(train), generator=g).tolist()
         for s in range(0, len(perm), BATCH):
             x, y, _ = encode([train[j] for j in perm[s:s + BATCH]])
-            loss = model(**x, labels=y).loss
+            with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+                loss = model(**x, labels=y).loss
             losses.append(loss.item())
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
@@ -242,11 +247,11 @@ def torch_run(model_dir, spec, seed, device, limit=None, matched_dir=None):
     return {"dev": best, "test": evaluate(test), "loss_per_step": losses}
 
 
-def engram_run(engram, model_dir, spec, seed, device, out, limit=None):
+def engram_run(engram, model_dir, spec, seed, device, out, limit=None, bf16=False):
     cmd = [engram, "finetune", "--model", model_dir, "--task", spec["task"], "--train", spec["train"], "--dev", spec["dev"],
            "--test", spec["test"], "--out", out, "--epochs", str(spec["epochs"]), "--lr", str(spec["lr"]), "--batch-size", str(BATCH),
            "--max-length", str(MAX_LEN), "--warmup-ratio", str(WARMUP), "--weight-decay", str(WD), "--max-grad-norm", str(CLIP),
-           "--seed", str(seed), "--device", device, "--quiet"]
+           "--seed", str(seed), "--device", device, "--quiet"] + (["--bf16"] if bf16 else [])
     if limit:
         cmd += ["--max-train-examples", str(limit), "--max-eval-examples", str(limit)]
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -274,6 +279,7 @@ def main():
     ap.add_argument("--json", default="compare_torch.json")
     ap.add_argument("--limit", type=int, help="first N examples of each split (smoke runs)")
     ap.add_argument("--epochs", type=int, help="override the tasks' epoch counts")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast on both engines (transformers' --bf16)")
     ap.add_argument("--matched", action="store_true", help="same initial head, same data order, no dropout: compare the engines, not the seeds")
     a = ap.parse_args()
     results = {}
@@ -285,10 +291,10 @@ def main():
             tdev = "cuda" if a.device == "cuda" else "cpu"
             start = f"/tmp/engram-compare-start-{name}-{seed}" if a.matched else None
             t0 = time.time()
-            p = torch_run(a.model, spec, seed, tdev, a.limit, matched_dir=start)
+            p = torch_run(a.model, spec, seed, tdev, a.limit, matched_dir=start, bf16=a.bf16)
             torch_s = time.time() - t0
             t0 = time.time()
-            e = engram_run(a.engram, start or a.model, spec, seed, a.device, f"/tmp/engram-compare-{name}-{seed}", a.limit)
+            e = engram_run(a.engram, start or a.model, spec, seed, a.device, f"/tmp/engram-compare-{name}-{seed}", a.limit, bf16=a.bf16)
             engram_s = time.time() - t0
             agree = agreement(p["loss_per_step"], e["loss_per_step"])
             results.setdefault(name, []).append({"seed": seed, "engram": e, "torch": p, "engram_s": engram_s, "torch_s": torch_s,

@@ -497,6 +497,9 @@ fn precision(int8: bool, bf16: bool) -> Precision {
     }
 }
 
+/// Batches per window within which `embed` groups texts by length.
+const EMBED_WINDOW: usize = 64;
+
 fn embed(
     dir: &Path,
     normalize: bool,
@@ -525,15 +528,25 @@ fn embed(
     let (mut tokens, mut truncated) = (0usize, 0usize);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    for chunk in texts.chunks(batch_size) {
-        let refs: Vec<&str> = chunk.iter().map(|s| s.as_str()).collect();
-        let batch = tok.encode(&refs)?;
-        tokens += batch.tokens();
-        truncated += batch.truncated.iter().filter(|&&t| t).count();
-        let emb = bert.embed(&batch, pooling, normalize)?;
-        for (text, e) in chunk.iter().zip(emb) {
+    // Texts of similar length are batched together (less padding; a row's embedding does not
+    // depend on its batch), within windows of EMBED_WINDOW batches so the output still streams
+    // in input order with bounded memory.
+    for window in texts.chunks(batch_size.saturating_mul(EMBED_WINDOW)) {
+        let mut order: Vec<usize> = (0..window.len()).collect();
+        order.sort_by_key(|&i| window[i].len());
+        let mut embs: Vec<Vec<f32>> = vec![Vec::new(); window.len()];
+        for idx in order.chunks(batch_size) {
+            let refs: Vec<&str> = idx.iter().map(|&i| window[i].as_str()).collect();
+            let batch = tok.encode(&refs)?;
+            tokens += batch.tokens();
+            truncated += batch.truncated.iter().filter(|&&t| t).count();
+            for (&i, e) in idx.iter().zip(bert.embed(&batch, pooling, normalize)?) {
+                embs[i] = e;
+            }
+        }
+        for (text, e) in window.iter().zip(&embs) {
             // Written by hand to keep the key order (text first) and f32's shortest form.
-            let line = format!("{{\"text\":{},\"embedding\":{}}}", serde_json::Value::from(text.as_str()), serde_json::to_string(&e).expect("floats serialise"));
+            let line = format!("{{\"text\":{},\"embedding\":{}}}", serde_json::Value::from(text.as_str()), serde_json::to_string(e).expect("floats serialise"));
             writeln!(out, "{line}").map_err(|e| Error::File { path: "stdout".into(), detail: e.to_string() })?;
         }
     }
