@@ -528,8 +528,8 @@ fn embed(
     let (mut tokens, mut truncated) = (0usize, 0usize);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    // Texts of similar length are batched together (less padding; a row's embedding does not
-    // depend on its batch), within windows of EMBED_WINDOW batches so the output still streams
+    // Texts of similar length are batched together (less padding; a row's embedding depends on
+    // its batch only through float rounding, ~1e-6), within windows of EMBED_WINDOW batches so the output still streams
     // in input order with bounded memory.
     for window in texts.chunks(batch_size.saturating_mul(EMBED_WINDOW)) {
         let mut order: Vec<usize> = (0..window.len()).collect();
