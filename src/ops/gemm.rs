@@ -46,6 +46,11 @@ impl<'a, T: Float> MatRef<'a, T> {
         }
     }
 
+    /// This view over f32 data (None for another element type).
+    pub(crate) fn as_f32(self) -> Option<MatRef<'a, f32>> {
+        Some(MatRef { data: T::as_f32(self.data)?, rows: self.rows, cols: self.cols, rs: self.rs, cs: self.cs })
+    }
+
     /// The same matrix read transposed: (cols, rows).
     pub(crate) fn t(self) -> Self {
         MatRef { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }

@@ -105,6 +105,18 @@ pub(crate) fn gemm_bf16(c: &mut [f32], a: MatRef<f32>, b: MatRef<f32>, parallel:
     gemm_bf16_with(c, a, b, parallel, kernel())
 }
 
+/// [`gemm`](super::gemm::gemm), or with `bf16` and f32 data [`gemm_bf16`] (f64 is never cast):
+/// the product an autocast-aware op runs.
+pub(crate) fn gemm_autocast<T: crate::float::Float>(c: &mut [T], a: MatRef<T>, b: MatRef<T>, parallel: bool, bf16: bool) {
+    if bf16 {
+        if let (Some(a32), Some(b32)) = (a.as_f32(), b.as_f32()) {
+            gemm_bf16(T::as_f32_mut(c).expect("C has A's element type"), a32, b32, parallel);
+            return;
+        }
+    }
+    super::gemm::gemm(c, a, b, parallel)
+}
+
 fn gemm_bf16_with(c: &mut [f32], a: MatRef<f32>, b: MatRef<f32>, parallel: bool, k: Kernel) {
     debug_assert_eq!(b.rows, a.cols);
     debug_assert_eq!(c.len(), a.rows * b.cols);

@@ -1,8 +1,8 @@
 //! Batched matrix products: `matmul` (`a @ b`), `matmul_nt` (`a @ bᵀ`), and `linear`
 //! (`x @ wᵀ + b`, HF/PyTorch `(out, in)` weight layout), all on the packed CPU GEMM.
 
-use super::gemm::{bmm, gemm, gemm_packed, pack_b, MatRef};
-use super::gemm_bf16::{gemm_bf16, gemm_weight, pack_weight};
+use super::gemm::{bmm, gemm_packed, pack_b, MatRef};
+use super::gemm_bf16::{gemm_autocast, gemm_weight, pack_weight};
 use super::same_dtype;
 use crate::autograd::{Backward, GradSink, Tape};
 use crate::error::{shape_err, Result};
@@ -131,20 +131,13 @@ pub fn linear(tape: &Tape, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Res
         let wm = MatRef::new(w.data::<T>(OP)?, inp, out, true);
         let train = tape.tracks(&[x, w]) || bias.is_some_and(|b| tape.tracks(&[b]));
         // bf16 autocast (f32 only; f64 is never cast).
-        let bf16 = tape.is_bf16() && T::as_f32(xm.data).is_some();
-        if bf16 {
-            let (x32, w32) = (T::as_f32(xm.data).expect("f32"), T::as_f32(wm.data).expect("f32"));
-            let (xm, wm) = (MatRef::new(x32, rows, inp, false), MatRef::new(w32, inp, out, true));
-            let y32 = T::as_f32_mut(&mut y).expect("f32");
-            if train || !keep_packed_weights() {
-                gemm_bf16(y32, xm, wm, true);
-            } else {
-                let packed = w.derived("gemm packed Bᵀ bf16", || Buf::F32(pack_weight(wm, true)));
-                let Buf::F32(packed) = &*packed else { unreachable!("packed bf16 weights are an f32 buffer") };
-                gemm_weight(y32, xm, packed, out, true);
-            }
-        } else if train || !keep_packed_weights() {
-            gemm(&mut y, xm, wm, true);
+        let bf16 = tape.is_bf16() && xm.as_f32().is_some();
+        if train || !keep_packed_weights() {
+            gemm_autocast(&mut y, xm, wm, true, bf16);
+        } else if let (true, Some(x32), Some(w32)) = (bf16, xm.as_f32(), wm.as_f32()) {
+            let packed = w.derived("gemm packed Bᵀ bf16", || Buf::F32(pack_weight(w32, true)));
+            let Buf::F32(packed) = &*packed else { unreachable!("packed bf16 weights are an f32 buffer") };
+            gemm_weight(T::as_f32_mut(&mut y).expect("f32"), x32, packed, out, true);
         } else {
             // No backward: the weight's GEMM packing is made once and kept with the tensor (until
             // an optimizer step changes it), instead of on every call — at batch 1 the packing
@@ -182,19 +175,8 @@ impl<T: Float> Backward for LinearBwd<T> {
         let dy = T::slice(dout).expect("dout dtype");
         let Self { rows, inp, out, bf16, .. } = *self;
         let (xd, wd) = (x.data::<T>("linear")?, w.data::<T>("linear")?);
-        if bf16 {
-            let f32s = "bf16 autocast is f32 only";
-            let (dy, xd, wd) = (T::as_f32(dy).expect(f32s), T::as_f32(xd).expect(f32s), T::as_f32(wd).expect(f32s));
-            sink.accumulate::<T>(x, |dx| {
-                gemm_bf16(T::as_f32_mut(dx).expect("f32"), MatRef::new(dy, rows, out, false), MatRef::new(wd, out, inp, false), true)
-            })?;
-            sink.accumulate::<T>(w, |dw| {
-                gemm_bf16(T::as_f32_mut(dw).expect("f32"), MatRef::new(dy, out, rows, true), MatRef::new(xd, rows, inp, false), true)
-            })?;
-        } else {
-            sink.accumulate::<T>(x, |dx| gemm(dx, MatRef::new(dy, rows, out, false), MatRef::new(wd, out, inp, false), true))?;
-            sink.accumulate::<T>(w, |dw| gemm(dw, MatRef::new(dy, out, rows, true), MatRef::new(xd, rows, inp, false), true))?;
-        }
+        sink.accumulate::<T>(x, |dx| gemm_autocast(dx, MatRef::new(dy, rows, out, false), MatRef::new(wd, out, inp, false), true, bf16))?;
+        sink.accumulate::<T>(w, |dw| gemm_autocast(dw, MatRef::new(dy, out, rows, true), MatRef::new(xd, rows, inp, false), true, bf16))?;
         if let Some(b) = inputs.get(2) {
             sink.accumulate::<T>(b, |db| super::reduce::sum_rows(db, dy))?;
         }
