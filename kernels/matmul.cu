@@ -21,6 +21,16 @@
 //            tensor-core instructions, ~10-bit mantissa inputs (what PyTorch's allow_tf32 and
 //            cuBLAS's TF32 math mode do). Opt-in with ENGRAM_GEMM=tf32; its own, looser tests.
 //            ptxas sm_90: 166 / 107 registers, no spills.
+//   gemm_v3_bf16 / gemm_v3_bf16_64: bf16 autocast (Tape::bf16 on the GPU, what the CPU's
+//            ops::gemm_bf16 computes): every operand rounded to bf16 (nearest, ties to even; NaN
+//            kept; subnormals to signed zero, as AVX512_BF16 does) once, as it is stashed in shared
+//            memory, then one TF32 mma per term. A bf16 value is exact in TF32, and the product of
+//            two is exact in f32, so this is the exact-products, f32-sums GEMM of autocast; it
+//            differs from the CPU's only in the order of the f32 sums. Chosen by the linear layers
+//            of a bf16 tape, whatever ENGRAM_GEMM says. Verified on the CPU emulator against an
+//            f64 reference on rounded operands at f32 tolerance; NOT YET RUN ON A GPU. (The
+//            m16n8k16 bf16 mma would double tensor-core throughput and halve shared memory; that
+//            version waits until a GPU can time it against this one.)
 #include "common.cuh"
 
 #define BM 64
@@ -263,6 +273,15 @@ __device__ __forceinline__ unsigned tf32_rna(float x) {
     return r;
 #endif
 }
+// x rounded to bf16 (nearest, ties to even), as the f32 it stands for: low 16 bits zero, so the
+// TF32 mma reads it exactly. NaN stays a (quiet) NaN, ±Inf stays, a subnormal becomes a signed
+// zero: bit for bit the CPU's ops::gemm_bf16::bf16_bits.
+__device__ __forceinline__ float bf16_rne(float x) {
+    const unsigned u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return __uint_as_float((u | 0x00400000u) & 0xffff0000u);
+    if ((u & 0x7f800000u) == 0u) return __uint_as_float(u & 0x80000000u);
+    return __uint_as_float((u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u);
+}
 // d += A·B for one 16×8×8 tile (a warp-wide instruction: every lane of the warp must execute it).
 __device__ __forceinline__ void mma_tf32(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
 #ifdef ENGRAM_EMU
@@ -281,8 +300,10 @@ struct GemmV3Smem {
     float a[2][BM3][PK3];  // [buffer][m][k]
     float b[2][128][PK3];  // [buffer][n][k]
 };
+// How gemm_v3 multiplies: 3xTF32 (f32 accuracy), one TF32 product, or bf16 autocast.
+enum V3Mode { V3_SPLIT = 0, V3_TF32 = 1, V3_BF16 = 2 };
 // Warps as 2 (m) × 4 (n); warp w owns rows wm … wm + BM3/2 and columns wn … wn + 32 of the block tile.
-template <int BM3, bool ta, bool tb, bool split>
+template <int BM3, bool ta, bool tb, int mode>
 __device__ __forceinline__ void gemm_v3_body(GemmV3Smem<BM3>& sm, float* C, const float* A, const float* B, int M, int N, int K,
                                              long long sA, long long sB, long long sC, int acc) {
     constexpr int BN3 = 128, NT = 256;
@@ -298,14 +319,18 @@ __device__ __forceinline__ void gemm_v3_body(GemmV3Smem<BM3>& sm, float* C, cons
     C += bz * sC;
     float ra[LA], rb[LB];
     auto fetch = [&](int k0) { fetch_slice<BM3, BN3, BK3, NT, ta, tb>(ra, rb, A, B, M, N, K, m0, n0, k0); };
-    // Registers → shared buffer `buf` (m- and n-major: fragments read along k).
+    constexpr bool split = mode == V3_SPLIT, bf16 = mode == V3_BF16;
+    // Registers → shared buffer `buf` (m- and n-major: fragments read along k); bf16 rounds here,
+    // once per element.
     auto stash = [&](int buf) {
         stash_slice<BM3, BN3, BK3, NT, ta, tb>(
-            ra, rb, [&](int mm, int kk, float v) { sm.a[buf][mm][kk] = v; }, [&](int nn, int kk, float v) { sm.b[buf][nn][kk] = v; });
+            ra, rb, [&](int mm, int kk, float v) { sm.a[buf][mm][kk] = bf16 ? bf16_rne(v) : v; },
+            [&](int nn, int kk, float v) { sm.b[buf][nn][kk] = bf16 ? bf16_rne(v) : v; });
     };
-    // x → its TF32 high part (hi) and, with `split`, the TF32 rounding of the rest (lo).
+    // x → its TF32 high part (hi) and, with `split`, the TF32 rounding of the rest (lo); a bf16
+    // value is already a TF32 operand.
     auto to_tf32 = [&](float x, unsigned& hi, unsigned& lo) {
-        hi = tf32_rna(x);
+        hi = bf16 ? __float_as_uint(x) : tf32_rna(x);
         if (split) lo = tf32_rna(x - __uint_as_float(hi));
     };
     float d[MI][NJ][4] = {};
@@ -365,29 +390,37 @@ __device__ __forceinline__ void gemm_v3_body(GemmV3Smem<BM3>& sm, float* C, cons
             }
 }
 
-template <int BM3, bool split>
+template <int BM3, int mode>
 __device__ __forceinline__ void gemm_v3_dispatch(float* C, const float* A, const float* B, int M, int N, int K, int ta, int tb,
                                                  long long sA, long long sB, long long sC, int acc) {
     __shared__ GemmV3Smem<BM3> sm;
     with_layouts(ta, tb, [&](auto a_t, auto b_t) {
-        gemm_v3_body<BM3, decltype(a_t)::value, decltype(b_t)::value, split>(sm, C, A, B, M, N, K, sA, sB, sC, acc);
+        gemm_v3_body<BM3, decltype(a_t)::value, decltype(b_t)::value, mode>(sm, C, A, B, M, N, K, sA, sB, sC, acc);
     });
 }
 
 extern "C" __global__ void __launch_bounds__(256) gemm_v3(float* C, const float* A, const float* B, int M, int N, int K, int ta,
                                                                 int tb, long long sA, long long sB, long long sC, int acc) {
-    gemm_v3_dispatch<128, true>(C, A, B, M, N, K, ta, tb, sA, sB, sC, acc);
+    gemm_v3_dispatch<128, V3_SPLIT>(C, A, B, M, N, K, ta, tb, sA, sB, sC, acc);
 }
 extern "C" __global__ void __launch_bounds__(256) gemm_v3_64(float* C, const float* A, const float* B, int M, int N, int K, int ta,
                                                                    int tb, long long sA, long long sB, long long sC, int acc) {
-    gemm_v3_dispatch<64, true>(C, A, B, M, N, K, ta, tb, sA, sB, sC, acc);
+    gemm_v3_dispatch<64, V3_SPLIT>(C, A, B, M, N, K, ta, tb, sA, sB, sC, acc);
 }
 extern "C" __global__ void __launch_bounds__(256) gemm_v3_tf32(float* C, const float* A, const float* B, int M, int N, int K, int ta,
                                                                      int tb, long long sA, long long sB, long long sC, int acc) {
-    gemm_v3_dispatch<128, false>(C, A, B, M, N, K, ta, tb, sA, sB, sC, acc);
+    gemm_v3_dispatch<128, V3_TF32>(C, A, B, M, N, K, ta, tb, sA, sB, sC, acc);
 }
 extern "C" __global__ void __launch_bounds__(256) gemm_v3_tf32_64(float* C, const float* A, const float* B, int M, int N, int K, int ta,
                                                                         int tb, long long sA, long long sB, long long sC, int acc) {
-    gemm_v3_dispatch<64, false>(C, A, B, M, N, K, ta, tb, sA, sB, sC, acc);
+    gemm_v3_dispatch<64, V3_TF32>(C, A, B, M, N, K, ta, tb, sA, sB, sC, acc);
+}
+extern "C" __global__ void __launch_bounds__(256) gemm_v3_bf16(float* C, const float* A, const float* B, int M, int N, int K, int ta,
+                                                                     int tb, long long sA, long long sB, long long sC, int acc) {
+    gemm_v3_dispatch<128, V3_BF16>(C, A, B, M, N, K, ta, tb, sA, sB, sC, acc);
+}
+extern "C" __global__ void __launch_bounds__(256) gemm_v3_bf16_64(float* C, const float* A, const float* B, int M, int N, int K, int ta,
+                                                                        int tb, long long sA, long long sB, long long sC, int acc) {
+    gemm_v3_dispatch<64, V3_BF16>(C, A, B, M, N, K, ta, tb, sA, sB, sC, acc);
 }
 #define HAVE_GEMM_V3 1

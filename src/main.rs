@@ -148,8 +148,8 @@ struct FinetuneCli {
     /// Cut over-long inputs from the left, keeping their end (transformers' truncation_side="left").
     #[arg(long)]
     truncate_left: bool,
-    /// bf16 autocast on the CPU (transformers' --bf16): linear layers' GEMMs, forward and
-    /// backward, in bf16 with f32 sums; weights, gradients and optimizer state stay f32.
+    /// bf16 autocast (transformers' --bf16): linear layers' GEMMs, forward and backward, in
+    /// bf16 with f32 sums; weights, gradients and optimizer state stay f32. CPU and CUDA.
     #[arg(long)]
     bf16: bool,
     /// Time every op of the training steps (forward and backward) and what runs around them;
@@ -188,7 +188,7 @@ enum Cmd {
         /// Run the encoder's linear layers in int8 (dynamic quantization; CPU).
         #[arg(long)]
         int8: bool,
-        /// Run every linear layer's GEMM in bf16 with f32 sums (bf16 autocast; CPU).
+        /// Run every linear layer's GEMM in bf16 with f32 sums (bf16 autocast).
         #[arg(long, conflicts_with = "int8")]
         bf16: bool,
         /// Multilabel models: the separator of the labels in one field.
@@ -213,7 +213,7 @@ enum Cmd {
         /// Run the encoder's linear layers in int8 (dynamic quantization; CPU).
         #[arg(long)]
         int8: bool,
-        /// Run every linear layer's GEMM in bf16 with f32 sums (bf16 autocast; CPU).
+        /// Run every linear layer's GEMM in bf16 with f32 sums (bf16 autocast).
         #[arg(long, conflicts_with = "int8")]
         bf16: bool,
         /// Memory models: print the memory state norm after each segment.
@@ -276,7 +276,7 @@ enum Cmd {
         /// Run the encoder's linear layers in int8 (dynamic quantization; CPU).
         #[arg(long)]
         int8: bool,
-        /// Run every linear layer's GEMM in bf16 with f32 sums (bf16 autocast; CPU).
+        /// Run every linear layer's GEMM in bf16 with f32 sums (bf16 autocast).
         #[arg(long, conflicts_with = "int8")]
         bf16: bool,
         /// Texts to embed.
@@ -514,7 +514,7 @@ fn embed(
     if batch_size == 0 {
         return Err(Error::Value { op: "embed", detail: "--batch-size must be at least 1".into() });
     }
-    if precision != Precision::F32 && device != Device::Cpu {
+    if precision == Precision::Int8 && device != Device::Cpu {
         return Err(Error::Device(format!("--{} runs on the CPU (drop --device cuda)", engram::train::precision_flag(precision))));
     }
     let (mut bert, _) = Bert::load_with(dir, Head::None, 0, precision)?;

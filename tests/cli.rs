@@ -85,8 +85,11 @@ fn bad_input_exits_nonzero_naming_the_file() {
     }
     let (ok, _, stderr) = engram(&["embed", "--model", "weights/tiny-bert", "--int8", "--device", "cuda", "x"]);
     assert!(!ok && stderr.contains("--int8 runs on the CPU"), "{stderr}");
+    // bf16 runs on CUDA too: refused only where this build or machine has no CUDA device.
     let (ok, _, stderr) = engram(&["embed", "--model", "weights/tiny-bert", "--bf16", "--device", "cuda", "x"]);
-    assert!(!ok && stderr.contains("--bf16 runs on the CPU"), "{stderr}");
+    if !ok {
+        assert!((stderr.contains("cuda") || stderr.contains("CUDA")) && !stderr.contains("runs on the CPU"), "{stderr}");
+    }
     let (ok, _, stderr) = engram(&["embed", "--model", "weights/tiny-bert", "--bf16", "--int8", "x"]);
     assert!(!ok && stderr.contains("cannot be used with"), "{stderr}");
 }

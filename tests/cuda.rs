@@ -46,7 +46,12 @@ mod gpu {
     /// Run `f` on the CPU and on the GPU with the same inputs and the same random upstream
     /// gradient; compare the outputs and the gradient of every tracked input.
     fn parity(name: &str, inputs: &[Tensor], f: impl Fn(&Tape, &[Tensor]) -> Result<Tensor>) {
-        let cpu_tape = Tape::training(11);
+        parity_on(name, inputs, false, f)
+    }
+
+    /// [`parity`] on tapes with bf16 autocast `bf16` on both devices.
+    fn parity_on(name: &str, inputs: &[Tensor], bf16: bool, f: impl Fn(&Tape, &[Tensor]) -> Result<Tensor>) {
+        let cpu_tape = Tape::training(11).bf16(bf16);
         let y = f(&cpu_tape, inputs).unwrap_or_else(|e| panic!("{name} (cpu): {e}"));
         let mut rng = Rng::new(0xd0e5);
         let dy = randn(&mut rng, y.shape());
@@ -64,7 +69,7 @@ mod gpu {
                 }
             })
             .collect();
-        let gpu_tape = Tape::training(11);
+        let gpu_tape = Tape::training(11).bf16(bf16);
         let yg = f(&gpu_tape, &gin).unwrap_or_else(|e| panic!("{name} (cuda): {e}"));
         assert_eq!(yg.device(), Device::Cuda, "{name}: output left the GPU");
         assert_eq!(yg.shape(), y.shape(), "{name}: output shape");
@@ -128,6 +133,39 @@ mod gpu {
         parity("linear rank-3", &[x3, w], |t, i| ops::linear(t, &i[0], &i[1], None));
         // q = k aliasing: both gradient contributions land in one slot.
         parity("matmul_nt self", &[a], |t, i| ops::matmul_nt(t, &i[0], &i[0]));
+    }
+
+    /// bf16 autocast on the GPU (`gemm_v3_bf16`) against the CPU's (`ops::gemm_bf16`): the same
+    /// exact products of bf16-rounded operands, summed in f32 in another order, so the f32
+    /// tolerances hold for the output and for dx, dw and db — and the result is not the f32 one
+    /// (a kernel that skipped the rounding would be off by ~2⁻⁹ per product). Whatever f32 GEMM
+    /// `ENGRAM_GEMM` or a forced variant names, a bf16 tape's linear layers run the bf16 kernel.
+    #[test]
+    fn bf16_autocast_linear_parity() {
+        if !gpu("bf16 linear") {
+            return;
+        }
+        use engram::device::cuda::{with_gemm_variant, GemmVariant};
+        let mut r = Rng::new(17);
+        for &(m, k, n) in &[(1, 1, 1), (37, 19, 45), (65, 130, 67), (257, 70, 131), (130, 384, 200)] {
+            let x = randn(&mut r, &[m, k]).requires_grad();
+            let w = randn(&mut r, &[n, k]).requires_grad();
+            let b = randn(&mut r, &[n]).requires_grad();
+            for v in [GemmVariant::V1, GemmVariant::V3] {
+                with_gemm_variant(v, || {
+                    parity_on(&format!("bf16 linear {m}x{k}x{n}"), &[x.clone(), w.clone(), b.clone()], true, |t, i| ops::linear(t, &i[0], &i[1], Some(&i[2])));
+                });
+            }
+            let x3 = randn(&mut r, &[2, m, k]).requires_grad();
+            parity_on(&format!("bf16 linear rank-3 nobias {m}x{k}x{n}"), &[x3, w.clone()], true, |t, i| ops::linear(t, &i[0], &i[1], None));
+            if k > 1 {
+                let (xg, wg) = (x.to_device(Device::Cuda).unwrap(), w.to_device(Device::Cuda).unwrap());
+                let y16 = ops::linear(&Tape::inference().bf16(true), &xg, &wg, None).unwrap().to_f64_vec();
+                let y32 = ops::linear(&Tape::inference(), &xg, &wg, None).unwrap().to_f64_vec();
+                let diff = y16.iter().zip(&y32).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+                assert!(diff > 1e-3, "bf16 linear {m}x{k}x{n} on the GPU equals the f32 one (max diff {diff:e}): no bf16 rounding");
+            }
+        }
     }
 
     /// The TF32 GEMMs (`ENGRAM_GEMM=tf32`) round each input to a 10-bit mantissa, so each
@@ -606,6 +644,10 @@ mod gpu_trainer {
         let mut reg = a.clone();
         (reg.train, reg.dev, reg.metric) = (scores.join("tiny_train.csv"), scores.join("tiny_dev.csv"), "pearson".into());
         cases.push(("regression", Task::Regression, reg));
+        // bf16 autocast (`--bf16`): the linear layers' GEMMs in the bf16 tensor-core kernel.
+        let mut bf16 = a.clone();
+        bf16.bf16 = true;
+        cases.push(("classify-bf16", Task::Classify, bf16));
 
         for (name, task, args) in &cases {
             let (sc, oc) = run(name, *task, args, Device::Cpu);

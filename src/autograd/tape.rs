@@ -62,11 +62,11 @@ impl Tape {
     }
 
     /// This tape with bf16 autocast on (`on`) — `torch.autocast("cpu", dtype=torch.bfloat16)`
-    /// for the products that dominate: every f32 `linear` on the CPU rounds its operands to bf16
-    /// and sums the exact products in f32, forward and both backward GEMMs (`ops::gemm_bf16`).
-    /// Everything else (attention, softmax, layer norm, GELU, losses, gradients and the
-    /// optimizer) stays f32, and so do parameters. f64 tensors are never cast. CUDA tensors are
-    /// refused: the CUDA backend has no bf16 GEMM.
+    /// for the products that dominate: every f32 `linear` rounds its operands to bf16 and sums
+    /// the exact products in f32, forward and both backward GEMMs (`ops::gemm_bf16` on the CPU,
+    /// the `gemm_v3_bf16` tensor-core kernel on CUDA). Everything else (attention, softmax,
+    /// layer norm, GELU, losses, gradients and the optimizer) stays f32, and so do parameters.
+    /// f64 tensors are never cast.
     pub fn bf16(mut self, on: bool) -> Tape {
         self.bf16 = on;
         self

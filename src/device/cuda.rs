@@ -326,6 +326,11 @@ pub enum GemmVariant {
     V3Tf32,
     /// The same with a 64×128 tile.
     V3Tf32x64,
+    /// Tensor cores, bf16 autocast: operands rounded to bf16, exact products, f32 sums (what a
+    /// bf16 tape's linear layers run; not an f32 GEMM, so not in [`GemmVariant::ALL`]).
+    V3Bf16,
+    /// The same with a 64×128 tile.
+    V3Bf16x64,
 }
 
 impl GemmVariant {
@@ -348,6 +353,8 @@ impl GemmVariant {
             GemmVariant::V3x64 => "gemm_v3_64",
             GemmVariant::V3Tf32 => "gemm_v3_tf32",
             GemmVariant::V3Tf32x64 => "gemm_v3_tf32_64",
+            GemmVariant::V3Bf16 => "gemm_v3_bf16",
+            GemmVariant::V3Bf16x64 => "gemm_v3_bf16_64",
         }
     }
 
@@ -361,9 +368,9 @@ impl GemmVariant {
     fn tile(self) -> (usize, usize, u32) {
         match self {
             GemmVariant::V1 => (64, 64, 256),
-            GemmVariant::V2 | GemmVariant::V3 | GemmVariant::V3Tf32 => (128, 128, 256),
+            GemmVariant::V2 | GemmVariant::V3 | GemmVariant::V3Tf32 | GemmVariant::V3Bf16 => (128, 128, 256),
             GemmVariant::V2x64 => (64, 128, 128),
-            GemmVariant::V3x64 | GemmVariant::V3Tf32x64 => (64, 128, 256),
+            GemmVariant::V3x64 | GemmVariant::V3Tf32x64 | GemmVariant::V3Bf16x64 => (64, 128, 256),
         }
     }
 }
@@ -400,8 +407,7 @@ fn gemm_variant(dev: &CudaDev, batch: usize, m: usize, n: usize) -> GemmVariant 
             1
         }
     });
-    let big = m.div_ceil(128) * n.div_ceil(128) * batch >= dev.sms;
-    match (family, big) {
+    match (family, fills_the_gpu(dev, batch, m, n)) {
         (2, true) => GemmVariant::V2,
         (2, false) => GemmVariant::V2x64,
         (3, true) => GemmVariant::V3,
@@ -409,6 +415,21 @@ fn gemm_variant(dev: &CudaDev, batch: usize, m: usize, n: usize) -> GemmVariant 
         (4, true) => GemmVariant::V3Tf32,
         (4, false) => GemmVariant::V3Tf32x64,
         _ => GemmVariant::V1,
+    }
+}
+
+/// Whether 128×128 tiles give every SM a block (else the 64-row tile of v2/v3).
+fn fills_the_gpu(dev: &CudaDev, batch: usize, m: usize, n: usize) -> bool {
+    m.div_ceil(128) * n.div_ceil(128) * batch >= dev.sms
+}
+
+/// The GEMM of a launch in bf16 autocast ([`crate::Tape::bf16`]): the bf16 tensor-core kernel,
+/// whatever `ENGRAM_GEMM` or a forced f32 variant says (those choose among f32 GEMMs).
+fn gemm_variant_bf16(dev: &CudaDev, batch: usize, m: usize, n: usize) -> GemmVariant {
+    if fills_the_gpu(dev, batch, m, n) {
+        GemmVariant::V3Bf16
+    } else {
+        GemmVariant::V3Bf16x64
     }
 }
 
@@ -428,12 +449,33 @@ pub fn gemm(
     strides: (usize, usize, usize),
     acc: bool,
 ) -> Result<()> {
+    gemm_autocast(dev, c, a, b, batch, m, n, k, ta, tb, strides, acc, false)
+}
+
+/// [`gemm`], or with `bf16` the autocast product: operands rounded to bf16, exact products
+/// summed in f32 (`gemm_v3_bf16`; the CPU's `ops::gemm_bf16` up to the order of the sums).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_autocast(
+    dev: &CudaDev,
+    c: &mut CudaSlice<f32>,
+    a: &CudaSlice<f32>,
+    b: &CudaSlice<f32>,
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    ta: bool,
+    tb: bool,
+    strides: (usize, usize, usize),
+    acc: bool,
+    bf16: bool,
+) -> Result<()> {
     let (mi, ni, ki, tai, tbi, acci) = (m as i32, n as i32, k as i32, ta as i32, tb as i32, acc as i32);
     let (sa, sb, sc) = (strides.0 as i64, strides.1 as i64, strides.2 as i64);
     if m == 0 || n == 0 || batch == 0 {
         return Ok(());
     }
-    let v = gemm_variant(dev, batch, m, n);
+    let v = if bf16 { gemm_variant_bf16(dev, batch, m, n) } else { gemm_variant(dev, batch, m, n) };
     let (bm, bn, threads) = v.tile();
     let cfg = LaunchConfig { grid_dim: (n.div_ceil(bn) as u32, m.div_ceil(bm) as u32, batch as u32), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
     launch!(dev, "matmul", v.kernel(), cfg; c, a, b, &mi, &ni, &ki, &tai, &tbi, &sa, &sb, &sc, &acci)

@@ -116,9 +116,6 @@ pub fn linear(tape: &Tape, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Res
     *out_shape.last_mut().expect("rank ≥ 1") = out;
     #[cfg(feature = "cuda")]
     if x.is_cuda() || w.is_cuda() {
-        if tape.is_bf16() {
-            return Err(crate::error::Error::Value { op: OP, detail: "bf16 autocast runs on the CPU only: the CUDA backend has no bf16 GEMM".into() });
-        }
         return cuda::linear(tape, x, w, bias, (rows, inp, out), out_shape);
     }
     with_float!(OP, same_dtype(OP, x, w)?, T => {
@@ -245,7 +242,7 @@ mod tests {
 mod cuda {
     //! CUDA paths: every product is the engine's own GEMM (kernels/matmul.cu).
     use crate::autograd::{Backward, GradSink, Tape};
-    use crate::device::cuda::{cfg_1d, check_cuda, dout_f32, gemm, launch, wrap, CudaDev};
+    use crate::device::cuda::{cfg_1d, check_cuda, dout_f32, gemm, gemm_autocast, launch, wrap, CudaDev};
     use crate::error::Result;
     use crate::tensor::{Buf, Tensor};
 
@@ -302,16 +299,19 @@ mod cuda {
             let (r, c) = (rows as i64, out as i32);
             launch!(dev, "elementwise", "bias_fill_v1", cfg_1d(rows * out); &mut y, b.cuda_f32(OP)?, &r, &c)?;
         }
-        gemm(&dev, &mut y, x.cuda_f32(OP)?, w.cuda_f32(OP)?, 1, rows, out, inp, false, true, (0, 0, 0), bias.is_some())?;
+        // bf16 autocast: all three GEMMs in bf16 (the bf16 tensor-core kernel), as on the CPU.
+        let bf16 = tape.is_bf16();
+        gemm_autocast(&dev, &mut y, x.cuda_f32(OP)?, w.cuda_f32(OP)?, 1, rows, out, inp, false, true, (0, 0, 0), bias.is_some(), bf16)?;
         let mut inputs = vec![x, w];
         inputs.extend(bias);
-        Ok(tape.record(OP, &inputs, wrap(y), out_shape, |_| LinearBwd { rows, inp, out }))
+        Ok(tape.record(OP, &inputs, wrap(y), out_shape, |_| LinearBwd { rows, inp, out, bf16 }))
     }
 
     struct LinearBwd {
         rows: usize,
         inp: usize,
         out: usize,
+        bf16: bool,
     }
 
     impl Backward for LinearBwd {
@@ -320,10 +320,10 @@ mod cuda {
             let dev = CudaDev::get()?;
             let (x, w) = (&inputs[0], &inputs[1]);
             let dy = dout_f32(dout, "linear")?;
-            let Self { rows, inp, out } = *self;
+            let Self { rows, inp, out, bf16 } = *self;
             let (xd, wd) = (x.cuda_f32("linear")?, w.cuda_f32("linear")?);
-            sink.accumulate_cuda(x, |dx| gemm(&dev, dx, dy, wd, 1, rows, inp, out, false, false, (0, 0, 0), true))?;
-            sink.accumulate_cuda(w, |dw| gemm(&dev, dw, dy, xd, 1, out, inp, rows, true, false, (0, 0, 0), true))?;
+            sink.accumulate_cuda(x, |dx| gemm_autocast(&dev, dx, dy, wd, 1, rows, inp, out, false, false, (0, 0, 0), true, bf16))?;
+            sink.accumulate_cuda(w, |dw| gemm_autocast(&dev, dw, dy, xd, 1, out, inp, rows, true, false, (0, 0, 0), true, bf16))?;
             if let Some(b) = inputs.get(2) {
                 sink.accumulate_cuda(b, |db| crate::ops::elementwise::cuda::sum_rows(db, dy, rows as i64, out as i32))?;
             }

@@ -829,9 +829,6 @@ fn check_hyperparameters(args: &FinetuneArgs) -> Result<()> {
     if args.label_smoothing > 0.0 && matches!(args.task, Task::Multilabel | Task::Regression) {
         return Err(Error::Value { op: "finetune", detail: "--label-smoothing applies to the cross-entropy tasks (classify, pair, ner), not to multilabel or regression".into() });
     }
-    if args.bf16 && args.device != Device::Cpu {
-        return Err(Error::Value { op: "finetune", detail: "--bf16 runs on the CPU only: the CUDA backend has no bf16 GEMM yet".into() });
-    }
     if args.eval_steps == Some(0) {
         return Err(Error::Value { op: "finetune", detail: "--eval-steps must be at least 1 (leave it out to evaluate after every epoch)".into() });
     }
@@ -1255,7 +1252,7 @@ fn load_finetuned(dir: &Path, device: Device, precision: Precision) -> Result<(B
         _ => Task::Classify,
     };
     let labels = cfg.id2label.clone();
-    if precision != Precision::F32 && device != Device::Cpu {
+    if precision == Precision::Int8 && device != Device::Cpu {
         return Err(Error::Device(format!("--{} runs on the CPU (drop --device cuda)", precision_flag(precision))));
     }
     let (mut bert, _) = Bert::load_with(dir, head_for(task, labels.len()), 0, precision)?;

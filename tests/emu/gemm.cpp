@@ -1,12 +1,14 @@
 // kernels/matmul.cu on the CPU emulator (kernels/emu/cuda_emu.h), against an f64 reference:
-// every GEMM variant, both operand layouts, ragged shapes (M, N, K not multiples of any tile),
+// every GEMM variant (the bf16 ones against rounded operands), both operand layouts, ragged shapes (M, N, K not multiples of any tile),
 // batch strides (including a shared B), overwrite (output poisoned with NaN first) and
 // accumulate. Built (with AddressSanitizer where the compiler has it, so an out-of-bounds read or
 // write fails too) and run by tests/kernels_emulated.rs. Exit status 0 = all passed.
 #include "../../kernels/matmul.cu"
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <random>
 #include <string>
@@ -17,7 +19,19 @@ struct Variant {
     Kernel k;
     int bm, bn, threads;
     double tol;  // max |C − reference| / Σ|a·b| (f32: 1e-5; one TF32 product per term: 2⁻¹⁰ + f32)
+    bool bf16;   // the reference multiplies the operands rounded to bf16 (autocast), at f32 tolerance
 };
+
+// bf16 rounding written independently of the kernel's bit trick: 8 significant bits by
+// nearbyint (ties to even) on the f64 significand; NaN kept, subnormals flushed to signed zero
+// (AVX512_BF16's convention, which the CPU GEMM and the kernel follow), overflow to ±Inf.
+static float bf16_reference(float x) {
+    if (std::isnan(x) || std::isinf(x)) return x;
+    if (std::fpclassify(x) == FP_SUBNORMAL) return std::copysign(0.f, x);
+    int e;
+    const double m = std::frexp((double)x, &e);
+    return (float)std::ldexp(std::nearbyint(std::ldexp(m, 8)), e - 8);
+}
 
 static void check(const Variant& v, int batch, int M, int N, int K, int ta, int tb, bool shared_b, int acc, std::mt19937& rng) {
     std::uniform_real_distribution<float> U(-1.f, 1.f);
@@ -34,9 +48,10 @@ static void check(const Variant& v, int batch, int M, int N, int K, int ta, int 
         for (int m = 0; m < M; ++m)
             for (int n = 0; n < N; ++n) {
                 double ref = acc ? C0[b * sC + (long long)m * N + n] : 0.0, mag = std::fabs(ref);
+                auto op = [&](float x) { return (double)(v.bf16 ? bf16_reference(x) : x); };
                 for (int k = 0; k < K; ++k) {
-                    const double a = ta ? A[b * sA + (long long)k * M + m] : A[b * sA + (long long)m * K + k];
-                    const double bb = tb ? B[b * sB + (long long)n * K + k] : B[b * sB + (long long)k * N + n];
+                    const double a = op(ta ? A[b * sA + (long long)k * M + m] : A[b * sA + (long long)m * K + k]);
+                    const double bb = op(tb ? B[b * sB + (long long)n * K + k] : B[b * sB + (long long)k * N + n]);
                     ref += a * bb;
                     mag += std::fabs(a * bb);
                 }
@@ -101,6 +116,48 @@ static bool mma_layout_matches_the_isa(std::mt19937& rng) {
     return true;
 }
 
+// The kernel's bf16 rounding on the cases random data almost never hits: exact ties both ways,
+// just above a tie, NaN, ±Inf, overflow, subnormals, and agreement with the reference on a sweep.
+static bool bf16_rounding_is_nearest_even() {
+#ifdef HAVE_GEMM_V3
+    struct Case {
+        float x, want;
+    };
+    const Case cases[] = {
+        {1.f + 0x1p-8f, 1.f},                        // tie, even below
+        {1.f + 0x1p-7f + 0x1p-8f, 1.f + 0x1p-6f},    // tie, even above
+        {-(1.f + 0x1p-8f + 0x1p-16f), -(1.f + 0x1p-7f)},  // just above a tie: away
+        {1.f + 0x1p-9f, 1.f},                        // below a tie
+        {0x1.fffffep+127f, INFINITY},                // the largest float rounds up past the largest bf16
+        {INFINITY, INFINITY},
+        {-INFINITY, -INFINITY},
+        {1e-40f, 0.f},                               // subnormal: flushed
+        {0x1p-126f, 0x1p-126f},                      // smallest normal: kept
+    };
+    for (const auto& c : cases) {
+        const float got = bf16_rne(c.x);
+        if (got != c.want || std::signbit(got) != std::signbit(c.want)) {
+            std::printf("bf16_rne(%a) = %a, want %a\n", c.x, got, c.want);
+            return false;
+        }
+    }
+    if (!std::signbit(bf16_rne(-1e-40f)) || !std::isnan(bf16_rne(NAN)) || !std::isnan(bf16_rne(-NAN))) return false;
+    std::mt19937 rng(11);
+    std::uniform_int_distribution<unsigned> bits;
+    for (int i = 0; i < 200000; ++i) {
+        float x;
+        const unsigned u = bits(rng);
+        std::memcpy(&x, &u, 4);
+        const float got = bf16_rne(x), want = bf16_reference(x);
+        if (std::isnan(x) ? !std::isnan(got) : std::memcmp(&got, &want, 4) != 0) {
+            std::printf("bf16_rne(%a) = %a, reference %a\n", x, got, want);
+            return false;
+        }
+    }
+#endif
+    return true;
+}
+
 int main(int argc, char** argv) {
     const std::string only = argc > 1 ? argv[1] : "";
     {
@@ -110,18 +167,25 @@ int main(int argc, char** argv) {
             return 1;
         }
         std::printf("ok   mma.sync m16n8k8 TF32 fragment layout (PTX ISA) and cvt.rna rounding\n");
+        if (!bf16_rounding_is_nearest_even()) {
+            std::printf("FAIL bf16 rounding of the bf16 GEMM\nFAILED\n");
+            return 1;
+        }
+        std::printf("ok   bf16 rounding (nearest even, NaN, Inf, subnormals)\n");
     }
     std::vector<Variant> variants = {
-        {"gemm_v1", gemm_v1, 64, 64, 256, 1e-5},
+        {"gemm_v1", gemm_v1, 64, 64, 256, 1e-5, false},
 #ifdef HAVE_GEMM_V2
-        {"gemm_v2", gemm_v2, 128, 128, 256, 1e-5},
-        {"gemm_v2_64", gemm_v2_64, 64, 128, 128, 1e-5},
+        {"gemm_v2", gemm_v2, 128, 128, 256, 1e-5, false},
+        {"gemm_v2_64", gemm_v2_64, 64, 128, 128, 1e-5, false},
 #endif
 #ifdef HAVE_GEMM_V3
-        {"gemm_v3", gemm_v3, 128, 128, 256, 1e-5},
-        {"gemm_v3_64", gemm_v3_64, 64, 128, 256, 1e-5},
-        {"gemm_v3_tf32", gemm_v3_tf32, 128, 128, 256, 1.0e-3},
-        {"gemm_v3_tf32_64", gemm_v3_tf32_64, 64, 128, 256, 1.0e-3},
+        {"gemm_v3", gemm_v3, 128, 128, 256, 1e-5, false},
+        {"gemm_v3_64", gemm_v3_64, 64, 128, 256, 1e-5, false},
+        {"gemm_v3_tf32", gemm_v3_tf32, 128, 128, 256, 1.0e-3, false},
+        {"gemm_v3_tf32_64", gemm_v3_tf32_64, 64, 128, 256, 1.0e-3, false},
+        {"gemm_v3_bf16", gemm_v3_bf16, 128, 128, 256, 1e-5, true},
+        {"gemm_v3_bf16_64", gemm_v3_bf16_64, 64, 128, 256, 1e-5, true},
 #endif
     };
     std::mt19937 rng(7);

@@ -55,7 +55,7 @@ pub struct LoadReport {
 
 /// The arithmetic inference runs in: f32 throughout, the encoder's linear layers in int8
 /// ([`Bert::quantize_int8`]; CPU only), or every linear layer's GEMM in bf16 with f32 sums
-/// (bf16 autocast, [`Bert::bf16`]; CPU only).
+/// (bf16 autocast, [`Bert::bf16`]; CPU and CUDA).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Precision {
     #[default]
