@@ -117,6 +117,15 @@ mod gpu {
                 };
                 rows.push(Row { what: format!("{} linear {m}x{n}x{k}", v.kernel()), ms, metric: format!("{tflops:.1} TFLOP/s"), yardstick });
             }
+            // bf16 autocast (a bf16 tape's linear: gemm_v3_bf16), beside cuBLAS's TF32 mode:
+            // the same tensor-core instruction, so the kernels compare directly.
+            let bf16_tape = Tape::inference().bf16(true);
+            let ms = time(&dev, 10, || ops::linear(&bf16_tape, &x, &w, None).map(|_| ()))?;
+            let tflops = 2.0 * (m * n * k) as f64 / (ms * 1e-3) / 1e12;
+            let yardstick = yard.map_or("cuBLAS not available".into(), |(_, tf32)| {
+                format!("cuBLAS TF32 {:.2} ms; engram at {:.0}%", tf32, 100.0 * tf32 / ms)
+            });
+            rows.push(Row { what: format!("gemm_v3_bf16 (bf16 tape) linear {m}x{n}x{k}"), ms, metric: format!("{tflops:.1} TFLOP/s"), yardstick });
         }
 
         let (b, t, c, nh) = (pick(32, 2), pick(128, 40), 768usize, 12usize);
@@ -267,19 +276,21 @@ mod gpu {
         let y = Tensor::from_ids((0..b as i64).map(|i| i % 2).collect(), &[b])?.to_device(Device::Cuda)?;
         let name = dir.file_name().map_or("model".into(), |n| n.to_string_lossy().to_string());
         let mut base: Option<(f64, f64)> = None;
+        // (label, f32 GEMM, attention, bf16 autocast: the linear layers in gemm_v3_bf16)
         let configs = [
-            ("v1 kernels", GemmVariant::V1, AttentionVariant::V1),
-            ("trial kernels", GemmVariant::V2, AttentionVariant::V2),
-            ("gemm_v3 3xTF32 + attention v2", GemmVariant::V3, AttentionVariant::V2),
-            ("gemm_v3_tf32 TF32 + attention v2", GemmVariant::V3Tf32, AttentionVariant::V2),
+            ("v1 kernels", GemmVariant::V1, AttentionVariant::V1, false),
+            ("trial kernels", GemmVariant::V2, AttentionVariant::V2, false),
+            ("gemm_v3 3xTF32 + attention v2", GemmVariant::V3, AttentionVariant::V2, false),
+            ("gemm_v3_tf32 TF32 + attention v2", GemmVariant::V3Tf32, AttentionVariant::V2, false),
+            ("--bf16: gemm_v3_bf16 + attention v2", GemmVariant::V3, AttentionVariant::V2, true),
         ];
-        for (label, g, a) in configs {
+        for (label, g, a, bf16) in configs {
             let mut opt = AdamW::new(AdamWConfig::default());
             let mut step = 0u64;
             let run = || -> Result<(f64, f64)> {
                 let train_ms = time(dev, 10, || {
                     step += 1;
-                    let tape = Tape::training(step);
+                    let tape = Tape::training(step).bf16(bf16);
                     let logits = bert.logits(&tape, &batch, true)?;
                     let loss = ops::cross_entropy(&tape, &logits, &y)?;
                     let mut grads = tape.backward(&loss)?;
@@ -290,7 +301,7 @@ mod gpu {
                     let mut groups = hf_param_groups(named, 0.01);
                     opt.step(&mut groups, &grads, 1e-5)
                 })?;
-                let infer_ms = time(dev, 20, || bert.logits(&Tape::inference(), &batch, false).map(|_| ()))?;
+                let infer_ms = time(dev, 20, || bert.logits(&Tape::inference().bf16(bf16), &batch, false).map(|_| ()))?;
                 Ok((train_ms, infer_ms))
             };
             let (train_ms, infer_ms) = match with_gemm_variant(g, || with_attention_variant(a, run)) {
@@ -377,6 +388,13 @@ mod gpu {
                 }
                 println!("{msg}");
             }
+        }
+        // bf16 autocast: inputs with 8-bit significands, a loose sanity bound (the exact check
+        // against the CPU's bf16 GEMM is in tests/cuda.rs).
+        let ours = ops::linear(&Tape::inference().bf16(true), x, w, None)?.to_f64_vec();
+        let worst = ours.iter().zip(&theirs).map(|(a, b)| (a - *b as f64).abs() / (1.0 + (*b as f64).abs())).fold(0.0, f64::max);
+        if worst > 2e-2 {
+            println!("gemm_v3_bf16 DISAGREES with cuBLAS at {m}x{n}x{k}: rel {worst:e}");
         }
         Ok(Some((ms, tf32_ms)))
     }
