@@ -7,7 +7,8 @@ with `--tasks wnut16-types`, the same tweets as multi-label data, which entity t
 mentions: micro F1 of the per-type sigmoids at 0.5, BCE loss)
 it fine-tunes the model with engram (`engram finetune`) and with a PyTorch loop that follows the
 same recipe step for step: same files, same label sets, same tokenizer and truncation, AdamW with
-no decay on biases/LayerNorm, linear warmup (ceil(ratio · total) steps) then linear decay, global
+no decay on biases/LayerNorm, linear warmup (ceil(ratio · total) steps) then linear decay
+(`--lr-scheduler cosine|constant|constant_with_warmup`: transformers' get_scheduler on both), global
 grad-norm clip 1.0, batch 32, per-epoch dev evaluation, the best dev epoch's model scored on test,
 the model's own dropout settings (hidden, attention-probability and classifier dropout 0.1) on both.
 Each side draws its own head initialisation, data order and dropout masks from the seed.
@@ -34,7 +35,7 @@ import sys
 import time
 
 import torch
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertForTokenClassification, get_linear_schedule_with_warmup
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertForTokenClassification, get_scheduler
 
 TASKS = {
     "rt": dict(task="classify", train="data/cache/rt/train.csv", dev="data/cache/rt/dev.csv", test="data/cache/rt/test.csv",
@@ -189,7 +190,7 @@ def torch_run(model_dir, spec, seed, device, limit=None, matched_dir=None, bf16=
     opt = torch.optim.AdamW(groups, lr=spec["lr"], betas=(0.9, 0.999), eps=1e-8)
     steps_per_epoch = math.ceil(len(train) / BATCH)
     total = steps_per_epoch * spec["epochs"]
-    sched = get_linear_schedule_with_warmup(opt, math.ceil(WARMUP * total), total)
+    sched = get_scheduler(spec.get("scheduler", "linear"), opt, num_warmup_steps=math.ceil(WARMUP * total), num_training_steps=total)
 
     def evaluate(items):
         model.eval()
@@ -251,7 +252,7 @@ def engram_run(engram, model_dir, spec, seed, device, out, limit=None, bf16=Fals
     cmd = [engram, "finetune", "--model", model_dir, "--task", spec["task"], "--train", spec["train"], "--dev", spec["dev"],
            "--test", spec["test"], "--out", out, "--epochs", str(spec["epochs"]), "--lr", str(spec["lr"]), "--batch-size", str(BATCH),
            "--max-length", str(MAX_LEN), "--warmup-ratio", str(WARMUP), "--weight-decay", str(WD), "--max-grad-norm", str(CLIP),
-           "--seed", str(seed), "--device", device, "--quiet"] + (["--bf16"] if bf16 else [])
+           "--seed", str(seed), "--device", device, "--quiet", "--lr-scheduler", spec.get("scheduler", "linear")] + (["--bf16"] if bf16 else [])
     if limit:
         cmd += ["--max-train-examples", str(limit), "--max-eval-examples", str(limit)]
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -279,6 +280,8 @@ def main():
     ap.add_argument("--json", default="compare_torch.json")
     ap.add_argument("--limit", type=int, help="first N examples of each split (smoke runs)")
     ap.add_argument("--epochs", type=int, help="override the tasks' epoch counts")
+    ap.add_argument("--lr-scheduler", default="linear", choices=["linear", "cosine", "constant", "constant_with_warmup"],
+                    help="the schedule after warmup on both engines (transformers' lr_scheduler_type)")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast on both engines (transformers' --bf16)")
     ap.add_argument("--matched", action="store_true", help="same initial head, same data order, no dropout: compare the engines, not the seeds")
     a = ap.parse_args()
@@ -287,6 +290,7 @@ def main():
         spec = dict(TASKS[name])
         if a.epochs:
             spec["epochs"] = a.epochs
+        spec["scheduler"] = a.lr_scheduler
         for seed in a.seeds:
             tdev = "cuda" if a.device == "cuda" else "cpu"
             start = f"/tmp/engram-compare-start-{name}-{seed}" if a.matched else None

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use engram::data::BertTokenizer;
 use engram::models::bert::weights::describe_safetensors;
 use engram::models::bert::{sentence_config, Bert, Head, Precision};
-use engram::optim::{clip_grad_norm, hf_param_groups, AdamW, AdamWConfig, LinearWarmupDecay};
+use engram::optim::{clip_grad_norm, hf_param_groups, AdamW, AdamWConfig, Schedule, ScheduleKind};
 use engram::util::Rng;
 use engram::{ops, Device, Error, Result, Tape, Tensor};
 
@@ -56,6 +56,20 @@ enum OptArg {
     Sgd,
 }
 
+/// transformers' `lr_scheduler_type` names (with `-` or `_`).
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SchedArg {
+    /// Linear decay to 0 (Trainer's default).
+    Linear,
+    /// Half a cosine down to 0.
+    Cosine,
+    /// Constant; no warmup.
+    Constant,
+    /// Constant after the warmup.
+    #[value(alias = "constant_with_warmup")]
+    ConstantWithWarmup,
+}
+
 #[derive(clap::Args)]
 struct FinetuneCli {
     /// HF model directory to start from (config.json, model.safetensors, tokenizer.json).
@@ -84,8 +98,24 @@ struct FinetuneCli {
     grad_accum: usize,
     #[arg(long, default_value_t = 128)]
     max_length: usize,
+    /// Warmup as a share of all optimizer steps (ceil), linear from 0.
     #[arg(long, default_value_t = 0.1)]
     warmup_ratio: f64,
+    /// Warmup in optimizer steps (wins over --warmup-ratio, as transformers' warmup_steps).
+    #[arg(long)]
+    warmup_steps: Option<u64>,
+    /// The learning-rate schedule after warmup (transformers' lr_scheduler_type).
+    #[arg(long, value_enum, default_value = "linear")]
+    lr_scheduler: SchedArg,
+    /// AdamW β₁.
+    #[arg(long, default_value_t = 0.9)]
+    adam_beta1: f64,
+    /// AdamW β₂.
+    #[arg(long, default_value_t = 0.999)]
+    adam_beta2: f64,
+    /// AdamW ε.
+    #[arg(long, default_value_t = 1e-8)]
+    adam_epsilon: f64,
     #[arg(long, default_value_t = 0.01)]
     weight_decay: f64,
     /// Global gradient-norm clip (0 = off).
@@ -349,6 +379,14 @@ fn finetune(f: FinetuneCli) -> Result<()> {
     a.grad_accum = f.grad_accum;
     a.max_length = f.max_length;
     a.warmup_ratio = f.warmup_ratio;
+    a.warmup_steps = f.warmup_steps;
+    a.lr_scheduler = match f.lr_scheduler {
+        SchedArg::Linear => ScheduleKind::Linear,
+        SchedArg::Cosine => ScheduleKind::Cosine,
+        SchedArg::Constant => ScheduleKind::Constant,
+        SchedArg::ConstantWithWarmup => ScheduleKind::ConstantWithWarmup,
+    };
+    a.adam = (f.adam_beta1, f.adam_beta2, f.adam_epsilon);
     a.weight_decay = f.weight_decay;
     a.max_grad_norm = f.max_grad_norm;
     a.seed = f.seed;
@@ -618,7 +656,7 @@ fn selfcheck(steps: u64, seed: u64, device: Device) -> Result<bool> {
     println!("engram {} — engine self-check ({device:?}, f32)", env!("CARGO_PKG_VERSION"));
     println!("  a one-layer encoder ({n_params} parameters) learns \"does token 1 occur?\" over padded sequences");
 
-    let sched = LinearWarmupDecay { base_lr: 3e-3, warmup: steps / 10, total: steps };
+    let sched = Schedule::linear(3e-3, steps / 10, steps);
     let mut opt = AdamW::new(AdamWConfig::default());
     let mut data_rng = Rng::new(seed ^ 0x5eed);
     let (eval_ids, eval_mask, eval_labels) = batch(&mut Rng::new(seed ^ 0xe7a1), 256, t, v as u64)?;

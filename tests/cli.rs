@@ -176,7 +176,8 @@ fn a_closed_output_pipe_ends_the_binary_quietly() {
 /// A `--bf16` fine-tuning run computes the same bits whichever bf16 kernel runs it: `vdpbf16ps`
 /// (where the CPU has AVX512_BF16), the f32 GEMM on rounded, pair-swapped operands (every other
 /// CPU), and the portable scalar loop (the reference). So a bf16 model is reproducible across
-/// machines. Each kernel is chosen once per process, hence one `engram finetune` per kernel.
+/// machines. Each kernel is chosen once per process, hence one `engram finetune` per kernel. The
+/// runs also take transformers' spellings of the schedule and AdamW flags.
 #[test]
 fn bf16_fine_tuning_is_bit_identical_across_kernels() {
     let data = root().join("tests/fixtures/data");
@@ -185,6 +186,7 @@ fn bf16_fine_tuning_is_bit_identical_across_kernels() {
         let _ = std::fs::remove_dir_all(&out);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_engram"));
         cmd.args(["finetune", "--model", "weights/tiny-bert", "--task", "classify", "--bf16", "--quiet", "--epochs", "1", "--batch-size", "8", "--lr", "1e-3", "--seed", "5"])
+            .args(["--lr-scheduler", "constant_with_warmup", "--warmup-steps", "1", "--adam-beta2", "0.98", "--adam-epsilon", "1e-6"])
             .arg("--train")
             .arg(data.join("tiny_train.csv"))
             .arg("--dev")
@@ -197,6 +199,9 @@ fn bf16_fine_tuning_is_bit_identical_across_kernels() {
         }
         let o = cmd.output().expect("run engram");
         assert!(o.status.success(), "{kernel}: {}", String::from_utf8_lossy(&o.stderr));
+        let m: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
+        let lrs: Vec<f64> = m["learning_rate_per_step"].as_array().unwrap().iter().map(|e| e[1].as_f64().unwrap()).collect();
+        assert!(lrs.len() > 2 && lrs[0] == 0.0 && lrs[1..].iter().all(|&l| l == 1e-3), "constant_with_warmup over one step: {lrs:?}");
         std::fs::read(out.join("model.safetensors")).unwrap()
     };
     let reference = run("portable");

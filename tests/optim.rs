@@ -1,11 +1,12 @@
 //! The training tier for optimizers: 10 steps of AdamW (and SGD with momentum) with two
 //! parameter groups (decay / no decay), linear warmup + decay and grad-norm clipping, against
-//! torch.optim + LambdaLR + clip_grad_norm_ (tests/fixtures/optim.json), at 1e-6 per parameter.
+//! torch.optim + LambdaLR + clip_grad_norm_ (tests/fixtures/optim.json), at 1e-6 per parameter;
+//! every `--lr-scheduler` against transformers.get_scheduler (tests/fixtures/schedules.json).
 
 mod common;
 
 use common::*;
-use engram::optim::{clip_grad_norm, hf_param_groups, AdamW, AdamWConfig, LinearWarmupDecay, Sgd, SgdConfig};
+use engram::optim::{clip_grad_norm, hf_param_groups, AdamW, AdamWConfig, Schedule, Sgd, SgdConfig};
 use engram::testing::assert_close;
 use engram::{ops, Tape, Tensor};
 
@@ -22,11 +23,7 @@ fn replay(kind: &str) {
     let x = f32_tensor(&fx["x"]);
     let y = id_tensor(&fx["y"]);
     let mut params: Vec<Tensor> = NAMES.iter().map(|n| f32_tensor(&fx["init"][*n]).requires_grad()).collect();
-    let sched = LinearWarmupDecay {
-        base_lr: hyper["lr"].as_f64().unwrap(),
-        warmup: fx["warmup"].as_u64().unwrap(),
-        total: fx["total"].as_u64().unwrap(),
-    };
+    let sched = Schedule::linear(hyper["lr"].as_f64().unwrap(), fx["warmup"].as_u64().unwrap(), fx["total"].as_u64().unwrap());
     let wd = hyper["weight_decay"].as_f64().unwrap();
     let max_norm = fx["max_norm"].as_f64().unwrap();
     let mut opt = match kind {
@@ -74,4 +71,28 @@ fn adamw_matches_torch_with_groups_schedule_and_clipping() {
 #[test]
 fn sgd_momentum_matches_torch() {
     replay("sgd");
+}
+
+/// Every schedule kind against transformers' own `get_scheduler` (tests/fixtures/schedules.py):
+/// warmup 0, warmup = total, a one-step decay, and steps past the end.
+#[test]
+fn schedules_match_transformers_get_scheduler() {
+    use engram::optim::ScheduleKind;
+    let fx = load("schedules.json");
+    let cases = fx["cases"].as_array().unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for c in cases {
+        let name = c["kind"].as_str().unwrap();
+        let kind: ScheduleKind = serde_json::from_value(c["kind"].clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(kind.name(), name);
+        seen.insert(name);
+        let s = Schedule { kind, base_lr: 2.0, warmup: c["warmup"].as_u64().unwrap(), total: c["total"].as_u64().unwrap() };
+        for (step, want) in c["factors"].as_array().unwrap().iter().enumerate() {
+            let want = want.as_f64().unwrap();
+            let got = s.factor(step as u64);
+            assert!((got - want).abs() <= 1e-12, "{name} warmup {} total {} step {step}: {got} vs transformers {want}", s.warmup, s.total);
+            assert!((s.lr(step as u64) - 2.0 * want).abs() <= 2e-12);
+        }
+    }
+    assert_eq!(seen.len(), 4, "every kind must be covered: {seen:?}");
 }

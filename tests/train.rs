@@ -787,3 +787,47 @@ fn bf16_autocast_trains_close_to_f32_resumes_exactly_and_is_a_resume_flag() {
         }
     }
 }
+
+/// `--lr-scheduler` and `--warmup-steps` reach the optimizer: the learning rate of every step in
+/// metrics.json is the schedule's (itself checked against transformers in tests/optim.rs), the
+/// warmup in steps wins over the ratio, AdamW's β/ε flags change the run, and bad ones are errors.
+#[test]
+fn lr_scheduler_warmup_steps_and_adam_flags_reach_training() {
+    use engram::optim::{Schedule, ScheduleKind};
+    let model = root().join("weights/tiny-bert");
+    for kind in [ScheduleKind::Cosine, ScheduleKind::ConstantWithWarmup, ScheduleKind::Linear] {
+        let mut a = args(&model, Task::Classify, tmp(&format!("sched-{}", kind.name())));
+        a.lr_scheduler = kind;
+        a.warmup_steps = Some(3);
+        finetune(&a).unwrap();
+        let m: serde_json::Value = serde_json::from_slice(&std::fs::read(a.out.join("metrics.json")).unwrap()).unwrap();
+        let lrs = m["learning_rate_per_step"].as_array().unwrap();
+        let total = lrs.len() as u64;
+        assert!(total >= 6, "{}: {total} steps", kind.name());
+        let want = Schedule { kind, base_lr: a.lr, warmup: 3, total };
+        for (i, e) in lrs.iter().enumerate() {
+            let (step, lr) = (e[0].as_u64().unwrap(), e[1].as_f64().unwrap());
+            assert_eq!(step, i as u64 + 1);
+            assert!((lr - want.lr(i as u64)).abs() <= 1e-15, "{} step {step}: lr {lr} vs {}", kind.name(), want.lr(i as u64));
+        }
+        assert_eq!(lrs[0][1].as_f64().unwrap(), 0.0, "warmup starts at 0");
+        assert!((lrs[3][1].as_f64().unwrap() - a.lr).abs() < 1e-15, "{}: the 4th update (after 3 warmup steps) takes the full lr", kind.name());
+    }
+    // AdamW's hyper-parameters: another β₂ gives other weights; out-of-range values are errors.
+    let mut a = args(&model, Task::Classify, tmp("adam-default"));
+    a.epochs = 1;
+    let mut b = a.clone();
+    b.out = tmp("adam-beta2");
+    b.adam.1 = 0.98;
+    finetune(&a).unwrap();
+    finetune(&b).unwrap();
+    assert!(weights(&a.out) != weights(&b.out), "--adam-beta2 had no effect");
+    for (adam, flag) in [((1.0, 0.999, 1e-8), "--adam-beta1"), ((0.9, -0.1, 1e-8), "--adam-beta2"), ((0.9, 0.999, 0.0), "--adam-epsilon")] {
+        let mut c = a.clone();
+        c.out = tmp("adam-bad");
+        c.adam = adam;
+        let e = finetune(&c).unwrap_err().to_string();
+        assert!(e.contains(flag), "{e}");
+        assert!(!c.out.exists(), "nothing is written for bad flags");
+    }
+}

@@ -1,13 +1,13 @@
 //! Optimizers and their companions, with PyTorch/HF semantics: [`AdamW`] (decoupled weight decay,
 //! bias correction), [`Sgd`] (momentum, dampening, Nesterov), parameter groups with the HF
-//! no-decay rule, the linear warmup/decay schedule and global grad-norm clipping.
+//! no-decay rule, transformers' learning-rate schedules and global grad-norm clipping.
 
 mod adamw;
 mod schedule;
 mod sgd;
 
 pub use adamw::{AdamW, AdamWConfig};
-pub use schedule::LinearWarmupDecay;
+pub use schedule::{Schedule, ScheduleKind};
 pub use sgd::{Sgd, SgdConfig};
 
 use crate::autograd::Grads;

@@ -1,7 +1,8 @@
 //! `finetune`, `eval` and `predict` on HF model directories.
 //!
 //! Training follows transformers' `Trainer` defaults: AdamW (β = 0.9/0.999, eps 1e-8, weight
-//! decay except biases and LayerNorm weights), linear warmup then linear decay, global grad-norm
+//! decay except biases and LayerNorm weights), linear warmup then linear decay (or another of
+//! transformers' `lr_scheduler_type`s), global grad-norm
 //! clipping, gradient accumulation (gradients of k micro-batches averaged: exactly the big batch
 //! when every micro-batch has the same number of labelled positions), seeded shuffling per epoch,
 //! evaluation on dev after every epoch, early stopping on a chosen metric, the best model kept.
@@ -25,7 +26,7 @@ use crate::memory::{self, MemoryConfig};
 use crate::models::bert::weights::{read_safetensors, write_safetensors};
 use crate::models::bert::{Bert, Head, Precision};
 use crate::ops;
-use crate::optim::{clip_grad_norm, hf_param_groups, AdamW, AdamWConfig, LinearWarmupDecay, Sgd, SgdConfig};
+use crate::optim::{clip_grad_norm, hf_param_groups, AdamW, AdamWConfig, Schedule, ScheduleKind, Sgd, SgdConfig};
 use crate::util::Rng;
 use crate::util::write_atomic;
 use crate::autograd::Profile;
@@ -107,6 +108,16 @@ pub struct FinetuneArgs {
     pub grad_accum: usize,
     pub max_length: usize,
     pub warmup_ratio: f64,
+    /// Warmup in optimizer steps; when set it wins over `warmup_ratio` (transformers'
+    /// `warmup_steps`).
+    #[serde(default)]
+    pub warmup_steps: Option<u64>,
+    /// The learning-rate schedule after warmup (transformers' `lr_scheduler_type`).
+    #[serde(default)]
+    pub lr_scheduler: ScheduleKind,
+    /// AdamW's β₁, β₂ and ε (transformers' `adam_beta1`, `adam_beta2`, `adam_epsilon`).
+    #[serde(default = "default_adam")]
+    pub adam: (f64, f64, f64),
     pub weight_decay: f64,
     pub max_grad_norm: f64,
     pub seed: u64,
@@ -158,6 +169,11 @@ pub struct FinetuneArgs {
     pub profile: bool,
 }
 
+fn default_adam() -> (f64, f64, f64) {
+    let c = AdamWConfig::default();
+    (c.beta1, c.beta2, c.eps)
+}
+
 fn default_label_sep() -> char {
     ','
 }
@@ -177,6 +193,9 @@ impl FinetuneArgs {
             grad_accum: 1,
             max_length: 128,
             warmup_ratio: 0.0,
+            warmup_steps: None,
+            lr_scheduler: ScheduleKind::Linear,
+            adam: default_adam(),
             weight_decay: 0.01,
             max_grad_norm: 1.0,
             seed: 42,
@@ -223,6 +242,9 @@ struct TrainerState {
     #[serde(default)]
     last_eval_step: Option<u64>,
     loss_log: Vec<(u64, f64)>,
+    /// The learning rate of each optimizer step (transformers logs `learning_rate`).
+    #[serde(default)]
+    lr_log: Vec<(u64, f64)>,
     history: Vec<serde_json::Value>,
     labels: Vec<String>,
     args_seed: u64,
@@ -820,6 +842,15 @@ fn check_hyperparameters(args: &FinetuneArgs) -> Result<()> {
     if !(args.max_grad_norm.is_finite() && args.max_grad_norm >= 0.0) {
         return bad("--max-grad-norm", args.max_grad_norm, "≥ 0 (0 = no clipping)");
     }
+    let (beta1, beta2, eps) = args.adam;
+    for (flag, v) in [("--adam-beta1", beta1), ("--adam-beta2", beta2)] {
+        if !(v.is_finite() && (0.0..1.0).contains(&v)) {
+            return bad(flag, v, "in [0, 1)");
+        }
+    }
+    if !(eps.is_finite() && eps > 0.0) {
+        return bad("--adam-epsilon", eps, "> 0");
+    }
     if args.optimizer == OptimizerKind::Sgd && !(args.momentum.is_finite() && (0.0..1.0).contains(&args.momentum)) {
         return bad("--momentum", args.momentum, "in [0, 1)");
     }
@@ -966,9 +997,10 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
     let micro_per_epoch = train.len().div_ceil(args.batch_size);
     let steps_per_epoch = micro_per_epoch.div_ceil(args.grad_accum) as u64;
     let total = steps_per_epoch * args.epochs as u64;
-    let sched = LinearWarmupDecay { base_lr: args.lr, warmup: (args.warmup_ratio * total as f64).ceil() as u64, total };
+    let warmup = args.warmup_steps.unwrap_or_else(|| (args.warmup_ratio * total as f64).ceil() as u64);
+    let sched = Schedule { kind: args.lr_scheduler, base_lr: args.lr, warmup, total };
     let mut opt = match args.optimizer {
-        OptimizerKind::Adamw => Opt::AdamW(AdamW::new(AdamWConfig::default())),
+        OptimizerKind::Adamw => Opt::AdamW(AdamW::new(AdamWConfig { beta1: args.adam.0, beta2: args.adam.1, eps: args.adam.2 })),
         OptimizerKind::Sgd => Opt::Sgd(Sgd::new(SgdConfig { momentum: args.momentum, dampening: 0.0, nesterov: false })),
     };
     if resuming {
@@ -990,7 +1022,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
     }
     if args.progress {
         eprintln!(
-            "engram finetune: {} train / {} dev examples, {} labels, {} epochs × {steps_per_epoch} steps (batch {} × accumulation {}), lr {:e}, {:?} on {:?}{}",
+            "engram finetune: {} train / {} dev examples, {} labels, {} epochs × {steps_per_epoch} steps (batch {} × accumulation {}), lr {:e} ({}, {warmup} warmup steps), {:?} on {:?}{}",
             train.len(),
             dev.len(),
             labels.len(),
@@ -998,6 +1030,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
             args.batch_size,
             args.grad_accum,
             args.lr,
+            args.lr_scheduler.name(),
             args.optimizer,
             args.device,
             if resuming { format!(", resuming at epoch {} step {}", state.epoch + 1, state.global_step) } else { String::new() }
@@ -1066,6 +1099,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
             let step_loss = loss_sum / group.len() as f64;
             state.global_step += 1;
             state.loss_log.push((state.global_step, step_loss));
+            state.lr_log.push((state.global_step, lr));
             epoch_loss += step_loss;
             epoch_n += 1;
             i += group.len();
@@ -1217,7 +1251,7 @@ fn dev_round(args: &FinetuneArgs, bert: &Bert, mem: Option<&MemoryConfig>, tok: 
 fn write_metrics(args: &FinetuneArgs, state: &TrainerState) -> Result<()> {
     let json = serde_json::json!({
         "metric": args.metric, "best": state.best_metric, "best_epoch": state.best_epoch, "best_step": state.best_step,
-        "epochs": state.history, "loss_per_step": state.loss_log,
+        "epochs": state.history, "loss_per_step": state.loss_log, "learning_rate_per_step": state.lr_log,
     });
     std::fs::create_dir_all(&args.out).map_err(|e| Error::File { path: args.out.display().to_string(), detail: e.to_string() })?;
     write_atomic(&args.out.join("metrics.json"), serde_json::to_string_pretty(&json).expect("metrics serialise").as_bytes())?;
