@@ -107,6 +107,10 @@ struct FinetuneCli {
     /// The learning-rate schedule after warmup (transformers' lr_scheduler_type).
     #[arg(long, value_enum, default_value = "linear")]
     lr_scheduler: SchedArg,
+    /// Train for N optimizer steps (wins over --epochs, as transformers' max_steps): the last
+    /// epoch is cut short, evaluated and checkpointed; the schedule spans the N steps.
+    #[arg(long)]
+    max_steps: Option<u64>,
     /// AdamW β₁.
     #[arg(long, default_value_t = 0.9)]
     adam_beta1: f64,
@@ -380,6 +384,7 @@ fn finetune(f: FinetuneCli) -> Result<()> {
     a.max_length = f.max_length;
     a.warmup_ratio = f.warmup_ratio;
     a.warmup_steps = f.warmup_steps;
+    a.max_steps = f.max_steps;
     a.lr_scheduler = match f.lr_scheduler {
         SchedArg::Linear => ScheduleKind::Linear,
         SchedArg::Cosine => ScheduleKind::Cosine,

@@ -831,3 +831,33 @@ fn lr_scheduler_warmup_steps_and_adam_flags_reach_training() {
         assert!(!c.out.exists(), "nothing is written for bad flags");
     }
 }
+
+/// `--max-steps` (transformers' `max_steps`) wins over `--epochs`: exactly N optimizer steps,
+/// ⌈N / steps per epoch⌉ epochs with the last one cut short and still evaluated, the schedule
+/// decaying to 0 at step N; 0 is an error.
+#[test]
+fn max_steps_trains_exactly_n_steps_over_a_short_last_epoch() {
+    let model = root().join("weights/tiny-bert");
+    let mut a = args(&model, Task::Classify, tmp("max-steps"));
+    a.epochs = 50; // ignored
+    a.batch_size = 8;
+    a.warmup_ratio = 0.0;
+    let train_rows = std::fs::read_to_string(&a.train).unwrap().lines().count() - 1;
+    let per_epoch = train_rows.div_ceil(8) as u64;
+    let n = per_epoch + per_epoch / 2 + 1; // one and a half epochs
+    a.max_steps = Some(n);
+    let s = finetune(&a).unwrap();
+    assert_eq!(s.global_step, n);
+    assert_eq!(s.epochs_run, 2);
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(a.out.join("metrics.json")).unwrap()).unwrap();
+    let evals: Vec<u64> = m["epochs"].as_array().unwrap().iter().filter_map(|e| e["step"].as_u64()).collect();
+    assert_eq!(evals, vec![per_epoch, n], "an evaluation after each epoch, the short one included");
+    let lrs = m["learning_rate_per_step"].as_array().unwrap();
+    assert_eq!(lrs.len() as u64, n);
+    let last = lrs[lrs.len() - 1][1].as_f64().unwrap();
+    assert!((last - a.lr / n as f64).abs() < 1e-15, "the linear schedule ends at step N: last lr {last}");
+    let mut bad = a.clone();
+    bad.out = tmp("max-steps-0");
+    bad.max_steps = Some(0);
+    assert!(finetune(&bad).unwrap_err().to_string().contains("--max-steps"));
+}

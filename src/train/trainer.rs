@@ -119,6 +119,10 @@ pub struct FinetuneArgs {
     #[serde(default = "default_adam")]
     pub adam: (f64, f64, f64),
     pub weight_decay: f64,
+    /// Train for this many optimizer steps, whatever `epochs` says (transformers' `max_steps`):
+    /// ⌈max_steps / steps per epoch⌉ epochs, the last one cut short; the schedule spans them.
+    #[serde(default)]
+    pub max_steps: Option<u64>,
     pub max_grad_norm: f64,
     pub seed: u64,
     pub optimizer: OptimizerKind,
@@ -197,6 +201,7 @@ impl FinetuneArgs {
             lr_scheduler: ScheduleKind::Linear,
             adam: default_adam(),
             weight_decay: 0.01,
+            max_steps: None,
             max_grad_norm: 1.0,
             seed: 42,
             optimizer: OptimizerKind::Adamw,
@@ -892,6 +897,9 @@ fn check_finite(what: &str, v: f64, state: &TrainerState, out: &Path) -> Result<
 /// Fine-tune `args.model` on `args.train`, evaluating on `args.dev` every epoch; the best model
 /// goes to `args.out` (HF format), the resumable state to `args.out/checkpoint`.
 pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
+    if args.max_steps == Some(0) {
+        return Err(Error::Value { op: "finetune", detail: "--max-steps must be at least 1 (leave it out to train for --epochs)".into() });
+    }
     if args.batch_size == 0 || args.grad_accum == 0 || args.epochs == 0 {
         return Err(Error::Value { op: "finetune", detail: "batch size, gradient accumulation and epochs must be at least 1".into() });
     }
@@ -996,7 +1004,11 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
 
     let micro_per_epoch = train.len().div_ceil(args.batch_size);
     let steps_per_epoch = micro_per_epoch.div_ceil(args.grad_accum) as u64;
-    let total = steps_per_epoch * args.epochs as u64;
+    // --max-steps: as many epochs as it takes, the last one cut at the step.
+    let (epochs, total) = match args.max_steps {
+        Some(m) => (m.div_ceil(steps_per_epoch) as usize, m),
+        None => (args.epochs, steps_per_epoch * args.epochs as u64),
+    };
     let warmup = args.warmup_steps.unwrap_or_else(|| (args.warmup_ratio * total as f64).ceil() as u64);
     let sched = Schedule { kind: args.lr_scheduler, base_lr: args.lr, warmup, total };
     let mut opt = match args.optimizer {
@@ -1026,7 +1038,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
             train.len(),
             dev.len(),
             labels.len(),
-            args.epochs,
+            epochs,
             args.batch_size,
             args.grad_accum,
             args.lr,
@@ -1044,7 +1056,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
     let (mut t_batch, mut t_opt, mut t_eval) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let mut stopped_early = false;
     let mut interrupted = false;
-    'epochs: while state.epoch < args.epochs {
+    'epochs: while state.epoch < epochs {
         let epoch = state.epoch;
         let ord = order(train.len(), args.seed, epoch);
         let ord = if args.group_by_length { group_by_length(ord, &train_lens, args.batch_size) } else { ord };
@@ -1053,7 +1065,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
         bar.set_style(
             ProgressStyle::with_template("epoch {prefix} [{bar:28}] {pos}/{len} {msg} eta {eta}").expect("valid template").progress_chars("=> "),
         );
-        bar.set_prefix(format!("{}/{}", epoch + 1, args.epochs));
+        bar.set_prefix(format!("{}/{}", epoch + 1, epochs));
         bar.set_position(state.micro_in_epoch as u64);
         let epoch_start = Instant::now();
         let (mut epoch_loss, mut epoch_n) = (0.0, 0usize);
@@ -1110,7 +1122,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
             if args.eval_steps.is_some_and(|n| state.global_step.is_multiple_of(n)) {
                 let t0 = Instant::now();
                 let avg = epoch_loss / epoch_n.max(1) as f64;
-                let done = bar.suspend(|| dev_round(args, &bert, mem, &tok, &dev, &labels, &mut state, epoch, avg, epoch_start.elapsed().as_secs_f64()))?;
+                let done = bar.suspend(|| dev_round(args, &bert, mem, &tok, &dev, &labels, &mut state, (epoch, epochs), avg, epoch_start.elapsed().as_secs_f64()))?;
                 t_eval += t0.elapsed();
                 write_metrics(args, &state)?;
                 if done && (state.global_step < total) {
@@ -1133,22 +1145,25 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
                 interrupted = true;
                 break 'epochs;
             }
+            if args.max_steps.is_some_and(|m| state.global_step >= m) {
+                break; // the last (short) epoch ends here: its evaluation and checkpoint follow
+            }
         }
         bar.finish_and_clear();
         // Per epoch, or (with --eval-steps) once more after the last step if it was not evaluated.
-        let last = state.epoch + 1 == args.epochs;
+        let last = state.epoch + 1 == epochs;
         let due = args.eval_steps.is_none() || (last && state.last_eval_step != Some(state.global_step));
         let mut done = false;
         if due {
             let t0 = Instant::now();
-            done = dev_round(args, &bert, mem, &tok, &dev, &labels, &mut state, epoch, epoch_loss / epoch_n.max(1) as f64, epoch_start.elapsed().as_secs_f64())?;
+            done = dev_round(args, &bert, mem, &tok, &dev, &labels, &mut state, (epoch, epochs), epoch_loss / epoch_n.max(1) as f64, epoch_start.elapsed().as_secs_f64())?;
             t_eval += t0.elapsed();
         }
         state.epoch += 1;
         state.micro_in_epoch = 0;
         save_checkpoint(&ckpt, &bert, mem, &opt, &state, task, args)?;
         write_metrics(args, &state)?;
-        if done && state.epoch < args.epochs {
+        if done && state.epoch < epochs {
             if args.progress {
                 eprintln!("early stop: no {} improvement for {} epoch(s)", args.metric, state.epochs_without_improvement);
             }
@@ -1209,7 +1224,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
 /// One evaluation on dev during training: record it, keep the model in `args.out` when it is the
 /// best so far, and say whether early stopping's patience has run out.
 #[allow(clippy::too_many_arguments)]
-fn dev_round(args: &FinetuneArgs, bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, dev: &[Example], labels: &[String], state: &mut TrainerState, epoch: usize, train_loss: f64, seconds: f64) -> Result<bool> {
+fn dev_round(args: &FinetuneArgs, bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, dev: &[Example], labels: &[String], state: &mut TrainerState, (epoch, epochs): (usize, usize), train_loss: f64, seconds: f64) -> Result<bool> {
     let ev = evaluate(bert, mem, tok, args.task, dev, labels, args.batch_size.max(32), &args.dev, args.label_smoothing)?;
     let value = *ev.values.get(&args.metric).ok_or_else(|| Error::Value {
         op: "finetune",
@@ -1225,7 +1240,7 @@ fn dev_round(args: &FinetuneArgs, bert: &Bert, mem: Option<&MemoryConfig>, tok: 
         eprintln!(
             "epoch {}/{}{at}: train loss {train_loss:.4}, dev {} {value:.4}{} ({seconds:.1} s)",
             epoch + 1,
-            args.epochs,
+            epochs,
             args.metric,
             if better { " (best so far)" } else { "" },
         );
