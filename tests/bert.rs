@@ -521,3 +521,62 @@ fn slow_tokenizer_files_build_the_tokenizer_json_they_came_from() {
     let e = BertTokenizer::from_dir(&empty, 48).err().unwrap().to_string();
     assert!(e.contains("vocab.json") && e.contains("\"a\" has id 1000000000000"), "{e}");
 }
+
+/// Gradient checkpointing (`Tape::checkpointing`, `finetune --gradient-checkpointing`) changes
+/// what a step keeps, not what it computes: on training tapes with dropout on, the loss and the
+/// gradient of every parameter are bit for bit those of a plain tape — BERT, DistilBERT (no
+/// attention-output dropout) and ELECTRA — in f32 and in bf16 autocast, while the tape holds a
+/// fraction of the bytes. ALBERT shares one layer's weights among all layers: a plain tape adds
+/// each layer's bias rows straight onto the running sum, a checkpointed one sums a layer first and
+/// then adds it, so those gradients agree to float rounding (and the loss bit for bit).
+#[test]
+fn gradient_checkpointing_gives_the_same_bits_with_less_held() {
+    for (family, head) in [
+        ("tiny-bert", Head::SequenceClassification { num_labels: 3 }),
+        ("tiny-distilbert", Head::SequenceClassification { num_labels: 2 }),
+        ("tiny-albert", Head::TokenClassification { num_labels: 4 }),
+        ("tiny-electra", Head::SequenceClassification { num_labels: 2 }),
+    ] {
+        let dir = root().join("weights").join(family);
+        let (bert, _) = Bert::load(&dir, head, 7).unwrap();
+        let params: Vec<(String, Tensor)> = bert.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        // (ALBERT's config has no dropout, as the released ALBERT v2 checkpoints.)
+        let dropout = bert.config.hidden_dropout_prob > 0.0 && bert.config.attention_probs_dropout_prob > 0.0;
+        assert!(dropout || family == "tiny-albert", "{family}: dropout must be on");
+        let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), 32).unwrap();
+        let batch = tok.encode_pairs(&PAIRS).unwrap();
+        let b = batch.input_ids.shape()[0];
+        for bf16 in [false, true] {
+            let run = |ckpt: bool| {
+                let tape = Tape::training(99).bf16(bf16).checkpointing(ckpt);
+                let logits = bert.logits(&tape, &batch, true).unwrap();
+                let y = match head {
+                    Head::TokenClassification { .. } => Tensor::from_ids((0..logits.shape()[0] * logits.shape()[1]).map(|i| (i % 4) as i64).collect(), &logits.shape()[..2]).unwrap(),
+                    _ => Tensor::from_ids((0..b as i64).map(|i| i % 2).collect(), &[b]).unwrap(),
+                };
+                let logits = if logits.rank() == 3 { engram::ops::reshape(&tape, &logits, &[logits.shape()[0] * logits.shape()[1], logits.shape()[2]]).unwrap() } else { logits };
+                let y = engram::ops::reshape(&tape, &y, &[y.numel()]).unwrap();
+                let loss = engram::ops::cross_entropy(&tape, &logits, &y).unwrap();
+                let held = tape.held_bytes();
+                let g = tape.backward(&loss).unwrap();
+                // (None: a parameter the head does not use, e.g. the pooler under a token head.)
+                let grads: Vec<Option<Vec<u32>>> =
+                    params.iter().map(|(_, p)| g.tensor(p).map(|t| t.to_f64_vec().iter().map(|&x| (x as f32).to_bits()).collect())).collect();
+                (loss.to_f64_vec()[0], grads, held)
+            };
+            let (l0, g0, held0) = run(false);
+            let (l1, g1, held1) = run(true);
+            assert_eq!(l0.to_bits(), l1.to_bits(), "{family} bf16 {bf16}: loss {l0} vs checkpointed {l1}");
+            for ((k, _), (a, c)) in params.iter().zip(g0.iter().zip(&g1)) {
+                if family == "tiny-albert" && k.starts_with("encoder.layer.") {
+                    let f = |v: &Option<Vec<u32>>| v.as_ref().unwrap().iter().map(|&b| f32::from_bits(b) as f64).collect::<Vec<f64>>();
+                    assert_close(&format!("{family} bf16 {bf16}: shared {k}"), &f(c), &f(a), 1e-7, 1e-5);
+                } else {
+                    assert!(a == c, "{family} bf16 {bf16}: gradient of {k} differs with checkpointing");
+                }
+            }
+            assert!(g0.iter().filter(|g| g.is_some()).count() + 2 >= params.len(), "{family}: too few gradients");
+            assert!(held1 * 2 < held0, "{family}: checkpointed tape holds {held1} bytes, plain {held0}");
+        }
+    }
+}

@@ -861,3 +861,23 @@ fn max_steps_trains_exactly_n_steps_over_a_short_last_epoch() {
     bad.max_steps = Some(0);
     assert!(finetune(&bad).unwrap_err().to_string().contains("--max-steps"));
 }
+
+/// `--gradient-checkpointing` trains the same model bit for bit (dropout on, two epochs, AdamW,
+/// gradient accumulation) — and in bf16 autocast too.
+#[test]
+fn gradient_checkpointing_trains_the_same_weights() {
+    let model = root().join("weights/tiny-bert");
+    for bf16 in [false, true] {
+        let mut a = args(&model, Task::Classify, tmp(&format!("ckpt-plain-{bf16}")));
+        a.grad_accum = 2;
+        a.bf16 = bf16;
+        let mut c = a.clone();
+        c.out = tmp(&format!("ckpt-on-{bf16}"));
+        c.gradient_checkpointing = true;
+        finetune(&a).unwrap();
+        finetune(&c).unwrap();
+        let w = |d: &Path| std::fs::read(d.join("checkpoint/model.safetensors")).unwrap();
+        assert!(w(&a.out) == w(&c.out), "bf16 {bf16}: checkpointed training differs from plain");
+        assert!(w(&a.out) != std::fs::read(model.join("model.safetensors")).unwrap());
+    }
+}

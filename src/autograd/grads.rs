@@ -122,6 +122,11 @@ pub struct Grads {
 }
 
 impl Grads {
+    /// Take `t`'s gradient out.
+    pub(crate) fn take(&mut self, t: &Tensor) -> Option<Buf> {
+        self.map.remove(&t.id())
+    }
+
     pub(crate) fn from_map(map: HashMap<TensorId, Buf>) -> Self {
         Grads { map }
     }

@@ -6,4 +6,4 @@ mod tape;
 
 pub use grads::{GradSink, Grads};
 pub use profile::{OpTime, Profile};
-pub use tape::{Backward, Tape};
+pub use tape::{Backward, CheckpointFn, Tape};

@@ -15,6 +15,36 @@ pub trait Backward {
     fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()>;
 }
 
+/// The function a [`Tape::checkpoint`] node runs, in forward and again in backward.
+pub type CheckpointFn = std::rc::Rc<dyn Fn(&Tape, &[Tensor]) -> Result<Tensor>>;
+
+/// Backward of a checkpointed function: rerun it on a recording tape that replays the forward's
+/// dropout calls, from fresh leaves sharing the inputs' data, and hand their gradients on.
+struct CheckpointBwd {
+    f: CheckpointFn,
+    seed: u64,
+    training: bool,
+    bf16: bool,
+    start: u64,
+}
+
+impl Backward for CheckpointBwd {
+    fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
+        let mut tape = Tape::training(self.seed).bf16(self.bf16);
+        tape.training = self.training;
+        tape.dropout_calls.set(self.start);
+        let leaves: Vec<Tensor> = inputs.iter().map(|t| if t.is_tracked() { t.requires_grad() } else { t.clone() }).collect();
+        let y = (self.f)(&tape, &leaves)?;
+        let mut grads = tape.backward_buf(&y, dout.clone())?;
+        for (orig, leaf) in inputs.iter().zip(&leaves) {
+            if let Some(g) = grads.take(leaf) {
+                sink.add_owned(orig, g)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 struct Node {
     name: &'static str,
     inputs: Vec<Tensor>,
@@ -36,29 +66,31 @@ pub struct Tape {
     profile: Option<RefCell<Recorder>>,
     /// Linear layers' f32 GEMMs in bf16 on the CPU ([`Tape::bf16`]).
     bf16: bool,
+    /// Models run their layers through [`Tape::checkpoint`] ([`Tape::checkpointing`]).
+    checkpointing: bool,
 }
 
 impl Tape {
     pub fn training(seed: u64) -> Tape {
-        Tape { training: true, grad: true, seed, dropout_calls: Cell::new(0), nodes: RefCell::new(Vec::new()), profile: None, bf16: false }
+        Tape { training: true, grad: true, seed, dropout_calls: Cell::new(0), nodes: RefCell::new(Vec::new()), profile: None, bf16: false, checkpointing: false }
     }
 
     /// Training-mode forward (dropout on, seeded like [`Tape::training`]) that records and saves
     /// nothing — `torch.no_grad()` under `model.train()`. Truncated backpropagation through time
     /// runs the segments before the truncation point on one.
     pub fn no_grad(seed: u64) -> Tape {
-        Tape { training: true, grad: false, seed, dropout_calls: Cell::new(0), nodes: RefCell::new(Vec::new()), profile: None, bf16: false }
+        Tape { training: true, grad: false, seed, dropout_calls: Cell::new(0), nodes: RefCell::new(Vec::new()), profile: None, bf16: false, checkpointing: false }
     }
 
     pub fn inference() -> Tape {
-        Tape { training: false, grad: false, seed: 0, dropout_calls: Cell::new(0), nodes: RefCell::new(Vec::new()), profile: None, bf16: false }
+        Tape { training: false, grad: false, seed: 0, dropout_calls: Cell::new(0), nodes: RefCell::new(Vec::new()), profile: None, bf16: false, checkpointing: false }
     }
 
     /// A [`Tape::no_grad`] twin of this tape (an inference tape stays inference), with a dropout
     /// stream of its own derived from this tape's seed.
     pub fn frozen(&self) -> Tape {
         let t = if self.training { Tape::no_grad(crate::ops::dropout::mix_seed(self.seed, u64::MAX)) } else { Tape::inference() };
-        t.bf16(self.bf16)
+        t.bf16(self.bf16).checkpointing(self.checkpointing)
     }
 
     /// This tape with bf16 autocast on (`on`) — `torch.autocast("cpu", dtype=torch.bfloat16)`
@@ -74,6 +106,45 @@ impl Tape {
 
     pub fn is_bf16(&self) -> bool {
         self.bf16
+    }
+
+    /// This tape with gradient (activation) checkpointing on: models run each encoder layer
+    /// through [`Tape::checkpoint`], so a step keeps one layer input per layer instead of every
+    /// activation, and recomputes each layer once in backward — transformers'
+    /// `gradient_checkpointing_enable()`. Results are bit for bit those of a plain tape.
+    pub fn checkpointing(mut self, on: bool) -> Tape {
+        self.checkpointing = on;
+        self
+    }
+
+    pub fn is_checkpointing(&self) -> bool {
+        self.checkpointing
+    }
+
+    /// `f(self, inputs)` without recording what happens inside: one node (`name`) whose backward
+    /// runs `f` again on a recording tape — the same seed, the same dropout calls, so the same
+    /// masks — and backpropagates through that rerun into `inputs`. Every tensor `f` uses that
+    /// needs a gradient must come in through `inputs` (it gets them in that order). Without
+    /// tracked inputs, or on a tape that records nothing, it is just `f(self, inputs)`.
+    pub fn checkpoint(&self, name: &'static str, inputs: &[&Tensor], f: CheckpointFn) -> Result<Tensor> {
+        let owned: Vec<Tensor> = inputs.iter().map(|t| (*t).clone()).collect();
+        if !self.tracks(inputs) {
+            return f(self, &owned);
+        }
+        let start = self.dropout_calls.get();
+        let sub = self.replay(start);
+        let y = f(&sub, &owned)?;
+        self.dropout_calls.set(sub.dropout_calls.get());
+        let out = y.requires_grad();
+        let (seed, training, bf16) = (self.seed, self.training, self.bf16);
+        self.push(name, inputs, &out, Box::new(CheckpointBwd { f, seed, training, bf16, start }));
+        Ok(out)
+    }
+
+    /// A tape like this one (seed, mode, bf16) with dropout calls counted from `start` that
+    /// records nothing (and never checkpoints or profiles).
+    fn replay(&self, start: u64) -> Tape {
+        Tape { training: self.training, grad: false, seed: self.seed, dropout_calls: Cell::new(start), nodes: RefCell::new(Vec::new()), profile: None, bf16: self.bf16, checkpointing: false }
     }
 
     /// This tape, timing every op it sees (forward and backward; see [`Profile`]). The clock of

@@ -167,6 +167,11 @@ pub struct FinetuneArgs {
     /// parameters, optimizer state and everything else stay f32. Evaluation runs the same way.
     #[serde(default)]
     pub bf16: bool,
+    /// Gradient (activation) checkpointing (transformers' `gradient_checkpointing`): each
+    /// encoder layer keeps only its input during the forward and runs again in backward — less
+    /// memory for about one more forward per step, the same weights bit for bit.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
     /// Time every op of the training steps (forward and backward, see `autograd::Profile`), plus
     /// batching, the optimizer and evaluation, and write the table to OUT/profile.txt.
     #[serde(default)]
@@ -222,6 +227,7 @@ impl FinetuneArgs {
             memory: None,
             label_sep: default_label_sep(),
             truncate_left: false,
+            gradient_checkpointing: false,
             bf16: false,
             profile: false,
         }
@@ -1081,7 +1087,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
                 t_batch += t0.elapsed();
                 seen_examples += ex.len();
                 seen_tokens += inputs.tokens();
-                let tape = Tape::training(mix(args.seed, state.global_micro)).bf16(args.bf16);
+                let tape = Tape::training(mix(args.seed, state.global_micro)).bf16(args.bf16).checkpointing(args.gradient_checkpointing);
                 let tape = if args.profile { tape.profiled() } else { tape };
                 state.global_micro += 1;
                 let logits = logits(&bert, mem, &tape, &inputs, true)?;

@@ -100,6 +100,67 @@ impl Quantized {
 
 const WORDS: &str = "embeddings.word_embeddings.weight";
 
+/// One encoder layer's parameters, by name under `encoder.layer.N.`: what a checkpointed layer
+/// takes as inputs, in this order.
+const LAYER_PARAMS: [&str; 16] = [
+    "attention.self.query.weight",
+    "attention.self.query.bias",
+    "attention.self.key.weight",
+    "attention.self.key.bias",
+    "attention.self.value.weight",
+    "attention.self.value.bias",
+    "attention.output.dense.weight",
+    "attention.output.dense.bias",
+    "attention.output.LayerNorm.weight",
+    "attention.output.LayerNorm.bias",
+    "intermediate.dense.weight",
+    "intermediate.dense.bias",
+    "output.dense.weight",
+    "output.dense.bias",
+    "output.LayerNorm.weight",
+    "output.LayerNorm.bias",
+];
+
+/// What an encoder layer computes besides its tensors.
+#[derive(Clone, Copy)]
+struct LayerSpec {
+    nh: usize,
+    scale: f64,
+    drop: f64,
+    attn_drop: f64,
+    distil: bool,
+    albert: bool,
+    act: Activation,
+    eps: f64,
+}
+
+/// `linear(tape, x, "attention.self.query")`-style access to a layer's weights.
+type LayerOp<'a> = dyn Fn(&Tape, &Tensor, &str) -> Result<Tensor> + 'a;
+
+impl LayerSpec {
+    /// One post-LN encoder layer on `x (B, T, C)`: self-attention with the key padding `mask`,
+    /// residual + LayerNorm, feed-forward, residual + LayerNorm; dropout where each family has it.
+    fn run(&self, tape: &Tape, x: &Tensor, mask: &Tensor, lin: &LayerOp, ln: &LayerOp) -> Result<Tensor> {
+        let heads = |n: &str| -> Result<Tensor> { ops::split_heads(tape, &lin(tape, x, &format!("attention.self.{n}"))?, self.nh) };
+        let (q, k, v) = (heads("query")?, heads("key")?, heads("value")?); // (B, NH, T, HS)
+        let a = ops::merge_heads(tape, &ops::attention(tape, &q, &k, &v, Some(mask), self.scale, self.attn_drop)?)?; // (B, T, C)
+        // DistilBERT applies no dropout to the attention output (only to the probabilities).
+        let a = lin(tape, &a, "attention.output.dense")?;
+        let a = if self.distil { a } else { ops::dropout(tape, &a, self.drop)? };
+        let x = ln(tape, &ops::add(tape, &a, x)?, "attention.output.LayerNorm")?;
+        let h = lin(tape, &x, "intermediate.dense")?; // (B, T, F)
+        let h = match self.act {
+            Activation::Gelu => ops::gelu(tape, &h)?,
+            Activation::GeluTanh => ops::gelu_tanh(tape, &h)?,
+            Activation::Relu => ops::relu(tape, &h)?,
+        };
+        let h = lin(tape, &h, "output.dense")?;
+        // ALBERT's layer applies no dropout to the feed-forward output.
+        let h = if self.albert { h } else { ops::dropout(tape, &h, self.drop)? };
+        ln(tape, &ops::add(tape, &h, &x)?, "output.LayerNorm")
+    }
+}
+
 /// DistilBERT's per-layer module names and BERT's, in the order `canonical` tries them.
 const DISTIL_LAYER: [(&str, &str); 8] = [
     ("attention.q_lin", "attention.self.query"),
@@ -604,28 +665,36 @@ impl Bert {
         if cfg.embedding_size != cfg.hidden_size {
             x = self.linear(tape, &x, "embeddings_project")?; // ELECTRA: (B, T, E) → (B, T, C)
         }
-        let nh = cfg.num_attention_heads;
-        let scale = 1.0 / (cfg.head_size() as f64).sqrt();
-        let albert = cfg.family == Family::Albert;
+        let spec = LayerSpec {
+            nh: cfg.num_attention_heads,
+            scale: 1.0 / (cfg.head_size() as f64).sqrt(),
+            drop,
+            attn_drop,
+            distil,
+            albert: cfg.family == Family::Albert,
+            act: cfg.hidden_act,
+            eps: cfg.layer_norm_eps,
+        };
         for l in 0..cfg.num_hidden_layers {
-            let p = format!("encoder.layer.{}", if albert { 0 } else { l });
-            let heads = |n: &str| -> Result<Tensor> { ops::split_heads(tape, &self.linear(tape, &x, &format!("{p}.attention.self.{n}"))?, nh) };
-            let (q, k, v) = (heads("query")?, heads("key")?, heads("value")?); // (B, NH, T, HS)
-            let a = ops::merge_heads(tape, &ops::attention(tape, &q, &k, &v, Some(&mask), scale, attn_drop)?)?; // (B, T, C)
-            // DistilBERT applies no dropout to the attention output (only to the probabilities).
-            let a = self.linear(tape, &a, &format!("{p}.attention.output.dense"))?;
-            let a = if distil { a } else { ops::dropout(tape, &a, drop)? };
-            x = self.layer_norm(tape, &ops::add(tape, &a, &x)?, &format!("{p}.attention.output.LayerNorm"))?;
-            let h = self.linear(tape, &x, &format!("{p}.intermediate.dense"))?; // (B, T, F)
-            let h = match cfg.hidden_act {
-                Activation::Gelu => ops::gelu(tape, &h)?,
-                Activation::GeluTanh => ops::gelu_tanh(tape, &h)?,
-                Activation::Relu => ops::relu(tape, &h)?,
+            let p = format!("encoder.layer.{}", if spec.albert { 0 } else { l });
+            x = if tape.is_checkpointing() && self.int8.is_empty() {
+                // Only the layer's input is kept; backward runs the layer again (see Tape::checkpoint).
+                let mut inputs = vec![&x, &mask];
+                for n in LAYER_PARAMS {
+                    inputs.push(self.p(&format!("{p}.{n}"))?);
+                }
+                let f: crate::autograd::CheckpointFn = std::rc::Rc::new(move |tape: &Tape, ins: &[Tensor]| {
+                    let w = |n: &str| &ins[2 + LAYER_PARAMS.iter().position(|&q| q == n).expect("a LAYER_PARAMS name")];
+                    let lin = |t: &Tape, x: &Tensor, n: &str| ops::linear(t, x, w(&format!("{n}.weight")), Some(w(&format!("{n}.bias"))));
+                    let ln = |t: &Tape, x: &Tensor, n: &str| ops::layer_norm(t, x, w(&format!("{n}.weight")), w(&format!("{n}.bias")), spec.eps);
+                    spec.run(tape, &ins[0], &ins[1], &lin, &ln)
+                });
+                tape.checkpoint("encoder_layer", &inputs, f)?
+            } else {
+                let lin = |t: &Tape, x: &Tensor, n: &str| self.linear(t, x, &format!("{p}.{n}"));
+                let ln = |t: &Tape, x: &Tensor, n: &str| self.layer_norm(t, x, &format!("{p}.{n}"));
+                spec.run(tape, &x, &mask, &lin, &ln)?
             };
-            let h = self.linear(tape, &h, &format!("{p}.output.dense"))?;
-            // ALBERT's layer applies no dropout to the feed-forward output.
-            let h = if albert { h } else { ops::dropout(tape, &h, drop)? };
-            x = self.layer_norm(tape, &ops::add(tape, &h, &x)?, &format!("{p}.output.LayerNorm"))?;
         }
         Ok(x)
     }
