@@ -2,7 +2,8 @@
 //! sequence length 128: inference at batch 1 and 32, and one full fine-tuning step at batch 32
 //! (forward with dropout, cross-entropy, backward, grad-norm clip 1.0, AdamW), and inference at
 //! batch 1 and 32 with the encoder's linear layers in int8 (`Bert::quantize_int8`), and inference
-//! at batch 32 and the training step with bf16 autocast (`Tape::bf16`, the CLI's `--bf16`). Median of the
+//! at batch 32 and the training step with bf16 autocast (`Tape::bf16`, the CLI's `--bf16`), and the
+//! step with gradient checkpointing (`Tape::checkpointing`) with the peak memory of both. Median of the
 //! repetitions after one warm-up. The peer is PyTorch on the same machine in the same run:
 //! `scripts/cpu-vs-torch.sh` runs this and `scripts/bench_cpu_torch.py` and prints the ratios.
 //!
@@ -22,6 +23,50 @@ use engram::{ops, Tape, Tensor};
 
 /// Sequence length (cut to the model's max_position_embeddings for the tiny smoke model).
 const SEQ_MAX: usize = 128;
+
+/// The system allocator, counting live heap bytes and their peak (so a step's memory is measured
+/// exactly, whatever the allocator keeps resident between steps).
+struct Counting;
+
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static PEAK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded to the system allocator unchanged; only counters are added.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        let p = unsafe { std::alloc::System.alloc(l) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(l.size(), std::sync::atomic::Ordering::Relaxed) + l.size();
+            PEAK.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(p, l) };
+        LIVE.fetch_sub(l.size(), std::sync::atomic::Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, new: usize) -> *mut u8 {
+        let q = unsafe { std::alloc::System.realloc(p, l, new) };
+        if !q.is_null() {
+            LIVE.fetch_sub(l.size(), std::sync::atomic::Ordering::Relaxed);
+            let now = LIVE.fetch_add(new, std::sync::atomic::Ordering::Relaxed) + new;
+            PEAK.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+        }
+        q
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// MB of heap that running `f` holds at its peak beyond what was live before it.
+fn step_peak_mb(f: impl FnOnce()) -> f64 {
+    use std::sync::atomic::Ordering::Relaxed;
+    let before = LIVE.load(Relaxed);
+    PEAK.store(before, Relaxed);
+    f();
+    (PEAK.load(Relaxed) - before) as f64 / (1 << 20) as f64
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -120,9 +165,9 @@ fn main() {
     }
     let mut opt_state = AdamW::new(AdamWConfig::default());
     let mut step = 0u64;
-    let mut train = |profiled: bool, bf16: bool| {
+    let mut train = |profiled: bool, bf16: bool, ckpt: bool| {
         step += 1;
-        let tape = Tape::training(step).bf16(bf16);
+        let tape = Tape::training(step).bf16(bf16).checkpointing(ckpt);
         let tape = if profiled { tape.profiled() } else { tape };
         let logits = bert.logits(&tape, &b32, true).expect("forward");
         let loss = ops::cross_entropy(&tape, &logits, &y).expect("loss");
@@ -134,15 +179,27 @@ fn main() {
             bert.params.iter_mut().filter(|(_, t)| t.is_tracked()).map(|(k, v)| (k.clone(), v)).collect();
         let mut groups = hf_param_groups(named, 0.01);
         opt_state.step(&mut groups, &grads, 1e-5).expect("adamw");
-        show(if bf16 { "bf16 train step, batch 32" } else { "train step, batch 32" }, &tape, &[("clip + AdamW", t_opt.elapsed().as_secs_f64() * 1e3)]);
+        let row = match (bf16, ckpt) {
+            (true, _) => "bf16 train step, batch 32",
+            (false, true) => "checkpointed train step, b32",
+            (false, false) => "train step, batch 32",
+        };
+        show(row, &tape, &[("clip + AdamW", t_opt.elapsed().as_secs_f64() * 1e3)]);
     };
-    let train_32 = if !run("train step, batch 32") { f64::NAN } else { time(reps, || train(false, false)) };
-    let bf16_train_32 = if !run("bf16 train step, batch 32") { f64::NAN } else { time(reps, || train(false, true)) };
+    let train_32 = if !run("train step, batch 32") { f64::NAN } else { time(reps, || train(false, false, false)) };
+    let bf16_train_32 = if !run("bf16 train step, batch 32") { f64::NAN } else { time(reps, || train(false, true, false)) };
+    let ckpt_train_32 = if !run("checkpointed train step, b32") { f64::NAN } else { time(reps, || train(false, false, true)) };
     if profile && run("train step, batch 32") {
-        train(true, false);
+        train(true, false, false);
     }
     if profile && run("bf16 train step, batch 32") {
-        train(true, true);
+        train(true, true, false);
+    }
+    // The heap a step holds at its peak beyond the model and optimizer state: activations and
+    // gradients, with and without gradient checkpointing.
+    if run("checkpointed train step, b32") {
+        let (plain, ckpt) = (step_peak_mb(|| train(false, false, false)), step_peak_mb(|| train(false, false, true)));
+        println!("train step peak heap beyond the model: {plain:.0} MB plain, {ckpt:.0} MB with gradient checkpointing");
     }
     let rows = [
         ("inference, batch 1", infer_1),
@@ -152,6 +209,7 @@ fn main() {
         ("int8 inference, batch 32", int8_32),
         ("bf16 inference, batch 32", bf16_32),
         ("bf16 train step, batch 32", bf16_train_32),
+        ("checkpointed train step, b32", ckpt_train_32),
     ];
     for (name, ms) in rows {
         println!("{name:<26} {ms:9.1} ms");

@@ -187,7 +187,8 @@ struct FinetuneCli {
     #[arg(long)]
     bf16: bool,
     /// Gradient checkpointing: each encoder layer keeps only its input and runs again in
-    /// backward — less memory, ~1.3x the step time, the same weights bit for bit.
+    /// backward: a MiniLM step at batch 32 holds 336 MB instead of 1090, at ~1.15x its time;
+    /// the same weights bit for bit.
     #[arg(long)]
     gradient_checkpointing: bool,
     /// Time every op of the training steps (forward and backward) and what runs around them;

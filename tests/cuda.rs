@@ -648,6 +648,10 @@ mod gpu_trainer {
         let mut bf16 = a.clone();
         bf16.bf16 = true;
         cases.push(("classify-bf16", Task::Classify, bf16));
+        // Gradient checkpointing: the layers rerun in backward on the device.
+        let mut ckpt = a.clone();
+        ckpt.gradient_checkpointing = true;
+        cases.push(("classify-checkpointing", Task::Classify, ckpt));
 
         for (name, task, args) in &cases {
             let (sc, oc) = run(name, *task, args, Device::Cpu);
