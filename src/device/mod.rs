@@ -25,6 +25,9 @@ mod no_cuda {
         pub fn len(&self) -> usize {
             match *self {}
         }
+        pub fn is_empty(&self) -> bool {
+            match *self {}
+        }
     }
 }
 #[cfg(not(feature = "cuda"))]

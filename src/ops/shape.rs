@@ -33,7 +33,7 @@ impl Backward for ReshapeBwd {
 /// `(B, T, NH·HS) → (B, NH, T, HS)` — `x.view(B, T, NH, HS).permute(0, 2, 1, 3)`.
 pub fn split_heads(tape: &Tape, x: &Tensor, nh: usize) -> Result<Tensor> {
     let s = x.shape();
-    if s.len() != 3 || nh == 0 || s[2] % nh != 0 {
+    if s.len() != 3 || nh == 0 || !s[2].is_multiple_of(nh) {
         return shape_err("split_heads", format!("need (B, T, C) with C divisible by {nh} heads, got {s:?}"));
     }
     let (b, t, hs) = (s[0], s[1], s[2] / nh);

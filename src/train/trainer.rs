@@ -1143,7 +1143,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
                 }
             }
             let stop_now = args.stop_after_steps.is_some_and(|s| state.global_step >= s);
-            if args.save_steps.is_some_and(|s| state.global_step % s == 0) || stop_now {
+            if args.save_steps.is_some_and(|s| state.global_step.is_multiple_of(s)) || stop_now {
                 save_checkpoint(&ckpt, &bert, mem, &opt, &state, task, args)?;
             }
             if stop_now {

@@ -283,7 +283,7 @@ impl BertConfig {
         if raw.num_hidden_layers > MAX_LAYERS {
             return file_err(P, format!("num_hidden_layers = {} is more than engram loads ({MAX_LAYERS})", raw.num_hidden_layers));
         }
-        if raw.hidden_size % raw.num_attention_heads != 0 {
+        if !raw.hidden_size.is_multiple_of(raw.num_attention_heads) {
             return file_err(P, format!("hidden_size {} is not a multiple of num_attention_heads {}", raw.hidden_size, raw.num_attention_heads));
         }
         for (name, p) in [("hidden_dropout_prob", raw.hidden_dropout_prob), ("attention_probs_dropout_prob", raw.attention_probs_dropout_prob)] {
@@ -291,7 +291,7 @@ impl BertConfig {
                 return file_err(P, format!("{name} = {p} must be in [0, 1)"));
             }
         }
-        if !(raw.layer_norm_eps > 0.0) {
+        if raw.layer_norm_eps.is_nan() || raw.layer_norm_eps <= 0.0 {
             return file_err(P, format!("layer_norm_eps = {} must be positive", raw.layer_norm_eps));
         }
         let mut id2label = Vec::new();
