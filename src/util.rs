@@ -8,13 +8,19 @@ use crate::error::{file_err, Result};
 /// Write `data` to `path` atomically: a temporary file beside it, fsync, rename. A crash leaves
 /// either the old file or the new one, never half of one.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    write_atomic_with(path, |tmp| std::fs::File::create(tmp)?.write_all(data))
+}
+
+/// [`write_atomic`] for a writer that makes the file itself: `write` creates and fills the
+/// temporary path it is given (streaming, so the contents need never be whole in memory), which
+/// is then fsynced and renamed over `path`.
+pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let res = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
+        write(&tmp)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, path)?;
         Ok(())
     })();

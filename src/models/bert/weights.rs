@@ -121,26 +121,61 @@ pub fn read_safetensors_with(
 /// temporary file in the same directory, fsync, rename.
 pub fn write_safetensors(path: impl AsRef<Path>, tensors: &BTreeMap<String, Tensor>, metadata: Option<std::collections::HashMap<String, String>>) -> Result<()> {
     let path = path.as_ref();
-    let mut host: Vec<(String, Vec<u8>, Vec<usize>, Dtype)> = Vec::new();
-    for (name, t) in tensors {
-        let t = t.to_cpu()?;
-        let (bytes, dtype) = match t.buf() {
-            crate::Buf::F32(v) => (v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(), Dtype::F32),
-            crate::Buf::I64(v) => (v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(), Dtype::I64),
-            crate::Buf::F64(v) => (v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect::<Vec<u8>>(), Dtype::F32),
-            crate::Buf::Cuda(_) => unreachable!("moved to the host above"),
-        };
-        host.push((name.clone(), bytes, t.shape().to_vec(), dtype));
+    // Host tensors are written straight from their buffers, one at a time (f32 and i64 borrowed
+    // as little-endian bytes): a checkpoint never exists whole in memory a second time. Device
+    // tensors are copied to the host first.
+    let host: Vec<(&String, Tensor)> = tensors.iter().map(|(n, t)| Ok((n, t.to_cpu()?))).collect::<Result<_>>()?;
+    let views = host.iter().map(|(n, t)| (n.as_str(), HostView(t)));
+    crate::util::write_atomic_with(path, |tmp| {
+        safetensors::serialize_to_file(views, metadata, tmp).map_err(|e| match e {
+            safetensors::SafeTensorError::IoError(io) => io,
+            other => std::io::Error::other(format!("cannot serialise the weights: {other}")),
+        })
+    })
+}
+
+/// The bytes of a slice of plain numbers (f32, i64: no padding, every byte initialised).
+#[cfg(target_endian = "little")]
+fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
+    // SAFETY: the pointer and length cover exactly `v`'s memory, which lives as long as the
+    // returned slice; u8 has alignment 1 and every byte of an f32 or i64 is initialised.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
+/// A host tensor as safetensors sees it: f32 (f64 narrowed) or i64, little-endian.
+struct HostView<'a>(&'a Tensor);
+
+impl safetensors::View for HostView<'_> {
+    fn dtype(&self) -> Dtype {
+        match self.0.buf() {
+            crate::Buf::I64(_) => Dtype::I64,
+            _ => Dtype::F32,
+        }
     }
-    let views: Vec<(String, safetensors::tensor::TensorView)> = host
-        .iter()
-        .map(|(n, b, s, d)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).expect("consistent view")))
-        .collect();
-    let data = match safetensors::serialize(views, metadata) {
-        Ok(d) => d,
-        Err(e) => return file_err(path, format!("cannot serialise the weights: {e}")),
-    };
-    crate::util::write_atomic(path, &data)
+
+    fn shape(&self) -> &[usize] {
+        self.0.shape()
+    }
+
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        use std::borrow::Cow;
+        match self.0.buf() {
+            #[cfg(target_endian = "little")]
+            crate::Buf::F32(v) => Cow::Borrowed(as_bytes(v)),
+            #[cfg(target_endian = "little")]
+            crate::Buf::I64(v) => Cow::Borrowed(as_bytes(v)),
+            #[cfg(not(target_endian = "little"))]
+            crate::Buf::F32(v) => Cow::Owned(v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            #[cfg(not(target_endian = "little"))]
+            crate::Buf::I64(v) => Cow::Owned(v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            crate::Buf::F64(v) => Cow::Owned(v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect()),
+            crate::Buf::Cuda(_) => unreachable!("write_safetensors copies device tensors to the host first"),
+        }
+    }
+
+    fn data_len(&self) -> usize {
+        self.0.numel() * if matches!(self.0.buf(), crate::Buf::I64(_)) { 8 } else { 4 }
+    }
 }
 
 /// Name, stored dtype and shape of every tensor in a safetensors file (header only).
