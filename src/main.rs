@@ -56,6 +56,16 @@ enum OptArg {
     Sgd,
 }
 
+/// Stored weight dtypes.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DtypeArg {
+    F32,
+    #[value(alias = "bfloat16")]
+    Bf16,
+    #[value(alias = "float16")]
+    F16,
+}
+
 /// transformers' `lr_scheduler_type` names (with `-` or `_`).
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum SchedArg {
@@ -214,6 +224,16 @@ struct FinetuneCli {
 enum Cmd {
     /// Fine-tune an HF BERT checkpoint; writes an HF model directory.
     Finetune(Box<FinetuneCli>),
+    /// Rewrite a model directory with its weights stored in another dtype (bf16 or f16: half the
+    /// file) — as `model.to(dtype).save_pretrained()`; config and tokenizer files come along.
+    Convert {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum)]
+        dtype: DtypeArg,
+    },
     /// Evaluate a fine-tuned model directory on a labelled file (report on stderr, JSON on stdout).
     Eval {
         #[arg(long)]
@@ -330,6 +350,18 @@ fn main() -> ExitCode {
     let res = match cli.cmd.unwrap_or(Cmd::Selfcheck { steps: 60, seed: 0, device: DeviceArg::Cpu }) {
         Cmd::Selfcheck { steps, seed, device } => selfcheck(steps, seed, device.into()).map(|ok| if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
         Cmd::Inspect { model } => inspect(&model).map(|_| ExitCode::SUCCESS),
+        Cmd::Convert { model, out, dtype } => {
+            use engram::models::bert::weights::{convert_checkpoint, StoreDtype};
+            let d = match dtype {
+                DtypeArg::F32 => StoreDtype::F32,
+                DtypeArg::Bf16 => StoreDtype::Bf16,
+                DtypeArg::F16 => StoreDtype::F16,
+            };
+            convert_checkpoint(&model, &out, d).map(|(before, after)| {
+                eprintln!("wrote {} ({}): model.safetensors {:.1} MB -> {:.1} MB", out.display(), d.torch_name(), before as f64 / 1e6, after as f64 / 1e6);
+                ExitCode::SUCCESS
+            })
+        }
         Cmd::RecallData { out, words, dialogue, train, dev, test, seed } => {
             engram::memory::recall::write(&out, dialogue, words, [train, dev, test], seed).map(|_| {
                 eprintln!("wrote {} recall {} of ~{words} words to {}", train + dev + test, if dialogue { "dialogues" } else { "documents" }, out.display());

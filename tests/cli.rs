@@ -2,7 +2,7 @@
 //! the embedding the library computes; `inspect` describes a model; bad input exits non-zero with
 //! a message naming the file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn root() -> PathBuf {
@@ -208,4 +208,54 @@ fn bf16_fine_tuning_is_bit_identical_across_kernels() {
     for kernel in ["", "f32"] {
         assert!(run(kernel) == reference, "kernel {kernel:?}: the fine-tuned weights differ from the portable kernel's");
     }
+}
+
+/// `engram convert --dtype bf16|f16`: every float tensor stored as the nearest bf16/f16 of the
+/// original (bit for bit what `half` rounds to), integers kept, the file about half the size,
+/// `torch_dtype` in config.json, the tokenizer copied, and the converted model predicts as the
+/// original does (to rounding); converting into the source directory is refused.
+#[test]
+fn convert_stores_weights_in_bf16_or_f16() {
+    use engram::models::bert::weights::{describe_safetensors, read_safetensors};
+    let src = root().join("weights/tiny-bert");
+    let orig = read_safetensors(src.join("model.safetensors")).unwrap();
+    for (dtype, stored, round) in [
+        ("bf16", "BF16", (|x: f32| half::bf16::from_f32(x).to_f32()) as fn(f32) -> f32),
+        ("f16", "F16", |x: f32| half::f16::from_f32(x).to_f32()),
+    ] {
+        let out = std::env::temp_dir().join(format!("engram-convert-{dtype}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let (ok, _, stderr) = engram(&["convert", "--model", src.to_str().unwrap(), "--out", out.to_str().unwrap(), "--dtype", dtype]);
+        assert!(ok, "{stderr}");
+        let conv = read_safetensors(out.join("model.safetensors")).unwrap();
+        assert_eq!(conv.len(), orig.len());
+        for (name, t) in &orig {
+            let (a, b) = (t.to_f64_vec(), conv[name].to_f64_vec());
+            let is_float = describe_safetensors(src.join("model.safetensors")).unwrap().iter().any(|(n, d, _)| n == name && d == "F32");
+            for (x, y) in a.iter().zip(&b) {
+                let want = if is_float { round(*x as f32) as f64 } else { *x };
+                assert!(want.to_bits() == y.to_bits(), "{dtype} {name}: {x} stored as {y}, want {want}");
+            }
+        }
+        let kinds: Vec<String> = describe_safetensors(out.join("model.safetensors")).unwrap().into_iter().map(|(_, d, _)| d).collect();
+        assert!(kinds.iter().all(|d| d == stored || d == "I64") && kinds.iter().any(|d| d == stored), "{kinds:?}");
+        let (before, after) = (std::fs::metadata(src.join("model.safetensors")).unwrap().len(), std::fs::metadata(out.join("model.safetensors")).unwrap().len());
+        assert!(after * 10 < before * 6, "{dtype}: {before} → {after} bytes");
+        let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["torch_dtype"], if dtype == "bf16" { "bfloat16" } else { "float16" });
+        assert!(std::fs::read(out.join("tokenizer.json")).unwrap() == std::fs::read(src.join("tokenizer.json")).unwrap());
+        let emb = |m: &Path| -> Vec<f64> {
+            let (ok, stdout, stderr) = engram(&["embed", "--model", m.to_str().unwrap(), "--normalize", "how do i reset my password?"]);
+            assert!(ok, "{stderr}");
+            let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+            v["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+        };
+        let (e0, e1) = (emb(&src), emb(&out));
+        let cos: f64 = e0.iter().zip(&e1).map(|(a, b)| a * b).sum();
+        assert!(cos > 0.999 && e0 != e1, "{dtype}: cosine {cos}");
+    }
+    let (ok, _, stderr) = engram(&["convert", "--model", src.to_str().unwrap(), "--out", src.to_str().unwrap(), "--dtype", "bf16"]);
+    assert!(!ok && stderr.contains("source directory"), "{stderr}");
+    let (ok, _, stderr) = engram(&["convert", "--model", "/nonexistent/m", "--out", "/tmp/x", "--dtype", "bf16"]);
+    assert!(!ok && stderr.contains("/nonexistent/m") && stderr.contains("model directory"), "{stderr}");
 }

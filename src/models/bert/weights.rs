@@ -120,12 +120,37 @@ pub fn read_safetensors_with(
 /// Write f32 tensors (moved to the host as needed) to a safetensors file atomically: a
 /// temporary file in the same directory, fsync, rename.
 pub fn write_safetensors(path: impl AsRef<Path>, tensors: &BTreeMap<String, Tensor>, metadata: Option<std::collections::HashMap<String, String>>) -> Result<()> {
+    write_safetensors_as(path, tensors, metadata, StoreDtype::F32)
+}
+
+/// How floating-point tensors are stored: f32, or rounded to bf16 or f16 (nearest even) — half
+/// the bytes, as `model.to(torch.bfloat16).save_pretrained()` writes them. Integers stay i64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreDtype {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl StoreDtype {
+    /// The `torch_dtype` name transformers writes into config.json.
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            StoreDtype::F32 => "float32",
+            StoreDtype::Bf16 => "bfloat16",
+            StoreDtype::F16 => "float16",
+        }
+    }
+}
+
+/// [`write_safetensors`] with floats stored as `dtype`.
+pub fn write_safetensors_as(path: impl AsRef<Path>, tensors: &BTreeMap<String, Tensor>, metadata: Option<std::collections::HashMap<String, String>>, dtype: StoreDtype) -> Result<()> {
     let path = path.as_ref();
     // Host tensors are written straight from their buffers, one at a time (f32 and i64 borrowed
     // as little-endian bytes): a checkpoint never exists whole in memory a second time. Device
     // tensors are copied to the host first.
     let host: Vec<(&String, Tensor)> = tensors.iter().map(|(n, t)| Ok((n, t.to_cpu()?))).collect::<Result<_>>()?;
-    let views = host.iter().map(|(n, t)| (n.as_str(), HostView(t)));
+    let views = host.iter().map(|(n, t)| (n.as_str(), HostView(t, dtype)));
     crate::util::write_atomic_with(path, |tmp| {
         safetensors::serialize_to_file(views, metadata, tmp).map_err(|e| match e {
             safetensors::SafeTensorError::IoError(io) => io,
@@ -142,14 +167,23 @@ fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }
 
-/// A host tensor as safetensors sees it: f32 (f64 narrowed) or i64, little-endian.
-struct HostView<'a>(&'a Tensor);
+/// A host tensor as safetensors sees it: floats as the given dtype (f32, f64 narrowed), or i64,
+/// little-endian.
+struct HostView<'a>(&'a Tensor, StoreDtype);
+
+impl HostView<'_> {
+    fn is_int(&self) -> bool {
+        matches!(self.0.buf(), crate::Buf::I64(_))
+    }
+}
 
 impl safetensors::View for HostView<'_> {
     fn dtype(&self) -> Dtype {
-        match self.0.buf() {
-            crate::Buf::I64(_) => Dtype::I64,
-            _ => Dtype::F32,
+        match (self.is_int(), self.1) {
+            (true, _) => Dtype::I64,
+            (false, StoreDtype::F32) => Dtype::F32,
+            (false, StoreDtype::Bf16) => Dtype::BF16,
+            (false, StoreDtype::F16) => Dtype::F16,
         }
     }
 
@@ -159,6 +193,13 @@ impl safetensors::View for HostView<'_> {
 
     fn data(&self) -> std::borrow::Cow<'_, [u8]> {
         use std::borrow::Cow;
+        if !self.is_int() && self.1 != StoreDtype::F32 {
+            let v = self.0.to_f64_vec();
+            return Cow::Owned(match self.1 {
+                StoreDtype::Bf16 => v.iter().flat_map(|&x| half::bf16::from_f32(x as f32).to_le_bytes()).collect(),
+                _ => v.iter().flat_map(|&x| half::f16::from_f32(x as f32).to_le_bytes()).collect(),
+            });
+        }
         match self.0.buf() {
             #[cfg(target_endian = "little")]
             crate::Buf::F32(v) => Cow::Borrowed(as_bytes(v)),
@@ -174,8 +215,62 @@ impl safetensors::View for HostView<'_> {
     }
 
     fn data_len(&self) -> usize {
-        self.0.numel() * if matches!(self.0.buf(), crate::Buf::I64(_)) { 8 } else { 4 }
+        self.0.numel() * self.dtype().bitsize() / 8
     }
+}
+
+/// `engram convert`: the model directory `src` written to `out` with its weights stored as
+/// `dtype` (`model.safetensors`; tensor names kept), `config.json`'s `torch_dtype` (and `dtype`)
+/// set to match, and every other file (tokenizer, memory, …) copied. Returns the weight file's
+/// bytes before and after.
+pub fn convert_checkpoint(src: &Path, out: &Path, dtype: StoreDtype) -> Result<(u64, u64)> {
+    let weights = src.join("model.safetensors");
+    let config = src.join("config.json");
+    if !weights.is_file() || !config.is_file() {
+        return file_err(src, "is not a model directory (needs config.json and model.safetensors)");
+    }
+    let same = |a: &Path, b: &Path| a.canonicalize().ok().is_some_and(|a| b.canonicalize().ok() == Some(a));
+    if same(src, out) {
+        return file_err(out, "is the source directory: convert writes a new one");
+    }
+    let tensors = read_safetensors(&weights)?;
+    let mut cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&config).map_err(|e| crate::Error::File { path: config.display().to_string(), detail: e.to_string() })?,
+    )
+    .map_err(|e| crate::Error::File { path: config.display().to_string(), detail: format!("not valid JSON: {e}") })?;
+    let Some(obj) = cfg.as_object_mut() else { return file_err(&config, "is not a JSON object") };
+    obj.insert("torch_dtype".into(), serde_json::json!(dtype.torch_name()));
+    if obj.contains_key("dtype") {
+        obj.insert("dtype".into(), serde_json::json!(dtype.torch_name()));
+    }
+    std::fs::create_dir_all(out).map_err(|e| crate::Error::File { path: out.display().to_string(), detail: format!("cannot create: {e}") })?;
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    write_safetensors_as(out.join("model.safetensors"), &tensors, Some(meta), dtype)?;
+    crate::util::write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&cfg).expect("config serialises").as_bytes())?;
+    copy_tree(src, out, &["model.safetensors", "config.json"])?;
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    Ok((size(&weights), size(&out.join("model.safetensors"))))
+}
+
+/// Copy the files under `src` (sub-directories too, e.g. sentence-transformers' `1_Pooling/`)
+/// into `out`, except the top-level names in `skip`.
+fn copy_tree(src: &Path, out: &Path, skip: &[&str]) -> Result<()> {
+    let err = |p: &Path, e: std::io::Error| crate::Error::File { path: p.display().to_string(), detail: e.to_string() };
+    for e in std::fs::read_dir(src).map_err(|e| err(src, e))?.flatten() {
+        let (p, name) = (e.path(), e.file_name());
+        if skip.iter().any(|s| name == *s) {
+            continue;
+        }
+        if p.is_dir() {
+            std::fs::create_dir_all(out.join(&name)).map_err(|e| err(&out.join(&name), e))?;
+            copy_tree(&p, &out.join(&name), &[])?;
+        } else if p.is_file() {
+            let bytes = std::fs::read(&p).map_err(|e| err(&p, e))?;
+            crate::util::write_atomic(&out.join(&name), &bytes)?;
+        }
+    }
+    Ok(())
 }
 
 /// Name, stored dtype and shape of every tensor in a safetensors file (header only).
