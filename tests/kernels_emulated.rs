@@ -130,7 +130,10 @@ fn gemm_kernels_match_the_f64_reference_on_the_emulator() {
     ];
     for (tag, file, from, to) in mutants {
         let tree = mutated_tree(tag, file, from, to);
-        let (ok, out) = build_and_run(&cxx, &tree, "gemm", tag);
+        // The bf16 mutants touch only the bf16 kernel: the harness runs just that variant (after
+        // its rounding cases), not every GEMM before it.
+        let only: &[&std::ffi::OsStr] = if tag.starts_with("bf16-") { &[std::ffi::OsStr::new("gemm_v3_bf16")] } else { &[] };
+        let (ok, out) = run(&build(&cxx, &tree, "gemm", tag), only);
         assert!(!ok, "mutant {tag} ({from:?} → {to:?}) passed the emulated test:\n{out}");
     }
 }
