@@ -198,7 +198,7 @@ struct FinetuneCli {
     bf16: bool,
     /// Gradient checkpointing: each encoder layer keeps only its input and runs again in
     /// backward: a MiniLM step at batch 32 holds 336 MB instead of 1090, at ~1.15x its time;
-    /// the same weights bit for bit.
+    /// the same weights (bit for bit unless weights are reused across segments: then to rounding).
     #[arg(long)]
     gradient_checkpointing: bool,
     /// Time every op of the training steps (forward and backward) and what runs around them;

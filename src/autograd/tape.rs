@@ -111,7 +111,9 @@ impl Tape {
     /// This tape with gradient (activation) checkpointing on: models run each encoder layer
     /// through [`Tape::checkpoint`], so a step keeps one layer input per layer instead of every
     /// activation, and recomputes each layer once in backward — transformers'
-    /// `gradient_checkpointing_enable()`. Results are bit for bit those of a plain tape.
+    /// `gradient_checkpointing_enable()`. Results are bit for bit those of a plain tape, except
+    /// that gradients of a tensor used in several checkpointed calls (shared or reused weights)
+    /// are summed per call first, so they agree to rounding.
     pub fn checkpointing(mut self, on: bool) -> Tape {
         self.checkpointing = on;
         self

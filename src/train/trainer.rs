@@ -169,7 +169,8 @@ pub struct FinetuneArgs {
     pub bf16: bool,
     /// Gradient (activation) checkpointing (transformers' `gradient_checkpointing`): each
     /// encoder layer keeps only its input during the forward and runs again in backward — less
-    /// memory for about one more forward per step, the same weights bit for bit.
+    /// memory for about one more forward per step, the same weights bit for bit (to rounding
+    /// where weights are reused across checkpointed layers: ALBERT, memory segments).
     #[serde(default)]
     pub gradient_checkpointing: bool,
     /// Time every op of the training steps (forward and backward, see `autograd::Profile`), plus
