@@ -860,6 +860,24 @@ fn max_steps_trains_exactly_n_steps_over_a_short_last_epoch() {
     bad.out = tmp("max-steps-0");
     bad.max_steps = Some(0);
     assert!(finetune(&bad).unwrap_err().to_string().contains("--max-steps"));
+    // Interrupted inside the short last epoch and resumed (cosine schedule, warmup in steps):
+    // the same weights and learning rates, bit for bit, as the uninterrupted run.
+    let mut full = a.clone();
+    full.out = tmp("max-steps-full");
+    full.lr_scheduler = engram::optim::ScheduleKind::Cosine;
+    full.warmup_steps = Some(2);
+    finetune(&full).unwrap();
+    let mut part = full.clone();
+    part.out = tmp("max-steps-part");
+    part.stop_after_steps = Some(n - 2);
+    finetune(&part).unwrap();
+    part.stop_after_steps = None;
+    part.resume = true;
+    finetune(&part).unwrap();
+    let w = |d: &Path| std::fs::read(d.join("checkpoint/model.safetensors")).unwrap();
+    assert!(w(&full.out) == w(&part.out), "resumed --max-steps run differs from the uninterrupted one");
+    let lr = |d: &Path| serde_json::from_slice::<serde_json::Value>(&std::fs::read(d.join("metrics.json")).unwrap()).unwrap()["learning_rate_per_step"].clone();
+    assert_eq!(lr(&full.out), lr(&part.out));
 }
 
 /// `--gradient-checkpointing` trains the same model bit for bit (dropout on, two epochs, AdamW,

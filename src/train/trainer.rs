@@ -93,6 +93,16 @@ pub enum OptimizerKind {
     Sgd,
 }
 
+impl OptimizerKind {
+    /// The name as papers and PyTorch write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            OptimizerKind::Adamw => "AdamW",
+            OptimizerKind::Sgd => "SGD",
+        }
+    }
+}
+
 /// Everything `engram finetune` takes; defaults are transformers' `Trainer` defaults where it has one.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FinetuneArgs {
@@ -1041,7 +1051,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
     }
     if args.progress {
         eprintln!(
-            "engram finetune: {} train / {} dev examples, {} labels, {} epochs × {steps_per_epoch} steps (batch {} × accumulation {}), lr {:e} ({}, {warmup} warmup steps), {:?} on {:?}{}",
+            "engram finetune: {} train / {} dev examples, {} labels, {} epochs × {steps_per_epoch} steps (batch {} × accumulation {}), lr {:e} ({}, {warmup} warmup steps), {} on {:?}{}",
             train.len(),
             dev.len(),
             labels.len(),
@@ -1050,7 +1060,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
             args.grad_accum,
             args.lr,
             args.lr_scheduler.name(),
-            args.optimizer,
+            args.optimizer.name(),
             args.device,
             if resuming { format!(", resuming at epoch {} step {}", state.epoch + 1, state.global_step) } else { String::new() }
         );
