@@ -1,6 +1,7 @@
 //! Cost of the recurrent memory per document against its length: one training step's forward
 //! and backward over documents 1×, 2×, 4× and 8× the window, timed (median of 3) and with the
-//! bytes the tape holds for backward. Linear growth in both is the claim; the ratio columns
+//! bytes the tape holds for backward (parameters included), and the same with gradient
+//! checkpointing (`Tape::checkpointing`). Linear growth in both is the claim; the ratio columns
 //! compare each length with 1×.
 //!
 //!   cargo bench --bench memory_cost                        # all-MiniLM-L6-v2 if installed, else the tiny BERT
@@ -26,8 +27,8 @@ fn main() {
     memory::attach(&mut bert, &cfg, &dir, 0).expect("memory");
     let tok = BertTokenizer::from_file(dir.join("tokenizer.json"), window).expect("tokenizer");
     println!("memory cost per document: {} (window {window}, m = {m}), batch {batch}, CPU", dir.display());
-    println!("| length | segments | tokens/doc | ms/doc (fwd+bwd) | × of 1× | tape MiB/doc | × of 1× |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| length | segments | tokens/doc | ms/doc (fwd+bwd) | × of 1× | tape MiB/doc | × of 1× | checkpointed: ms/doc | tape MiB/doc |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut base: Option<(f64, f64)> = None;
     for factor in [1usize, 2, 4, 8] {
         let mut rng = Rng::new(factor as u64);
@@ -35,23 +36,27 @@ fn main() {
             (0..batch).map(|_| memory::units(&tok, &recall::document(&mut rng, factor * window).0, None).expect("units")).collect();
         let seg = memory::segment(&tok, &cfg, &docs, "bench").expect("segments");
         let y = engram::Tensor::from_ids(vec![0; batch], &[batch]).expect("labels");
-        let mut times = Vec::new();
-        let mut held = 0;
-        for rep in 0..3 {
-            let t0 = Instant::now();
-            let tape = Tape::training(rep);
-            let out = memory::forward(&bert, &cfg, &tape, &seg, true, false).expect("forward");
-            let loss = engram::ops::cross_entropy(&tape, &out.logits, &y).expect("loss");
-            held = tape.held_bytes();
-            let _g = tape.backward(&loss).expect("backward");
-            times.push(t0.elapsed().as_secs_f64());
-        }
-        times.sort_by(f64::total_cmp);
-        let ms = times[1] * 1e3 / batch as f64;
-        let mib = held as f64 / batch as f64 / (1 << 20) as f64;
+        // (ms per document, tape MiB per document), median of 3, without and with checkpointing.
+        let measure = |ckpt: bool| {
+            let mut times = Vec::new();
+            let mut held = 0;
+            for rep in 0..3 {
+                let t0 = Instant::now();
+                let tape = Tape::training(rep).checkpointing(ckpt);
+                let out = memory::forward(&bert, &cfg, &tape, &seg, true, false).expect("forward");
+                let loss = engram::ops::cross_entropy(&tape, &out.logits, &y).expect("loss");
+                held = tape.held_bytes();
+                let _g = tape.backward(&loss).expect("backward");
+                times.push(t0.elapsed().as_secs_f64());
+            }
+            times.sort_by(f64::total_cmp);
+            (times[1] * 1e3 / batch as f64, held as f64 / batch as f64 / (1 << 20) as f64)
+        };
+        let (ms, mib) = measure(false);
+        let (ck_ms, ck_mib) = measure(true);
         let (b_ms, b_mib) = *base.get_or_insert((ms, mib));
         println!(
-            "| {factor}× | {} | {} | {ms:.1} | {:.2} | {mib:.1} | {:.2} |",
+            "| {factor}× | {} | {} | {ms:.1} | {:.2} | {mib:.1} | {:.2} | {ck_ms:.1} | {ck_mib:.1} |",
             seg.steps.len(),
             seg.tokens / batch,
             ms / b_ms,

@@ -194,3 +194,22 @@ fn bad_inputs_are_errors_naming_the_op_and_shapes() {
     let e = msg(ops::matmul(&tape, &a, &randn(&[3, 2], 7).to_dtype(DType::F64).unwrap()).unwrap_err());
     assert!(e.contains("matmul") && e.contains("F64"), "{e}");
 }
+
+/// `Tape::held_bytes` counts what backwards save besides their inputs: the fused attention's
+/// probabilities (B·NH·Tq·Tk floats) and layer norm's row statistics, each input tensor once.
+#[test]
+fn held_bytes_counts_saved_probabilities_and_statistics() {
+    let (b, nh, t, hs) = (2usize, 3usize, 5usize, 4usize);
+    let r = |n: usize, s: u64| Tensor::from_vec(engram::testing::Rng::new(s).normal_vec(n).into_iter().map(|x| x as f32).collect::<Vec<f32>>(), &[b, nh, t, hs]).unwrap().requires_grad();
+    let (q, k, v) = (r(b * nh * t * hs, 1), r(b * nh * t * hs, 2), r(b * nh * t * hs, 3));
+    let tape = Tape::training(0);
+    let o = ops::attention(&tape, &q, &k, &v, None, 0.5, 0.0).unwrap();
+    let inputs = 3 * b * nh * t * hs * 4;
+    assert_eq!(tape.held_bytes(), inputs + b * nh * t * t * 4, "q, k, v and the probabilities");
+    let x = ops::reshape(&tape, &o, &[b * nh * t, hs]).unwrap();
+    let (w, bias) = (Tensor::from_vec(vec![1f32; hs], &[hs]).unwrap().requires_grad(), Tensor::from_vec(vec![0f32; hs], &[hs]).unwrap().requires_grad());
+    let before = tape.held_bytes();
+    ops::layer_norm(&tape, &x, &w, &bias, 1e-5).unwrap();
+    // x (the reshaped o: a new tensor), w, bias, and the mean and 1/std of each row.
+    assert_eq!(tape.held_bytes(), before + (b * nh * t * hs + 2 * hs) * 4 + 2 * b * nh * t * 4);
+}

@@ -13,6 +13,12 @@ use crate::tensor::{Buf, DType, Tensor, TensorId};
 /// of its inputs into the sink. The struct implementing it holds what forward saved.
 pub trait Backward {
     fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()>;
+
+    /// Bytes this backward keeps besides its input tensors (saved probabilities, row
+    /// statistics…), for [`Tape::held_bytes`].
+    fn saved_bytes(&self) -> usize {
+        0
+    }
 }
 
 /// The function a [`Tape::checkpoint`] node runs, in forward and again in backward.
@@ -174,17 +180,14 @@ impl Tape {
         self.len() == 0
     }
 
-    /// Bytes of the distinct tensors the recorded nodes hold for backward (activations and
-    /// parameters alike): what a training step keeps alive between forward and backward.
+    /// Bytes the recorded nodes hold for backward: the distinct tensors they keep (activations
+    /// and parameters alike) plus what their backwards saved besides (attention probabilities,
+    /// row statistics) — what a training step keeps alive between forward and backward.
     pub fn held_bytes(&self) -> usize {
         let mut seen = std::collections::HashSet::new();
-        self.nodes
-            .borrow()
-            .iter()
-            .flat_map(|n| n.inputs.iter())
-            .filter(|t| seen.insert(t.id()))
-            .map(|t| t.numel() * t.dtype().size_in_bytes())
-            .sum()
+        let nodes = self.nodes.borrow();
+        let tensors: usize = nodes.iter().flat_map(|n| n.inputs.iter()).filter(|t| seen.insert(t.id())).map(|t| t.numel() * t.dtype().size_in_bytes()).sum();
+        tensors + nodes.iter().map(|n| n.op.saved_bytes()).sum::<usize>()
     }
 
     /// Names of the recorded ops, in forward order (for debugging and tests).

@@ -453,6 +453,10 @@ struct HeadGrads<'a, T> {
 }
 
 impl<T: Float> Backward for AttentionBwd<T> {
+    fn saved_bytes(&self) -> usize {
+        std::mem::size_of_val(&self.probs[..])
+    }
+
     // O = D·V, D = P ⊙ keep / (1 − p) (D = P without dropout), P = softmax(S), S = scale·Q·Kᵀ (+mask):
     //   dV = Dᵀ·dO,  dP = (dO·Vᵀ) ⊙ keep / (1 − p),  dS = P ⊙ (dP − rowsum(P ⊙ dP)),
     //   dQ = scale·dS·K,  dK = scale·dSᵀ·Q.
@@ -713,6 +717,13 @@ mod cuda {
     }
 
     impl Backward for AttentionBwd {
+        fn saved_bytes(&self) -> usize {
+            4 * match &self.saved {
+                Saved::V1 { probs } => probs.len(),
+                Saved::V2 { lse, out } => lse.len() + out.len(),
+            }
+        }
+
         fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
             let dev = CudaDev::get()?;
             let (q, k, v) = (&inputs[0], &inputs[1], &inputs[2]);

@@ -74,6 +74,10 @@ struct CrossEntropyBwd<T> {
 }
 
 impl<T: Float> Backward for CrossEntropyBwd<T> {
+    fn saved_bytes(&self) -> usize {
+        std::mem::size_of_val(&self.lse[..])
+    }
+
     // d loss / d logits_n = (softmax(logits_n) − (1 − ε)·onehot(target_n) − ε/V) · dloss / count,
     // 0 if ignored.
     fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {

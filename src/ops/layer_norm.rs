@@ -63,6 +63,10 @@ struct LayerNormBwd<T> {
 }
 
 impl<T: Float> Backward for LayerNormBwd<T> {
+    fn saved_bytes(&self) -> usize {
+        std::mem::size_of_val(&self.mean[..]) + std::mem::size_of_val(&self.rstd[..])
+    }
+
     // With n = (x − μ)·r and g = dy·w:
     //   dx = r · (g − mean(g) − n · mean(g·n)),   dw = Σ_rows dy·n,   db = Σ_rows dy.
     fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
@@ -171,6 +175,10 @@ mod cuda {
     }
 
     impl Backward for LayerNormBwd {
+        fn saved_bytes(&self) -> usize {
+            4 * (self.mean.len() + self.rstd.len())
+        }
+
         fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
             let dev = CudaDev::get()?;
             let (x, w, b) = (&inputs[0], &inputs[1], &inputs[2]);
