@@ -1,6 +1,7 @@
 //! GPU benchmark: engram's CUDA kernels at BERT-base shapes (batch 32 × seq 128, hidden 768,
 //! 12 heads, FFN 3072), each beside a yardstick measured in the same run: cuBLAS SGEMM (FP32, no
-//! TF32) for the f32-accurate GEMMs, cuBLAS in its TF32 math mode for the TF32 one, the device's copy bandwidth (device-to-device memcpy) for the memory-bound
+//! TF32) for the f32-accurate GEMMs, cuBLAS in its TF32 math mode for the TF32 one, cuBLAS's bf16
+//! GEMM (and TF32) for the bf16-autocast one, the device's copy bandwidth (device-to-device memcpy) for the memory-bound
 //! kernels, and cuMemAlloc vs the stream-ordered pool for allocation. Prints one table.
 //!
 //!     cargo bench --features cuda,cublas-reference --bench gpu
@@ -117,13 +118,16 @@ mod gpu {
                 };
                 rows.push(Row { what: format!("{} linear {m}x{n}x{k}", v.kernel()), ms, metric: format!("{tflops:.1} TFLOP/s"), yardstick });
             }
-            // bf16 autocast (a bf16 tape's linear: gemm_v3_bf16), beside cuBLAS's TF32 mode:
-            // the same tensor-core instruction, so the kernels compare directly.
+            // bf16 autocast (a bf16 tape's linear: gemm_v3_bf16, one TF32 mma per term on
+            // rounded f32 operands) beside cuBLAS's bf16 GEMM (bf16 operands in memory, f32
+            // accumulation: what PyTorch's autocast matmul runs) and its TF32 mode (the same
+            // instruction as ours).
             let bf16_tape = Tape::inference().bf16(true);
             let ms = time(&dev, 10, || ops::linear(&bf16_tape, &x, &w, None).map(|_| ()))?;
             let tflops = 2.0 * (m * n * k) as f64 / (ms * 1e-3) / 1e12;
             let yardstick = yard.map_or("cuBLAS not available".into(), |(_, tf32)| {
-                format!("cuBLAS TF32 {:.2} ms; engram at {:.0}%", tf32, 100.0 * tf32 / ms)
+                let bf = cublas_bf16_linear(&dev, &x, &w, m, n, k).map_or_else(|e| format!("cuBLAS bf16 failed: {e}; "), |b| format!("cuBLAS bf16 {b:.2} ms = {:.0}%; ", 100.0 * b / ms));
+                format!("{bf}cuBLAS TF32 {:.2} ms; engram at {:.0}% of TF32", tf32, 100.0 * tf32 / ms)
             });
             rows.push(Row { what: format!("gemm_v3_bf16 (bf16 tape) linear {m}x{n}x{k}"), ms, metric: format!("{tflops:.1} TFLOP/s"), yardstick });
         }
@@ -397,6 +401,58 @@ mod gpu {
             println!("gemm_v3_bf16 DISAGREES with cuBLAS at {m}x{n}x{k}: rel {worst:e}");
         }
         Ok(Some((ms, tf32_ms)))
+    }
+
+    #[cfg(feature = "cublas-reference")]
+    /// cuBLAS's bf16 GEMM for y = x·wᵀ (cublasGemmEx: bf16 operands rounded on the host, f32
+    /// compute, bf16 output — PyTorch's autocast matmul): its time in ms.
+    fn cublas_bf16_linear(dev: &CudaDev, x: &Tensor, w: &Tensor, m: usize, n: usize, k: usize) -> Result<f64> {
+        use cudarc::cublas::{result, sys, CudaBlas};
+        use cudarc::driver::{DevicePtr, DevicePtrMut};
+        let err = |what: &str, e: &dyn std::fmt::Debug| engram::Error::Device(format!("cuBLAS bf16 {what}: {e:?}"));
+        let blas = CudaBlas::new(dev.stream().clone()).map_err(|e| err("init", &e))?;
+        // bf16 as its 16 bits (u16 buffers), so the cudarc build needs no half-precision feature.
+        let bits = |t: &Tensor| -> Vec<u16> { t.to_f64_vec().into_iter().map(|v| half::bf16::from_f32(v as f32).to_bits()).collect() };
+        let (xb, wb) = (dev.htod(&bits(x))?, dev.htod(&bits(w))?);
+        let mut y = dev.zeros::<u16>(m * n)?;
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let stream = dev.stream().clone();
+        time(dev, 10, || {
+            let (wp, _rw) = wb.device_ptr(&stream);
+            let (xp, _rx) = xb.device_ptr(&stream);
+            let (yp, _ry) = y.device_ptr_mut(&stream);
+            // SAFETY: row-major y (M, N) = x (M, K)·wᵀ as column-major yᵀ = w·xᵀ; the buffers hold
+            // N·K, M·K and M·N bf16 values, and the scalars are f32 as CUBLAS_COMPUTE_32F needs.
+            unsafe {
+                result::gemm_ex(
+                    *blas.handle(),
+                    sys::cublasOperation_t::CUBLAS_OP_T,
+                    sys::cublasOperation_t::CUBLAS_OP_N,
+                    n as i32,
+                    m as i32,
+                    k as i32,
+                    (&alpha as *const f32).cast(),
+                    wp as *const std::ffi::c_void,
+                    sys::cudaDataType_t::CUDA_R_16BF,
+                    k as i32,
+                    xp as *const std::ffi::c_void,
+                    sys::cudaDataType_t::CUDA_R_16BF,
+                    k as i32,
+                    (&beta as *const f32).cast(),
+                    yp as *mut std::ffi::c_void,
+                    sys::cudaDataType_t::CUDA_R_16BF,
+                    n as i32,
+                    sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            }
+            .map_err(|e| err("gemm", &e))
+        })
+    }
+
+    #[cfg(not(feature = "cublas-reference"))]
+    fn cublas_bf16_linear(_: &CudaDev, _: &Tensor, _: &Tensor, _: usize, _: usize, _: usize) -> Result<f64> {
+        Err(engram::Error::Device("built without cublas-reference".into()))
     }
 
     #[cfg(not(feature = "cublas-reference"))]
