@@ -1051,11 +1051,12 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
     }
     if args.progress {
         eprintln!(
-            "engram finetune: {} train / {} dev examples, {} labels, {} epochs × {steps_per_epoch} steps (batch {} × accumulation {}), lr {:e} ({}, {warmup} warmup steps), {} on {:?}{}",
+            "engram finetune: {} train / {} dev examples, {} labels, {} epochs × {steps_per_epoch} steps{} (batch {} × accumulation {}), lr {:e} ({}, {warmup} warmup steps), {} on {:?}{}",
             train.len(),
             dev.len(),
             labels.len(),
             epochs,
+            args.max_steps.map_or(String::new(), |m| format!(", stopping at step {m}")),
             args.batch_size,
             args.grad_accum,
             args.lr,
