@@ -24,14 +24,14 @@
 //   gemm_v3_bf16 / gemm_v3_bf16_64: bf16 autocast (Tape::bf16 on the GPU, what the CPU's
 //            ops::gemm_bf16 computes): every operand rounded to bf16 (nearest, ties to even; NaN
 //            kept; subnormals to signed zero, as AVX512_BF16 does) once, as it is stashed in shared
-//            memory, then one TF32 mma per term. A bf16 value is exact in TF32, and the product of
-//            two is exact in f32, so this is the exact-products, f32-sums GEMM of autocast; it
-//            differs from the CPU's only in the order of the f32 sums. Chosen by the linear layers
-//            of a bf16 tape, whatever ENGRAM_GEMM says. Verified on the CPU emulator against an
-//            f64 reference on rounded operands at f32 tolerance; NOT YET RUN ON A GPU. ptxas sm_90:
-//            172 / 100 registers, no spills, 24 / 18 KiB shared. (The
-//            m16n8k16 bf16 mma would double tensor-core throughput and halve shared memory; that
-//            version waits until a GPU can time it against this one.)
+//            memory as bf16 (BK = 16, two per 32-bit word: half v3's shared memory per k), then one
+//            mma.sync.m16n8k16 bf16 per 16×8×16 tile with f32 accumulators — the exact-products,
+//            f32-sums GEMM of autocast; it differs from the CPU's only in the order of the sums.
+//            Chosen by the linear layers of a bf16 tape, whatever ENGRAM_GEMM says. Verified on the
+//            CPU emulator (its bf16 mma follows the PTX ISA's fragment layouts, checked against
+//            formulas written independently) against an f64 reference on rounded operands at f32
+//            tolerance; NOT YET RUN ON A GPU. ptxas sm_90: 240 / 160 registers (the 16-deep
+//            prefetch), no spills, 24 / 18 KiB shared.
 #include "common.cuh"
 
 #define BM 64
@@ -303,13 +303,43 @@ struct GemmV3Smem {
 };
 // How gemm_v3 multiplies: 3xTF32 (f32 accuracy), one TF32 product, or bf16 autocast.
 enum V3Mode { V3_SPLIT = 0, V3_TF32 = 1, V3_BF16 = 2 };
+
+// bf16 mode: BK = 16 slices held as bf16 (two per 32-bit word, lower k in the lower half, as the
+// m16n8k16 fragments want them), rows padded to 12 words so a fragment read (row g, word t)
+// touches 32 different banks.
+#define BK3H 16
+#define PK3H (BK3H + 8)
+template <int BM3>
+struct GemmV3SmemBf16 {
+    unsigned short a[2][BM3][PK3H];  // [buffer][m][k], bf16 bits
+    unsigned short b[2][128][PK3H];  // [buffer][n][k]
+};
+// The 32-bit word holding k = 2w, 2w + 1 of a bf16 row.
+__device__ __forceinline__ unsigned bf16_pair(const unsigned short* row, int w) {
+    return *reinterpret_cast<const unsigned*>(row + 2 * w);
+}
+__device__ __forceinline__ unsigned short bf16_bits(float x) {
+    return (unsigned short)(__float_as_uint(bf16_rne(x)) >> 16);
+}
+// d += A·B for one 16×8×16 bf16 tile, f32 accumulators (warp-wide).
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+#ifdef ENGRAM_EMU
+    emu::mma_m16n8k16_bf16(d, a, b);
+#else
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
 // Warps as 2 (m) × 4 (n); warp w owns rows wm … wm + BM3/2 and columns wn … wn + 32 of the block tile.
-template <int BM3, bool ta, bool tb, int mode>
-__device__ __forceinline__ void gemm_v3_body(GemmV3Smem<BM3>& sm, float* C, const float* A, const float* B, int M, int N, int K,
+template <int BM3, bool ta, bool tb, int mode, class Smem>
+__device__ __forceinline__ void gemm_v3_body(Smem& sm, float* C, const float* A, const float* B, int M, int N, int K,
                                              long long sA, long long sB, long long sC, int acc) {
-    constexpr int BN3 = 128, NT = 256;
-    constexpr int MI = BM3 / 32, NJ = 4;                      // m16 and n8 tiles per warp
-    constexpr int LA = BM3 * BK3 / NT, LB = BN3 * BK3 / NT;  // loads per thread per slice
+    constexpr bool split = mode == V3_SPLIT, bf16 = mode == V3_BF16;
+    constexpr int BN3 = 128, NT = 256, BKS = bf16 ? BK3H : BK3;
+    constexpr int MI = BM3 / 32, NJ = 4;                    // m16 and n8 tiles per warp
+    constexpr int LA = BM3 * BKS / NT, LB = BN3 * BKS / NT;  // loads per thread per slice
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int wm = (warp >> 2) * (BM3 / 2), wn = (warp & 3) * 32;
@@ -319,57 +349,80 @@ __device__ __forceinline__ void gemm_v3_body(GemmV3Smem<BM3>& sm, float* C, cons
     B += bz * sB;
     C += bz * sC;
     float ra[LA], rb[LB];
-    auto fetch = [&](int k0) { fetch_slice<BM3, BN3, BK3, NT, ta, tb>(ra, rb, A, B, M, N, K, m0, n0, k0); };
-    constexpr bool split = mode == V3_SPLIT, bf16 = mode == V3_BF16;
+    auto fetch = [&](int k0) { fetch_slice<BM3, BN3, BKS, NT, ta, tb>(ra, rb, A, B, M, N, K, m0, n0, k0); };
     // Registers → shared buffer `buf` (m- and n-major: fragments read along k); bf16 rounds here,
     // once per element.
     auto stash = [&](int buf) {
-        stash_slice<BM3, BN3, BK3, NT, ta, tb>(
-            ra, rb, [&](int mm, int kk, float v) { sm.a[buf][mm][kk] = bf16 ? bf16_rne(v) : v; },
-            [&](int nn, int kk, float v) { sm.b[buf][nn][kk] = bf16 ? bf16_rne(v) : v; });
-    };
-    // x → its TF32 high part (hi) and, with `split`, the TF32 rounding of the rest (lo); a bf16
-    // value is already a TF32 operand.
-    auto to_tf32 = [&](float x, unsigned& hi, unsigned& lo) {
-        hi = bf16 ? __float_as_uint(x) : tf32_rna(x);
-        if (split) lo = tf32_rna(x - __uint_as_float(hi));
+        if constexpr (bf16) {
+            stash_slice<BM3, BN3, BKS, NT, ta, tb>(
+                ra, rb, [&](int mm, int kk, float v) { sm.a[buf][mm][kk] = bf16_bits(v); },
+                [&](int nn, int kk, float v) { sm.b[buf][nn][kk] = bf16_bits(v); });
+        } else {
+            stash_slice<BM3, BN3, BKS, NT, ta, tb>(
+                ra, rb, [&](int mm, int kk, float v) { sm.a[buf][mm][kk] = v; }, [&](int nn, int kk, float v) { sm.b[buf][nn][kk] = v; });
+        }
     };
     float d[MI][NJ][4] = {};
     fetch(0);
     stash(0);
     __syncthreads();
     int buf = 0;
-    for (int k0 = 0; k0 < K; k0 += BK3) {
-        const bool more = k0 + BK3 < K;
-        if (more) fetch(k0 + BK3);  // in flight while this slice computes
-#pragma unroll
-        for (int ks = 0; ks < BK3; ks += 8) {
-            // B fragments for the warp's four n8 tiles stay in registers; A fragments are made
-            // one m16 tile at a time (fewer live registers: ptxas keeps gemm_v3 from spilling).
-            unsigned bh[NJ][2], bl[NJ][2];
+    for (int k0 = 0; k0 < K; k0 += BKS) {
+        const bool more = k0 + BKS < K;
+        if (more) fetch(k0 + BKS);  // in flight while this slice computes
+        if constexpr (bf16) {
+            // One m16n8k16 per tile and slice: B words for the warp's four n8 tiles, then A's
+            // words one m16 tile at a time.
+            unsigned bw[NJ][2];
 #pragma unroll
             for (int j = 0; j < NJ; ++j) {
-                const int c = wn + 8 * j + g;
-                to_tf32(sm.b[buf][c][ks + t], bh[j][0], bl[j][0]);
-                to_tf32(sm.b[buf][c][ks + t + 4], bh[j][1], bl[j][1]);
+                const unsigned short* row = sm.b[buf][wn + 8 * j + g];
+                bw[j][0] = bf16_pair(row, t);
+                bw[j][1] = bf16_pair(row, t + 4);
             }
 #pragma unroll
             for (int i = 0; i < MI; ++i) {
-                unsigned ah[4], al[4];
-                const int r = wm + 16 * i + g;
-                to_tf32(sm.a[buf][r][ks + t], ah[0], al[0]);
-                to_tf32(sm.a[buf][r + 8][ks + t], ah[1], al[1]);
-                to_tf32(sm.a[buf][r][ks + t + 4], ah[2], al[2]);
-                to_tf32(sm.a[buf][r + 8][ks + t + 4], ah[3], al[3]);
-                // The small cross terms first, then the main one; four independent tiles per pass.
-                if (split) {
+                const unsigned short* r0 = sm.a[buf][wm + 16 * i + g];
+                const unsigned short* r8 = sm.a[buf][wm + 16 * i + g + 8];
+                const unsigned aw[4] = {bf16_pair(r0, t), bf16_pair(r8, t), bf16_pair(r0, t + 4), bf16_pair(r8, t + 4)};
 #pragma unroll
-                    for (int j = 0; j < NJ; ++j) mma_tf32(d[i][j], al, bh[j]);
+                for (int j = 0; j < NJ; ++j) mma_bf16(d[i][j], aw, bw[j]);
+            }
+        } else {
+            // x → its TF32 high part (hi) and, with `split`, the TF32 rounding of the rest (lo).
+            auto to_tf32 = [&](float x, unsigned& hi, unsigned& lo) {
+                hi = tf32_rna(x);
+                if (split) lo = tf32_rna(x - __uint_as_float(hi));
+            };
 #pragma unroll
-                    for (int j = 0; j < NJ; ++j) mma_tf32(d[i][j], ah, bl[j]);
+            for (int ks = 0; ks < BKS; ks += 8) {
+                // B fragments for the warp's four n8 tiles stay in registers; A fragments are made
+                // one m16 tile at a time (fewer live registers: ptxas keeps gemm_v3 from spilling).
+                unsigned bh[NJ][2], bl[NJ][2];
+#pragma unroll
+                for (int j = 0; j < NJ; ++j) {
+                    const int c = wn + 8 * j + g;
+                    to_tf32(sm.b[buf][c][ks + t], bh[j][0], bl[j][0]);
+                    to_tf32(sm.b[buf][c][ks + t + 4], bh[j][1], bl[j][1]);
                 }
 #pragma unroll
-                for (int j = 0; j < NJ; ++j) mma_tf32(d[i][j], ah, bh[j]);
+                for (int i = 0; i < MI; ++i) {
+                    unsigned ah[4], al[4];
+                    const int r = wm + 16 * i + g;
+                    to_tf32(sm.a[buf][r][ks + t], ah[0], al[0]);
+                    to_tf32(sm.a[buf][r + 8][ks + t], ah[1], al[1]);
+                    to_tf32(sm.a[buf][r][ks + t + 4], ah[2], al[2]);
+                    to_tf32(sm.a[buf][r + 8][ks + t + 4], ah[3], al[3]);
+                    // The small cross terms first, then the main one; four independent tiles per pass.
+                    if (split) {
+#pragma unroll
+                        for (int j = 0; j < NJ; ++j) mma_tf32(d[i][j], al, bh[j]);
+#pragma unroll
+                        for (int j = 0; j < NJ; ++j) mma_tf32(d[i][j], ah, bl[j]);
+                    }
+#pragma unroll
+                    for (int j = 0; j < NJ; ++j) mma_tf32(d[i][j], ah, bh[j]);
+                }
             }
         }
         if (more) {
@@ -394,10 +447,17 @@ __device__ __forceinline__ void gemm_v3_body(GemmV3Smem<BM3>& sm, float* C, cons
 template <int BM3, int mode>
 __device__ __forceinline__ void gemm_v3_dispatch(float* C, const float* A, const float* B, int M, int N, int K, int ta, int tb,
                                                  long long sA, long long sB, long long sC, int acc) {
-    __shared__ GemmV3Smem<BM3> sm;
-    with_layouts(ta, tb, [&](auto a_t, auto b_t) {
-        gemm_v3_body<BM3, decltype(a_t)::value, decltype(b_t)::value, mode>(sm, C, A, B, M, N, K, sA, sB, sC, acc);
-    });
+    if constexpr (mode == V3_BF16) {
+        __shared__ GemmV3SmemBf16<BM3> sm;
+        with_layouts(ta, tb, [&](auto a_t, auto b_t) {
+            gemm_v3_body<BM3, decltype(a_t)::value, decltype(b_t)::value, mode>(sm, C, A, B, M, N, K, sA, sB, sC, acc);
+        });
+    } else {
+        __shared__ GemmV3Smem<BM3> sm;
+        with_layouts(ta, tb, [&](auto a_t, auto b_t) {
+            gemm_v3_body<BM3, decltype(a_t)::value, decltype(b_t)::value, mode>(sm, C, A, B, M, N, K, sA, sB, sC, acc);
+        });
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(256) gemm_v3(float* C, const float* A, const float* B, int M, int N, int K, int ta,

@@ -102,6 +102,7 @@ fn gemm_kernels_match_the_f64_reference_on_the_emulator() {
     assert!(ok, "emulated GEMM kernels disagree with the reference:\n{out}");
     assert!(out.contains("ok   mma.sync m16n8k8 TF32 fragment layout"), "the emulated mma must be checked:\n{out}");
     assert!(out.contains("ok   bf16 rounding"), "the bf16 rounding must be checked:\n{out}");
+    assert!(out.contains("ok   mma.sync m16n8k16 bf16 fragment layout"), "the emulated bf16 mma must be checked:\n{out}");
     for v in ["gemm_v1 ", "gemm_v2 ", "gemm_v2_64 ", "gemm_v3 ", "gemm_v3_64 ", "gemm_v3_tf32 ", "gemm_v3_tf32_64 ", "gemm_v3_bf16 ", "gemm_v3_bf16_64 "] {
         assert!(out.contains(&format!("ok   {v}")), "variant {v}must run:\n{out}");
     }
@@ -110,15 +111,19 @@ fn gemm_kernels_match_the_f64_reference_on_the_emulator() {
     // last K slice; for the tensor-core kernel (whose mma the emulator computes from the PTX ISA's
     // fragment layouts): B fragments read with the 16-bit types' k index (2t, 2t + 1), one of
     // 3xTF32's two cross terms dropped (TF32 error, ~1e-4, against the f32 tolerance), and the
-    // accumulator rows g / g + 8 swapped on the way out; the bf16 kernel leaving B unrounded (the
-    // mma then truncates it to TF32), rounding by truncation, and ties rounded away from zero
-    // (caught by the rounding cases: random data almost never ties). (v2 and v3 load their slices
+    // accumulator rows g / g + 8 swapped on the way out; the bf16 kernel (m16n8k16) truncating
+    // instead of rounding, rounding by truncation inside bf16_rne, ties rounded away from zero
+    // (caught by the rounding cases: random data almost never ties), a B word read from the wrong
+    // k pair, and the emulator's bf16 mma taking A's two halves of a word in the wrong order (both operands
+    // swapped alike would be the same sum: not a mutant). (v2 and v3 load their slices
     // through one fetch_slice, so the K-bound mutant covers both.)
     let mutants = [
         ("v3-bfrag", "matmul.cu", "sm.b[buf][c][ks + t + 4]", "sm.b[buf][c][ks + 2 * t + 1]"),
         ("v3-split", "matmul.cu", "mma_tf32(d[i][j], ah, bl[j]);", ";"),
         ("v3-epilogue", "matmul.cu", "g + 8 * (q >> 1)", "g + 8 * (q & 1)"),
-        ("bf16-unrounded", "matmul.cu", "sm.b[buf][nn][kk] = bf16 ? bf16_rne(v) : v;", "sm.b[buf][nn][kk] = v;"),
+        ("bf16-unrounded", "matmul.cu", "(unsigned short)(__float_as_uint(bf16_rne(x)) >> 16)", "(unsigned short)(__float_as_uint(x) >> 16)"),
+        ("bf16-bfrag", "matmul.cu", "bf16_pair(row, t + 4)", "bf16_pair(row, t + 2)"),
+        ("emu-bf16-a-halves", "emu/cuda_emu.h", "(r / 8) + 2 * (k / 8)], k); };", "(r / 8) + 2 * (k / 8)], k + 1); };"),
         ("bf16-truncate", "matmul.cu", "(u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u", "u & 0xffff0000u"),
         ("bf16-ties-away", "matmul.cu", "0x7fffu + ((u >> 16) & 1u)", "0x8000u"),
         // The emulator's own mma: A's registers a1/a2 swapped; cvt.rna truncating.
@@ -132,7 +137,7 @@ fn gemm_kernels_match_the_f64_reference_on_the_emulator() {
         let tree = mutated_tree(tag, file, from, to);
         // The bf16 mutants touch only the bf16 kernel: the harness runs just that variant (after
         // its rounding cases), not every GEMM before it.
-        let only: &[&std::ffi::OsStr] = if tag.starts_with("bf16-") { &[std::ffi::OsStr::new("gemm_v3_bf16")] } else { &[] };
+        let only: &[&std::ffi::OsStr] = if tag.contains("bf16-") { &[std::ffi::OsStr::new("gemm_v3_bf16")] } else { &[] };
         let (ok, out) = run(&build(&cxx, &tree, "gemm", tag), only);
         assert!(!ok, "mutant {tag} ({from:?} → {to:?}) passed the emulated test:\n{out}");
     }

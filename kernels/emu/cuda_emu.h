@@ -468,6 +468,44 @@ inline void mma_m16n8k8_tf32(float (&d)[4], const unsigned (&a)[4], const unsign
     for (int q = 0; q < 4; ++q) d[q] = out[q];
 }
 
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 with D = C (d += A·B), warp-wide. Each
+// 32-bit register holds two bf16 values adjacent in k, the lower k in the lower half (PTX ISA,
+// lane = 4·g + t): A (16×16): a0 (row g, k 2t, 2t+1), a1 (g+8, 2t..), a2 (g, 2t+8, 2t+9),
+// a3 (g+8, 2t+8..); B (16×8): b0 (k 2t, 2t+1, col g), b1 (k 2t+8, 2t+9, col g); D as m16n8k8.
+// Products are exact; the sum is taken in double and rounded once (as the TF32 one).
+inline void mma_m16n8k16_bf16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    const unsigned t = linear_tid(), w = t / 32, lane = t % 32;
+    const unsigned nt = (unsigned)(mma_slots.size() / 6);
+    if (w * 32 + 32 > nt) {
+        std::fprintf(stderr, "engram CUDA emulator: mma.sync in a partial warp (block of %u threads): undefined on a GPU\n", nt);
+        std::abort();
+    }
+    uint32_t* mine = &mma_slots[6 * (size_t)t];
+    for (int i = 0; i < 4; ++i) mine[i] = a[i];
+    mine[4] = b[0];
+    mine[5] = b[1];
+    warp_sync();
+    const uint32_t* ws = &mma_slots[6 * (size_t)w * 32];
+    auto half = [](uint32_t word, unsigned k) {
+        const uint32_t bits = (k % 2 ? word >> 16 : word & 0xffffu) << 16;
+        float f;
+        std::memcpy(&f, &bits, 4);
+        return (double)f;
+    };
+    auto A = [&](unsigned r, unsigned k) { return half(ws[6 * ((r % 8) * 4 + (k % 8) / 2) + (r / 8) + 2 * (k / 8)], k); };
+    auto B = [&](unsigned k, unsigned n) { return half(ws[6 * (n * 4 + (k % 8) / 2) + 4 + k / 8], k); };
+    const unsigned g = lane / 4, tg = lane % 4;
+    float out[4];
+    for (unsigned q = 0; q < 4; ++q) {
+        const unsigned r = g + 8 * (q / 2), c = 2 * tg + q % 2;
+        double s = d[q];
+        for (unsigned k = 0; k < 16; ++k) s += A(r, k) * B(k, c);
+        out[q] = (float)s;
+    }
+    warp_sync();
+    for (int q = 0; q < 4; ++q) d[q] = out[q];
+}
+
 // A launch through the emulated driver (kernels/emu/driver.cpp): cuLaunchKernel's argument
 // array (one pointer per parameter, as the CUDA driver API takes it) unpacked into the kernel's
 // parameter types. `dims` = grid x y z, block x y z, dynamic shared bytes.

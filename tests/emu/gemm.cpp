@@ -116,6 +116,51 @@ static bool mma_layout_matches_the_isa(std::mt19937& rng) {
     return true;
 }
 
+// The emulated mma.sync.m16n8k16 bf16 instruction: one warp multiplies a random bf16 A (16×16) by
+// B (16×8), each lane packing its words by the ISA's formulas written independently of the
+// emulator's (register r of lane l: A row l/4 + 8·(r % 2), word l % 4 + 4·(r / 2); B column l/4,
+// word l % 4 + 4·r; word w = k 2w (low half) and 2w + 1 (high half)); D must be A·B everywhere.
+static bool mma_bf16_layout_matches_the_isa(std::mt19937& rng) {
+#ifdef HAVE_GEMM_V3
+    std::uniform_real_distribution<float> U(-1.f, 1.f);
+    float A[16][16], B[16][8], D[32][4];
+    for (auto& r : A)
+        for (auto& x : r) x = bf16_reference(U(rng));
+    for (auto& r : B)
+        for (auto& x : r) x = bf16_reference(U(rng));
+    auto bits = [](float x) {
+        uint32_t u;
+        std::memcpy(&u, &x, 4);
+        return u >> 16;
+    };
+    emu::launch(dim3(1), dim3(32), [&] {
+        const int l = threadIdx.x;
+        unsigned a[4], b[2];
+        for (int r = 0; r < 4; ++r) {
+            const int row = l / 4 + 8 * (r % 2), w = l % 4 + 4 * (r / 2);
+            a[r] = bits(A[row][2 * w]) | bits(A[row][2 * w + 1]) << 16;
+        }
+        for (int r = 0; r < 2; ++r) {
+            const int col = l / 4, w = l % 4 + 4 * r;
+            b[r] = bits(B[2 * w][col]) | bits(B[2 * w + 1][col]) << 16;
+        }
+        float d[4] = {0.f, 0.f, 0.f, 0.f};
+        mma_bf16(d, a, b);
+        for (int q = 0; q < 4; ++q) D[l][q] = d[q];
+    });
+    for (int lane = 0; lane < 32; ++lane)
+        for (int q = 0; q < 4; ++q) {
+            const int r = lane / 4 + 8 * (q / 2), c = 2 * (lane % 4) + q % 2;
+            double ref = 0;
+            for (int k = 0; k < 16; ++k) ref += (double)A[r][k] * B[k][c];
+            if (std::fabs(D[lane][q] - ref) > 1e-5) return false;
+        }
+#else
+    (void)rng;
+#endif
+    return true;
+}
+
 // The kernel's bf16 rounding on the cases random data almost never hits: exact ties both ways,
 // just above a tie, NaN, ±Inf, overflow, subnormals, and agreement with the reference on a sweep.
 static bool bf16_rounding_is_nearest_even() {
@@ -167,6 +212,11 @@ int main(int argc, char** argv) {
             return 1;
         }
         std::printf("ok   mma.sync m16n8k8 TF32 fragment layout (PTX ISA) and cvt.rna rounding\n");
+        if (!mma_bf16_layout_matches_the_isa(rng)) {
+            std::printf("FAIL mma.sync m16n8k16 bf16 emulation disagrees with the PTX ISA fragment layout\nFAILED\n");
+            return 1;
+        }
+        std::printf("ok   mma.sync m16n8k16 bf16 fragment layout (PTX ISA)\n");
         if (!bf16_rounding_is_nearest_even()) {
             std::printf("FAIL bf16 rounding of the bf16 GEMM\nFAILED\n");
             return 1;
