@@ -118,10 +118,9 @@ mod gpu {
                 };
                 rows.push(Row { what: format!("{} linear {m}x{n}x{k}", v.kernel()), ms, metric: format!("{tflops:.1} TFLOP/s"), yardstick });
             }
-            // bf16 autocast (a bf16 tape's linear: gemm_v3_bf16, one TF32 mma per term on
-            // rounded f32 operands) beside cuBLAS's bf16 GEMM (bf16 operands in memory, f32
-            // accumulation: what PyTorch's autocast matmul runs) and its TF32 mode (the same
-            // instruction as ours).
+            // bf16 autocast (a bf16 tape's linear: gemm_v3_bf16, m16n8k16 bf16 mma on operands
+            // rounded as they reach shared memory) beside cuBLAS's bf16 GEMM (bf16 operands in
+            // memory, f32 accumulation: what PyTorch's autocast matmul runs) and its TF32 mode.
             let bf16_tape = Tape::inference().bf16(true);
             let ms = time(&dev, 10, || ops::linear(&bf16_tape, &x, &w, None).map(|_| ()))?;
             let tflops = 2.0 * (m * n * k) as f64 / (ms * 1e-3) / 1e12;
