@@ -29,16 +29,13 @@ pub type CheckpointFn = std::rc::Rc<dyn Fn(&Tape, &[Tensor]) -> Result<Tensor>>;
 struct CheckpointBwd {
     f: CheckpointFn,
     seed: u64,
-    training: bool,
     bf16: bool,
     start: u64,
 }
 
 impl Backward for CheckpointBwd {
     fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
-        let mut tape = Tape::training(self.seed).bf16(self.bf16);
-        tape.training = self.training;
-        tape.dropout_calls.set(self.start);
+        let tape = Tape::replay(self.seed, self.start, self.bf16, true);
         let leaves: Vec<Tensor> = inputs.iter().map(|t| if t.is_tracked() { t.requires_grad() } else { t.clone() }).collect();
         let y = (self.f)(&tape, &leaves)?;
         let mut grads = tape.backward_buf(&y, dout.clone())?;
@@ -139,20 +136,21 @@ impl Tape {
         if !self.tracks(inputs) {
             return f(self, &owned);
         }
-        let start = self.dropout_calls.get();
-        let sub = self.replay(start);
+        // Only a recording tape tracks anything, and only a training tape records.
+        let (seed, bf16, start) = (self.seed, self.bf16, self.dropout_calls.get());
+        let sub = Tape::replay(seed, start, bf16, false);
         let y = f(&sub, &owned)?;
         self.dropout_calls.set(sub.dropout_calls.get());
         let out = y.requires_grad();
-        let (seed, training, bf16) = (self.seed, self.training, self.bf16);
-        self.push(name, inputs, &out, Box::new(CheckpointBwd { f, seed, training, bf16, start }));
+        self.push(name, inputs, &out, Box::new(CheckpointBwd { f, seed, bf16, start }));
         Ok(out)
     }
 
-    /// A tape like this one (seed, mode, bf16) with dropout calls counted from `start` that
-    /// records nothing (and never checkpoints or profiles).
-    fn replay(&self, start: u64) -> Tape {
-        Tape { training: self.training, grad: false, seed: self.seed, dropout_calls: Cell::new(start), nodes: RefCell::new(Vec::new()), profile: None, bf16: self.bf16, checkpointing: false }
+    /// A training tape seeded `seed` whose dropout calls count from `start` — a checkpointed
+    /// call's forward (`grad` false: records nothing) or its rerun in backward (`grad` true).
+    /// Never checkpoints or profiles.
+    fn replay(seed: u64, start: u64, bf16: bool, grad: bool) -> Tape {
+        Tape { training: true, grad, seed, dropout_calls: Cell::new(start), nodes: RefCell::new(Vec::new()), profile: None, bf16, checkpointing: false }
     }
 
     /// This tape, timing every op it sees (forward and backward; see [`Profile`]). The clock of

@@ -194,10 +194,14 @@ impl safetensors::View for HostView<'_> {
     fn data(&self) -> std::borrow::Cow<'_, [u8]> {
         use std::borrow::Cow;
         if !self.is_int() && self.1 != StoreDtype::F32 {
-            let v = self.0.to_f64_vec();
-            return Cow::Owned(match self.1 {
-                StoreDtype::Bf16 => v.iter().flat_map(|&x| half::bf16::from_f32(x as f32).to_le_bytes()).collect(),
-                _ => v.iter().flat_map(|&x| half::f16::from_f32(x as f32).to_le_bytes()).collect(),
+            let narrow = |x: f32| match self.1 {
+                StoreDtype::Bf16 => half::bf16::from_f32(x).to_le_bytes(),
+                _ => half::f16::from_f32(x).to_le_bytes(),
+            };
+            return Cow::Owned(match self.0.buf() {
+                crate::Buf::F32(v) => v.iter().flat_map(|&x| narrow(x)).collect(),
+                crate::Buf::F64(v) => v.iter().flat_map(|&x| narrow(x as f32)).collect(),
+                _ => unreachable!("floats are f32 or f64 on the host"),
             });
         }
         match self.0.buf() {
