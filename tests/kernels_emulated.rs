@@ -123,7 +123,7 @@ fn gemm_kernels_match_the_f64_reference_on_the_emulator() {
         ("v3-epilogue", "matmul.cu", "g + 8 * (q >> 1)", "g + 8 * (q & 1)"),
         ("bf16-unrounded", "matmul.cu", "(unsigned short)(__float_as_uint(bf16_rne(x)) >> 16)", "(unsigned short)(__float_as_uint(x) >> 16)"),
         ("bf16-bfrag", "matmul.cu", "bf16_pair(row, t + 4)", "bf16_pair(row, t + 2)"),
-        ("emu-bf16-a-halves", "emu/cuda_emu.h", "(r / 8) + 2 * (k / 8)], k); };", "(r / 8) + 2 * (k / 8)], k + 1); };"),
+        ("emu-bf16-a-halves", "emu/cuda_emu.h", "(r / 8) + 2 * (k / 8)], k)", "(r / 8) + 2 * (k / 8)], k + 1)"),
         ("bf16-truncate", "matmul.cu", "(u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u", "u & 0xffff0000u"),
         ("bf16-ties-away", "matmul.cu", "0x7fffu + ((u >> 16) & 1u)", "0x8000u"),
         // The emulator's own mma: A's registers a1/a2 swapped; cvt.rna truncating.

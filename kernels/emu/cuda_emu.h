@@ -427,15 +427,14 @@ inline uint32_t cvt_rna_tf32(float x) {
     return (u + 0x1000u) & 0xffffe000u;
 }
 
-// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 with D = C (d += A·B), warp-wide: every lane
-// publishes its fragments, the warp meets, each lane computes its four outputs from the whole A
-// (16×8) and B (8×8) as the PTX ISA lays them out over the lanes (lane = 4·g + t):
-//   A: a0 (row g, k t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4);  B: b0 (k t, col g), b1 (k t+4, g);
-//   D: d0 (g, 2t), d1 (g, 2t+1), d2 (g+8, 2t), d3 (g+8, 2t+1).
-// As on the GPU the low 13 bits of the operand registers are ignored (an operand that was not
-// converted by cvt.rna is truncated, not rounded). Products are exact; the sum is taken in double
-// and rounded once (the hardware rounds no better, so tolerances here must be met there too).
-inline void mma_m16n8k8_tf32(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+// What every emulated mma.sync shares, warp-wide: each lane publishes its fragments (4 A words,
+// 2 B words), the warp meets, each lane computes its four D elements from the whole operands —
+// elem_a(ws, r, k) and elem_b(ws, k, n) read them out of the published words `ws` by the
+// instruction's layout — with exact products summed in double and rounded once (the hardware
+// rounds no better, so tolerances here must be met there too), and the warp meets again.
+// D (16×8), lane = 4·g + t: d0 (g, 2t), d1 (g, 2t+1), d2 (g+8, 2t), d3 (g+8, 2t+1).
+template <unsigned KD, class EA, class EB>
+inline void mma_warp(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2], EA elem_a, EB elem_b) {
     const unsigned t = linear_tid(), w = t / 32, lane = t % 32;
     const unsigned nt = (unsigned)(mma_slots.size() / 6);
     if (w * 32 + 32 > nt) {
@@ -448,62 +447,48 @@ inline void mma_m16n8k8_tf32(float (&d)[4], const unsigned (&a)[4], const unsign
     mine[5] = b[1];
     warp_sync();
     const uint32_t* ws = &mma_slots[6 * (size_t)w * 32];
-    auto val = [](uint32_t bits) {
-        bits &= 0xffffe000u;
-        float f;
-        std::memcpy(&f, &bits, 4);
-        return (double)f;
-    };
-    auto A = [&](unsigned r, unsigned k) { return val(ws[6 * ((r % 8) * 4 + k % 4) + (r / 8) + 2 * (k / 4)]); };
-    auto B = [&](unsigned k, unsigned n) { return val(ws[6 * (n * 4 + k % 4) + 4 + k / 4]); };
     const unsigned g = lane / 4, tg = lane % 4;
     float out[4];
     for (unsigned q = 0; q < 4; ++q) {
         const unsigned r = g + 8 * (q / 2), c = 2 * tg + q % 2;
         double s = d[q];
-        for (unsigned k = 0; k < 8; ++k) s += A(r, k) * B(k, c);
+        for (unsigned k = 0; k < KD; ++k) s += elem_a(ws, r, k) * elem_b(ws, k, c);
         out[q] = (float)s;
     }
     warp_sync();  // every lane has read the slots before any lane's next mma overwrites them
     for (int q = 0; q < 4; ++q) d[q] = out[q];
 }
 
-// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 with D = C (d += A·B), warp-wide. Each
-// 32-bit register holds two bf16 values adjacent in k, the lower k in the lower half (PTX ISA,
-// lane = 4·g + t): A (16×16): a0 (row g, k 2t, 2t+1), a1 (g+8, 2t..), a2 (g, 2t+8, 2t+9),
-// a3 (g+8, 2t+8..); B (16×8): b0 (k 2t, 2t+1, col g), b1 (k 2t+8, 2t+9, col g); D as m16n8k8.
-// Products are exact; the sum is taken in double and rounded once (as the TF32 one).
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 with D = C (d += A·B), PTX ISA layout:
+//   A (16×8): a0 (row g, k t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4);  B: b0 (k t, col g), b1 (k t+4, g).
+// As on the GPU the low 13 bits of the operand registers are ignored (an operand that was not
+// converted by cvt.rna is truncated, not rounded).
+inline void mma_m16n8k8_tf32(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    auto val = [](uint32_t bits) {
+        bits &= 0xffffe000u;
+        float f;
+        std::memcpy(&f, &bits, 4);
+        return (double)f;
+    };
+    mma_warp<8>(
+        d, a, b, [&](const uint32_t* ws, unsigned r, unsigned k) { return val(ws[6 * ((r % 8) * 4 + k % 4) + (r / 8) + 2 * (k / 4)]); },
+        [&](const uint32_t* ws, unsigned k, unsigned n) { return val(ws[6 * (n * 4 + k % 4) + 4 + k / 4]); });
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 with D = C (d += A·B). Each 32-bit register
+// holds two bf16 values adjacent in k, the lower k in the lower half (PTX ISA): A (16×16):
+// a0 (row g, k 2t, 2t+1), a1 (g+8, 2t..), a2 (g, 2t+8, 2t+9), a3 (g+8, 2t+8..); B (16×8):
+// b0 (k 2t, 2t+1, col g), b1 (k 2t+8, 2t+9, col g).
 inline void mma_m16n8k16_bf16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
-    const unsigned t = linear_tid(), w = t / 32, lane = t % 32;
-    const unsigned nt = (unsigned)(mma_slots.size() / 6);
-    if (w * 32 + 32 > nt) {
-        std::fprintf(stderr, "engram CUDA emulator: mma.sync in a partial warp (block of %u threads): undefined on a GPU\n", nt);
-        std::abort();
-    }
-    uint32_t* mine = &mma_slots[6 * (size_t)t];
-    for (int i = 0; i < 4; ++i) mine[i] = a[i];
-    mine[4] = b[0];
-    mine[5] = b[1];
-    warp_sync();
-    const uint32_t* ws = &mma_slots[6 * (size_t)w * 32];
     auto half = [](uint32_t word, unsigned k) {
         const uint32_t bits = (k % 2 ? word >> 16 : word & 0xffffu) << 16;
         float f;
         std::memcpy(&f, &bits, 4);
         return (double)f;
     };
-    auto A = [&](unsigned r, unsigned k) { return half(ws[6 * ((r % 8) * 4 + (k % 8) / 2) + (r / 8) + 2 * (k / 8)], k); };
-    auto B = [&](unsigned k, unsigned n) { return half(ws[6 * (n * 4 + (k % 8) / 2) + 4 + k / 8], k); };
-    const unsigned g = lane / 4, tg = lane % 4;
-    float out[4];
-    for (unsigned q = 0; q < 4; ++q) {
-        const unsigned r = g + 8 * (q / 2), c = 2 * tg + q % 2;
-        double s = d[q];
-        for (unsigned k = 0; k < 16; ++k) s += A(r, k) * B(k, c);
-        out[q] = (float)s;
-    }
-    warp_sync();
-    for (int q = 0; q < 4; ++q) d[q] = out[q];
+    mma_warp<16>(
+        d, a, b, [&](const uint32_t* ws, unsigned r, unsigned k) { return half(ws[6 * ((r % 8) * 4 + (k % 8) / 2) + (r / 8) + 2 * (k / 8)], k); },
+        [&](const uint32_t* ws, unsigned k, unsigned n) { return half(ws[6 * (n * 4 + (k % 8) / 2) + 4 + k / 8], k); });
 }
 
 // A launch through the emulated driver (kernels/emu/driver.cpp): cuLaunchKernel's argument
