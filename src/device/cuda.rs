@@ -433,29 +433,11 @@ fn gemm_variant_bf16(dev: &CudaDev, batch: usize, m: usize, n: usize) -> GemmVar
     }
 }
 
-/// GEMM launch: C[b] (=, or += when `acc`) op(A[b])·op(B[b]); see kernels/matmul.cu.
+/// GEMM launch: C[b] (=, or += when `acc`) op(A[b])·op(B[b]); see kernels/matmul.cu. With
+/// `bf16` the autocast product: operands rounded to bf16, exact products summed in f32
+/// (`gemm_v3_bf16`; the CPU's `ops::gemm_bf16` up to the order of the sums).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
-    dev: &CudaDev,
-    c: &mut CudaSlice<f32>,
-    a: &CudaSlice<f32>,
-    b: &CudaSlice<f32>,
-    batch: usize,
-    m: usize,
-    n: usize,
-    k: usize,
-    ta: bool,
-    tb: bool,
-    strides: (usize, usize, usize),
-    acc: bool,
-) -> Result<()> {
-    gemm_autocast(dev, c, a, b, batch, m, n, k, ta, tb, strides, acc, false)
-}
-
-/// [`gemm`], or with `bf16` the autocast product: operands rounded to bf16, exact products
-/// summed in f32 (`gemm_v3_bf16`; the CPU's `ops::gemm_bf16` up to the order of the sums).
-#[allow(clippy::too_many_arguments)]
-pub fn gemm_autocast(
     dev: &CudaDev,
     c: &mut CudaSlice<f32>,
     a: &CudaSlice<f32>,

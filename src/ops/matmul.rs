@@ -242,7 +242,7 @@ mod tests {
 mod cuda {
     //! CUDA paths: every product is the engine's own GEMM (kernels/matmul.cu).
     use crate::autograd::{Backward, GradSink, Tape};
-    use crate::device::cuda::{cfg_1d, check_cuda, dout_f32, gemm, gemm_autocast, launch, wrap, CudaDev};
+    use crate::device::cuda::{cfg_1d, check_cuda, dout_f32, gemm, launch, wrap, CudaDev};
     use crate::error::Result;
     use crate::tensor::{Buf, Tensor};
 
@@ -251,7 +251,7 @@ mod cuda {
         let dev = CudaDev::get()?;
         let (batch, m, k, n) = (d.batch, d.m, d.k, d.n);
         let mut c = dev.alloc::<f32>(batch * m * n)?;
-        gemm(&dev, &mut c, a.cuda_f32(op)?, b.cuda_f32(op)?, batch, m, n, k, false, nt, (m * k, k * n, m * n), false)?;
+        gemm(&dev, &mut c, a.cuda_f32(op)?, b.cuda_f32(op)?, batch, m, n, k, false, nt, (m * k, k * n, m * n), false, false)?;
         Ok(tape.record(op, &[a, b], wrap(c), d.out_shape, |_| ProductBwd { batch, m, k, n, nt }))
     }
 
@@ -271,12 +271,12 @@ mod cuda {
             let dc = dout_f32(dout, "matmul")?;
             let (ad, bd) = (a.cuda_f32("matmul")?, b.cuda_f32("matmul")?);
             let Self { batch, m, k, n, nt } = *self;
-            sink.accumulate_cuda(a, |da| gemm(&dev, da, dc, bd, batch, m, k, n, false, !nt, (m * n, k * n, m * k), true))?;
+            sink.accumulate_cuda(a, |da| gemm(&dev, da, dc, bd, batch, m, k, n, false, !nt, (m * n, k * n, m * k), true, false))?;
             sink.accumulate_cuda(b, |db| {
                 if nt {
-                    gemm(&dev, db, dc, ad, batch, n, k, m, true, false, (m * n, m * k, n * k), true)
+                    gemm(&dev, db, dc, ad, batch, n, k, m, true, false, (m * n, m * k, n * k), true, false)
                 } else {
-                    gemm(&dev, db, ad, dc, batch, k, n, m, true, false, (m * k, m * n, k * n), true)
+                    gemm(&dev, db, ad, dc, batch, k, n, m, true, false, (m * k, m * n, k * n), true, false)
                 }
             })
         }
@@ -301,7 +301,7 @@ mod cuda {
         }
         // bf16 autocast: all three GEMMs in bf16 (the bf16 tensor-core kernel), as on the CPU.
         let bf16 = tape.is_bf16();
-        gemm_autocast(&dev, &mut y, x.cuda_f32(OP)?, w.cuda_f32(OP)?, 1, rows, out, inp, false, true, (0, 0, 0), bias.is_some(), bf16)?;
+        gemm(&dev, &mut y, x.cuda_f32(OP)?, w.cuda_f32(OP)?, 1, rows, out, inp, false, true, (0, 0, 0), bias.is_some(), bf16)?;
         let mut inputs = vec![x, w];
         inputs.extend(bias);
         Ok(tape.record(OP, &inputs, wrap(y), out_shape, |_| LinearBwd { rows, inp, out, bf16 }))
@@ -322,8 +322,8 @@ mod cuda {
             let dy = dout_f32(dout, "linear")?;
             let Self { rows, inp, out, bf16 } = *self;
             let (xd, wd) = (x.cuda_f32("linear")?, w.cuda_f32("linear")?);
-            sink.accumulate_cuda(x, |dx| gemm_autocast(&dev, dx, dy, wd, 1, rows, inp, out, false, false, (0, 0, 0), true, bf16))?;
-            sink.accumulate_cuda(w, |dw| gemm_autocast(&dev, dw, dy, xd, 1, out, inp, rows, true, false, (0, 0, 0), true, bf16))?;
+            sink.accumulate_cuda(x, |dx| gemm(&dev, dx, dy, wd, 1, rows, inp, out, false, false, (0, 0, 0), true, bf16))?;
+            sink.accumulate_cuda(w, |dw| gemm(&dev, dw, dy, xd, 1, out, inp, rows, true, false, (0, 0, 0), true, bf16))?;
             if let Some(b) = inputs.get(2) {
                 sink.accumulate_cuda(b, |db| crate::ops::elementwise::cuda::sum_rows(db, dy, rows as i64, out as i32))?;
             }
