@@ -192,6 +192,11 @@ struct FinetuneCli {
     /// Cut over-long inputs from the left, keeping their end (transformers' truncation_side="left").
     #[arg(long)]
     truncate_left: bool,
+    /// NER: train and evaluate on sentences longer than --max-length as overlapping windows
+    /// sharing up to N tokens (transformers' stride), each word labelled once, by the window
+    /// where it has the most context; without it they are truncated.
+    #[arg(long, value_name = "N")]
+    stride: Option<usize>,
     /// bf16 autocast (transformers' --bf16): linear layers' GEMMs, forward and backward, in
     /// bf16 with f32 sums; weights, gradients and optimizer state stay f32. CPU and CUDA.
     #[arg(long)]
@@ -254,6 +259,11 @@ enum Cmd {
         /// Multilabel models: the separator of the labels in one field.
         #[arg(long, default_value_t = ',')]
         label_sep: char,
+        /// NER: read inputs longer than --max-length in overlapping windows sharing up to N
+        /// tokens (transformers' stride), each word tagged by the window where it has the most
+        /// context; without it they are truncated.
+        #[arg(long, value_name = "N")]
+        stride: Option<usize>,
     },
     /// Predict with a fine-tuned model: JSONL (label and probabilities; tags and entity spans for NER).
     Predict {
@@ -279,6 +289,11 @@ enum Cmd {
         /// Memory models: print the memory state norm after each segment.
         #[arg(long)]
         memory_norms: bool,
+        /// NER: read inputs longer than --max-length in overlapping windows sharing up to N
+        /// tokens (transformers' stride), each word tagged by the window where it has the most
+        /// context; without it they are truncated.
+        #[arg(long, value_name = "N")]
+        stride: Option<usize>,
         texts: Vec<String>,
     },
     /// Write the long-range recall benchmark (deterministic): train/dev/test JSONL of documents
@@ -370,18 +385,20 @@ fn main() -> ExitCode {
             })
         }
         Cmd::Finetune(f) => finetune(*f).map(|_| ExitCode::SUCCESS),
-        Cmd::Eval { model, data, max_length, device, int8, bf16, label_sep } => engram::train::evaluate_dir(&model, &data, max_length, device.into(), precision(int8, bf16), label_sep).map(|(text, json)| {
+        Cmd::Eval { model, data, max_length, device, int8, bf16, label_sep, stride } => engram::train::evaluate_dir(&model, &data, max_length, device.into(), precision(int8, bf16), label_sep, stride).map(|(text, json)| {
             eprint!("{text}");
             println!("{}", serde_json::to_string_pretty(&json).expect("metrics serialise"));
             ExitCode::SUCCESS
         }),
-        Cmd::Predict { model, input, max_length, batch_size, device, int8, bf16, memory_norms, texts } => read_texts(input.as_deref(), texts).and_then(|texts| {
-            let preds = engram::train::predict_dir(&model, &texts, max_length, batch_size, device.into(), precision(int8, bf16), memory_norms)?;
+        Cmd::Predict { model, input, max_length, batch_size, device, int8, bf16, memory_norms, stride, texts } => read_texts(input.as_deref(), texts).and_then(|texts| {
+            let preds = engram::train::predict_dir(&model, &texts, max_length, batch_size, device.into(), precision(int8, bf16), memory_norms, stride)?;
             let cut = preds.iter().filter(|p| p.get("truncated").is_some()).count();
             if cut > 0 {
+                let ner = preds.iter().any(|p| p.get("entities").is_some());
                 eprintln!(
-                    "engram predict: {cut} of {} inputs were longer than the window and were truncated (\"truncated\": true; a memory model reads them whole)",
-                    preds.len()
+                    "engram predict: {cut} of {} inputs were longer than the window and were truncated (\"truncated\": true; {})",
+                    preds.len(),
+                    if ner { "--stride N tags every word through overlapping windows" } else { "a memory model reads them whole" }
                 );
             }
             let stdout = std::io::stdout();
@@ -451,6 +468,7 @@ fn finetune(f: FinetuneCli) -> Result<()> {
     a.stop_after_steps = f.stop_after_steps;
     a.progress = !f.quiet;
     a.truncate_left = f.truncate_left;
+    a.stride = f.stride;
     a.bf16 = f.bf16;
     a.gradient_checkpointing = f.gradient_checkpointing;
     a.label_sep = f.label_sep;

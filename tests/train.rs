@@ -147,8 +147,8 @@ fn output_dir_is_an_hf_model_that_reloads_with_the_same_predictions() {
         assert!(a.out.join(f).is_file(), "{f} missing");
     }
     let texts = vec!["the cat is nice and warm".to_string(), "my lazy dog".to_string()];
-    let p1 = predict_dir(&a.out, &texts, 64, 8, engram::Device::Cpu, Precision::F32, false).unwrap();
-    let p2 = predict_dir(&a.out, &texts, 64, 1, engram::Device::Cpu, Precision::F32, false).unwrap();
+    let p1 = predict_dir(&a.out, &texts, 64, 8, engram::Device::Cpu, Precision::F32, false, None).unwrap();
+    let p2 = predict_dir(&a.out, &texts, 64, 1, engram::Device::Cpu, Precision::F32, false, None).unwrap();
     assert_eq!(p1.len(), 2);
     // Batches run in order of length (the second text is the shorter); answers come back in input order.
     for (p, t) in p1.iter().zip(&texts) {
@@ -161,13 +161,13 @@ fn output_dir_is_an_hf_model_that_reloads_with_the_same_predictions() {
     }
     // int8 inference (the encoder's linear layers quantized): nearly the f32 probabilities and
     // dev loss, but not exactly the loss (so the int8 layers really ran).
-    let q = predict_dir(&a.out, &texts, 64, 8, engram::Device::Cpu, Precision::Int8, false).unwrap();
+    let q = predict_dir(&a.out, &texts, 64, 8, engram::Device::Cpu, Precision::Int8, false, None).unwrap();
     for (x, y) in p1.iter().zip(&q) {
         let (px, py) = (x["probs"]["pos"].as_f64().unwrap(), y["probs"]["pos"].as_f64().unwrap());
         assert!((px - py).abs() < 0.02, "int8 probability {py} vs f32 {px}");
     }
-    let (_, f32_eval) = engram::train::evaluate_dir(&a.out, &a.dev, 64, engram::Device::Cpu, Precision::F32, ',').unwrap();
-    let (_, int8_eval) = engram::train::evaluate_dir(&a.out, &a.dev, 64, engram::Device::Cpu, Precision::Int8, ',').unwrap();
+    let (_, f32_eval) = engram::train::evaluate_dir(&a.out, &a.dev, 64, engram::Device::Cpu, Precision::F32, ',', None).unwrap();
+    let (_, int8_eval) = engram::train::evaluate_dir(&a.out, &a.dev, 64, engram::Device::Cpu, Precision::Int8, ',', None).unwrap();
     let (l32, l8) = (f32_eval["metrics"]["loss"].as_f64().unwrap(), int8_eval["metrics"]["loss"].as_f64().unwrap());
     assert!((l32 - l8).abs() < 0.01 * l32 && l32 != l8, "dev loss int8 {l8} vs f32 {l32}");
 }
@@ -221,7 +221,7 @@ fn distilbert_and_roberta_finetune_and_save_in_their_own_format() {
                 assert_eq!(changed, head, "{fixture} {n}: changed = {changed}");
             }
         }
-        let p = predict_dir(&a.out, &["the cat is nice".to_string()], 64, 8, engram::Device::Cpu, Precision::F32, false).unwrap();
+        let p = predict_dir(&a.out, &["the cat is nice".to_string()], 64, 8, engram::Device::Cpu, Precision::F32, false, None).unwrap();
         assert!(p[0]["probs"]["pos"].as_f64().is_some(), "{p:?}");
 
         let mut a = args(&model, Task::Ner, tmp(&format!("{fixture}-ner")));
@@ -240,7 +240,7 @@ fn distilbert_and_roberta_finetune_and_save_in_their_own_format() {
         }
         want.sort();
         assert_eq!(names, want, "{fixture}: token-classification names");
-        let p = predict_dir(&a.out, &["the quick brown fox".to_string()], 64, 4, engram::Device::Cpu, Precision::F32, false).unwrap();
+        let p = predict_dir(&a.out, &["the quick brown fox".to_string()], 64, 4, engram::Device::Cpu, Precision::F32, false, None).unwrap();
         assert_eq!(p[0]["tags"].as_array().unwrap().len(), 4);
     }
 }
@@ -254,7 +254,7 @@ fn ner_trains_and_predicts_entity_spans() {
     a.batch_size = 4;
     let s = finetune(&a).unwrap();
     assert_eq!(s.metric, "entity_f1");
-    let p = predict_dir(&a.out, &["the quick brown fox is on my email".to_string()], 64, 4, engram::Device::Cpu, Precision::F32, false).unwrap();
+    let p = predict_dir(&a.out, &["the quick brown fox is on my email".to_string()], 64, 4, engram::Device::Cpu, Precision::F32, false, None).unwrap();
     let tags = p[0]["tags"].as_array().unwrap();
     assert_eq!(tags.len(), 8);
     assert_eq!(p[0]["tokens"][2], "brown");
@@ -380,6 +380,103 @@ fn bad_hyperparameters_and_divergence_are_errors_that_keep_the_best_model() {
     assert_eq!(weights(&a.out), good, "the best model in OUT must be kept as it was");
 }
 
+/// `--stride` on token classification: a document far longer than the window is tagged word by
+/// word, each word by the window that owns it (rebuilt here from `windows::plan` by predicting
+/// each window's words alone); `eval` scores whole documents from the same tags; and training
+/// on documents with windows learns as training on their sentences does.
+#[test]
+fn ner_stride_tags_every_word_of_long_inputs_through_windows() {
+    use engram::train::windows;
+    let model = root().join("weights/tiny-bert");
+    let dir = tmp("stride-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    // The fixture's sentences, five to a document (each document ~4 windows of 16 tokens).
+    let docs = |from: &str, to: &str| {
+        let ex = engram::train::load_token_classification(root().join("tests/fixtures/data").join(from)).unwrap();
+        let mut out = String::new();
+        for (k, e) in ex.iter().enumerate() {
+            let engram::train::Example::Tokens { words, tags, .. } = e else { panic!() };
+            for (w, t) in words.iter().zip(tags) {
+                out.push_str(&format!("{w} {t}\n"));
+            }
+            if k % 5 == 4 {
+                out.push('\n');
+            }
+        }
+        std::fs::write(dir.join(to), out).unwrap();
+        dir.join(to)
+    };
+    let (train_docs, dev_docs) = (docs("tiny_train.conll", "train.conll"), docs("tiny_dev.conll", "dev.conll"));
+    let mut a = args(&model, Task::Ner, tmp("stride"));
+    (a.epochs, a.lr, a.batch_size) = (12, 5e-3, 4);
+    (a.train, a.dev, a.max_length, a.stride) = (train_docs, dev_docs.clone(), 16, Some(4));
+    let s = finetune(&a).unwrap();
+    assert!(s.best_metric > 0.5, "windows of documents should learn the pattern as sentences do (entity F1 {})", s.best_metric);
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.out.join("checkpoint/training_args.json")).unwrap()).unwrap();
+    assert_eq!(saved["stride"], serde_json::json!(4));
+
+    let dev = engram::train::load_token_classification(&dev_docs).unwrap();
+    let texts: Vec<String> = dev.iter().map(|e| match e { engram::train::Example::Tokens { words, .. } => words.join(" "), _ => panic!() }).collect();
+    let tok = engram::data::BertTokenizer::from_dir(&a.out, 16).unwrap();
+    let cpu = engram::Device::Cpu;
+    // The assembly is checked on a model one step from its random head, whose tags depend on
+    // the context enough that two windows often disagree on a shared word.
+    let mut raw = a.clone();
+    (raw.out, raw.max_steps) = (tmp("stride-raw"), Some(1));
+    finetune(&raw).unwrap();
+    let mut disagree = 0;
+    for out in [&a.out, &raw.out] {
+        let strided = predict_dir(out, &texts, 16, 3, cpu, Precision::F32, false, Some(4)).unwrap();
+        let cut = predict_dir(out, &texts, 16, 3, cpu, Precision::F32, false, None).unwrap();
+        for (k, text) in texts.iter().enumerate() {
+            let words: Vec<String> = text.split(' ').map(String::from).collect();
+            let tags: Vec<String> = strided[k]["tags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect();
+            assert_eq!(tags.len(), words.len());
+            assert!(strided[k].get("truncated").is_none() && cut[k]["truncated"] == serde_json::json!(true), "document {k}");
+            // Each window alone: its owned words' tags are the document's.
+            let plan = windows::plan(&tok.word_token_counts(&words).unwrap(), 16 - 2, 4);
+            assert!(plan.len() >= 2, "document {k} has {} windows", plan.len());
+            let alone: Vec<String> = plan.iter().map(|w| words[w.span.clone()].join(" ")).collect();
+            let p = predict_dir(out, &alone, 16, 8, cpu, Precision::F32, false, None).unwrap();
+            for (j, (w, pw)) in plan.iter().zip(&p).enumerate() {
+                assert!(pw.get("truncated").is_none());
+                for i in w.own.clone() {
+                    assert_eq!(tags[i], pw["tags"][i - w.span.start], "document {k}, word {i} ({})", words[i]);
+                }
+                if let Some(next) = plan.get(j + 1) {
+                    disagree += (next.span.start..w.span.end).filter(|&i| pw["tags"][i - w.span.start] != p[j + 1]["tags"][i - next.span.start]).count();
+                }
+            }
+            // Entity offsets point into the text, also past the first window.
+            for e in strided[k]["entities"].as_array().unwrap() {
+                let (st, en) = (e["start"].as_u64().unwrap() as usize, e["end"].as_u64().unwrap() as usize);
+                assert_eq!(&text[st..en], e["text"].as_str().unwrap());
+            }
+        }
+    }
+    assert!(disagree > 0, "no two windows disagreed on a shared word: ownership went untested");
+    let strided = predict_dir(&a.out, &texts, 16, 3, cpu, Precision::F32, false, Some(4)).unwrap();
+    // eval scores the whole documents with those tags; truncated, it misses the later entities.
+    let gold: Vec<Vec<String>> = dev.iter().map(|e| match e { engram::train::Example::Tokens { tags, .. } => tags.clone(), _ => panic!() }).collect();
+    let pred: Vec<Vec<String>> = strided.iter().map(|p| p["tags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect()).collect();
+    let want = engram::train::metrics::entity_report(&gold, &pred).overall.f1;
+    let (text, json) = engram::train::evaluate_dir(&a.out, &dev_docs, 16, cpu, Precision::F32, ',', Some(4)).unwrap();
+    assert!((json["values"]["entity_f1"].as_f64().unwrap() - want).abs() < 1e-12, "eval {} vs predict's tags {want}", json["values"]["entity_f1"]);
+    assert_eq!(json["metrics"]["windowed"], serde_json::json!(dev.len()), "{json}");
+    assert_eq!(json["metrics"]["truncated"], serde_json::json!(0), "{json}");
+    assert!(text.contains("overlapping windows (--stride 4)"), "{text}");
+    let (_, cut_json) = engram::train::evaluate_dir(&a.out, &dev_docs, 16, cpu, Precision::F32, ',', None).unwrap();
+    let (r_strided, r_cut) = (json["values"]["entity_recall"].as_f64().unwrap(), cut_json["values"]["entity_recall"].as_f64().unwrap());
+    assert!(r_cut + 0.25 < r_strided, "truncated documents lose their later entities (recall {r_cut} vs {r_strided})");
+    // The flag is token classification's, and the stride must leave the window room to move.
+    let e = predict_dir(&a.out, &texts, 16, 3, cpu, Precision::F32, false, Some(14)).unwrap_err().to_string();
+    assert!(e.contains("--stride") && e.contains("14"), "{e}");
+    let mut c = args(&model, Task::Classify, tmp("stride-classify"));
+    c.stride = Some(4);
+    let e = finetune(&c).unwrap_err().to_string();
+    assert!(e.contains("token classification"), "{e}");
+}
+
 #[test]
 fn over_long_inputs_are_marked_truncated() {
     let model = tiny_without_dropout("trunc");
@@ -387,15 +484,15 @@ fn over_long_inputs_are_marked_truncated() {
     a.epochs = 1;
     finetune(&a).unwrap();
     let long = vec!["good "; 200].concat();
-    let p = predict_dir(&a.out, &["good".to_string(), long], 128, 8, engram::Device::Cpu, Precision::F32, false).unwrap();
+    let p = predict_dir(&a.out, &["good".to_string(), long], 128, 8, engram::Device::Cpu, Precision::F32, false, None).unwrap();
     assert!(p[0].get("truncated").is_none(), "{}", p[0]);
     assert_eq!(p[1]["truncated"], serde_json::json!(true), "{}", p[1]);
     let dev = tmp("trunc-dev");
     std::fs::create_dir_all(&dev).unwrap();
     let f = dev.join("dev.csv");
-    let label = predict_dir(&a.out, &["x".to_string()], 128, 8, engram::Device::Cpu, Precision::F32, false).unwrap()[0]["label"].as_str().unwrap().to_string();
+    let label = predict_dir(&a.out, &["x".to_string()], 128, 8, engram::Device::Cpu, Precision::F32, false, None).unwrap()[0]["label"].as_str().unwrap().to_string();
     std::fs::write(&f, format!("text,label\nshort,{label}\n{},{label}\n", vec!["word "; 300].concat())).unwrap();
-    let (text, json) = engram::train::evaluate_dir(&a.out, &f, 128, engram::Device::Cpu, Precision::F32, ',').unwrap();
+    let (text, json) = engram::train::evaluate_dir(&a.out, &f, 128, engram::Device::Cpu, Precision::F32, ',', None).unwrap();
     assert_eq!(json["metrics"]["truncated"], serde_json::json!(1), "{json}");
     assert!(text.contains("1 of 2 inputs were longer than"), "{text}");
 }
@@ -415,15 +512,15 @@ fn memory_model_trains_saves_reloads_and_resumes_exactly() {
     let cfg: MemoryConfig = serde_json::from_slice(&std::fs::read(a.out.join("memory.json")).unwrap()).unwrap();
     assert_eq!(cfg, MemoryConfig::memory(2, 4, None));
     // Reloaded and re-evaluated: the same dev accuracy and loss as the epoch that saved it.
-    let (_, json) = engram::train::evaluate_dir(&a.out, &a.dev, 128, engram::Device::Cpu, Precision::F32, ',').unwrap();
+    let (_, json) = engram::train::evaluate_dir(&a.out, &a.dev, 128, engram::Device::Cpu, Precision::F32, ',', None).unwrap();
     let metrics: serde_json::Value = serde_json::from_slice(&std::fs::read(a.out.join("metrics.json")).unwrap()).unwrap();
     let best = &metrics["epochs"][s.best_epoch - 1]["dev"];
     assert_eq!(json["values"]["accuracy"].as_f64().unwrap(), s.best_metric);
     assert!((json["values"]["loss"].as_f64().unwrap() - best["loss"].as_f64().unwrap()).abs() < 1e-6);
     // predict streams segments; batching does not change it; memory norms per segment.
     let texts = vec!["the quick brown fox jumps over the lazy dog twice".to_string(), "my lazy dog".to_string()];
-    let p1 = predict_dir(&a.out, &texts, 64, 8, engram::Device::Cpu, Precision::F32, true).unwrap();
-    let p2 = predict_dir(&a.out, &texts, 64, 1, engram::Device::Cpu, Precision::F32, true).unwrap();
+    let p1 = predict_dir(&a.out, &texts, 64, 8, engram::Device::Cpu, Precision::F32, true, None).unwrap();
+    let p2 = predict_dir(&a.out, &texts, 64, 1, engram::Device::Cpu, Precision::F32, true, None).unwrap();
     for (x, y) in p1.iter().zip(&p2) {
         assert_eq!(x["label"], y["label"]);
         assert!((x["probs"]["pos"].as_f64().unwrap() - y["probs"]["pos"].as_f64().unwrap()).abs() < 1e-5);
@@ -431,7 +528,7 @@ fn memory_model_trains_saves_reloads_and_resumes_exactly() {
     }
     assert_eq!(p1[0]["segments"], 3);
     // int8 inference streams the same segments (the memory tokens go through the int8 layers).
-    let q = predict_dir(&a.out, &texts, 64, 8, engram::Device::Cpu, Precision::Int8, true).unwrap();
+    let q = predict_dir(&a.out, &texts, 64, 8, engram::Device::Cpu, Precision::Int8, true, None).unwrap();
     for (x, y) in p1.iter().zip(&q) {
         assert_eq!(x["segments"], y["segments"]);
         let (px, py) = (x["probs"]["pos"].as_f64().unwrap(), y["probs"]["pos"].as_f64().unwrap());
@@ -501,9 +598,9 @@ fn pair_model_predicts_pairs_and_refuses_a_missing_candidate() {
     a.dev = dir.join("pairs.jsonl");
     a.epochs = 1;
     finetune(&a).unwrap();
-    let ok = predict_dir(&a.out, &["the film was good\tit was bad".to_string()], 64, 8, engram::Device::Cpu, Precision::F32, false).unwrap();
+    let ok = predict_dir(&a.out, &["the film was good\tit was bad".to_string()], 64, 8, engram::Device::Cpu, Precision::F32, false, None).unwrap();
     assert!(ok[0]["label"].is_string(), "{}", ok[0]);
-    let e = predict_dir(&a.out, &["the film was good".to_string()], 64, 8, engram::Device::Cpu, Precision::F32, false).unwrap_err().to_string();
+    let e = predict_dir(&a.out, &["the film was good".to_string()], 64, 8, engram::Device::Cpu, Precision::F32, false, None).unwrap_err().to_string();
     assert!(e.contains("no candidate") && e.contains("pair model"), "{e}");
 }
 
@@ -560,12 +657,12 @@ fn multilabel_and_regression_learn_the_pattern_and_save_their_problem_type() {
     let cfg = config(&a.out);
     assert_eq!((cfg["problem_type"].as_str(), cfg["architectures"][0].as_str()), (Some("multi_label_classification"), Some("BertForSequenceClassification")));
     assert_eq!(cfg["id2label"], serde_json::json!({ "0": "animal", "1": "greeting" }));
-    let p = predict_dir(&a.out, &texts, 64, 8, engram::Device::Cpu, Precision::F32, false).unwrap();
+    let p = predict_dir(&a.out, &texts, 64, 8, engram::Device::Cpu, Precision::F32, false, None).unwrap();
     let got: Vec<&serde_json::Value> = p.iter().map(|o| &o["labels"]).collect();
     assert_eq!(got, [&serde_json::json!(["animal", "greeting"]), &serde_json::json!([]), &serde_json::json!(["greeting"])], "{p:?}");
     let pa = p[0]["probs"]["animal"].as_f64().unwrap();
     assert!(pa > 0.5 && pa < 1.0, "a sigmoid, not a softmax over labels: {}", p[0]);
-    let (_, json) = engram::train::evaluate_dir(&a.out, &dev_m, 64, engram::Device::Cpu, Precision::F32, ',').unwrap();
+    let (_, json) = engram::train::evaluate_dir(&a.out, &dev_m, 64, engram::Device::Cpu, Precision::F32, ',', None).unwrap();
     assert!(json["values"]["accuracy"].as_f64().unwrap() >= 0.8, "{json}");
 
     let mut r = args(&model, Task::Regression, tmp("regression"));
@@ -576,14 +673,14 @@ fn multilabel_and_regression_learn_the_pattern_and_save_their_problem_type() {
     let cfg = config(&r.out);
     assert_eq!(cfg["problem_type"], "regression");
     assert_eq!(cfg["id2label"], serde_json::json!({ "0": "LABEL_0" }));
-    let p = predict_dir(&r.out, &texts, 64, 8, engram::Device::Cpu, Precision::F32, false).unwrap();
+    let p = predict_dir(&r.out, &texts, 64, 8, engram::Device::Cpu, Precision::F32, false, None).unwrap();
     let scores: Vec<f64> = p.iter().map(|o| o["score"].as_f64().unwrap()).collect();
     for (got, want) in scores.iter().zip([2.0, -1.0, 0.0]) {
         assert!((got - want).abs() < 0.5, "cat + hello → 2, neither → −1, hello → 0: {scores:?}");
     }
     // What evaluation reports is what --metric may name (checked before training).
     for (task, out, data) in [(Task::Multilabel, &a.out, &a.dev), (Task::Regression, &r.out, &r.dev)] {
-        let (_, json) = engram::train::evaluate_dir(out, data, 64, engram::Device::Cpu, Precision::F32, ',').unwrap();
+        let (_, json) = engram::train::evaluate_dir(out, data, 64, engram::Device::Cpu, Precision::F32, ',', None).unwrap();
         let mut got: Vec<&str> = json["values"].as_object().unwrap().keys().map(|k| k.as_str()).collect();
         let mut want = task.metrics().to_vec();
         (got.sort(), want.sort());
@@ -618,7 +715,7 @@ fn an_hf_model_with_one_output_and_no_problem_type_predicts_a_score() {
     let cb = w["classifier.bias"].to_f64_vec();
     w.insert("classifier.bias".into(), engram::Tensor::from_vec(vec![cb[0] as f32], &[1]).unwrap());
     engram::models::bert::weights::write_safetensors(a.out.join("model.safetensors"), &w, None).unwrap();
-    let p = predict_dir(&a.out, &["hello my cat".to_string()], 64, 8, engram::Device::Cpu, Precision::F32, false).unwrap();
+    let p = predict_dir(&a.out, &["hello my cat".to_string()], 64, 8, engram::Device::Cpu, Precision::F32, false, None).unwrap();
     let s = p[0]["score"].as_f64().unwrap_or_else(|| panic!("a score, not class probabilities: {}", p[0]));
     assert!(s.is_finite() && p[0].get("probs").is_none(), "{}", p[0]);
 }
@@ -642,7 +739,7 @@ fn eval_steps_evaluates_mid_epoch_keeps_the_best_and_resumes_exactly() {
     let s = finetune(&full).unwrap();
     assert_eq!(steps(&full.out), vec![5, 10, 12]);
     // The model in OUT is the best evaluation's: re-evaluated, it scores the best metric.
-    let (_, json) = engram::train::evaluate_dir(&full.out, &full.dev, 128, engram::Device::Cpu, Precision::F32, ',').unwrap();
+    let (_, json) = engram::train::evaluate_dir(&full.out, &full.dev, 128, engram::Device::Cpu, Precision::F32, ',', None).unwrap();
     assert_eq!(json["values"]["accuracy"].as_f64().unwrap(), s.best_metric, "{s:?}");
     // Interrupted between two evaluations and resumed: the same weights and the same evaluations.
     let mut part = full.clone();
@@ -707,9 +804,9 @@ fn a_checkpoint_with_only_vocab_txt_finetunes_and_gets_a_tokenizer_json() {
     for f in ["vocab.txt", "tokenizer.json"] {
         assert!(a.out.join(f).is_file(), "{f} missing from the output");
     }
-    let from_vocab = predict_dir(&a.out, &["the cat sat on my mat".to_string()], 64, 8, engram::Device::Cpu, Precision::F32, false).unwrap();
+    let from_vocab = predict_dir(&a.out, &["the cat sat on my mat".to_string()], 64, 8, engram::Device::Cpu, Precision::F32, false, None).unwrap();
     std::fs::remove_file(a.out.join("tokenizer.json")).unwrap();
-    let rebuilt = predict_dir(&a.out, &["the cat sat on my mat".to_string()], 64, 8, engram::Device::Cpu, Precision::F32, false).unwrap();
+    let rebuilt = predict_dir(&a.out, &["the cat sat on my mat".to_string()], 64, 8, engram::Device::Cpu, Precision::F32, false, None).unwrap();
     assert_eq!(from_vocab, rebuilt, "the written tokenizer.json is the one built from vocab.txt");
 }
 
@@ -776,8 +873,8 @@ fn bf16_autocast_trains_close_to_f32_resumes_exactly_and_is_a_resume_flag() {
     // Predictions in bf16 from the saved model: same labels as f32 inference on these inputs
     // (the tiny model's margins are far above bf16 rounding), probabilities close.
     let texts: Vec<String> = ["good fun great", "bad awful dull", "a plain sentence", "great"].iter().map(|s| s.to_string()).collect();
-    let p32 = predict_dir(&full.out, &texts, 64, 8, engram::Device::Cpu, Precision::F32, false).unwrap();
-    let p16 = predict_dir(&full.out, &texts, 64, 8, engram::Device::Cpu, Precision::Bf16, false).unwrap();
+    let p32 = predict_dir(&full.out, &texts, 64, 8, engram::Device::Cpu, Precision::F32, false, None).unwrap();
+    let p16 = predict_dir(&full.out, &texts, 64, 8, engram::Device::Cpu, Precision::Bf16, false, None).unwrap();
     assert!(p32 != p16, "Precision::Bf16 must reach inference");
     for (a, b) in p32.iter().zip(&p16) {
         assert_eq!(a["label"], b["label"]);

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tokenizers::{EncodeInput, PaddingDirection, PaddingParams, PaddingStrategy, PreTokenizerWrapper, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{EncodeInput, PaddingDirection, PaddingParams, PaddingStrategy, PostProcessor, PreTokenizerWrapper, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::error::{file_err, Result};
 use crate::tensor::{Device, Tensor};
@@ -21,6 +21,9 @@ pub struct BertTokenizer {
     words: Option<Tokenizer>,
     /// The same tokenizer without padding or truncation (long inputs cut into segments).
     raw: Tokenizer,
+    /// The pre-split words' tokenizer without padding or truncation (tokens per word, for
+    /// cutting long token-classification inputs into windows).
+    words_raw: Tokenizer,
     path: PathBuf,
     max_len: usize,
 }
@@ -215,7 +218,12 @@ impl BertTokenizer {
             }
             _ => None,
         };
-        Ok(BertTokenizer { inner, words, raw, path: path.to_path_buf(), max_len })
+        let mut words_raw = words.clone().unwrap_or_else(|| raw.clone());
+        words_raw.with_padding(None);
+        if let Err(e) = words_raw.with_truncation(None) {
+            return file_err(path, format!("cannot switch truncation off: {e}"));
+        }
+        Ok(BertTokenizer { inner, words, raw, words_raw, path: path.to_path_buf(), max_len })
     }
 
     /// Cut over-long inputs from the left (keep the end: the latest dialogue turns), as
@@ -233,6 +241,28 @@ impl BertTokenizer {
 
     pub fn max_len(&self) -> usize {
         self.max_len
+    }
+
+    /// Special tokens a single input gets (`[CLS]` and `[SEP]`, `<s>` and `</s>`: 2).
+    pub fn specials(&self) -> usize {
+        self.inner.get_post_processor().map_or(0, |p| p.added_tokens(false))
+    }
+
+    /// How many tokens (special ones aside) each of a pre-split input's words becomes, as
+    /// [`encode_words`](Self::encode_words) tokenizes them, never truncated.
+    pub fn word_token_counts(&self, words: &[String]) -> Result<Vec<usize>> {
+        let input = EncodeInput::from(words.iter().map(|s| s.as_str()).collect::<Vec<&str>>());
+        let enc = match self.words_raw.encode(input, false) {
+            Ok(e) => e,
+            Err(e) => return file_err(&self.path, format!("tokenization failed: {e}")),
+        };
+        let mut counts = vec![0usize; words.len()];
+        for w in enc.get_word_ids().iter().flatten() {
+            if let Some(c) = counts.get_mut(*w as usize) {
+                *c += 1;
+            }
+        }
+        Ok(counts)
     }
 
     /// The tokenizer must belong to the model: every id it can produce indexes the model's word

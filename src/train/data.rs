@@ -30,11 +30,19 @@ pub enum TargetKind {
 pub enum Example {
     /// Sequence or pair classification (`text_pair` = the candidate response for dialogue pairs).
     Seq { text: String, text_pair: Option<String>, target: Target },
-    /// Token classification: words and one BIO tag per word.
-    Tokens { words: Vec<String>, tags: Vec<String> },
+    /// Token classification: words and one BIO tag per word. Only the `scored` words' tags are
+    /// labels (all of them as loaded); the rest are context, in a window of a longer input
+    /// (see `windows`).
+    Tokens { words: Vec<String>, tags: Vec<String>, scored: std::ops::Range<usize> },
 }
 
 impl Example {
+    /// A token-classification example labelling all its words.
+    pub fn tokens(words: Vec<String>, tags: Vec<String>) -> Example {
+        let scored = 0..words.len();
+        Example::Tokens { words, tags, scored }
+    }
+
     /// The class names the example uses (none for a regression score).
     pub fn labels(&self) -> Vec<&str> {
         match self {
@@ -345,7 +353,7 @@ pub fn load_token_classification(path: impl AsRef<Path>) -> Result<Vec<Example>>
                 return file_err(path, format!("line {line}: {} tokens but {} tags", words.len(), tags.len()));
             }
             if !words.is_empty() {
-                out.push(Example::Tokens { words, tags });
+                out.push(Example::tokens(words, tags));
             }
         }
     } else {
@@ -354,7 +362,7 @@ pub fn load_token_classification(path: impl AsRef<Path>) -> Result<Vec<Example>>
             let t = line.trim();
             if t.is_empty() {
                 if !words.is_empty() {
-                    out.push(Example::Tokens { words: std::mem::take(&mut words), tags: std::mem::take(&mut tags) });
+                    out.push(Example::tokens(std::mem::take(&mut words), std::mem::take(&mut tags)));
                 }
                 continue;
             }
@@ -373,7 +381,7 @@ pub fn load_token_classification(path: impl AsRef<Path>) -> Result<Vec<Example>>
             tags.push(tag.to_string());
         }
         if !words.is_empty() {
-            out.push(Example::Tokens { words, tags });
+            out.push(Example::tokens(words, tags));
         }
     }
     if out.is_empty() {

@@ -6,6 +6,7 @@ pub mod data;
 pub mod metrics;
 pub mod plot;
 pub mod trainer;
+pub mod windows;
 
 pub use data::{load_classification, load_sequences, load_token_classification, Example, Target, TargetKind};
 pub use trainer::{evaluate_dir, finetune, precision_flag, predict_dir, FinetuneArgs, OptimizerKind, Task};

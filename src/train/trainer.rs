@@ -19,6 +19,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use super::data::{load_sequences, load_token_classification, Example, Target, TargetKind};
+use super::windows;
 use super::metrics::{classification_report, entity_report, multilabel_report, regression_report, EntityReport, Report};
 use crate::data::{Batch, BertTokenizer};
 use crate::error::{file_err, Error, Result};
@@ -172,6 +173,11 @@ pub struct FinetuneArgs {
     /// Truncate over-long inputs from the left (keep their end), transformers' `truncation_side="left"`.
     #[serde(default)]
     pub truncate_left: bool,
+    /// Token classification: inputs longer than the window are read in overlapping windows
+    /// sharing at most this many tokens, each word labelled in one (see `windows`), in training
+    /// and evaluation; `None` truncates them.
+    #[serde(default)]
+    pub stride: Option<usize>,
     /// bf16 autocast on the CPU (transformers' `--bf16`, `torch.autocast("cpu", torch.bfloat16)`):
     /// every linear layer's GEMMs, forward and backward, take bf16 operands and sum in f32;
     /// parameters, optimizer state and everything else stay f32. Evaluation runs the same way.
@@ -238,6 +244,7 @@ impl FinetuneArgs {
             memory: None,
             label_sep: default_label_sep(),
             truncate_left: false,
+            stride: None,
             gradient_checkpointing: false,
             bf16: false,
             profile: false,
@@ -300,7 +307,7 @@ fn fingerprint(ex: &[Example]) -> String {
                     Target::Score(x) => eat(&format!("\u{0}score {x:e}")),
                 }
             }
-            Example::Tokens { words, tags } => {
+            Example::Tokens { words, tags, .. } => {
                 words.iter().for_each(|w| eat(w));
                 tags.iter().for_each(|t| eat(t));
             }
@@ -335,6 +342,7 @@ fn check_resume(args: &FinetuneArgs, state: &TrainerState, saved: &serde_json::V
         ("seed", "--seed"),
         ("max_length", "--max-length"),
         ("truncate_left", "--truncate-left"),
+        ("stride", "--stride"),
         ("label_sep", "--label-sep"),
         ("group_by_length", "--group-by-length"),
         ("freeze_backbone", "--freeze-backbone"),
@@ -494,11 +502,11 @@ fn encode_plain(tok: &BertTokenizer, task: Task, ex: &[&Example], label_ids: &Ha
             let t = batch.seq_len();
             let mut labels = vec![crate::ops::IGNORE_INDEX; ex.len() * t];
             for (b, e) in ex.iter().enumerate() {
-                let Example::Tokens { tags, .. } = e else { unreachable!() };
+                let Example::Tokens { tags, scored, .. } = e else { unreachable!() };
                 let mut prev = None;
                 for (i, w) in batch.word_ids[b].iter().enumerate() {
                     if let Some(w) = *w {
-                        if prev != Some(w) {
+                        if prev != Some(w) && scored.contains(&(w as usize)) {
                             labels[b * t + i] = lab(&tags[w as usize])?;
                         }
                     }
@@ -589,6 +597,29 @@ fn task_loss(task: Task, tape: &Tape, logits: &Tensor, y: &Tensor, label_smoothi
     }
 }
 
+/// `--stride` is token classification's: a sequence task reads long inputs with memory segments.
+fn check_stride(task: Task, stride: Option<usize>) -> Result<()> {
+    match stride {
+        Some(_) if task != Task::Ner => Err(Error::Value {
+            op: "--stride",
+            detail: "overlapping windows are for token classification (ner); a sequence task reads long inputs in segments (--memory-tokens, --segment-len)".into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The windows of token-classification examples (`stride`; `None` without it): (example index,
+/// first word, window), an example that fits being its own one window.
+fn windowed(tok: &BertTokenizer, ex: &[Example], stride: Option<usize>) -> Result<Option<Vec<(usize, usize, Example)>>> {
+    let Some(stride) = stride else { return Ok(None) };
+    let budget = windows::budget(tok, stride)?;
+    let mut out = Vec::with_capacity(ex.len());
+    for (i, e) in ex.iter().enumerate() {
+        out.extend(windows::split(tok, e, budget, stride)?.into_iter().map(|(first, w)| (i, first, w)));
+    }
+    Ok(Some(out))
+}
+
 /// Word-level predictions of a token-classification batch: the first sub-token's label per
 /// word; words cut off by truncation are "O".
 fn word_predictions(batch: &Batch, pred_ids: &[usize], b: usize, n_words: usize, labels: &[String]) -> Vec<String> {
@@ -638,17 +669,27 @@ pub struct Evaluation {
 /// `label_smoothing`: the training loss's, so the dev loss is the same quantity (as transformers'
 /// Trainer computes it); 0 for `engram eval`.
 #[allow(clippy::too_many_arguments)]
-fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: Task, ex: &[Example], labels: &[String], batch_size: usize, path: &Path, label_smoothing: f64) -> Result<Evaluation> {
+fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: Task, ex: &[Example], labels: &[String], batch_size: usize, path: &Path, label_smoothing: f64, stride: Option<usize>) -> Result<Evaluation> {
     let label_ids: HashMap<String, usize> = labels.iter().enumerate().map(|(i, l)| (l.clone(), i)).collect();
-    let (mut gold, mut pred, mut gold_tags, mut pred_tags) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut gold, mut pred) = (Vec::new(), Vec::new());
     let (mut gold_multi, mut pred_multi, mut gold_score, mut pred_score) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut loss_sum, mut loss_n) = (0.0, 0usize);
     let mut truncated = 0usize;
+    // Token classification: every word's tag, "O" until a window (or the input itself) labels it.
+    let gold_tags: Vec<Vec<String>> = ex.iter().map(|e| if let Example::Tokens { tags, .. } = e { tags.clone() } else { Vec::new() }).collect();
+    let mut pred_tags: Vec<Vec<String>> = gold_tags.iter().map(|t| vec!["O".to_string(); t.len()]).collect();
+    // What runs: the examples, or (`stride`, token classification) their windows; each with its
+    // example's index and its first word.
+    let win = if task == Task::Ner { windowed(tok, ex, stride)? } else { None };
+    let items: Vec<(usize, usize, &Example)> = match &win {
+        Some(w) => w.iter().map(|(i, f, e)| (*i, *f, e)).collect(),
+        None => ex.iter().enumerate().map(|(i, e)| (i, 0, e)).collect(),
+    };
     // Sequence tasks run in order of length (less padding; their metrics and mean loss do not
     // depend on the order). NER keeps the file's batches: its loss is a mean per batch.
-    let order: Vec<usize> = if task == Task::Ner { (0..ex.len()).collect() } else { by_length(ex.iter().map(example_chars)) };
+    let order: Vec<usize> = if task == Task::Ner { (0..items.len()).collect() } else { by_length(ex.iter().map(example_chars)) };
     for idx in order.chunks(batch_size.max(1)) {
-        let chunk: Vec<&Example> = idx.iter().map(|&i| &ex[i]).collect();
+        let chunk: Vec<&Example> = idx.iter().map(|&k| items[k].2).collect();
         let refs = &chunk;
         let (inputs, y) = encode(tok, task, mem, refs, &label_ids, path, false)?;
         if let Inputs::Plain(b) = &inputs {
@@ -677,10 +718,13 @@ fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: 
         let p = argmax_rows(&out, labels.len());
         match task {
             Task::Ner => {
-                for (b, e) in chunk.iter().enumerate() {
-                    let Example::Tokens { words, tags } = *e else { unreachable!() };
-                    gold_tags.push(tags.clone());
-                    pred_tags.push(word_predictions(inputs.batch(), &p, b, words.len(), labels));
+                for (b, &k) in idx.iter().enumerate() {
+                    let (src, first, e) = items[k];
+                    let Example::Tokens { words, scored, .. } = e else { unreachable!() };
+                    let tags = word_predictions(inputs.batch(), &p, b, words.len(), labels);
+                    for i in scored.clone() {
+                        pred_tags[src][first + i].clone_from(&tags[i]);
+                    }
                 }
             }
             _ => {
@@ -693,11 +737,21 @@ fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: 
     let mut values = BTreeMap::new();
     values.insert("loss".to_string(), loss);
     // Inputs longer than the window were cut (as transformers' truncation=True does): say how many.
-    let cut = if truncated > 0 {
+    let mut cut = if truncated > 0 {
         format!("{truncated} of {} inputs were longer than {} tokens and were truncated\n", ex.len(), tok.max_len())
     } else {
         String::new()
     };
+    let windowed_inputs = win.as_ref().map_or(0, |w| w.iter().filter(|x| x.1 > 0).map(|x| x.0).collect::<std::collections::BTreeSet<_>>().len());
+    if windowed_inputs > 0 {
+        cut.push_str(&format!(
+            "{windowed_inputs} of {} inputs were longer than {} tokens and were read in {} overlapping windows (--stride {})\n",
+            ex.len(),
+            tok.max_len(),
+            win.as_ref().map_or(0, |w| w.len()) - (ex.len() - windowed_inputs),
+            stride.unwrap_or(0)
+        ));
+    }
     let mut ev = if task == Task::Ner {
         let r: EntityReport = entity_report(&gold_tags, &pred_tags);
         // Tag-level report over words, for macro F1 across tags.
@@ -736,6 +790,9 @@ fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: 
         Evaluation { json: serde_json::json!({ "loss": loss, "report": r }), text: format!("{}loss {loss:.4}\n", r.table()), values }
     };
     ev.json["truncated"] = serde_json::json!(truncated);
+    if win.is_some() {
+        ev.json["windowed"] = serde_json::json!(windowed_inputs);
+    }
     ev.text.push_str(&cut);
     Ok(ev)
 }
@@ -932,6 +989,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
             detail: format!("unknown metric \"{}\" for the {} task (one of: {})", args.metric, serde_json::json!(task).as_str().unwrap_or("?"), task.metrics().join(", ")),
         });
     }
+    check_stride(task, args.stride)?;
     let train = load_examples(task, &args.train, args.max_train_examples, args.label_sep)?;
     if train.is_empty() {
         return file_err(&args.train, "no training examples left (--max-train-examples 0)");
@@ -1018,6 +1076,18 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
         eprintln!("engram: --max-length {} is more than the model's {} positions; inputs are cut at {}", args.max_length, bert.config.max_tokens(), bert.config.max_tokens());
     }
     let tok = BertTokenizer::from_dir(&args.model, args.max_length.min(bert.config.max_tokens()))?.truncate_left(args.truncate_left)?.fits(bert.config.vocab_size)?;
+    // --stride: long sentences train as their windows, each word labelled once (the windows are
+    // the examples the epochs shuffle and batch).
+    let train = match windowed(&tok, &train, args.stride)? {
+        Some(w) if w.len() > train.len() => {
+            if args.progress {
+                let long = w.iter().filter(|x| x.1 > 0).map(|x| x.0).collect::<std::collections::BTreeSet<_>>().len();
+                eprintln!("engram: {long} training inputs longer than {} tokens are read in overlapping windows: {} examples become {}", tok.max_len(), train.len(), w.len());
+            }
+            w.into_iter().map(|x| x.2).collect()
+        }
+        _ => train,
+    };
 
     let micro_per_epoch = train.len().div_ceil(args.batch_size);
     let steps_per_epoch = micro_per_epoch.div_ceil(args.grad_accum) as u64;
@@ -1215,7 +1285,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
     if let (Some(test), false) = (&args.test, interrupted) {
         let (best, _, _, best_mem) = load_finetuned(&args.out, args.device, if args.bf16 { Precision::Bf16 } else { Precision::F32 })?;
         let ex = load_examples(task, test, args.max_eval_examples, args.label_sep)?;
-        let ev = evaluate(&best, best_mem.as_ref(), &tok, task, &ex, &labels, 64, test, args.label_smoothing)?;
+        let ev = evaluate(&best, best_mem.as_ref(), &tok, task, &ex, &labels, 64, test, args.label_smoothing, args.stride)?;
         if args.progress {
             eprintln!("test ({}):\n{}", test.display(), ev.text);
         }
@@ -1243,7 +1313,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
 /// best so far, and say whether early stopping's patience has run out.
 #[allow(clippy::too_many_arguments)]
 fn dev_round(args: &FinetuneArgs, bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, dev: &[Example], labels: &[String], state: &mut TrainerState, (epoch, epochs): (usize, usize), train_loss: f64, seconds: f64) -> Result<bool> {
-    let ev = evaluate(bert, mem, tok, args.task, dev, labels, args.batch_size.max(32), &args.dev, args.label_smoothing)?;
+    let ev = evaluate(bert, mem, tok, args.task, dev, labels, args.batch_size.max(32), &args.dev, args.label_smoothing, args.stride)?;
     let value = *ev.values.get(&args.metric).ok_or_else(|| Error::Value {
         op: "finetune",
         detail: format!("unknown metric \"{}\" (one of: {})", args.metric, ev.values.keys().cloned().collect::<Vec<_>>().join(", ")),
@@ -1346,11 +1416,13 @@ pub fn precision_flag(p: Precision) -> &'static str {
     }
 }
 
-pub fn evaluate_dir(dir: &Path, data: &Path, max_length: usize, device: Device, precision: Precision, label_sep: char) -> Result<(String, serde_json::Value)> {
+/// `stride`: token classification reads long inputs in overlapping windows (see `windows`).
+pub fn evaluate_dir(dir: &Path, data: &Path, max_length: usize, device: Device, precision: Precision, label_sep: char, stride: Option<usize>) -> Result<(String, serde_json::Value)> {
     let (bert, task, labels, mem) = load_finetuned(dir, device, precision)?;
+    check_stride(task, stride)?;
     let ex = load_examples(task, data, None, label_sep)?;
     let tok = BertTokenizer::from_dir(dir, max_length.min(bert.config.max_tokens()))?.fits(bert.config.vocab_size)?;
-    let ev = evaluate(&bert, mem.as_ref(), &tok, task, &ex, &labels, 64, data, 0.0)?;
+    let ev = evaluate(&bert, mem.as_ref(), &tok, task, &ex, &labels, 64, data, 0.0, stride)?;
     Ok((ev.text, serde_json::json!({ "metrics": ev.json, "values": ev.values })))
 }
 
@@ -1382,6 +1454,36 @@ pub fn split_words(text: &str) -> Vec<(String, usize, usize)> {
     out
 }
 
+/// The tags of pre-split inputs, each with whether it was truncated (words past the window
+/// tagged "O"); with `stride`, long inputs run as overlapping windows instead (see `windows`).
+fn tag_words(bert: &Bert, tok: &BertTokenizer, inputs: Vec<Vec<String>>, labels: &[String], batch_size: usize, stride: Option<usize>) -> Result<Vec<(Vec<String>, bool)>> {
+    let ex: Vec<Example> = inputs.into_iter().map(|w| {
+        let tags = vec![String::new(); w.len()];
+        Example::tokens(w, tags)
+    }).collect();
+    let win = windowed(tok, &ex, stride)?;
+    let items: Vec<(usize, usize, &Example)> = match &win {
+        Some(w) => w.iter().map(|(i, f, e)| (*i, *f, e)).collect(),
+        None => ex.iter().enumerate().map(|(i, e)| (i, 0, e)).collect(),
+    };
+    let mut out: Vec<(Vec<String>, bool)> = ex.iter().map(|e| (vec!["O".to_string(); if let Example::Tokens { words, .. } = e { words.len() } else { 0 }], false)).collect();
+    for chunk in items.chunks(batch_size.max(1)) {
+        let words: Vec<Vec<String>> = chunk.iter().map(|(_, _, e)| if let Example::Tokens { words, .. } = e { words.clone() } else { Vec::new() }).collect();
+        let batch = tok.encode_words(&words)?;
+        let logits = bert.logits(&bert.inference_tape(), &batch, false)?;
+        let p = argmax_rows(&logits.to_f64_vec(), labels.len());
+        for (b, &(src, first, e)) in chunk.iter().enumerate() {
+            let Example::Tokens { words, scored, .. } = e else { unreachable!() };
+            let tags = word_predictions(&batch, &p, b, words.len(), labels);
+            for i in scored.clone() {
+                out[src].0[first + i].clone_from(&tags[i]);
+            }
+            out[src].1 |= batch.truncated[b];
+        }
+    }
+    Ok(out)
+}
+
 /// `engram predict`: one JSON object per text — label and probabilities, or (NER) word tags
 /// and entity spans with character offsets. A memory model streams long texts through its
 /// segments (dialogue turns one per line, `\n` in the text); `memory_norms` adds the mean norm of
@@ -1394,11 +1496,13 @@ pub fn predict_dir(
     device: Device,
     precision: Precision,
     memory_norms: bool,
+    stride: Option<usize>,
 ) -> Result<Vec<serde_json::Value>> {
     if batch_size == 0 {
         return Err(Error::Value { op: "predict", detail: "--batch-size must be at least 1".into() });
     }
     let (bert, task, labels, mem) = load_finetuned(dir, device, precision)?;
+    check_stride(task, stride)?;
     let tok = BertTokenizer::from_dir(dir, max_length.min(bert.config.max_tokens()))?.fits(bert.config.vocab_size)?;
     let mut out = Vec::new();
     // Batches of similar length pad little; the outputs go back to the input order at the end.
@@ -1411,11 +1515,9 @@ pub fn predict_dir(
             Task::Ner => {
                 let words: Vec<Vec<(String, usize, usize)>> = chunk.iter().map(|t| split_words(t)).collect();
                 let plain: Vec<Vec<String>> = words.iter().map(|w| if w.is_empty() { vec![String::new()] } else { w.iter().map(|x| x.0.clone()).collect() }).collect();
-                let batch = tok.encode_words(&plain)?;
-                let logits = bert.logits(&bert.inference_tape(), &batch, false)?;
-                let p = argmax_rows(&logits.to_f64_vec(), labels.len());
+                let tagged = tag_words(&bert, &tok, plain, &labels, batch_size, stride)?;
                 for (b, text) in chunk.iter().enumerate() {
-                    let tags = if words[b].is_empty() { Vec::new() } else { word_predictions(&batch, &p, b, words[b].len(), &labels) };
+                    let tags = if words[b].is_empty() { Vec::new() } else { tagged[b].0.clone() };
                     let tag_refs: Vec<&str> = tags.iter().map(|s| s.as_str()).collect();
                     let entities: Vec<serde_json::Value> = super::metrics::spans(&tag_refs)
                         .into_iter()
@@ -1427,7 +1529,7 @@ pub fn predict_dir(
                         .collect();
                     let toks: Vec<&str> = words[b].iter().map(|w| w.0.as_str()).collect();
                     let mut obj = serde_json::json!({ "text": text, "tokens": toks, "tags": tags, "entities": entities });
-                    if batch.truncated[b] {
+                    if tagged[b].1 {
                         obj["truncated"] = serde_json::json!(true); // words past the window are tagged "O"
                     }
                     out.push(obj);
@@ -1527,6 +1629,21 @@ mod tests {
         assert_ne!(k, 0, "this seed puts the longest outside the first megabatch, so the swap is tested");
         // Fewer than 4 batches: megabatches of one batch; only the longest moves to the front.
         assert_eq!(super::group_by_length(vec![2, 0, 1], &[5, 9, 7], 1), vec![1, 0, 2]);
+    }
+
+    /// A window of a long input labels only the words it owns; the rest are context (-100).
+    #[test]
+    fn a_window_labels_only_its_scored_words() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let tok = super::BertTokenizer::from_dir(root.join("weights/tiny-bert"), 64).unwrap();
+        let words: Vec<String> = "the brown fox is on my email today".split(' ').map(String::from).collect();
+        let tags: Vec<String> = ["O", "B-animal", "I-animal", "O", "O", "O", "B-thing", "O"].map(String::from).to_vec();
+        let ids: super::HashMap<String, usize> = [("O", 0), ("B-animal", 1), ("I-animal", 2), ("B-thing", 3)].map(|(k, v)| (k.to_string(), v)).into_iter().collect();
+        let e = super::Example::Tokens { words, tags, scored: 2..7 };
+        let (batch, y) = super::encode_plain(&tok, super::Task::Ner, &[&e], &ids, std::path::Path::new("x"), true).unwrap();
+        let y = y.ids("test").unwrap();
+        let labelled: Vec<(u32, i64)> = batch.word_ids[0].iter().zip(y.iter()).filter(|(_, &l)| l != crate::ops::IGNORE_INDEX).map(|(w, &l)| (w.unwrap(), l)).collect();
+        assert_eq!(labelled, vec![(2, 2), (3, 0), (4, 0), (5, 0), (6, 3)]);
     }
 
     #[test]
