@@ -620,6 +620,20 @@ fn windowed(tok: &BertTokenizer, ex: &[Example], stride: Option<usize>) -> Resul
     Ok(Some(out))
 }
 
+/// What evaluation and prediction run: each example, or its windows; each with its example's
+/// index and its first word.
+fn run_items<'a>(ex: &'a [Example], win: Option<&'a [(usize, usize, Example)]>) -> Vec<(usize, usize, &'a Example)> {
+    match win {
+        Some(w) => w.iter().map(|(i, f, e)| (*i, *f, e)).collect(),
+        None => ex.iter().enumerate().map(|(i, e)| (i, 0, e)).collect(),
+    }
+}
+
+/// How many examples were cut into more than one window.
+fn long_inputs(win: &[(usize, usize, Example)]) -> usize {
+    win.iter().filter(|x| x.1 > 0).map(|x| x.0).collect::<std::collections::BTreeSet<_>>().len()
+}
+
 /// Word-level predictions of a token-classification batch: the first sub-token's label per
 /// word; words cut off by truncation are "O".
 fn word_predictions(batch: &Batch, pred_ids: &[usize], b: usize, n_words: usize, labels: &[String]) -> Vec<String> {
@@ -678,13 +692,9 @@ fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: 
     // Token classification: every word's tag, "O" until a window (or the input itself) labels it.
     let gold_tags: Vec<Vec<String>> = ex.iter().map(|e| if let Example::Tokens { tags, .. } = e { tags.clone() } else { Vec::new() }).collect();
     let mut pred_tags: Vec<Vec<String>> = gold_tags.iter().map(|t| vec!["O".to_string(); t.len()]).collect();
-    // What runs: the examples, or (`stride`, token classification) their windows; each with its
-    // example's index and its first word.
+    // What runs: the examples, or (`stride`, token classification) their windows.
     let win = if task == Task::Ner { windowed(tok, ex, stride)? } else { None };
-    let items: Vec<(usize, usize, &Example)> = match &win {
-        Some(w) => w.iter().map(|(i, f, e)| (*i, *f, e)).collect(),
-        None => ex.iter().enumerate().map(|(i, e)| (i, 0, e)).collect(),
-    };
+    let items = run_items(ex, win.as_deref());
     // Sequence tasks run in order of length (less padding; their metrics and mean loss do not
     // depend on the order). NER keeps the file's batches: its loss is a mean per batch.
     let order: Vec<usize> = if task == Task::Ner { (0..items.len()).collect() } else { by_length(ex.iter().map(example_chars)) };
@@ -742,7 +752,7 @@ fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: 
     } else {
         String::new()
     };
-    let windowed_inputs = win.as_ref().map_or(0, |w| w.iter().filter(|x| x.1 > 0).map(|x| x.0).collect::<std::collections::BTreeSet<_>>().len());
+    let windowed_inputs = win.as_deref().map_or(0, long_inputs);
     if windowed_inputs > 0 {
         cut.push_str(&format!(
             "{windowed_inputs} of {} inputs were longer than {} tokens and were read in {} overlapping windows (--stride {})\n",
@@ -1081,8 +1091,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
     let train = match windowed(&tok, &train, args.stride)? {
         Some(w) if w.len() > train.len() => {
             if args.progress {
-                let long = w.iter().filter(|x| x.1 > 0).map(|x| x.0).collect::<std::collections::BTreeSet<_>>().len();
-                eprintln!("engram: {long} training inputs longer than {} tokens are read in overlapping windows: {} examples become {}", tok.max_len(), train.len(), w.len());
+                eprintln!("engram: {} training inputs longer than {} tokens are read in overlapping windows: {} examples become {}", long_inputs(&w), tok.max_len(), train.len(), w.len());
             }
             w.into_iter().map(|x| x.2).collect()
         }
@@ -1462,10 +1471,7 @@ fn tag_words(bert: &Bert, tok: &BertTokenizer, inputs: Vec<Vec<String>>, labels:
         Example::tokens(w, tags)
     }).collect();
     let win = windowed(tok, &ex, stride)?;
-    let items: Vec<(usize, usize, &Example)> = match &win {
-        Some(w) => w.iter().map(|(i, f, e)| (*i, *f, e)).collect(),
-        None => ex.iter().enumerate().map(|(i, e)| (i, 0, e)).collect(),
-    };
+    let items = run_items(&ex, win.as_deref());
     let mut out: Vec<(Vec<String>, bool)> = ex.iter().map(|e| (vec!["O".to_string(); if let Example::Tokens { words, .. } = e { words.len() } else { 0 }], false)).collect();
     for chunk in items.chunks(batch_size.max(1)) {
         let words: Vec<Vec<String>> = chunk.iter().map(|(_, _, e)| if let Example::Tokens { words, .. } = e { words.clone() } else { Vec::new() }).collect();
@@ -1487,7 +1493,8 @@ fn tag_words(bert: &Bert, tok: &BertTokenizer, inputs: Vec<Vec<String>>, labels:
 /// `engram predict`: one JSON object per text — label and probabilities, or (NER) word tags
 /// and entity spans with character offsets. A memory model streams long texts through its
 /// segments (dialogue turns one per line, `\n` in the text); `memory_norms` adds the mean norm of
-/// the memory states after each segment.
+/// the memory states after each segment; `stride` reads long NER inputs in overlapping windows.
+#[allow(clippy::too_many_arguments)]
 pub fn predict_dir(
     dir: &Path,
     texts: &[String],
