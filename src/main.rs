@@ -600,6 +600,7 @@ fn precision(int8: bool, bf16: bool) -> Precision {
 /// Batches per window within which `embed` groups texts by length.
 const EMBED_WINDOW: usize = 64;
 
+#[allow(clippy::too_many_arguments)]
 fn embed(
     dir: &Path,
     normalize: bool,

@@ -611,7 +611,7 @@ fn label_pattern(dir: &Path, n: usize, seed: usize) -> (PathBuf, PathBuf) {
     let (mut multi, mut reg) = (String::new(), String::new());
     for i in 0..n {
         let k = i + seed * 7919;
-        let (cat, hello) = (k % 2 == 0, (k / 2) % 2 == 0);
+        let (cat, hello) = (k.is_multiple_of(2), (k / 2).is_multiple_of(2));
         // Five words whatever the labels: the length must not give the labels away.
         let mut words: Vec<&str> = (0..5 - cat as usize - hello as usize).map(|j| filler[(k * 5 + j * 3 + k / 3) % filler.len()]).collect();
         if cat {
@@ -683,7 +683,7 @@ fn multilabel_and_regression_learn_the_pattern_and_save_their_problem_type() {
         let (_, json) = engram::train::evaluate_dir(out, data, 64, engram::Device::Cpu, Precision::F32, ',', None).unwrap();
         let mut got: Vec<&str> = json["values"].as_object().unwrap().keys().map(|k| k.as_str()).collect();
         let mut want = task.metrics().to_vec();
-        (got.sort(), want.sort());
+        got.sort(); want.sort();
         assert_eq!(got, want, "{task:?}");
     }
 }
