@@ -241,20 +241,20 @@ mod gpu {
         let y = randn(&mut r, &[3, 37]).requires_grad();
         let b = randn(&mut r, &[37]).requires_grad();
         parity("add", &[x.clone(), y], |t, i| ops::add(t, &i[0], &i[1]));
-        parity("add self", &[x.clone()], |t, i| ops::add(t, &i[0], &i[0]));
+        parity("add self", std::slice::from_ref(&x), |t, i| ops::add(t, &i[0], &i[0]));
         parity("bias_add", &[x.clone(), b], |t, i| ops::bias_add(t, &i[0], &i[1]));
-        parity("scale", &[x.clone()], |t, i| ops::scale(t, &i[0], -0.37));
+        parity("scale", std::slice::from_ref(&x), |t, i| ops::scale(t, &i[0], -0.37));
         let wide = Tensor::from_vec(
             Rng::new(3).normal_vec(5 * 1001).into_iter().map(|v| (3.0 * v) as f32).collect::<Vec<f32>>(),
             &[5, 1001],
         )
         .unwrap()
         .requires_grad();
-        parity("gelu", &[wide.clone()], |t, i| ops::gelu(t, &i[0]));
-        parity("gelu_tanh", &[wide.clone()], |t, i| ops::gelu_tanh(t, &i[0]));
-        parity("tanh", &[wide.clone()], |t, i| ops::tanh(t, &i[0]));
-        parity("relu", &[wide.clone()], |t, i| ops::relu(t, &i[0]));
-        parity("softmax", &[wide.clone()], |t, i| ops::softmax(t, &i[0]));
+        parity("gelu", std::slice::from_ref(&wide), |t, i| ops::gelu(t, &i[0]));
+        parity("gelu_tanh", std::slice::from_ref(&wide), |t, i| ops::gelu_tanh(t, &i[0]));
+        parity("tanh", std::slice::from_ref(&wide), |t, i| ops::tanh(t, &i[0]));
+        parity("relu", std::slice::from_ref(&wide), |t, i| ops::relu(t, &i[0]));
+        parity("softmax", std::slice::from_ref(&wide), |t, i| ops::softmax(t, &i[0]));
         parity("softmax narrow", &[x], |t, i| ops::softmax(t, &i[0]));
         parity("dropout", &[wide], |t, i| ops::dropout(t, &ops::dropout(t, &i[0], 0.3)?, 0.1));
     }
@@ -369,9 +369,9 @@ mod gpu {
         parity("mean_pool with an empty row", &[x, mask], |t, i| ops::mean_pool(t, &i[0], &i[1]));
 
         let h = randn(&mut r, &[2, 5, 12]).requires_grad();
-        parity("split_heads", &[h.clone()], |t, i| ops::split_heads(t, &i[0], 3));
-        parity("split+merge", &[h.clone()], |t, i| ops::merge_heads(t, &ops::split_heads(t, &i[0], 4)?));
-        parity("reshape", &[h.clone()], |t, i| ops::reshape(t, &i[0], &[10, 12]));
+        parity("split_heads", std::slice::from_ref(&h), |t, i| ops::split_heads(t, &i[0], 3));
+        parity("split+merge", std::slice::from_ref(&h), |t, i| ops::merge_heads(t, &ops::split_heads(t, &i[0], 4)?));
+        parity("reshape", std::slice::from_ref(&h), |t, i| ops::reshape(t, &i[0], &[10, 12]));
         parity("token", &[h], |t, i| ops::add(t, &ops::token(t, &i[0], 0)?, &ops::token(t, &i[0], 3)?));
     }
 

@@ -634,6 +634,7 @@ mod cuda {
         Ok(LaunchConfig { grid_dim: (rows as u32, bh as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: smem as u32 })
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn attention(
         tape: &Tape,
         q: &Tensor,
