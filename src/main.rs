@@ -208,7 +208,8 @@ struct FinetuneCli {
     gradient_checkpointing: bool,
     /// Time every op of the training steps (forward and backward) and what runs around them;
     /// the table goes to OUT/profile.txt (and stderr). On CUDA set ENGRAM_CUDA_SYNC=1 with it.
-    /// With --gradient-checkpointing each encoder layer is one row (encoder_layer).
+    /// With --gradient-checkpointing the ops inside each layer are timed by name too; their
+    /// rerun in backward counts as forward calls (twice the plain count), as torch.profiler shows it.
     #[arg(long)]
     profile: bool,
     /// Context memory: M recurrent memory tokens carried across segments of long inputs (0 with

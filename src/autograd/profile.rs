@@ -100,6 +100,11 @@ impl Recorder {
         self.last = now;
     }
 
+    /// Charge the next forward record from now (a checkpointed call's rerun in backward).
+    pub(crate) fn restart(&mut self) {
+        self.last = Instant::now();
+    }
+
     pub(crate) fn backward(&mut self, op: &'static str, took: Duration) {
         let e = self.profile.ops.entry(op).or_default();
         e.bwd_calls += 1;
@@ -153,5 +158,32 @@ mod tests {
         let mut sum = p.clone();
         sum.merge(&inf.profile().unwrap());
         assert_eq!(sum.get("gelu").unwrap().fwd_calls, 4);
+    }
+
+    /// Checkpointed calls are timed by op name: their forward, their rerun in backward (as
+    /// forward calls, as torch.profiler shows a recomputation) and their ops' backwards; the
+    /// checkpoint node itself keeps only what none of them took.
+    #[test]
+    fn checkpointed_calls_are_timed_by_the_ops_inside() {
+        let x = input(64 * 48, 3);
+        let ws: Vec<Tensor> = (0..3).map(|i| input(64 * 64, 10 + i).requires_grad()).collect();
+        let block: crate::autograd::CheckpointFn = std::rc::Rc::new(|t: &Tape, v: &[Tensor]| ops::gelu(t, &ops::linear(t, &v[0], &v[1], None)?));
+        let tape = Tape::training(7).checkpointing(true).profiled();
+        let t0 = Instant::now();
+        let mut h = x.clone();
+        for w in &ws {
+            h = tape.checkpoint("block", &[&h, w], block.clone()).unwrap();
+        }
+        let targets = Tensor::from_ids((0..48).map(|i| i % 64).collect(), &[48]).unwrap();
+        let loss = ops::cross_entropy(&tape, &h, &targets).unwrap();
+        tape.backward(&loss).unwrap();
+        let wall = t0.elapsed();
+        let p = tape.profile().unwrap();
+        let (lin, gelu, blk) = (p.get("linear").unwrap(), p.get("gelu").unwrap(), p.get("block").unwrap());
+        assert_eq!((lin.fwd_calls, lin.bwd_calls, gelu.fwd_calls, gelu.bwd_calls), (6, 3, 6, 3), "forward, rerun, backward");
+        assert_eq!((blk.fwd_calls, blk.bwd_calls), (3, 3));
+        assert!(lin.fwd > std::time::Duration::ZERO && lin.bwd > std::time::Duration::ZERO);
+        assert!(blk.bwd < lin.bwd, "the checkpoint node keeps its overhead only ({:?} vs linear's {:?})", blk.bwd, lin.bwd);
+        assert!(p.total() <= wall, "profiled {:?} > wall {:?}", p.total(), wall);
     }
 }

@@ -2,6 +2,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::Instant;
 
 use super::grads::{GradSink, Grads};
@@ -31,11 +32,18 @@ struct CheckpointBwd {
     seed: u64,
     bf16: bool,
     start: u64,
+    /// The profiled tape's recorder: the rerun's ops, forward and backward, are timed by name.
+    profile: Option<Rc<RefCell<Recorder>>>,
 }
 
 impl Backward for CheckpointBwd {
     fn backward(&self, inputs: &[Tensor], dout: &Buf, sink: &mut GradSink) -> Result<()> {
-        let tape = Tape::replay(self.seed, self.start, self.bf16, true);
+        let mut tape = Tape::replay(self.seed, self.start, self.bf16, true);
+        if let Some(r) = &self.profile {
+            // The rerun's first op is charged from here, not from the forward's last record.
+            r.borrow_mut().restart();
+            tape.profile = Some(r.clone());
+        }
         let leaves: Vec<Tensor> = inputs.iter().map(|t| if t.is_tracked() { t.requires_grad() } else { t.clone() }).collect();
         let y = (self.f)(&tape, &leaves)?;
         let mut grads = tape.backward_buf(&y, dout.clone())?;
@@ -65,8 +73,9 @@ pub struct Tape {
     seed: u64,
     dropout_calls: Cell<u64>,
     nodes: RefCell<Vec<Node>>,
-    /// Per-op wall times when built with [`Tape::profiled`].
-    profile: Option<RefCell<Recorder>>,
+    /// Per-op wall times when built with [`Tape::profiled`] (shared with the tapes that run
+    /// checkpointed calls, so their ops are timed by name too).
+    profile: Option<Rc<RefCell<Recorder>>>,
     /// Linear layers' f32 GEMMs in bf16 on the CPU ([`Tape::bf16`]).
     bf16: bool,
     /// Models run their layers through [`Tape::checkpoint`] ([`Tape::checkpointing`]).
@@ -138,17 +147,19 @@ impl Tape {
         }
         // Only a recording tape tracks anything, and only a training tape records.
         let (seed, bf16, start) = (self.seed, self.bf16, self.dropout_calls.get());
-        let sub = Tape::replay(seed, start, bf16, false);
+        let mut sub = Tape::replay(seed, start, bf16, false);
+        sub.profile.clone_from(&self.profile);
         let y = f(&sub, &owned)?;
         self.dropout_calls.set(sub.dropout_calls.get());
         let out = y.requires_grad();
-        self.push(name, inputs, &out, Box::new(CheckpointBwd { f, seed, bf16, start }));
+        let profile = self.profile.clone();
+        self.push(name, inputs, &out, Box::new(CheckpointBwd { f, seed, bf16, start, profile }));
         Ok(out)
     }
 
     /// A training tape seeded `seed` whose dropout calls count from `start` — a checkpointed
     /// call's forward (`grad` false: records nothing) or its rerun in backward (`grad` true).
-    /// Never checkpoints or profiles.
+    /// Never checkpoints; profiled by its caller.
     fn replay(seed: u64, start: u64, bf16: bool, grad: bool) -> Tape {
         Tape { training: true, grad, seed, dropout_calls: Cell::new(start), nodes: RefCell::new(Vec::new()), profile: None, bf16, checkpointing: false }
     }
@@ -156,7 +167,7 @@ impl Tape {
     /// This tape, timing every op it sees (forward and backward; see [`Profile`]). The clock of
     /// the first op starts here.
     pub fn profiled(mut self) -> Tape {
-        self.profile = Some(RefCell::new(Recorder::new()));
+        self.profile = Some(Rc::new(RefCell::new(Recorder::new())));
         self
     }
 
@@ -292,13 +303,16 @@ impl Tape {
         for node in nodes.into_iter().rev() {
             let Some(d) = map.remove(&node.output) else { continue };
             let mut sink = GradSink::new(&mut map);
-            let t0 = self.profile.as_ref().map(|_| Instant::now());
+            // What a checkpointed call's rerun records by op name is not the node's own time.
+            let t0 = self.profile.as_ref().map(|r| (Instant::now(), r.borrow().profile.total()));
             node.op.backward(&node.inputs, &d, &mut sink).map_err(|e| match e {
                 Error::Autograd(m) => Error::Autograd(format!("{} backward: {m}", node.name)),
                 other => other,
             })?;
-            if let (Some(r), Some(t0)) = (&self.profile, t0) {
-                r.borrow_mut().backward(node.name, t0.elapsed());
+            if let (Some(r), Some((t0, before))) = (&self.profile, t0) {
+                let mut r = r.borrow_mut();
+                let inner = r.profile.total() - before;
+                r.backward(node.name, t0.elapsed().saturating_sub(inner));
             }
         }
         Ok(Grads::from_map(map))
