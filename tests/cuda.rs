@@ -622,7 +622,11 @@ mod gpu_trainer {
         ner.train = csv("tiny_train.conll");
         ner.dev = csv("tiny_dev.conll");
         ner.metric = "entity_f1".into();
-        cases.push(("ner", Task::Ner, ner));
+        cases.push(("ner", Task::Ner, ner.clone()));
+        // Sentences longer than a 6-token window, read as overlapping windows (--stride).
+        let mut windows = ner.clone();
+        (windows.max_length, windows.stride) = (6, Some(2));
+        cases.push(("ner-stride", Task::Ner, windows));
         // Multi-label (BCE; each row's one label read as a label set) over memory segments, and
         // regression (MSE) on scores made from the same rows.
         let mut multi = mem.clone();
