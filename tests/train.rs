@@ -159,6 +159,12 @@ fn output_dir_is_an_hf_model_that_reloads_with_the_same_predictions() {
         let (px, py) = (x["probs"]["pos"].as_f64().unwrap(), y["probs"]["pos"].as_f64().unwrap());
         assert!((px - py).abs() < 1e-5, "batching changed a probability: {px} vs {py}");
     }
+    // The library form: loaded once, it answers call after call as `predict` does.
+    let model = engram::train::Predictor::load(&a.out, engram::train::PredictOptions { max_length: 64, batch_size: 8, ..Default::default() }).unwrap();
+    assert_eq!((model.task(), model.labels()), (Task::Classify, &["neg".to_string(), "pos".to_string()][..]));
+    assert_eq!(model.predict(&texts).unwrap(), p1);
+    assert_eq!(model.predict(&texts[1..]).unwrap()[0], p1[1]);
+    assert!(model.predict(&[]).unwrap().is_empty());
     // int8 inference (the encoder's linear layers quantized): nearly the f32 probabilities and
     // dev loss, but not exactly the loss (so the int8 layers really ran).
     let q = predict_dir(&a.out, &texts, 64, 8, engram::Device::Cpu, Precision::Int8, false, None).unwrap();

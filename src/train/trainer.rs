@@ -1490,10 +1490,182 @@ fn tag_words(bert: &Bert, tok: &BertTokenizer, inputs: Vec<Vec<String>>, labels:
     Ok(out)
 }
 
-/// `engram predict`: one JSON object per text — label and probabilities, or (NER) word tags
-/// and entity spans with character offsets. A memory model streams long texts through its
-/// segments (dialogue turns one per line, `\n` in the text); `memory_norms` adds the mean norm of
-/// the memory states after each segment; `stride` reads long NER inputs in overlapping windows.
+/// How a [`Predictor`] runs: `engram predict`'s options.
+#[derive(Debug, Clone)]
+pub struct PredictOptions {
+    /// Truncation length in tokens (capped at the model's positions).
+    pub max_length: usize,
+    pub batch_size: usize,
+    pub device: Device,
+    pub precision: Precision,
+    /// Memory models: add the mean norm of the memory states after each segment.
+    pub memory_norms: bool,
+    /// NER: read inputs longer than the window in overlapping windows (see `windows`).
+    pub stride: Option<usize>,
+}
+
+impl Default for PredictOptions {
+    fn default() -> Self {
+        PredictOptions { max_length: 128, batch_size: 32, device: Device::Cpu, precision: Precision::F32, memory_norms: false, stride: None }
+    }
+}
+
+/// A fine-tuned model (engram's or transformers' `*ForSequenceClassification` /
+/// `*ForTokenClassification` directory, memory models included) loaded once and run on any
+/// number of [`predict`](Predictor::predict) calls — `engram predict` as a library:
+///
+/// ```no_run
+/// use engram::train::{PredictOptions, Predictor};
+/// let model = Predictor::load("runs/rt-minilm".as_ref(), PredictOptions::default())?;
+/// for p in model.predict(&["a gripping, funny film".to_string()])? {
+///     println!("{} {}", p["label"], p["probs"]);
+/// }
+/// # Ok::<(), engram::Error>(())
+/// ```
+pub struct Predictor {
+    bert: Bert,
+    task: Task,
+    labels: Vec<String>,
+    mem: Option<MemoryConfig>,
+    tok: BertTokenizer,
+    dir: PathBuf,
+    opts: PredictOptions,
+}
+
+impl Predictor {
+    pub fn load(dir: &Path, opts: PredictOptions) -> Result<Predictor> {
+        if opts.batch_size == 0 {
+            return Err(Error::Value { op: "predict", detail: "--batch-size must be at least 1".into() });
+        }
+        let (bert, task, labels, mem) = load_finetuned(dir, opts.device, opts.precision)?;
+        check_stride(task, opts.stride)?;
+        let tok = BertTokenizer::from_dir(dir, opts.max_length.min(bert.config.max_tokens()))?.fits(bert.config.vocab_size)?;
+        Ok(Predictor { bert, task, labels, mem, tok, dir: dir.to_path_buf(), opts })
+    }
+
+    /// The task the model was fine-tuned for (read from its config as `eval` reads it).
+    pub fn task(&self) -> Task {
+        self.task
+    }
+
+    /// The model's labels, by output index (`id2label`).
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// One JSON object per text, in order — label and probabilities, labels and sigmoids
+    /// (multi-label), a score (regression), or (NER) words, tags and entity spans with character
+    /// offsets. A memory model streams long texts through its segments (dialogue turns one per
+    /// line, `\n` in the text); a pair model takes `HISTORY<TAB>CANDIDATE`.
+    pub fn predict(&self, texts: &[String]) -> Result<Vec<serde_json::Value>> {
+        let Predictor { bert, task, labels, mem, tok, dir, opts } = self;
+        let (task, batch_size, memory_norms, stride) = (*task, opts.batch_size, opts.memory_norms, opts.stride);
+        let mut out = Vec::new();
+        // Batches of similar length pad little; the outputs go back to the input order at the end.
+        let order = by_length(texts.iter().map(|t| t.len()));
+        let mut at = Vec::with_capacity(texts.len());
+        for idx in order.chunks(batch_size) {
+            let chunk: Vec<String> = idx.iter().map(|&i| texts[i].clone()).collect();
+            at.extend_from_slice(idx);
+            match task {
+                Task::Ner => {
+                    let words: Vec<Vec<(String, usize, usize)>> = chunk.iter().map(|t| split_words(t)).collect();
+                    let plain: Vec<Vec<String>> = words.iter().map(|w| if w.is_empty() { vec![String::new()] } else { w.iter().map(|x| x.0.clone()).collect() }).collect();
+                    let tagged = tag_words(bert, tok, plain, labels, batch_size, stride)?;
+                    for (b, text) in chunk.iter().enumerate() {
+                        let tags = if words[b].is_empty() { Vec::new() } else { tagged[b].0.clone() };
+                        let tag_refs: Vec<&str> = tags.iter().map(|s| s.as_str()).collect();
+                        let entities: Vec<serde_json::Value> = super::metrics::spans(&tag_refs)
+                            .into_iter()
+                            .map(|(ty, s, e)| {
+                                let (cs, ce) = (words[b][s].1, words[b][e].2);
+                                let span: String = text.chars().skip(cs).take(ce - cs).collect();
+                                serde_json::json!({ "type": ty, "start": cs, "end": ce, "text": span })
+                            })
+                            .collect();
+                        let toks: Vec<&str> = words[b].iter().map(|w| w.0.as_str()).collect();
+                        let mut obj = serde_json::json!({ "text": text, "tokens": toks, "tags": tags, "entities": entities });
+                        if tagged[b].1 {
+                            obj["truncated"] = serde_json::json!(true); // words past the window are tagged "O"
+                        }
+                        out.push(obj);
+                    }
+                }
+                Task::Classify | Task::Pair | Task::Multilabel | Task::Regression => {
+                    if task == Task::Pair {
+                        // A pair model scores a candidate against a history: without the candidate its
+                        // output means nothing, so that is an error rather than a silent empty pair.
+                        if let Some(i) = chunk.iter().position(|t| !t.contains('\t')) {
+                            return Err(Error::Value {
+                                op: "predict",
+                                detail: format!(
+                                    "input \"{}\" has no candidate: this is a pair model ({}); give HISTORY<TAB>CANDIDATE per input",
+                                    chunk[i].chars().take(60).collect::<String>(),
+                                    dir.display()
+                                ),
+                            });
+                        }
+                    }
+                    let pairs: Vec<(&str, &str)> = chunk.iter().map(|t| t.split_once('\t').unwrap_or((t.as_str(), ""))).collect();
+                    let mut cut = vec![false; chunk.len()];
+                    let (logits, norms) = match &mem {
+                        Some(cfg) => {
+                            let inputs: Vec<(String, Option<String>)> = chunk
+                                .iter()
+                                .zip(&pairs)
+                                .map(|(t, &(a, b))| if task == Task::Pair { (a.replace("\\n", "\n"), Some(b.to_string())) } else { (t.replace("\\n", "\n"), None) })
+                                .collect();
+                            let out = memory::predict_logits(bert, cfg, tok, &inputs, memory_norms)?;
+                            (out.logits.to_f64_vec(), out.memory_norms)
+                        }
+                        None => {
+                            let batch = if task == Task::Pair { tok.encode_pairs(&pairs)? } else { tok.encode(&chunk.iter().map(|s| s.as_str()).collect::<Vec<_>>())? };
+                            cut.clone_from(&batch.truncated);
+                            (bert.logits(&bert.inference_tape(), &batch, false)?.to_f64_vec(), None)
+                        }
+                    };
+                    for (b, row) in logits.chunks(labels.len()).enumerate() {
+                        let round = |p: f64| serde_json::json!((p * 1e6).round() / 1e6);
+                        let mut obj = match task {
+                            // Every label whose sigmoid passes 0.5, and each label's sigmoid.
+                            Task::Multilabel => {
+                                let sig: Vec<f64> = row.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect();
+                                let on: Vec<&String> = labels.iter().zip(&sig).filter(|(_, &p)| p > 0.5).map(|(l, _)| l).collect();
+                                let probs: serde_json::Map<String, serde_json::Value> = labels.iter().zip(&sig).map(|(l, &p)| (l.clone(), round(p))).collect();
+                                serde_json::json!({ "text": chunk[b], "labels": on, "probs": probs })
+                            }
+                            // The model's output itself, as transformers' forward returns it.
+                            Task::Regression => serde_json::json!({ "text": chunk[b], "score": row[0] }),
+                            _ => {
+                                let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                                let z: f64 = row.iter().map(|x| (x - m).exp()).sum();
+                                let probs: serde_json::Map<String, serde_json::Value> = row.iter().zip(labels.iter()).map(|(x, l)| (l.clone(), round((x - m).exp() / z))).collect();
+                                let best = argmax_rows(row, labels.len())[0];
+                                serde_json::json!({ "text": chunk[b], "label": labels[best], "probs": probs })
+                            }
+                        };
+                        if cut[b] {
+                            obj["truncated"] = serde_json::json!(true);
+                        }
+                        if let Some(n) = &norms {
+                            obj["segments"] = serde_json::json!(n[b].len());
+                            obj["memory_norms"] = serde_json::json!(n[b].iter().map(|x| (x * 1e4).round() / 1e4).collect::<Vec<f64>>());
+                        }
+                        out.push(obj);
+                    }
+                }
+            }
+        }
+        // `out[k]` answers `texts[at[k]]`: put each answer back at its input's place.
+        let mut placed: Vec<Option<serde_json::Value>> = vec![None; texts.len()];
+        for (k, v) in at.into_iter().zip(out) {
+            placed[k] = Some(v);
+        }
+        Ok(placed.into_iter().map(|v| v.expect("every input answered once")).collect())
+    }
+}
+
+/// `engram predict`: [`Predictor::load`] and one [`Predictor::predict`] call.
 #[allow(clippy::too_many_arguments)]
 pub fn predict_dir(
     dir: &Path,
@@ -1505,114 +1677,7 @@ pub fn predict_dir(
     memory_norms: bool,
     stride: Option<usize>,
 ) -> Result<Vec<serde_json::Value>> {
-    if batch_size == 0 {
-        return Err(Error::Value { op: "predict", detail: "--batch-size must be at least 1".into() });
-    }
-    let (bert, task, labels, mem) = load_finetuned(dir, device, precision)?;
-    check_stride(task, stride)?;
-    let tok = BertTokenizer::from_dir(dir, max_length.min(bert.config.max_tokens()))?.fits(bert.config.vocab_size)?;
-    let mut out = Vec::new();
-    // Batches of similar length pad little; the outputs go back to the input order at the end.
-    let order = by_length(texts.iter().map(|t| t.len()));
-    let mut at = Vec::with_capacity(texts.len());
-    for idx in order.chunks(batch_size) {
-        let chunk: Vec<String> = idx.iter().map(|&i| texts[i].clone()).collect();
-        at.extend_from_slice(idx);
-        match task {
-            Task::Ner => {
-                let words: Vec<Vec<(String, usize, usize)>> = chunk.iter().map(|t| split_words(t)).collect();
-                let plain: Vec<Vec<String>> = words.iter().map(|w| if w.is_empty() { vec![String::new()] } else { w.iter().map(|x| x.0.clone()).collect() }).collect();
-                let tagged = tag_words(&bert, &tok, plain, &labels, batch_size, stride)?;
-                for (b, text) in chunk.iter().enumerate() {
-                    let tags = if words[b].is_empty() { Vec::new() } else { tagged[b].0.clone() };
-                    let tag_refs: Vec<&str> = tags.iter().map(|s| s.as_str()).collect();
-                    let entities: Vec<serde_json::Value> = super::metrics::spans(&tag_refs)
-                        .into_iter()
-                        .map(|(ty, s, e)| {
-                            let (cs, ce) = (words[b][s].1, words[b][e].2);
-                            let span: String = text.chars().skip(cs).take(ce - cs).collect();
-                            serde_json::json!({ "type": ty, "start": cs, "end": ce, "text": span })
-                        })
-                        .collect();
-                    let toks: Vec<&str> = words[b].iter().map(|w| w.0.as_str()).collect();
-                    let mut obj = serde_json::json!({ "text": text, "tokens": toks, "tags": tags, "entities": entities });
-                    if tagged[b].1 {
-                        obj["truncated"] = serde_json::json!(true); // words past the window are tagged "O"
-                    }
-                    out.push(obj);
-                }
-            }
-            Task::Classify | Task::Pair | Task::Multilabel | Task::Regression => {
-                if task == Task::Pair {
-                    // A pair model scores a candidate against a history: without the candidate its
-                    // output means nothing, so that is an error rather than a silent empty pair.
-                    if let Some(i) = chunk.iter().position(|t| !t.contains('\t')) {
-                        return Err(Error::Value {
-                            op: "predict",
-                            detail: format!(
-                                "input \"{}\" has no candidate: this is a pair model ({}); give HISTORY<TAB>CANDIDATE per input",
-                                chunk[i].chars().take(60).collect::<String>(),
-                                dir.display()
-                            ),
-                        });
-                    }
-                }
-                let pairs: Vec<(&str, &str)> = chunk.iter().map(|t| t.split_once('\t').unwrap_or((t.as_str(), ""))).collect();
-                let mut cut = vec![false; chunk.len()];
-                let (logits, norms) = match &mem {
-                    Some(cfg) => {
-                        let inputs: Vec<(String, Option<String>)> = chunk
-                            .iter()
-                            .zip(&pairs)
-                            .map(|(t, &(a, b))| if task == Task::Pair { (a.replace("\\n", "\n"), Some(b.to_string())) } else { (t.replace("\\n", "\n"), None) })
-                            .collect();
-                        let out = memory::predict_logits(&bert, cfg, &tok, &inputs, memory_norms)?;
-                        (out.logits.to_f64_vec(), out.memory_norms)
-                    }
-                    None => {
-                        let batch = if task == Task::Pair { tok.encode_pairs(&pairs)? } else { tok.encode(&chunk.iter().map(|s| s.as_str()).collect::<Vec<_>>())? };
-                        cut.clone_from(&batch.truncated);
-                        (bert.logits(&bert.inference_tape(), &batch, false)?.to_f64_vec(), None)
-                    }
-                };
-                for (b, row) in logits.chunks(labels.len()).enumerate() {
-                    let round = |p: f64| serde_json::json!((p * 1e6).round() / 1e6);
-                    let mut obj = match task {
-                        // Every label whose sigmoid passes 0.5, and each label's sigmoid.
-                        Task::Multilabel => {
-                            let sig: Vec<f64> = row.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect();
-                            let on: Vec<&String> = labels.iter().zip(&sig).filter(|(_, &p)| p > 0.5).map(|(l, _)| l).collect();
-                            let probs: serde_json::Map<String, serde_json::Value> = labels.iter().zip(&sig).map(|(l, &p)| (l.clone(), round(p))).collect();
-                            serde_json::json!({ "text": chunk[b], "labels": on, "probs": probs })
-                        }
-                        // The model's output itself, as transformers' forward returns it.
-                        Task::Regression => serde_json::json!({ "text": chunk[b], "score": row[0] }),
-                        _ => {
-                            let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                            let z: f64 = row.iter().map(|x| (x - m).exp()).sum();
-                            let probs: serde_json::Map<String, serde_json::Value> = row.iter().zip(&labels).map(|(x, l)| (l.clone(), round((x - m).exp() / z))).collect();
-                            let best = argmax_rows(row, labels.len())[0];
-                            serde_json::json!({ "text": chunk[b], "label": labels[best], "probs": probs })
-                        }
-                    };
-                    if cut[b] {
-                        obj["truncated"] = serde_json::json!(true);
-                    }
-                    if let Some(n) = &norms {
-                        obj["segments"] = serde_json::json!(n[b].len());
-                        obj["memory_norms"] = serde_json::json!(n[b].iter().map(|x| (x * 1e4).round() / 1e4).collect::<Vec<f64>>());
-                    }
-                    out.push(obj);
-                }
-            }
-        }
-    }
-    // `out[k]` answers `texts[at[k]]`: put each answer back at its input's place.
-    let mut placed: Vec<Option<serde_json::Value>> = vec![None; texts.len()];
-    for (k, v) in at.into_iter().zip(out) {
-        placed[k] = Some(v);
-    }
-    Ok(placed.into_iter().map(|v| v.expect("every input answered once")).collect())
+    Predictor::load(dir, PredictOptions { max_length, batch_size, device, precision, memory_norms, stride })?.predict(texts)
 }
 
 #[cfg(test)]
