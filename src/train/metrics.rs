@@ -23,13 +23,22 @@ fn prf(tp: usize, pred: usize, gold: usize) -> Prf {
     Prf { precision: p, recall: r, f1: f, support: gold }
 }
 
-/// Label-level metrics (sequence classification, or token tags flattened).
+/// Label-level metrics (sequence classification, or token tags flattened): scikit-learn's
+/// `classification_report` (per label, macro and support-weighted averages) and
+/// `confusion_matrix`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
     pub accuracy: f64,
     pub macro_f1: f64,
     pub per_label: BTreeMap<String, Prf>,
     pub total: usize,
+    /// Unweighted means over the labels present in gold or predictions (`macro avg`).
+    pub macro_avg: Prf,
+    /// Means weighted by each label's gold support (`weighted avg`).
+    pub weighted_avg: Prf,
+    /// `confusion[g][p]`: examples of gold label g predicted as p, labels in model order.
+    pub confusion: Vec<Vec<usize>>,
+    pub labels: Vec<String>,
 }
 
 pub fn classification_report(gold: &[usize], pred: &[usize], labels: &[String]) -> Report {
@@ -44,11 +53,27 @@ pub fn classification_report(gold: &[usize], pred: &[usize], labels: &[String]) 
             correct += 1;
         }
     }
+    let mut confusion = vec![vec![0usize; n]; n];
+    for (&g, &p) in gold.iter().zip(pred) {
+        confusion[g][p] += 1;
+    }
     let per_label: BTreeMap<String, Prf> = (0..n).map(|i| (labels[i].clone(), prf(tp[i], np[i], ng[i]))).collect();
     // sklearn's macro average: over labels present in gold or predictions.
     let present: Vec<&Prf> = (0..n).filter(|&i| ng[i] + np[i] > 0).map(|i| &per_label[&labels[i]]).collect();
-    let macro_f1 = if present.is_empty() { 0.0 } else { present.iter().map(|p| p.f1).sum::<f64>() / present.len() as f64 };
-    Report { accuracy: if gold.is_empty() { 0.0 } else { correct as f64 / gold.len() as f64 }, macro_f1, per_label, total: gold.len() }
+    let mean = |f: fn(&Prf) -> f64| if present.is_empty() { 0.0 } else { present.iter().map(|p| f(p)).sum::<f64>() / present.len() as f64 };
+    let macro_avg = Prf { precision: mean(|p| p.precision), recall: mean(|p| p.recall), f1: mean(|p| p.f1), support: gold.len() };
+    let weighted = |f: fn(&Prf) -> f64| if gold.is_empty() { 0.0 } else { per_label.values().map(|p| f(p) * p.support as f64).sum::<f64>() / gold.len() as f64 };
+    let weighted_avg = Prf { precision: weighted(|p| p.precision), recall: weighted(|p| p.recall), f1: weighted(|p| p.f1), support: gold.len() };
+    Report {
+        accuracy: if gold.is_empty() { 0.0 } else { correct as f64 / gold.len() as f64 },
+        macro_f1: macro_avg.f1,
+        per_label,
+        total: gold.len(),
+        macro_avg,
+        weighted_avg,
+        confusion,
+        labels: labels.to_vec(),
+    }
 }
 
 impl Report {
@@ -60,8 +85,34 @@ impl Report {
             s += &format!("{k:>w$}  {:>9.4}  {:>6.4}  {:>8.4}  {:>7}\n", p.precision, p.recall, p.f1, p.support);
         }
         s += &format!("{:>w$}  {:>9}  {:>6}  {:>8.4}  {:>7}\n", "accuracy", "", "", self.accuracy, self.total);
-        s += &format!("{:>w$}  {:>9}  {:>6}  {:>8.4}  {:>7}\n", "macro f1", "", "", self.macro_f1, self.total);
+        for (name, p) in [("macro avg", &self.macro_avg), ("weighted avg", &self.weighted_avg)] {
+            s += &format!("{name:>w$}  {:>9.4}  {:>6.4}  {:>8.4}  {:>7}\n", p.precision, p.recall, p.f1, p.support);
+        }
         s
+    }
+
+    /// The confusion matrix as text (rows gold, columns predicted, in model order); `None`
+    /// past `max_labels` labels, where it would not be readable.
+    pub fn confusion_table(&self, max_labels: usize) -> Option<String> {
+        let n = self.labels.len();
+        if n == 0 || n > max_labels {
+            return None;
+        }
+        let name = |l: &str| l.chars().take(10).collect::<String>();
+        let w = self.labels.iter().map(|l| name(l).chars().count()).max().unwrap_or(1).max(self.total.to_string().len()).max(4);
+        let mut s = format!("confusion matrix (rows: gold, columns: predicted)\n{:>w$}", "");
+        for l in &self.labels {
+            s += &format!("  {:>w$}", name(l));
+        }
+        s.push('\n');
+        for (l, row) in self.labels.iter().zip(&self.confusion) {
+            s += &format!("{:>w$}", name(l));
+            for c in row {
+                s += &format!("  {c:>w$}");
+            }
+            s.push('\n');
+        }
+        Some(s)
     }
 }
 
@@ -287,6 +338,17 @@ mod tests {
         assert!((r.accuracy - 0.6).abs() < 1e-12);
         assert_eq!(r.per_label["b"], Prf { precision: 2.0 / 3.0, recall: 1.0, f1: 0.8, support: 2 });
         assert!((r.macro_f1 - (0.5 + 0.8 + 0.0) / 3.0).abs() < 1e-12);
+        // sklearn: macro avg 0.3889 0.5000 0.4333, weighted avg (supports 2, 2, 1) 0.4667 0.6000 0.5200.
+        let close = |x: &Prf, y: [f64; 3]| (x.precision - y[0]).abs() < 1e-12 && (x.recall - y[1]).abs() < 1e-12 && (x.f1 - y[2]).abs() < 1e-12 && x.support == 5;
+        assert!(close(&r.macro_avg, [(0.5 + 2.0 / 3.0) / 3.0, 0.5, 1.3 / 3.0]), "{:?}", r.macro_avg);
+        assert!(close(&r.weighted_avg, [(1.0 + 4.0 / 3.0) / 5.0, 0.6, 0.52]), "{:?}", r.weighted_avg);
+        assert_eq!(r.confusion, vec![vec![1, 1, 0], vec![0, 2, 0], vec![1, 0, 0]]);
+        let t = r.confusion_table(20).unwrap();
+        assert_eq!(t.lines().nth(4).unwrap().split_whitespace().collect::<Vec<_>>(), ["c", "1", "0", "0"], "{t}");
+        assert!(r.confusion_table(2).is_none());
+        // A label neither gold nor predicted stays out of the macro average, and weighs nothing.
+        let r = classification_report(&[0, 1], &[0, 1], &labels);
+        assert!(close(&Prf { support: 5, ..r.macro_avg.clone() }, [1.0, 1.0, 1.0]) && r.weighted_avg.f1 == 1.0);
     }
 
     #[test]

@@ -797,7 +797,8 @@ fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: 
         let r = classification_report(&gold, &pred, labels);
         values.insert("accuracy".into(), r.accuracy);
         values.insert("macro_f1".into(), r.macro_f1);
-        Evaluation { json: serde_json::json!({ "loss": loss, "report": r }), text: format!("{}loss {loss:.4}\n", r.table()), values }
+        let confusion = r.confusion_table(10).unwrap_or_default();
+        Evaluation { json: serde_json::json!({ "loss": loss, "report": r }), text: format!("{}loss {loss:.4}\n{confusion}", r.table()), values }
     };
     ev.json["truncated"] = serde_json::json!(truncated);
     if win.is_some() {
