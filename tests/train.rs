@@ -269,6 +269,31 @@ fn ner_trains_and_predicts_entity_spans() {
         assert_eq!(&"the quick brown fox is on my email"[st..en], e["text"].as_str().unwrap());
     }
     assert!(s.best_metric > 0.5, "tiny NER should learn the fixed pattern (entity F1 {})", s.best_metric);
+    // Each entity's score is the mean softmax probability of its words' tags (at their first
+    // sub-token), recomputed here from the model's logits.
+    let text = "my brown fox and the email";
+    let p = predict_dir(&a.out, &[text.to_string()], 64, 4, engram::Device::Cpu, Precision::F32, false, None).unwrap();
+    let entities = p[0]["entities"].as_array().unwrap();
+    assert!(!entities.is_empty(), "{}", p[0]);
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.out.join("config.json")).unwrap()).unwrap();
+    let labels = cfg["id2label"].as_object().unwrap().len();
+    let (bert, _) = engram::models::bert::Bert::load(&a.out, engram::models::bert::Head::TokenClassification { num_labels: labels }, 0).unwrap();
+    let tok = engram::data::BertTokenizer::from_dir(&a.out, 64).unwrap();
+    let words: Vec<String> = text.split(' ').map(String::from).collect();
+    let batch = tok.encode_words(std::slice::from_ref(&words)).unwrap();
+    let logits = bert.logits(&bert.inference_tape(), &batch, false).unwrap().to_f64_vec();
+    let prob = |w: usize| {
+        let i = batch.word_ids[0].iter().position(|x| *x == Some(w as u32)).unwrap();
+        let row = &logits[i * labels..][..labels];
+        let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        1.0 / row.iter().map(|x| (x - m).exp()).sum::<f64>()
+    };
+    for e in entities {
+        let first = words.iter().position(|w| e["text"].as_str().unwrap().starts_with(w.as_str())).unwrap();
+        let n = e["text"].as_str().unwrap().split(' ').count();
+        let want = (first..first + n).map(prob).sum::<f64>() / n as f64;
+        assert!((e["score"].as_f64().unwrap() - want).abs() < 2e-6, "{e}: want score {want}");
+    }
 }
 
 #[test]

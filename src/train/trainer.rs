@@ -638,15 +638,15 @@ fn long_inputs(win: &[(usize, usize, Example)]) -> usize {
 /// word; words cut off by truncation are "O".
 fn word_predictions(batch: &Batch, pred_ids: &[usize], b: usize, n_words: usize, labels: &[String]) -> Vec<String> {
     let t = batch.seq_len();
-    let mut out = vec!["O".to_string(); n_words];
-    let mut seen = vec![false; n_words];
+    first_tokens(batch, b, n_words).into_iter().map(|f| f.map_or_else(|| "O".to_string(), |i| labels[pred_ids[b * t + i]].clone())).collect()
+}
+
+/// The position of each word's first sub-token in row `b` of a batch (None: cut off).
+fn first_tokens(batch: &Batch, b: usize, n_words: usize) -> Vec<Option<usize>> {
+    let mut out = vec![None; n_words];
     for (i, w) in batch.word_ids[b].iter().enumerate() {
-        if let Some(w) = *w {
-            let w = w as usize;
-            if w < n_words && !seen[w] {
-                seen[w] = true;
-                out[w] = labels[pred_ids[b * t + i]].clone();
-            }
+        if let Some(slot) = w.and_then(|w| out.get_mut(w as usize)) {
+            slot.get_or_insert(i);
         }
     }
     out
@@ -1466,29 +1466,47 @@ pub fn split_words(text: &str) -> Vec<(String, usize, usize)> {
 
 /// The tags of pre-split inputs, each with whether it was truncated (words past the window
 /// tagged "O"); with `stride`, long inputs run as overlapping windows instead (see `windows`).
-fn tag_words(bert: &Bert, tok: &BertTokenizer, inputs: Vec<Vec<String>>, labels: &[String], batch_size: usize, stride: Option<usize>) -> Result<Vec<(Vec<String>, bool)>> {
+fn tag_words(bert: &Bert, tok: &BertTokenizer, inputs: Vec<Vec<String>>, labels: &[String], batch_size: usize, stride: Option<usize>) -> Result<Vec<Tagged>> {
     let ex: Vec<Example> = inputs.into_iter().map(|w| {
         let tags = vec![String::new(); w.len()];
         Example::tokens(w, tags)
     }).collect();
     let win = windowed(tok, &ex, stride)?;
     let items = run_items(&ex, win.as_deref());
-    let mut out: Vec<(Vec<String>, bool)> = ex.iter().map(|e| (vec!["O".to_string(); if let Example::Tokens { words, .. } = e { words.len() } else { 0 }], false)).collect();
+    let mut out: Vec<Tagged> = ex
+        .iter()
+        .map(|e| {
+            let n = if let Example::Tokens { words, .. } = e { words.len() } else { 0 };
+            Tagged { tags: vec!["O".to_string(); n], scores: vec![0.0; n], truncated: false }
+        })
+        .collect();
     for chunk in items.chunks(batch_size.max(1)) {
         let words: Vec<Vec<String>> = chunk.iter().map(|(_, _, e)| if let Example::Tokens { words, .. } = e { words.clone() } else { Vec::new() }).collect();
         let batch = tok.encode_words(&words)?;
-        let logits = bert.logits(&bert.inference_tape(), &batch, false)?;
-        let p = argmax_rows(&logits.to_f64_vec(), labels.len());
+        let logits = bert.logits(&bert.inference_tape(), &batch, false)?.to_f64_vec();
+        let p = argmax_rows(&logits, labels.len());
+        let t = batch.seq_len();
         for (b, &(src, first, e)) in chunk.iter().enumerate() {
             let Example::Tokens { words, scored, .. } = e else { unreachable!() };
-            let tags = word_predictions(&batch, &p, b, words.len(), labels);
+            let firsts = first_tokens(&batch, b, words.len());
             for i in scored.clone() {
-                out[src].0[first + i].clone_from(&tags[i]);
+                let Some(tok_i) = firsts[i] else { continue };
+                let (row, k) = (&logits[(b * t + tok_i) * labels.len()..][..labels.len()], p[b * t + tok_i]);
+                out[src].tags[first + i].clone_from(&labels[k]);
+                // The softmax probability of the chosen tag.
+                out[src].scores[first + i] = 1.0 / row.iter().map(|x| (x - row[k]).exp()).sum::<f64>();
             }
-            out[src].1 |= batch.truncated[b];
+            out[src].truncated |= batch.truncated[b];
         }
     }
     Ok(out)
+}
+
+/// Word tags of one input, each with its probability, and whether the input was cut.
+struct Tagged {
+    tags: Vec<String>,
+    scores: Vec<f64>,
+    truncated: bool,
 }
 
 /// How a [`Predictor`] runs: `engram predict`'s options.
@@ -1574,19 +1592,21 @@ impl Predictor {
                     let plain: Vec<Vec<String>> = words.iter().map(|w| if w.is_empty() { vec![String::new()] } else { w.iter().map(|x| x.0.clone()).collect() }).collect();
                     let tagged = tag_words(bert, tok, plain, labels, batch_size, stride)?;
                     for (b, text) in chunk.iter().enumerate() {
-                        let tags = if words[b].is_empty() { Vec::new() } else { tagged[b].0.clone() };
+                        let tags = if words[b].is_empty() { Vec::new() } else { tagged[b].tags.clone() };
                         let tag_refs: Vec<&str> = tags.iter().map(|s| s.as_str()).collect();
                         let entities: Vec<serde_json::Value> = super::metrics::spans(&tag_refs)
                             .into_iter()
                             .map(|(ty, s, e)| {
                                 let (cs, ce) = (words[b][s].1, words[b][e].2);
                                 let span: String = text.chars().skip(cs).take(ce - cs).collect();
-                                serde_json::json!({ "type": ty, "start": cs, "end": ce, "text": span })
+                                // transformers' grouped entities: the mean of the words' probabilities.
+                                let score = tagged[b].scores[s..=e].iter().sum::<f64>() / (e + 1 - s) as f64;
+                                serde_json::json!({ "type": ty, "start": cs, "end": ce, "text": span, "score": (score * 1e6).round() / 1e6 })
                             })
                             .collect();
                         let toks: Vec<&str> = words[b].iter().map(|w| w.0.as_str()).collect();
                         let mut obj = serde_json::json!({ "text": text, "tokens": toks, "tags": tags, "entities": entities });
-                        if tagged[b].1 {
+                        if tagged[b].truncated {
                             obj["truncated"] = serde_json::json!(true); // words past the window are tagged "O"
                         }
                         out.push(obj);
