@@ -184,6 +184,8 @@ pub(crate) fn gemm_packed<T: Float>(c: &mut [T], a: MatRef<T>, bp: &[T], n: usiz
     gemm_packed_impl(c, a, bp, n, parallel, simd_available(), avx512_available());
 }
 
+// `simd` picks the x86 transposing packer; other targets have only the plain one.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn pack_b_impl<T: Float>(b: MatRef<T>, parallel: bool, simd: bool) -> Vec<T> {
     let (k, n) = (b.rows, b.cols);
     let n_panels = n.div_ceil(NR);

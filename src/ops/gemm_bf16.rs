@@ -233,6 +233,7 @@ fn to_pairs(m: MatRef<f32>, parallel: bool) -> Pairs {
 /// `dst[p] = pair(src[2p], src[2p+1])` (zero past the end of `src`).
 fn convert_row(src: &[f32], dst: &mut [u32]) {
     debug_assert_eq!(dst.len(), src.len().div_ceil(2));
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))] // only x86 has a vector part
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if cpu_has_bf16() {
@@ -251,6 +252,7 @@ fn convert_row(src: &[f32], dst: &mut [u32]) {
 
 /// `dst[i] = pair(c0[i], c1[i])` (zero when there is no `c1`).
 fn convert_cols(c0: &[f32], c1: Option<&[f32]>, dst: &mut [u32]) {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))] // only x86 has a vector part
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if cpu_has_bf16() {

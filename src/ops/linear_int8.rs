@@ -199,6 +199,7 @@ pub fn linear_int8(tape: &Tape, x: &Tensor, w: &Int8Weight, bias: Option<&Tensor
 
 /// The integer kernel (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only x86 builds pick the SIMD kernels
 enum Kernel {
     Vnni,
     AvxVnni,
