@@ -18,13 +18,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let texts: Vec<String> = args.collect();
     if !texts.is_empty() {
         for p in model.predict(&texts)? {
-            println!("{p}");
+            println!("{}", serde_json::to_string(&p)?);
         }
         return Ok(());
     }
     for line in std::io::stdin().lock().lines() {
         for p in model.predict(&[line?])? {
-            println!("{p}");
+            // Typed: p.output is Output::Label { label, probs }, Output::Tags { .. }, ...
+            println!("{}", serde_json::to_string(&p)?);
         }
     }
     Ok(())

@@ -162,8 +162,11 @@ fn output_dir_is_an_hf_model_that_reloads_with_the_same_predictions() {
     // The library form: loaded once, it answers call after call as `predict` does.
     let model = engram::train::Predictor::load(&a.out, engram::train::PredictOptions { max_length: 64, batch_size: 8, ..Default::default() }).unwrap();
     assert_eq!((model.task(), model.labels()), (Task::Classify, &["neg".to_string(), "pos".to_string()][..]));
-    assert_eq!(model.predict(&texts).unwrap(), p1);
-    assert_eq!(model.predict(&texts[1..]).unwrap()[0], p1[1]);
+    let typed = model.predict(&texts).unwrap();
+    assert_eq!(typed.iter().map(|p| serde_json::to_value(p).unwrap()).collect::<Vec<_>>(), p1);
+    let engram::train::Output::Label { label, probs } = &typed[0].output else { panic!("{:?}", typed[0]) };
+    assert_eq!((label.as_str(), probs.get("pos")), (p1[0]["label"].as_str().unwrap(), p1[0]["probs"]["pos"].as_f64()));
+    assert_eq!(model.predict(&texts[1..]).unwrap()[0], typed[1]);
     assert!(model.predict(&[]).unwrap().is_empty());
     // int8 inference (the encoder's linear layers quantized): nearly the f32 probabilities and
     // dev loss, but not exactly the loss (so the int8 layers really ran).

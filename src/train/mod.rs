@@ -9,4 +9,4 @@ pub mod trainer;
 pub mod windows;
 
 pub use data::{load_classification, load_sequences, load_token_classification, Example, Target, TargetKind};
-pub use trainer::{evaluate_dir, finetune, precision_flag, predict_dir, FinetuneArgs, OptimizerKind, PredictOptions, Predictor, Task};
+pub use trainer::{evaluate_dir, finetune, precision_flag, predict_dir, Entity, FinetuneArgs, OptimizerKind, Output, PredictOptions, Prediction, Predictor, Probs, Task};

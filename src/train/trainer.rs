@@ -1534,10 +1534,12 @@ impl Default for PredictOptions {
 /// number of [`predict`](Predictor::predict) calls — `engram predict` as a library:
 ///
 /// ```no_run
-/// use engram::train::{PredictOptions, Predictor};
+/// use engram::train::{Output, PredictOptions, Predictor};
 /// let model = Predictor::load("runs/rt-minilm".as_ref(), PredictOptions::default())?;
 /// for p in model.predict(&["a gripping, funny film".to_string()])? {
-///     println!("{} {}", p["label"], p["probs"]);
+///     if let Output::Label { label, probs } = &p.output {
+///         println!("{label} ({:.3})", probs.get(label).unwrap_or(0.0));
+///     }
 /// }
 /// # Ok::<(), engram::Error>(())
 /// ```
@@ -1576,7 +1578,7 @@ impl Predictor {
     /// (multi-label), a score (regression), or (NER) words, tags and entity spans with character
     /// offsets. A memory model streams long texts through its segments (dialogue turns one per
     /// line, `\n` in the text); a pair model takes `HISTORY<TAB>CANDIDATE`.
-    pub fn predict(&self, texts: &[String]) -> Result<Vec<serde_json::Value>> {
+    pub fn predict(&self, texts: &[String]) -> Result<Vec<Prediction>> {
         let Predictor { bert, task, labels, mem, tok, dir, opts } = self;
         let (task, batch_size, memory_norms, stride) = (*task, opts.batch_size, opts.memory_norms, opts.stride);
         let mut out = Vec::new();
@@ -1594,21 +1596,19 @@ impl Predictor {
                     for (b, text) in chunk.iter().enumerate() {
                         let tags = if words[b].is_empty() { Vec::new() } else { tagged[b].tags.clone() };
                         let tag_refs: Vec<&str> = tags.iter().map(|s| s.as_str()).collect();
-                        let entities: Vec<serde_json::Value> = super::metrics::spans(&tag_refs)
+                        let entities: Vec<Entity> = super::metrics::spans(&tag_refs)
                             .into_iter()
-                            .map(|(ty, s, e)| {
-                                let (cs, ce) = (words[b][s].1, words[b][e].2);
-                                let span: String = text.chars().skip(cs).take(ce - cs).collect();
+                            .map(|(kind, s, e)| {
+                                let (start, end) = (words[b][s].1, words[b][e].2);
+                                let text: String = text.chars().skip(start).take(end - start).collect();
                                 // transformers' grouped entities: the mean of the words' probabilities.
-                                let score = tagged[b].scores[s..=e].iter().sum::<f64>() / (e + 1 - s) as f64;
-                                serde_json::json!({ "type": ty, "start": cs, "end": ce, "text": span, "score": (score * 1e6).round() / 1e6 })
+                                let score = round6(tagged[b].scores[s..=e].iter().sum::<f64>() / (e + 1 - s) as f64);
+                                Entity { kind, start, end, text, score }
                             })
                             .collect();
-                        let toks: Vec<&str> = words[b].iter().map(|w| w.0.as_str()).collect();
-                        let mut obj = serde_json::json!({ "text": text, "tokens": toks, "tags": tags, "entities": entities });
-                        if tagged[b].truncated {
-                            obj["truncated"] = serde_json::json!(true); // words past the window are tagged "O"
-                        }
+                        let tokens: Vec<String> = words[b].iter().map(|w| w.0.clone()).collect();
+                        let mut obj = Prediction::new(text, Output::Tags { tokens, tags, entities });
+                        obj.truncated = tagged[b].truncated; // words past the window are tagged "O"
                         out.push(obj);
                     }
                 }
@@ -1646,31 +1646,27 @@ impl Predictor {
                         }
                     };
                     for (b, row) in logits.chunks(labels.len()).enumerate() {
-                        let round = |p: f64| serde_json::json!((p * 1e6).round() / 1e6);
-                        let mut obj = match task {
+                        let output = match task {
                             // Every label whose sigmoid passes 0.5, and each label's sigmoid.
                             Task::Multilabel => {
                                 let sig: Vec<f64> = row.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect();
-                                let on: Vec<&String> = labels.iter().zip(&sig).filter(|(_, &p)| p > 0.5).map(|(l, _)| l).collect();
-                                let probs: serde_json::Map<String, serde_json::Value> = labels.iter().zip(&sig).map(|(l, &p)| (l.clone(), round(p))).collect();
-                                serde_json::json!({ "text": chunk[b], "labels": on, "probs": probs })
+                                let on: Vec<String> = labels.iter().zip(&sig).filter(|(_, &p)| p > 0.5).map(|(l, _)| l.clone()).collect();
+                                Output::Labels { labels: on, probs: Probs(labels.iter().zip(&sig).map(|(l, &p)| (l.clone(), round6(p))).collect()) }
                             }
                             // The model's output itself, as transformers' forward returns it.
-                            Task::Regression => serde_json::json!({ "text": chunk[b], "score": row[0] }),
+                            Task::Regression => Output::Score { score: row[0] },
                             _ => {
                                 let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                                 let z: f64 = row.iter().map(|x| (x - m).exp()).sum();
-                                let probs: serde_json::Map<String, serde_json::Value> = row.iter().zip(labels.iter()).map(|(x, l)| (l.clone(), round((x - m).exp() / z))).collect();
-                                let best = argmax_rows(row, labels.len())[0];
-                                serde_json::json!({ "text": chunk[b], "label": labels[best], "probs": probs })
+                                let probs = Probs(row.iter().zip(labels.iter()).map(|(x, l)| (l.clone(), round6((x - m).exp() / z))).collect());
+                                Output::Label { label: labels[argmax_rows(row, labels.len())[0]].clone(), probs }
                             }
                         };
-                        if cut[b] {
-                            obj["truncated"] = serde_json::json!(true);
-                        }
+                        let mut obj = Prediction::new(&chunk[b], output);
+                        obj.truncated = cut[b];
                         if let Some(n) = &norms {
-                            obj["segments"] = serde_json::json!(n[b].len());
-                            obj["memory_norms"] = serde_json::json!(n[b].iter().map(|x| (x * 1e4).round() / 1e4).collect::<Vec<f64>>());
+                            obj.segments = Some(n[b].len());
+                            obj.memory_norms = Some(n[b].iter().map(|x| (x * 1e4).round() / 1e4).collect());
                         }
                         out.push(obj);
                     }
@@ -1678,7 +1674,7 @@ impl Predictor {
             }
         }
         // `out[k]` answers `texts[at[k]]`: put each answer back at its input's place.
-        let mut placed: Vec<Option<serde_json::Value>> = vec![None; texts.len()];
+        let mut placed: Vec<Option<Prediction>> = vec![None; texts.len()];
         for (k, v) in at.into_iter().zip(out) {
             placed[k] = Some(v);
         }
@@ -1698,7 +1694,82 @@ pub fn predict_dir(
     memory_norms: bool,
     stride: Option<usize>,
 ) -> Result<Vec<serde_json::Value>> {
-    Predictor::load(dir, PredictOptions { max_length, batch_size, device, precision, memory_norms, stride })?.predict(texts)
+    let preds = Predictor::load(dir, PredictOptions { max_length, batch_size, device, precision, memory_norms, stride })?.predict(texts)?;
+    Ok(preds.iter().map(|p| serde_json::to_value(p).expect("predictions serialise")).collect())
+}
+
+fn round6(x: f64) -> f64 {
+    (x * 1e6).round() / 1e6
+}
+
+/// One answer of [`Predictor::predict`]; it serialises to the JSON line `engram predict` prints.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Prediction {
+    pub text: String,
+    #[serde(flatten)]
+    pub output: Output,
+    /// The input was longer than the window and was cut (NER: words past it are tagged "O").
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    /// Memory models: the segments the input took.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segments: Option<usize>,
+    /// Memory models with `memory_norms`: the mean memory state norm after each segment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_norms: Option<Vec<f64>>,
+}
+
+impl Prediction {
+    fn new(text: &str, output: Output) -> Prediction {
+        Prediction { text: text.to_string(), output, truncated: false, segments: None, memory_norms: None }
+    }
+}
+
+/// What a model says of a text, by task (probabilities rounded to 6 decimals).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Output {
+    /// classify, pair: the most probable label and every label's softmax probability.
+    Label { label: String, probs: Probs },
+    /// multilabel: the labels whose sigmoid passes 0.5, and every label's sigmoid.
+    Labels { labels: Vec<String>, probs: Probs },
+    /// regression: the model's output.
+    Score { score: f64 },
+    /// ner: the words, a BIO tag for each, and the entities they make.
+    Tags { tokens: Vec<String>, tags: Vec<String>, entities: Vec<Entity> },
+}
+
+/// An entity found by a token-classification model: its type, character span in the text,
+/// text, and the mean probability of its words' tags.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Entity {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub start: usize,
+    pub end: usize,
+    pub text: String,
+    pub score: f64,
+}
+
+/// Label → probability in the model's label order (a JSON object).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probs(pub Vec<(String, f64)>);
+
+impl Probs {
+    pub fn get(&self, label: &str) -> Option<f64> {
+        self.0.iter().find(|(l, _)| l == label).map(|(_, p)| *p)
+    }
+}
+
+impl Serialize for Probs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (l, p) in &self.0 {
+            m.serialize_entry(l, p)?;
+        }
+        m.end()
+    }
 }
 
 #[cfg(test)]
