@@ -16,6 +16,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use engram::util::on_pool;
 use engram::data::BertTokenizer;
 use engram::models::bert::{Bert, Head};
 use engram::optim::{clip_grad_norm, hf_param_groups, AdamW, AdamWConfig};
@@ -124,19 +125,21 @@ fn main() {
     let infer_with = |tape: &Tape, b: &engram::data::Batch| {
         std::hint::black_box(bert.logits(tape, b, false).expect("forward"));
     };
-    let infer = |b: &engram::data::Batch| infer_with(&Tape::inference(), b);
+    // Inference rows run as `predict`, `eval` and `embed` do: on a worker of the thread pool
+    // (`util::on_pool`), so the ops' parallel loops start there rather than from outside it.
+    let infer = |b: &engram::data::Batch| on_pool(|| infer_with(&Tape::inference(), b));
     let infer_1 = if run("inference, batch 1") { time(reps, || infer(&b1)) } else { f64::NAN };
     let infer_32 = if run("inference, batch 32") { time(reps, || infer(&b32)) } else { f64::NAN };
     let int8_with = |tape: &Tape, b: &engram::data::Batch| {
         std::hint::black_box(quantized.as_ref().expect("int8 model").logits(tape, b, false).expect("forward"));
     };
-    let int8_1 = if run("int8 inference, batch 1") { time(reps, || int8_with(&Tape::inference(), &b1)) } else { f64::NAN };
-    let int8_32 = if run("int8 inference, batch 32") { time(reps, || int8_with(&Tape::inference(), &b32)) } else { f64::NAN };
+    let int8_1 = if run("int8 inference, batch 1") { time(reps, || on_pool(|| int8_with(&Tape::inference(), &b1))) } else { f64::NAN };
+    let int8_32 = if run("int8 inference, batch 32") { time(reps, || on_pool(|| int8_with(&Tape::inference(), &b32))) } else { f64::NAN };
     // A model of its own: inference keeps one packed copy of each weight, f32 or bf16.
     let bf16_32 = if run("bf16 inference, batch 32") {
         let (b16, _) = Bert::load_with(&dir, Head::SequenceClassification { num_labels: 2 }, 0, engram::models::bert::Precision::Bf16).expect("model");
         let ms = time(reps, || {
-            std::hint::black_box(b16.logits(&b16.inference_tape(), &b32, false).expect("forward"));
+            on_pool(|| std::hint::black_box(b16.logits(&b16.inference_tape(), &b32, false).expect("forward")));
         });
         if profile {
             let tape = b16.inference_tape().profiled();

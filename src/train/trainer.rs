@@ -1432,7 +1432,8 @@ pub fn evaluate_dir(dir: &Path, data: &Path, max_length: usize, device: Device, 
     check_stride(task, stride)?;
     let ex = load_examples(task, data, None, label_sep)?;
     let tok = BertTokenizer::from_dir(dir, max_length.min(bert.config.max_tokens()))?.fits(bert.config.vocab_size)?;
-    let ev = evaluate(&bert, mem.as_ref(), &tok, task, &ex, &labels, 64, data, 0.0, stride)?;
+    let run = || evaluate(&bert, mem.as_ref(), &tok, task, &ex, &labels, 64, data, 0.0, stride);
+    let ev = if device == Device::Cpu { crate::util::on_pool(run)? } else { run()? };
     Ok((ev.text, serde_json::json!({ "metrics": ev.json, "values": ev.values })))
 }
 
@@ -1579,6 +1580,14 @@ impl Predictor {
     /// offsets. A memory model streams long texts through its segments (dialogue turns one per
     /// line, `\n` in the text); a pair model takes `HISTORY<TAB>CANDIDATE`.
     pub fn predict(&self, texts: &[String]) -> Result<Vec<Prediction>> {
+        if self.opts.device == Device::Cpu {
+            crate::util::on_pool(|| self.predict_here(texts))
+        } else {
+            self.predict_here(texts)
+        }
+    }
+
+    fn predict_here(&self, texts: &[String]) -> Result<Vec<Prediction>> {
         let Predictor { bert, task, labels, mem, tok, dir, opts } = self;
         let (task, batch_size, memory_norms, stride) = (*task, opts.batch_size, opts.memory_norms, opts.stride);
         let mut out = Vec::new();

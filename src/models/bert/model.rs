@@ -744,8 +744,17 @@ impl Bert {
     }
 
     /// Sentence embeddings `(B, C)` on the host: mean over real tokens or the [CLS] state,
-    /// optionally L2-normalised (sentence-transformers' `Normalize`).
+    /// optionally L2-normalised (sentence-transformers' `Normalize`). On the CPU it runs on a
+    /// worker of the thread pool ([`crate::util::on_pool`]).
     pub fn embed(&self, batch: &Batch, pooling: Pooling, normalize: bool) -> Result<Vec<Vec<f32>>> {
+        if self.device() == Device::Cpu {
+            crate::util::on_pool(|| self.embed_here(batch, pooling, normalize))
+        } else {
+            self.embed_here(batch, pooling, normalize)
+        }
+    }
+
+    fn embed_here(&self, batch: &Batch, pooling: Pooling, normalize: bool) -> Result<Vec<Vec<f32>>> {
         let tape = self.inference_tape();
         let hidden = self.encode(&tape, batch, false)?;
         let pooled = match pooling {
