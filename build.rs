@@ -10,6 +10,8 @@
 //! come from nvcc 13.0.x: a newer nvcc writes PTX that a 13.0 driver refuses, so any other
 //! version is an error unless `ENGRAM_ALLOW_ANY_NVCC=1`.
 //! `ENGRAM_PTXAS_VERBOSE=1` prints ptxas's register/spill report per kernel as build warnings.
+//! The fatbins are compressed (the driver inflates them at load); `ENGRAM_FATBIN_COMPRESS=0`
+//! embeds them plain (larger binaries; what the GPU suite also carries, as a fallback).
 //!
 //! With `--features cuda-emu` (no CUDA toolkit, no GPU) the host C++ compiler (`CXX`, else g++,
 //! else clang++) builds each `kernels/*.cu` with `kernels/emu/cuda_emu.h` into a shared object,
@@ -24,7 +26,7 @@ use std::process::Command;
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=kernels");
-    for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "ENGRAM_PTXAS_VERBOSE", "ENGRAM_ALLOW_ANY_NVCC", "CXX", "ENGRAM_EMU_CXXFLAGS"] {
+    for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "ENGRAM_PTXAS_VERBOSE", "ENGRAM_FATBIN_COMPRESS", "ENGRAM_ALLOW_ANY_NVCC", "CXX", "ENGRAM_EMU_CXXFLAGS"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     if env::var_os("CARGO_FEATURE_CUDA").is_none() {
@@ -92,6 +94,7 @@ fn compile_kernels() -> Result<(), String> {
         }
     }
     let verbose = env::var_os("ENGRAM_PTXAS_VERBOSE").is_some();
+    let compress = env::var("ENGRAM_FATBIN_COMPRESS").map_or(true, |v| v != "0");
 
     let kernels = root.join("kernels");
     let mut files: Vec<PathBuf> = fs::read_dir(&kernels)
@@ -112,7 +115,11 @@ fn compile_kernels() -> Result<(), String> {
         // -Xfatbin=-compress-all: the driver inflates the images at load (as for PyTorch's
         // wheels); matmul's unrolled tensor-core kernels make a 5.5 MB fatbin otherwise, and
         // every binary embeds every module.
-        cmd.args(["--fatbin", "-O3", "-std=c++17", "-lineinfo", "-Xfatbin=-compress-all"])
+        cmd.args(["--fatbin", "-O3", "-std=c++17", "-lineinfo"]);
+        if compress {
+            cmd.arg("-Xfatbin=-compress-all");
+        }
+        cmd
             .args(["-gencode", "arch=compute_80,code=sm_80"])
             .args(["-gencode", "arch=compute_90,code=sm_90"])
             .args(["-gencode", "arch=compute_80,code=compute_80"]);
