@@ -10,4 +10,4 @@ data=$(./scripts/install-data.sh)
 cargo build --release --locked -q
 exec ./target/release/engram finetune --model "$model" --task classify \
   --train "$data/rt/train.csv" --dev "$data/rt/dev.csv" --test "$data/rt/test.csv" \
-  --out runs/rt-minilm --max-train-examples 2000 --epochs 1 --lr 5e-5 --max-length 64 "$@"
+  --out runs/rt-minilm --max-train-examples 2000 --epochs 1 --lr 1e-4 --max-length 64 "$@"

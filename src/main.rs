@@ -229,7 +229,9 @@ struct FinetuneCli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Fine-tune an HF BERT checkpoint; writes an HF model directory.
+    /// Fine-tune an HF BERT checkpoint; writes an HF model directory. A flag given twice takes
+    /// its last value (so a wrapper's defaults can be overridden by appending).
+    #[command(args_override_self = true)]
     Finetune(Box<FinetuneCli>),
     /// Rewrite a model directory with its weights stored in another dtype (bf16 or f16: half the
     /// file) — as `model.to(dtype).save_pretrained()`; config and tokenizer files come along.

@@ -259,3 +259,21 @@ fn convert_stores_weights_in_bf16_or_f16() {
     let (ok, _, stderr) = engram(&["convert", "--model", "/nonexistent/m", "--out", "/tmp/x", "--dtype", "bf16"]);
     assert!(!ok && stderr.contains("/nonexistent/m") && stderr.contains("model directory"), "{stderr}");
 }
+
+/// A flag given twice takes its last value, so `scripts/run.sh --epochs 3` (appended to the
+/// script's own `--epochs 1`) trains 3 epochs instead of failing on the repeat.
+#[test]
+fn a_repeated_finetune_flag_takes_its_last_value() {
+    let out = std::env::temp_dir().join(format!("engram-cli-repeat-{}", std::process::id()));
+    let d = root().join("tests/fixtures/data");
+    let (train, dev) = (d.join("tiny_train.csv"), d.join("tiny_dev.csv"));
+    let (ok, _, stderr) = engram(&[
+        "finetune", "--model", "weights/tiny-bert", "--task", "classify", "--train", train.to_str().unwrap(), "--dev", dev.to_str().unwrap(),
+        "--out", out.to_str().unwrap(), "--epochs", "1", "--max-length", "16", "--epochs", "2", "--quiet",
+    ]);
+    assert!(ok, "{stderr}");
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let epochs = m["epochs"].as_array().map(|e| e.len()).unwrap_or_else(|| panic!("{m}"));
+    assert_eq!(epochs, 2, "{m}");
+    let _ = std::fs::remove_dir_all(&out);
+}
