@@ -17,6 +17,9 @@ use engram::{ops, Device, Error, Result, Tape, Tensor};
 #[derive(Parser)]
 #[command(name = "engram", version, about = "A from-scratch engine for running and fine-tuning BERT models")]
 struct Cli {
+    /// CPU threads for the kernels (default: every core, or RAYON_NUM_THREADS).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -366,6 +369,10 @@ fn main() -> ExitCode {
     engram::util::tune_allocator();
     engram::util::default_sigpipe();
     let cli = Cli::parse();
+    if let Err(e) = thread_pool(cli.threads) {
+        eprintln!("engram: error: {e}");
+        return ExitCode::FAILURE;
+    }
     let res = match cli.cmd.unwrap_or(Cmd::Selfcheck { steps: 60, seed: 0, device: DeviceArg::Cpu }) {
         Cmd::Selfcheck { steps, seed, device } => selfcheck(steps, seed, device.into()).map(|ok| if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
         Cmd::Inspect { model } => inspect(&model).map(|_| ExitCode::SUCCESS),
@@ -422,6 +429,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The kernels' thread pool, before anything runs on it: `threads` workers (else rayon's
+/// default: RAYON_NUM_THREADS, else one per core), each with the main thread's 8 MiB of stack,
+/// since inference runs on the workers (`util::on_pool`).
+fn thread_pool(threads: Option<usize>) -> Result<()> {
+    if threads == Some(0) {
+        return Err(Error::Value { op: "--threads", detail: "must be at least 1".into() });
+    }
+    let mut b = rayon::ThreadPoolBuilder::new().stack_size(8 << 20);
+    if let Some(n) = threads {
+        b = b.num_threads(n);
+    }
+    b.build_global().map_err(|e| Error::Value { op: "--threads", detail: e.to_string() })
 }
 
 fn finetune(f: FinetuneCli) -> Result<()> {

@@ -277,3 +277,27 @@ fn a_repeated_finetune_flag_takes_its_last_value() {
     assert_eq!(epochs, 2, "{m}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `--threads N` sizes the kernels' pool, and the results do not depend on it: the kernels split
+/// work into fixed blocks, not per thread (MiniLM when installed, else the tiny BERT).
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let minilm = root().join("weights/cache/all-MiniLM-L6-v2");
+    let model = if minilm.join("model.safetensors").is_file() { minilm.to_str().unwrap().to_string() } else { "weights/tiny-bert".to_string() };
+    let texts: Vec<String> = (0..40).map(|i| format!("sentence number {i} says something {} about the weather", "rather ".repeat(i % 7))).collect();
+    let mut args = vec!["embed", "--model", model.as_str()];
+    args.extend(texts.iter().map(|s| s.as_str()));
+    let run = |threads: &str| {
+        let mut a = vec!["--threads", threads];
+        a.extend(&args);
+        let (ok, stdout, stderr) = engram(&a);
+        assert!(ok, "{stderr}");
+        stdout
+    };
+    let one = run("1");
+    assert_eq!(one.lines().count(), 40);
+    assert_eq!(run("2"), one, "--threads 2 changed an embedding");
+    assert_eq!(run("3"), one, "--threads 3 changed an embedding");
+    let (ok, _, stderr) = engram(&["--threads", "0", "inspect", "weights/tiny-bert"]);
+    assert!(!ok && stderr.contains("--threads"), "{stderr}");
+}
