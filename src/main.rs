@@ -400,24 +400,29 @@ fn main() -> ExitCode {
             println!("{}", serde_json::to_string_pretty(&json).expect("metrics serialise"));
             ExitCode::SUCCESS
         }),
-        Cmd::Predict { model, input, max_length, batch_size, device, int8, bf16, memory_norms, stride, texts } => read_texts(input.as_deref(), texts).and_then(|texts| {
-            let preds = engram::train::predict_dir(&model, &texts, max_length, batch_size, device.into(), precision(int8, bf16), memory_norms, stride)?;
-            let cut = preds.iter().filter(|p| p.get("truncated").is_some()).count();
+        Cmd::Predict { model, input, max_length, batch_size, device, int8, bf16, memory_norms, stride, texts } => (|| {
+            use engram::train::{Output, PredictOptions, Predictor};
+            let opts = PredictOptions { max_length, batch_size, device: device.into(), precision: precision(int8, bf16), memory_norms, stride };
+            let model = Predictor::load(&model, opts)?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let (mut cut, mut ner) = (0usize, false);
+            let n = for_each_chunk(input.as_deref(), texts, batch_size, usize::MAX, |chunk| {
+                for p in model.predict(chunk)? {
+                    cut += p.truncated as usize;
+                    ner |= matches!(p.output, Output::Tags { .. });
+                    writeln!(out, "{}", serde_json::to_string(&p).expect("predictions serialise")).map_err(|e| Error::File { path: "stdout".into(), detail: e.to_string() })?;
+                }
+                out.flush().map_err(|e| Error::File { path: "stdout".into(), detail: e.to_string() })
+            })?;
             if cut > 0 {
-                let ner = preds.iter().any(|p| p.get("entities").is_some());
                 eprintln!(
-                    "engram predict: {cut} of {} inputs were longer than the window and were truncated (\"truncated\": true; {})",
-                    preds.len(),
+                    "engram predict: {cut} of {n} inputs were longer than the window and were truncated (\"truncated\": true; {})",
                     if ner { "--stride N tags every word through overlapping windows" } else { "a memory model reads them whole" }
                 );
             }
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
-            for p in preds {
-                writeln!(out, "{p}").map_err(|e| Error::File { path: "stdout".into(), detail: e.to_string() })?;
-            }
             Ok(ExitCode::SUCCESS)
-        }),
+        })(),
         Cmd::Embed { model, normalize, input, batch_size, max_length, device, int8, bf16, texts } => {
             embed(&model, normalize, input.as_deref(), texts, batch_size, max_length, device.into(), precision(int8, bf16)).map(|_| ExitCode::SUCCESS)
         }
@@ -536,16 +541,39 @@ fn finetune(f: FinetuneCli) -> Result<()> {
     Ok(())
 }
 
-fn read_texts(input: Option<&Path>, texts: Vec<String>) -> Result<Vec<String>> {
-    let texts: Vec<String> = match input {
-        Some(p) if p == Path::new("-") => std::io::stdin().lock().lines().collect::<std::io::Result<_>>().map_err(|e| Error::File { path: "stdin".into(), detail: e.to_string() })?,
+/// Hand the input texts to `f` a chunk at a time, in order: from stdin (`--input -`) as lines
+/// arrive, `batch` lines a chunk, so a pipe gets each batch's answers without waiting for the end
+/// of its input (`--batch-size 1`: line by line); from a file or the arguments, `window` texts a
+/// chunk. Returns how many texts there were.
+fn for_each_chunk(input: Option<&Path>, texts: Vec<String>, batch: usize, window: usize, mut f: impl FnMut(&[String]) -> Result<()>) -> Result<usize> {
+    let none = || Error::Value { op: "engram", detail: "no texts: give TEXT arguments or --input FILE".into() };
+    if input == Some(Path::new("-")) {
+        let (mut chunk, mut n) = (Vec::with_capacity(batch), 0);
+        for line in std::io::stdin().lock().lines() {
+            chunk.push(line.map_err(|e| Error::File { path: "stdin".into(), detail: e.to_string() })?);
+            if chunk.len() >= batch.max(1) {
+                f(&chunk)?;
+                n += chunk.len();
+                chunk.clear();
+            }
+        }
+        if !chunk.is_empty() {
+            f(&chunk)?;
+            n += chunk.len();
+        }
+        return if n == 0 { Err(none()) } else { Ok(n) };
+    }
+    let texts = match input {
         Some(p) => engram::train::data::load_texts(p)?,
         None => texts,
     };
     if texts.is_empty() {
-        return Err(Error::Value { op: "engram", detail: "no texts: give TEXT arguments or --input FILE".into() });
+        return Err(none());
     }
-    Ok(texts)
+    for w in texts.chunks(window.max(1)) {
+        f(w)?;
+    }
+    Ok(texts.len())
 }
 
 fn max_seq_length(dir: &Path) -> Option<usize> {
@@ -635,7 +663,6 @@ fn embed(
     device: Device,
     precision: Precision,
 ) -> Result<()> {
-    let texts = read_texts(input, texts)?;
     if batch_size == 0 {
         return Err(Error::Value { op: "embed", detail: "--batch-size must be at least 1".into() });
     }
@@ -655,8 +682,8 @@ fn embed(
     let mut out = std::io::BufWriter::new(stdout.lock());
     // Texts of similar length are batched together (less padding; a row's embedding depends on
     // its batch only through float rounding, ~1e-6), within windows of EMBED_WINDOW batches so the output still streams
-    // in input order with bounded memory.
-    for window in texts.chunks(batch_size.saturating_mul(EMBED_WINDOW)) {
+    // in input order with bounded memory (stdin: a batch at a time, as lines arrive).
+    let n = for_each_chunk(input, texts, batch_size, batch_size.saturating_mul(EMBED_WINDOW), |window| {
         let mut order: Vec<usize> = (0..window.len()).collect();
         order.sort_by_key(|&i| window[i].len());
         let mut embs: Vec<Vec<f32>> = vec![Vec::new(); window.len()];
@@ -674,13 +701,13 @@ fn embed(
             let line = format!("{{\"text\":{},\"embedding\":{}}}", serde_json::Value::from(text.as_str()), serde_json::to_string(e).expect("floats serialise"));
             writeln!(out, "{line}").map_err(|e| Error::File { path: "stdout".into(), detail: e.to_string() })?;
         }
-    }
-    out.flush().map_err(|e| Error::File { path: "stdout".into(), detail: e.to_string() })?;
+        out.flush().map_err(|e| Error::File { path: "stdout".into(), detail: e.to_string() })
+    })?;
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
         "engram embed: {} texts, {tokens} tokens in {secs:.2} s ({:.1} texts/s, {:.0} tokens/s) on {device:?}{}",
-        texts.len(),
-        texts.len() as f64 / secs,
+        n,
+        n as f64 / secs,
         tokens as f64 / secs,
         if truncated > 0 { format!("; {truncated} text(s) truncated to {max_len} tokens") } else { String::new() }
     );

@@ -301,3 +301,40 @@ fn results_do_not_depend_on_the_thread_count() {
     let (ok, _, stderr) = engram(&["--threads", "0", "inspect", "weights/tiny-bert"]);
     assert!(!ok && stderr.contains("--threads"), "{stderr}");
 }
+
+/// `--input -` streams: each batch of lines is answered while stdin stays open (a pipe from a
+/// long-running producer gets its results as it goes), and the rest at the end of input.
+#[test]
+fn stdin_input_is_answered_a_batch_at_a_time() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_engram"))
+        .args(["embed", "--model", "weights/tiny-bert", "--input", "-", "--batch-size", "2"])
+        .current_dir(root())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    writeln!(stdin, "first line\nsecond line").unwrap();
+    stdin.flush().unwrap();
+    let wait = std::time::Duration::from_secs(60);
+    for want in ["first line", "second line"] {
+        let got: serde_json::Value = serde_json::from_str(&rx.recv_timeout(wait).expect("a full batch is answered before stdin closes")).unwrap();
+        assert_eq!(got["text"], want);
+    }
+    writeln!(stdin, "third line").unwrap();
+    drop(stdin);
+    let got: serde_json::Value = serde_json::from_str(&rx.recv_timeout(wait).expect("the last, partial batch at the end of input")).unwrap();
+    assert_eq!(got["text"], "third line");
+    assert!(child.wait().unwrap().success());
+}
