@@ -276,7 +276,7 @@ enum Cmd {
         #[arg(long)]
         model: PathBuf,
         /// Read texts from FILE: .jsonl/.csv/.tsv in the training formats ("text", optional
-        /// "text_pair"; NER's "tokens"), else one per line ("-" for stdin; for pair models
+        /// "text_pair"; NER's "tokens"), else one per line ("-": stdin, answered a batch at a time as lines arrive; for pair models
         /// history<TAB>candidate).
         #[arg(long, value_name = "FILE", conflicts_with = "texts")]
         input: Option<PathBuf>,
@@ -344,7 +344,7 @@ enum Cmd {
         #[arg(long)]
         normalize: bool,
         /// Read texts from FILE: .jsonl/.csv/.tsv with a "text" field or column, else one per
-        /// line ("-" for stdin).
+        /// line ("-": stdin, answered a batch at a time as lines arrive).
         #[arg(long, value_name = "FILE", conflicts_with = "texts")]
         input: Option<PathBuf>,
         #[arg(long, default_value_t = 32)]
