@@ -69,6 +69,28 @@ enum DtypeArg {
     F16,
 }
 
+/// NER: how a word's tag comes from its sub-tokens (transformers' `aggregation_strategy`).
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AggArg {
+    /// The first sub-token's tag.
+    First,
+    /// The tag with the highest probability averaged over the word's sub-tokens.
+    Average,
+    /// The tag of the sub-token with the most confident prediction.
+    Max,
+}
+
+impl From<AggArg> for engram::train::Aggregation {
+    fn from(a: AggArg) -> Self {
+        use engram::train::Aggregation;
+        match a {
+            AggArg::First => Aggregation::First,
+            AggArg::Average => Aggregation::Average,
+            AggArg::Max => Aggregation::Max,
+        }
+    }
+}
+
 /// transformers' `lr_scheduler_type` names (with `-` or `_`).
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum SchedArg {
@@ -200,6 +222,13 @@ struct FinetuneCli {
     /// where it has the most context; without it they are truncated.
     #[arg(long, value_name = "N")]
     stride: Option<usize>,
+    /// NER: label every sub-token of a word, not only the first (later ones of a B-X word get
+    /// I-X; run_ner's --label_all_tokens). Pair it with --aggregation average or max.
+    #[arg(long)]
+    label_all_tokens: bool,
+    /// NER: how a word's tag comes from its sub-tokens' predictions, in the dev/test scores.
+    #[arg(long, value_enum, default_value = "first")]
+    aggregation: AggArg,
     /// bf16 autocast (transformers' --bf16): linear layers' GEMMs, forward and backward, in
     /// bf16 with f32 sums; weights, gradients and optimizer state stay f32. CPU and CUDA.
     #[arg(long)]
@@ -270,6 +299,10 @@ enum Cmd {
         /// context; without it they are truncated.
         #[arg(long, value_name = "N")]
         stride: Option<usize>,
+        /// NER: how a word's tag comes from its sub-tokens' predictions (transformers'
+        /// aggregation_strategy: first, average or max).
+        #[arg(long, value_enum, default_value = "first")]
+        aggregation: AggArg,
     },
     /// Predict with a fine-tuned model: JSONL (label and probabilities; tags and entity spans for NER).
     Predict {
@@ -300,6 +333,10 @@ enum Cmd {
         /// context; without it they are truncated.
         #[arg(long, value_name = "N")]
         stride: Option<usize>,
+        /// NER: how a word's tag comes from its sub-tokens' predictions (transformers'
+        /// aggregation_strategy: first, average or max).
+        #[arg(long, value_enum, default_value = "first")]
+        aggregation: AggArg,
         texts: Vec<String>,
     },
     /// Write the long-range recall benchmark (deterministic): train/dev/test JSONL of documents
@@ -395,14 +432,14 @@ fn main() -> ExitCode {
             })
         }
         Cmd::Finetune(f) => finetune(*f).map(|_| ExitCode::SUCCESS),
-        Cmd::Eval { model, data, max_length, device, int8, bf16, label_sep, stride } => engram::train::evaluate_dir(&model, &data, max_length, device.into(), precision(int8, bf16), label_sep, stride).map(|(text, json)| {
+        Cmd::Eval { model, data, max_length, device, int8, bf16, label_sep, stride, aggregation } => engram::train::evaluate_dir(&model, &data, max_length, device.into(), precision(int8, bf16), label_sep, engram::train::TagOptions { stride, aggregation: aggregation.into() }).map(|(text, json)| {
             eprint!("{text}");
             println!("{}", serde_json::to_string_pretty(&json).expect("metrics serialise"));
             ExitCode::SUCCESS
         }),
-        Cmd::Predict { model, input, max_length, batch_size, device, int8, bf16, memory_norms, stride, texts } => (|| {
+        Cmd::Predict { model, input, max_length, batch_size, device, int8, bf16, memory_norms, stride, aggregation, texts } => (|| {
             use engram::train::{Output, PredictOptions, Predictor};
-            let opts = PredictOptions { max_length, batch_size, device: device.into(), precision: precision(int8, bf16), memory_norms, stride };
+            let opts = PredictOptions { max_length, batch_size, device: device.into(), precision: precision(int8, bf16), memory_norms, stride, aggregation: aggregation.into() };
             let model = Predictor::load(&model, opts)?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
@@ -498,6 +535,8 @@ fn finetune(f: FinetuneCli) -> Result<()> {
     a.progress = !f.quiet;
     a.truncate_left = f.truncate_left;
     a.stride = f.stride;
+    a.label_all_tokens = f.label_all_tokens;
+    a.aggregation = f.aggregation.into();
     a.bf16 = f.bf16;
     a.gradient_checkpointing = f.gradient_checkpointing;
     a.label_sep = f.label_sep;

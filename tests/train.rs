@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use engram::models::bert::weights::read_safetensors;
 use engram::models::bert::Precision;
-use engram::train::{finetune, predict_dir, FinetuneArgs, OptimizerKind, Task};
+use engram::train::{finetune, predict_dir, Aggregation, FinetuneArgs, OptimizerKind, TagOptions, Task};
 
 
 fn tmp(tag: &str) -> PathBuf {
@@ -175,8 +175,8 @@ fn output_dir_is_an_hf_model_that_reloads_with_the_same_predictions() {
         let (px, py) = (x["probs"]["pos"].as_f64().unwrap(), y["probs"]["pos"].as_f64().unwrap());
         assert!((px - py).abs() < 0.02, "int8 probability {py} vs f32 {px}");
     }
-    let (_, f32_eval) = engram::train::evaluate_dir(&a.out, &a.dev, 64, engram::Device::Cpu, Precision::F32, ',', None).unwrap();
-    let (_, int8_eval) = engram::train::evaluate_dir(&a.out, &a.dev, 64, engram::Device::Cpu, Precision::Int8, ',', None).unwrap();
+    let (_, f32_eval) = engram::train::evaluate_dir(&a.out, &a.dev, 64, engram::Device::Cpu, Precision::F32, ',', TagOptions::default()).unwrap();
+    let (_, int8_eval) = engram::train::evaluate_dir(&a.out, &a.dev, 64, engram::Device::Cpu, Precision::Int8, ',', TagOptions::default()).unwrap();
     let (l32, l8) = (f32_eval["metrics"]["loss"].as_f64().unwrap(), int8_eval["metrics"]["loss"].as_f64().unwrap());
     assert!((l32 - l8).abs() < 0.01 * l32 && l32 != l8, "dev loss int8 {l8} vs f32 {l32}");
 }
@@ -494,12 +494,12 @@ fn ner_stride_tags_every_word_of_long_inputs_through_windows() {
     let gold: Vec<Vec<String>> = dev.iter().map(|e| match e { engram::train::Example::Tokens { tags, .. } => tags.clone(), _ => panic!() }).collect();
     let pred: Vec<Vec<String>> = strided.iter().map(|p| p["tags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect()).collect();
     let want = engram::train::metrics::entity_report(&gold, &pred).overall.f1;
-    let (text, json) = engram::train::evaluate_dir(&a.out, &dev_docs, 16, cpu, Precision::F32, ',', Some(4)).unwrap();
+    let (text, json) = engram::train::evaluate_dir(&a.out, &dev_docs, 16, cpu, Precision::F32, ',', TagOptions::stride(Some(4))).unwrap();
     assert!((json["values"]["entity_f1"].as_f64().unwrap() - want).abs() < 1e-12, "eval {} vs predict's tags {want}", json["values"]["entity_f1"]);
     assert_eq!(json["metrics"]["windowed"], serde_json::json!(dev.len()), "{json}");
     assert_eq!(json["metrics"]["truncated"], serde_json::json!(0), "{json}");
     assert!(text.contains("overlapping windows (--stride 4)"), "{text}");
-    let (_, cut_json) = engram::train::evaluate_dir(&a.out, &dev_docs, 16, cpu, Precision::F32, ',', None).unwrap();
+    let (_, cut_json) = engram::train::evaluate_dir(&a.out, &dev_docs, 16, cpu, Precision::F32, ',', TagOptions::default()).unwrap();
     let (r_strided, r_cut) = (json["values"]["entity_recall"].as_f64().unwrap(), cut_json["values"]["entity_recall"].as_f64().unwrap());
     assert!(r_cut + 0.25 < r_strided, "truncated documents lose their later entities (recall {r_cut} vs {r_strided})");
     // The flag is token classification's, and the stride must leave the window room to move.
@@ -509,6 +509,110 @@ fn ner_stride_tags_every_word_of_long_inputs_through_windows() {
     c.stride = Some(4);
     let e = finetune(&c).unwrap_err().to_string();
     assert!(e.contains("token classification"), "{e}");
+}
+
+/// Each word's tag under `--aggregation`, as transformers' pipeline reads sub-tokens: the first
+/// one's argmax; the argmax of their mean softmax; the argmax of the one whose best probability
+/// is highest (the first on ties).
+fn tags_by_hand(dir: &Path, text: &str, agg: Aggregation) -> Vec<String> {
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let id2label = cfg["id2label"].as_object().unwrap();
+    let n = id2label.len();
+    let (bert, _) = engram::models::bert::Bert::load(dir, engram::models::bert::Head::TokenClassification { num_labels: n }, 0).unwrap();
+    let tok = engram::data::BertTokenizer::from_dir(dir, 64).unwrap();
+    let words: Vec<String> = text.split(' ').map(String::from).collect();
+    let batch = tok.encode_words(std::slice::from_ref(&words)).unwrap();
+    let logits = bert.logits(&bert.inference_tape(), &batch, false).unwrap().to_f64_vec();
+    let softmax = |i: usize| {
+        let row = &logits[i * n..][..n];
+        let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let z: f64 = row.iter().map(|x| (x - m).exp()).sum();
+        row.iter().map(|x| (x - m).exp() / z).collect::<Vec<f64>>()
+    };
+    let argmax = |p: &[f64]| (0..p.len()).fold(0, |b, j| if p[j] > p[b] { j } else { b });
+    (0..words.len())
+        .map(|w| {
+            let probs: Vec<Vec<f64>> = batch.word_ids[0].iter().enumerate().filter(|(_, x)| **x == Some(w as u32)).map(|(i, _)| softmax(i)).collect();
+            let tag = match agg {
+                Aggregation::First => argmax(&probs[0]),
+                Aggregation::Average => argmax(&(0..n).map(|j| probs.iter().map(|p| p[j]).sum::<f64>() / probs.len() as f64).collect::<Vec<_>>()),
+                Aggregation::Max => {
+                    let best = (0..probs.len()).fold(0, |b, k| if probs[k][argmax(&probs[k])] > probs[b][argmax(&probs[b])] { k } else { b });
+                    argmax(&probs[best])
+                }
+            };
+            id2label[&tag.to_string()].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn ner_label_all_tokens_trains_and_aggregation_reads_every_sub_token() {
+    use engram::train::{PredictOptions, Predictor};
+    let model = root().join("weights/tiny-bert");
+    let mut a = args(&model, Task::Ner, tmp("label-all"));
+    (a.epochs, a.lr, a.batch_size, a.label_all_tokens) = (12, 5e-3, 4, true);
+    let s = finetune(&a).unwrap();
+    assert!(s.best_metric > 0.5, "labelling every sub-token should learn the fixed pattern (entity F1 {})", s.best_metric);
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.out.join("checkpoint/training_args.json")).unwrap()).unwrap();
+    assert_eq!(saved["label_all_tokens"], serde_json::json!(true));
+    // A model one step from its random head disagrees with itself across sub-tokens more.
+    let mut raw = a.clone();
+    (raw.out, raw.max_steps) = (tmp("label-all-raw"), Some(1));
+    finetune(&raw).unwrap();
+    let texts: Vec<String> = [
+        "the snuffleupagus brown fox grumbled at xylophones today",
+        "brown fox emailed the quizzically brown fox",
+        "my email from the unfathomable cat",
+        "xylophones brown fox snuffleupagus email",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut changed = [0, 0];
+    for dir in [&a.out, &raw.out] {
+        for agg in [Aggregation::First, Aggregation::Average, Aggregation::Max] {
+            let opts = PredictOptions { max_length: 64, batch_size: 3, aggregation: agg, ..Default::default() };
+            let preds = Predictor::load(dir, opts).unwrap().predict(&texts).unwrap();
+            for (text, p) in texts.iter().zip(&preds) {
+                let p = serde_json::to_value(p).unwrap();
+                let tags: Vec<String> = p["tags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect();
+                let want = tags_by_hand(dir, text, agg);
+                assert_eq!(tags, want, "{agg:?} on {text:?}");
+                if agg != Aggregation::First {
+                    let first = tags_by_hand(dir, text, Aggregation::First);
+                    changed[agg as usize - 1] += want.iter().zip(&first).filter(|(x, y)| x != y).count();
+                }
+            }
+        }
+    }
+    assert!(changed[0] > 0 && changed[1] > 0, "average / max never overruled the first sub-token ({changed:?}): the strategies went untested");
+    // eval scores the tags the chosen aggregation gives: gold here is the first-sub-token tags.
+    let dev = tmp("label-all-dev").with_extension("conll");
+    let mut conll = String::new();
+    for text in &texts {
+        for (w, t) in text.split(' ').zip(tags_by_hand(&raw.out, text, Aggregation::First)) {
+            conll.push_str(&format!("{w} {t}\n"));
+        }
+        conll.push('\n');
+    }
+    std::fs::write(&dev, conll).unwrap();
+    let gold: Vec<Vec<String>> = texts.iter().map(|t| tags_by_hand(&raw.out, t, Aggregation::First)).collect();
+    for agg in [Aggregation::First, Aggregation::Average, Aggregation::Max] {
+        let (text, json) = engram::train::evaluate_dir(&raw.out, &dev, 64, engram::Device::Cpu, Precision::F32, ',', TagOptions { stride: None, aggregation: agg }).unwrap();
+        let pred: Vec<Vec<String>> = texts.iter().map(|t| tags_by_hand(&raw.out, t, agg)).collect();
+        let want = engram::train::metrics::entity_report(&gold, &pred).overall.f1;
+        assert!((json["values"]["entity_f1"].as_f64().unwrap() - want).abs() < 1e-12, "{agg:?}: eval {} vs {want}", json["values"]["entity_f1"]);
+        assert_eq!(json["metrics"]["aggregation"], serde_json::json!(agg.name()));
+        assert_eq!(text.contains(&format!("--aggregation {}", agg.name())), agg != Aggregation::First, "{text}");
+    }
+    // Both flags are token classification's.
+    let mut c = args(&model, Task::Classify, tmp("label-all-classify"));
+    c.label_all_tokens = true;
+    let e = finetune(&c).unwrap_err().to_string();
+    assert!(e.contains("--label-all-tokens") && e.contains("classify"), "{e}");
+    (c.label_all_tokens, c.aggregation) = (false, Aggregation::Max);
+    let e = finetune(&c).unwrap_err().to_string();
+    assert!(e.contains("--aggregation"), "{e}");
 }
 
 #[test]
@@ -526,7 +630,7 @@ fn over_long_inputs_are_marked_truncated() {
     let f = dev.join("dev.csv");
     let label = predict_dir(&a.out, &["x".to_string()], 128, 8, engram::Device::Cpu, Precision::F32, false, None).unwrap()[0]["label"].as_str().unwrap().to_string();
     std::fs::write(&f, format!("text,label\nshort,{label}\n{},{label}\n", vec!["word "; 300].concat())).unwrap();
-    let (text, json) = engram::train::evaluate_dir(&a.out, &f, 128, engram::Device::Cpu, Precision::F32, ',', None).unwrap();
+    let (text, json) = engram::train::evaluate_dir(&a.out, &f, 128, engram::Device::Cpu, Precision::F32, ',', TagOptions::default()).unwrap();
     assert_eq!(json["metrics"]["truncated"], serde_json::json!(1), "{json}");
     assert!(text.contains("1 of 2 inputs were longer than"), "{text}");
 }
@@ -546,7 +650,7 @@ fn memory_model_trains_saves_reloads_and_resumes_exactly() {
     let cfg: MemoryConfig = serde_json::from_slice(&std::fs::read(a.out.join("memory.json")).unwrap()).unwrap();
     assert_eq!(cfg, MemoryConfig::memory(2, 4, None));
     // Reloaded and re-evaluated: the same dev accuracy and loss as the epoch that saved it.
-    let (_, json) = engram::train::evaluate_dir(&a.out, &a.dev, 128, engram::Device::Cpu, Precision::F32, ',', None).unwrap();
+    let (_, json) = engram::train::evaluate_dir(&a.out, &a.dev, 128, engram::Device::Cpu, Precision::F32, ',', TagOptions::default()).unwrap();
     let metrics: serde_json::Value = serde_json::from_slice(&std::fs::read(a.out.join("metrics.json")).unwrap()).unwrap();
     let best = &metrics["epochs"][s.best_epoch - 1]["dev"];
     assert_eq!(json["values"]["accuracy"].as_f64().unwrap(), s.best_metric);
@@ -696,7 +800,7 @@ fn multilabel_and_regression_learn_the_pattern_and_save_their_problem_type() {
     assert_eq!(got, [&serde_json::json!(["animal", "greeting"]), &serde_json::json!([]), &serde_json::json!(["greeting"])], "{p:?}");
     let pa = p[0]["probs"]["animal"].as_f64().unwrap();
     assert!(pa > 0.5 && pa < 1.0, "a sigmoid, not a softmax over labels: {}", p[0]);
-    let (_, json) = engram::train::evaluate_dir(&a.out, &dev_m, 64, engram::Device::Cpu, Precision::F32, ',', None).unwrap();
+    let (_, json) = engram::train::evaluate_dir(&a.out, &dev_m, 64, engram::Device::Cpu, Precision::F32, ',', TagOptions::default()).unwrap();
     assert!(json["values"]["accuracy"].as_f64().unwrap() >= 0.8, "{json}");
 
     let mut r = args(&model, Task::Regression, tmp("regression"));
@@ -714,7 +818,7 @@ fn multilabel_and_regression_learn_the_pattern_and_save_their_problem_type() {
     }
     // What evaluation reports is what --metric may name (checked before training).
     for (task, out, data) in [(Task::Multilabel, &a.out, &a.dev), (Task::Regression, &r.out, &r.dev)] {
-        let (_, json) = engram::train::evaluate_dir(out, data, 64, engram::Device::Cpu, Precision::F32, ',', None).unwrap();
+        let (_, json) = engram::train::evaluate_dir(out, data, 64, engram::Device::Cpu, Precision::F32, ',', TagOptions::default()).unwrap();
         let mut got: Vec<&str> = json["values"].as_object().unwrap().keys().map(|k| k.as_str()).collect();
         let mut want = task.metrics().to_vec();
         got.sort(); want.sort();
@@ -773,7 +877,7 @@ fn eval_steps_evaluates_mid_epoch_keeps_the_best_and_resumes_exactly() {
     let s = finetune(&full).unwrap();
     assert_eq!(steps(&full.out), vec![5, 10, 12]);
     // The model in OUT is the best evaluation's: re-evaluated, it scores the best metric.
-    let (_, json) = engram::train::evaluate_dir(&full.out, &full.dev, 128, engram::Device::Cpu, Precision::F32, ',', None).unwrap();
+    let (_, json) = engram::train::evaluate_dir(&full.out, &full.dev, 128, engram::Device::Cpu, Precision::F32, ',', TagOptions::default()).unwrap();
     assert_eq!(json["values"]["accuracy"].as_f64().unwrap(), s.best_metric, "{s:?}");
     // Interrupted between two evaluations and resumed: the same weights and the same evaluations.
     let mut part = full.clone();

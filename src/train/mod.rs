@@ -7,6 +7,8 @@ pub mod metrics;
 pub mod plot;
 pub mod trainer;
 pub mod windows;
+pub mod words;
 
 pub use data::{load_classification, load_sequences, load_token_classification, Example, Target, TargetKind};
+pub use words::{Aggregation, TagOptions};
 pub use trainer::{evaluate_dir, finetune, precision_flag, predict_dir, Entity, FinetuneArgs, OptimizerKind, Output, PredictOptions, Prediction, Predictor, Probs, Task};

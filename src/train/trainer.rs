@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::data::{load_sequences, load_token_classification, Example, Target, TargetKind};
 use super::windows;
+use super::words::{self, Aggregation, TagOptions};
 use super::metrics::{classification_report, entity_report, multilabel_report, regression_report, EntityReport, Report};
 use crate::data::{Batch, BertTokenizer};
 use crate::error::{file_err, Error, Result};
@@ -178,6 +179,13 @@ pub struct FinetuneArgs {
     /// and evaluation; `None` truncates them.
     #[serde(default)]
     pub stride: Option<usize>,
+    /// Token classification: train every sub-token of a word on its tag (a `B-` tag continued
+    /// as `I-`), not only the first (transformers' run_ner `--label_all_tokens`; see `words`).
+    #[serde(default)]
+    pub label_all_tokens: bool,
+    /// Token classification: how dev and test evaluation read a word's tag from its sub-tokens.
+    #[serde(default)]
+    pub aggregation: Aggregation,
     /// bf16 autocast on the CPU (transformers' `--bf16`, `torch.autocast("cpu", torch.bfloat16)`):
     /// every linear layer's GEMMs, forward and backward, take bf16 operands and sum in f32;
     /// parameters, optimizer state and everything else stay f32. Evaluation runs the same way.
@@ -205,6 +213,10 @@ fn default_label_sep() -> char {
 }
 
 impl FinetuneArgs {
+    fn tagging(&self) -> TagOptions {
+        TagOptions { stride: self.stride, aggregation: self.aggregation }
+    }
+
     pub fn new(model: PathBuf, task: Task, train: PathBuf, dev: PathBuf, out: PathBuf) -> Self {
         FinetuneArgs {
             model,
@@ -245,6 +257,8 @@ impl FinetuneArgs {
             label_sep: default_label_sep(),
             truncate_left: false,
             stride: None,
+            label_all_tokens: false,
+            aggregation: Aggregation::First,
             gradient_checkpointing: false,
             bf16: false,
             profile: false,
@@ -343,6 +357,7 @@ fn check_resume(args: &FinetuneArgs, state: &TrainerState, saved: &serde_json::V
         ("max_length", "--max-length"),
         ("truncate_left", "--truncate-left"),
         ("stride", "--stride"),
+        ("label_all_tokens", "--label-all-tokens"),
         ("label_sep", "--label-sep"),
         ("group_by_length", "--group-by-length"),
         ("freeze_backbone", "--freeze-backbone"),
@@ -436,10 +451,6 @@ fn load_examples(task: Task, path: &Path, limit: Option<usize>, label_sep: char)
     Ok(ex)
 }
 
-/// Tokenize examples; labels are class ids `(B)` or aligned token labels `(B, T)` with -100 on
-/// special tokens, padding and every sub-token but a word's first.
-/// In evaluation (`strict = false`) a BIO tag the model does not know (an entity type absent from
-/// training) is left out of the loss; it still counts as a gold entity the model missed.
 /// A tokenized batch: padded and truncated to the window, or cut into memory segments.
 enum Inputs {
     Plain(Batch),
@@ -471,7 +482,21 @@ fn logits(bert: &Bert, mem: Option<&MemoryConfig>, tape: &Tape, inputs: &Inputs,
     }
 }
 
-fn encode(tok: &BertTokenizer, task: Task, mem: Option<&MemoryConfig>, ex: &[&Example], label_ids: &HashMap<String, usize>, path: &Path, strict: bool) -> Result<(Inputs, Tensor)> {
+/// How `encode` labels token classification: training data (every tag must be one of the
+/// model's; `all_tokens`: `--label-all-tokens`) or evaluation data (a BIO tag the model does not
+/// know, an entity type absent from training, is left out of the loss; it still counts as a gold
+/// entity the model missed). Evaluation labels first sub-tokens only, so the dev loss is per word
+/// with or without `--label-all-tokens`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Labelling {
+    Train { all_tokens: bool },
+    Eval,
+}
+
+/// Tokenize examples; labels are class ids `(B)` or aligned token labels `(B, T)` with -100 on
+/// special tokens, padding and every sub-token but a word's first (or, with
+/// `Labelling::Train { all_tokens: true }`, on special tokens and padding only; see `words`).
+fn encode(tok: &BertTokenizer, task: Task, mem: Option<&MemoryConfig>, ex: &[&Example], label_ids: &HashMap<String, usize>, path: &Path, how: Labelling) -> Result<(Inputs, Tensor)> {
     if let Some(cfg) = mem {
         let mut units = Vec::with_capacity(ex.len());
         for e in ex {
@@ -483,15 +508,15 @@ fn encode(tok: &BertTokenizer, task: Task, mem: Option<&MemoryConfig>, ex: &[&Ex
         let seg = memory::segment(tok, cfg, &units, &path.display().to_string())?;
         return Ok((Inputs::Long(seg), seq_targets(task, ex, label_ids, path)?));
     }
-    let (b, y) = encode_plain(tok, task, ex, label_ids, path, strict)?;
+    let (b, y) = encode_plain(tok, task, ex, label_ids, path, how)?;
     Ok((Inputs::Plain(b), y))
 }
 
-fn encode_plain(tok: &BertTokenizer, task: Task, ex: &[&Example], label_ids: &HashMap<String, usize>, path: &Path, strict: bool) -> Result<(Batch, Tensor)> {
+fn encode_plain(tok: &BertTokenizer, task: Task, ex: &[&Example], label_ids: &HashMap<String, usize>, path: &Path, how: Labelling) -> Result<(Batch, Tensor)> {
     let lab = |l: &str| -> Result<i64> {
         match label_ids.get(l) {
             Some(&i) => Ok(i as i64),
-            None if !strict && task == Task::Ner => Ok(crate::ops::IGNORE_INDEX),
+            None if how == Labelling::Eval && task == Task::Ner => Ok(crate::ops::IGNORE_INDEX),
             None => Err(Error::File { path: path.display().to_string(), detail: format!("label \"{l}\" is not among the model's labels") }),
         }
     };
@@ -501,13 +526,19 @@ fn encode_plain(tok: &BertTokenizer, task: Task, ex: &[&Example], label_ids: &Ha
             let batch = tok.encode_words(&words)?;
             let t = batch.seq_len();
             let mut labels = vec![crate::ops::IGNORE_INDEX; ex.len() * t];
+            let inside = (how == Labelling::Train { all_tokens: true }).then(|| words::inside_labels(label_ids));
             for (b, e) in ex.iter().enumerate() {
                 let Example::Tokens { tags, scored, .. } = e else { unreachable!() };
                 let mut prev = None;
                 for (i, w) in batch.word_ids[b].iter().enumerate() {
                     if let Some(w) = *w {
-                        if prev != Some(w) && scored.contains(&(w as usize)) {
-                            labels[b * t + i] = lab(&tags[w as usize])?;
+                        if scored.contains(&(w as usize)) {
+                            if prev != Some(w) {
+                                labels[b * t + i] = lab(&tags[w as usize])?;
+                            } else if let Some(inside) = &inside {
+                                // A later sub-token: the word's tag, B- continued as I-.
+                                labels[b * t + i] = inside[&(lab(&tags[w as usize])? as usize)] as i64;
+                            }
                         }
                     }
                     prev = *w;
@@ -597,15 +628,26 @@ fn task_loss(task: Task, tape: &Tape, logits: &Tensor, y: &Tensor, label_smoothi
     }
 }
 
-/// `--stride` is token classification's: a sequence task reads long inputs with memory segments.
-fn check_stride(task: Task, stride: Option<usize>) -> Result<()> {
-    match stride {
-        Some(_) if task != Task::Ner => Err(Error::Value {
+/// `--stride`, `--aggregation` and `--label-all-tokens` are token classification's: a sequence
+/// task reads long inputs with memory segments, and has no sub-tokens to label or aggregate.
+fn check_tagging(task: Task, tagging: TagOptions, label_all_tokens: bool) -> Result<()> {
+    if task == Task::Ner {
+        return Ok(());
+    }
+    if tagging.stride.is_some() {
+        return Err(Error::Value {
             op: "--stride",
             detail: "overlapping windows are for token classification (ner); a sequence task reads long inputs in segments (--memory-tokens, --segment-len)".into(),
-        }),
-        _ => Ok(()),
+        });
     }
+    let flag = if label_all_tokens {
+        "--label-all-tokens"
+    } else if tagging.aggregation != Aggregation::First {
+        "--aggregation"
+    } else {
+        return Ok(());
+    };
+    Err(Error::Value { op: flag, detail: format!("sub-tokens are labelled and read back by token classification (ner) only; the task here is {}", serde_json::to_value(task).expect("task serialises").as_str().unwrap_or("?")) })
 }
 
 /// The windows of token-classification examples (`stride`; `None` without it): (example index,
@@ -632,24 +674,6 @@ fn run_items<'a>(ex: &'a [Example], win: Option<&'a [(usize, usize, Example)]>) 
 /// How many examples were cut into more than one window.
 fn long_inputs(win: &[(usize, usize, Example)]) -> usize {
     win.iter().filter(|x| x.1 > 0).map(|x| x.0).collect::<std::collections::BTreeSet<_>>().len()
-}
-
-/// Word-level predictions of a token-classification batch: the first sub-token's label per
-/// word; words cut off by truncation are "O".
-fn word_predictions(batch: &Batch, pred_ids: &[usize], b: usize, n_words: usize, labels: &[String]) -> Vec<String> {
-    let t = batch.seq_len();
-    first_tokens(batch, b, n_words).into_iter().map(|f| f.map_or_else(|| "O".to_string(), |i| labels[pred_ids[b * t + i]].clone())).collect()
-}
-
-/// The position of each word's first sub-token in row `b` of a batch (None: cut off).
-fn first_tokens(batch: &Batch, b: usize, n_words: usize) -> Vec<Option<usize>> {
-    let mut out = vec![None; n_words];
-    for (i, w) in batch.word_ids[b].iter().enumerate() {
-        if let Some(slot) = w.and_then(|w| out.get_mut(w as usize)) {
-            slot.get_or_insert(i);
-        }
-    }
-    out
 }
 
 /// Indices of items ordered by their length (stable: equal lengths keep their order), so a
@@ -683,7 +707,7 @@ pub struct Evaluation {
 /// `label_smoothing`: the training loss's, so the dev loss is the same quantity (as transformers'
 /// Trainer computes it); 0 for `engram eval`.
 #[allow(clippy::too_many_arguments)]
-fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: Task, ex: &[Example], labels: &[String], batch_size: usize, path: &Path, label_smoothing: f64, stride: Option<usize>) -> Result<Evaluation> {
+fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: Task, ex: &[Example], labels: &[String], batch_size: usize, path: &Path, label_smoothing: f64, tagging: TagOptions) -> Result<Evaluation> {
     let label_ids: HashMap<String, usize> = labels.iter().enumerate().map(|(i, l)| (l.clone(), i)).collect();
     let (mut gold, mut pred) = (Vec::new(), Vec::new());
     let (mut gold_multi, mut pred_multi, mut gold_score, mut pred_score) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -693,7 +717,7 @@ fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: 
     let gold_tags: Vec<Vec<String>> = ex.iter().map(|e| if let Example::Tokens { tags, .. } = e { tags.clone() } else { Vec::new() }).collect();
     let mut pred_tags: Vec<Vec<String>> = gold_tags.iter().map(|t| vec!["O".to_string(); t.len()]).collect();
     // What runs: the examples, or (`stride`, token classification) their windows.
-    let win = if task == Task::Ner { windowed(tok, ex, stride)? } else { None };
+    let win = if task == Task::Ner { windowed(tok, ex, tagging.stride)? } else { None };
     let items = run_items(ex, win.as_deref());
     // Sequence tasks run in order of length (less padding; their metrics and mean loss do not
     // depend on the order). NER keeps the file's batches: its loss is a mean per batch.
@@ -701,7 +725,7 @@ fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: 
     for idx in order.chunks(batch_size.max(1)) {
         let chunk: Vec<&Example> = idx.iter().map(|&k| items[k].2).collect();
         let refs = &chunk;
-        let (inputs, y) = encode(tok, task, mem, refs, &label_ids, path, false)?;
+        let (inputs, y) = encode(tok, task, mem, refs, &label_ids, path, Labelling::Eval)?;
         if let Inputs::Plain(b) = &inputs {
             truncated += b.truncated.iter().filter(|&&t| t).count();
         }
@@ -725,21 +749,23 @@ fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: 
             }
             _ => {}
         }
-        let p = argmax_rows(&out, labels.len());
         match task {
             Task::Ner => {
                 for (b, &k) in idx.iter().enumerate() {
                     let (src, first, e) = items[k];
                     let Example::Tokens { words, scored, .. } = e else { unreachable!() };
-                    let tags = word_predictions(inputs.batch(), &p, b, words.len(), labels);
+                    // Words cut off by truncation stay "O".
+                    let tags = words::word_tags(inputs.batch(), &out, b, words.len(), labels.len(), tagging.aggregation);
                     for i in scored.clone() {
-                        pred_tags[src][first + i].clone_from(&tags[i]);
+                        if let Some((tag, _)) = tags[i] {
+                            pred_tags[src][first + i].clone_from(&labels[tag]);
+                        }
                     }
                 }
             }
             _ => {
                 gold.extend(y.ids("eval")?.iter().map(|&v| v as usize));
-                pred.extend(p);
+                pred.extend(argmax_rows(&out, labels.len()));
             }
         }
     }
@@ -759,7 +785,7 @@ fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: 
             ex.len(),
             tok.max_len(),
             win.as_ref().map_or(0, |w| w.len()) - (ex.len() - windowed_inputs),
-            stride.unwrap_or(0)
+            tagging.stride.unwrap_or(0)
         ));
     }
     let mut ev = if task == Task::Ner {
@@ -774,8 +800,11 @@ fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: 
         values.insert("accuracy".into(), r.accuracy);
         values.insert("macro_f1".into(), tr.macro_f1);
         Evaluation {
-            json: serde_json::json!({ "loss": loss, "entities": r, "tags": tr }),
-            text: format!("{}loss {loss:.4}\n", r.table()),
+            json: serde_json::json!({ "loss": loss, "entities": r, "tags": tr, "aggregation": tagging.aggregation }),
+            text: match tagging.aggregation {
+                Aggregation::First => format!("{}loss {loss:.4}\n", r.table()),
+                a => format!("{}loss {loss:.4}\nwords tagged from all their sub-tokens (--aggregation {})\n", r.table(), a.name()),
+            },
             values,
         }
     } else if task == Task::Multilabel {
@@ -1000,7 +1029,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
             detail: format!("unknown metric \"{}\" for the {} task (one of: {})", args.metric, serde_json::json!(task).as_str().unwrap_or("?"), task.metrics().join(", ")),
         });
     }
-    check_stride(task, args.stride)?;
+    check_tagging(task, args.tagging(), args.label_all_tokens)?;
     let train = load_examples(task, &args.train, args.max_train_examples, args.label_sep)?;
     if train.is_empty() {
         return file_err(&args.train, "no training examples left (--max-train-examples 0)");
@@ -1175,7 +1204,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
             for idx in group.iter() {
                 let t0 = Instant::now();
                 let ex: Vec<&Example> = idx.iter().map(|&j| &train[j]).collect();
-                let (inputs, y) = encode(&tok, task, mem, &ex, &label_ids, &args.train, true)?;
+                let (inputs, y) = encode(&tok, task, mem, &ex, &label_ids, &args.train, Labelling::Train { all_tokens: args.label_all_tokens })?;
                 t_batch += t0.elapsed();
                 seen_examples += ex.len();
                 seen_tokens += inputs.tokens();
@@ -1295,7 +1324,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
     if let (Some(test), false) = (&args.test, interrupted) {
         let (best, _, _, best_mem) = load_finetuned(&args.out, args.device, if args.bf16 { Precision::Bf16 } else { Precision::F32 })?;
         let ex = load_examples(task, test, args.max_eval_examples, args.label_sep)?;
-        let ev = evaluate(&best, best_mem.as_ref(), &tok, task, &ex, &labels, 64, test, args.label_smoothing, args.stride)?;
+        let ev = evaluate(&best, best_mem.as_ref(), &tok, task, &ex, &labels, 64, test, args.label_smoothing, args.tagging())?;
         if args.progress {
             eprintln!("test ({}):\n{}", test.display(), ev.text);
         }
@@ -1323,7 +1352,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
 /// best so far, and say whether early stopping's patience has run out.
 #[allow(clippy::too_many_arguments)]
 fn dev_round(args: &FinetuneArgs, bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, dev: &[Example], labels: &[String], state: &mut TrainerState, (epoch, epochs): (usize, usize), train_loss: f64, seconds: f64) -> Result<bool> {
-    let ev = evaluate(bert, mem, tok, args.task, dev, labels, args.batch_size.max(32), &args.dev, args.label_smoothing, args.stride)?;
+    let ev = evaluate(bert, mem, tok, args.task, dev, labels, args.batch_size.max(32), &args.dev, args.label_smoothing, args.tagging())?;
     let value = *ev.values.get(&args.metric).ok_or_else(|| Error::Value {
         op: "finetune",
         detail: format!("unknown metric \"{}\" (one of: {})", args.metric, ev.values.keys().cloned().collect::<Vec<_>>().join(", ")),
@@ -1426,13 +1455,14 @@ pub fn precision_flag(p: Precision) -> &'static str {
     }
 }
 
-/// `stride`: token classification reads long inputs in overlapping windows (see `windows`).
-pub fn evaluate_dir(dir: &Path, data: &Path, max_length: usize, device: Device, precision: Precision, label_sep: char, stride: Option<usize>) -> Result<(String, serde_json::Value)> {
+/// `tagging`: how token classification reads long inputs (overlapping windows, see `windows`)
+/// and words (see `words`).
+pub fn evaluate_dir(dir: &Path, data: &Path, max_length: usize, device: Device, precision: Precision, label_sep: char, tagging: TagOptions) -> Result<(String, serde_json::Value)> {
     let (bert, task, labels, mem) = load_finetuned(dir, device, precision)?;
-    check_stride(task, stride)?;
+    check_tagging(task, tagging, false)?;
     let ex = load_examples(task, data, None, label_sep)?;
     let tok = BertTokenizer::from_dir(dir, max_length.min(bert.config.max_tokens()))?.fits(bert.config.vocab_size)?;
-    let run = || evaluate(&bert, mem.as_ref(), &tok, task, &ex, &labels, 64, data, 0.0, stride);
+    let run = || evaluate(&bert, mem.as_ref(), &tok, task, &ex, &labels, 64, data, 0.0, tagging);
     let ev = if device == Device::Cpu { crate::util::on_pool(run)? } else { run()? };
     Ok((ev.text, serde_json::json!({ "metrics": ev.json, "values": ev.values })))
 }
@@ -1466,13 +1496,14 @@ pub fn split_words(text: &str) -> Vec<(String, usize, usize)> {
 }
 
 /// The tags of pre-split inputs, each with whether it was truncated (words past the window
-/// tagged "O"); with `stride`, long inputs run as overlapping windows instead (see `windows`).
-fn tag_words(bert: &Bert, tok: &BertTokenizer, inputs: Vec<Vec<String>>, labels: &[String], batch_size: usize, stride: Option<usize>) -> Result<Vec<Tagged>> {
+/// tagged "O"); with a stride, long inputs run as overlapping windows instead (see `windows`);
+/// each word's tag and probability come from its sub-tokens by the options' aggregation.
+fn tag_words(bert: &Bert, tok: &BertTokenizer, inputs: Vec<Vec<String>>, labels: &[String], batch_size: usize, tagging: TagOptions) -> Result<Vec<Tagged>> {
     let ex: Vec<Example> = inputs.into_iter().map(|w| {
         let tags = vec![String::new(); w.len()];
         Example::tokens(w, tags)
     }).collect();
-    let win = windowed(tok, &ex, stride)?;
+    let win = windowed(tok, &ex, tagging.stride)?;
     let items = run_items(&ex, win.as_deref());
     let mut out: Vec<Tagged> = ex
         .iter()
@@ -1485,17 +1516,13 @@ fn tag_words(bert: &Bert, tok: &BertTokenizer, inputs: Vec<Vec<String>>, labels:
         let words: Vec<Vec<String>> = chunk.iter().map(|(_, _, e)| if let Example::Tokens { words, .. } = e { words.clone() } else { Vec::new() }).collect();
         let batch = tok.encode_words(&words)?;
         let logits = bert.logits(&bert.inference_tape(), &batch, false)?.to_f64_vec();
-        let p = argmax_rows(&logits, labels.len());
-        let t = batch.seq_len();
         for (b, &(src, first, e)) in chunk.iter().enumerate() {
             let Example::Tokens { words, scored, .. } = e else { unreachable!() };
-            let firsts = first_tokens(&batch, b, words.len());
+            let tags = words::word_tags(&batch, &logits, b, words.len(), labels.len(), tagging.aggregation);
             for i in scored.clone() {
-                let Some(tok_i) = firsts[i] else { continue };
-                let (row, k) = (&logits[(b * t + tok_i) * labels.len()..][..labels.len()], p[b * t + tok_i]);
+                let Some((k, prob)) = tags[i] else { continue };
                 out[src].tags[first + i].clone_from(&labels[k]);
-                // The softmax probability of the chosen tag.
-                out[src].scores[first + i] = 1.0 / row.iter().map(|x| (x - row[k]).exp()).sum::<f64>();
+                out[src].scores[first + i] = prob;
             }
             out[src].truncated |= batch.truncated[b];
         }
@@ -1522,11 +1549,19 @@ pub struct PredictOptions {
     pub memory_norms: bool,
     /// NER: read inputs longer than the window in overlapping windows (see `windows`).
     pub stride: Option<usize>,
+    /// NER: how a word's tag comes from its sub-tokens (see `words`).
+    pub aggregation: Aggregation,
 }
 
 impl Default for PredictOptions {
     fn default() -> Self {
-        PredictOptions { max_length: 128, batch_size: 32, device: Device::Cpu, precision: Precision::F32, memory_norms: false, stride: None }
+        PredictOptions { max_length: 128, batch_size: 32, device: Device::Cpu, precision: Precision::F32, memory_norms: false, stride: None, aggregation: Aggregation::First }
+    }
+}
+
+impl PredictOptions {
+    fn tagging(&self) -> TagOptions {
+        TagOptions { stride: self.stride, aggregation: self.aggregation }
     }
 }
 
@@ -1560,7 +1595,7 @@ impl Predictor {
             return Err(Error::Value { op: "predict", detail: "--batch-size must be at least 1".into() });
         }
         let (bert, task, labels, mem) = load_finetuned(dir, opts.device, opts.precision)?;
-        check_stride(task, opts.stride)?;
+        check_tagging(task, opts.tagging(), false)?;
         let tok = BertTokenizer::from_dir(dir, opts.max_length.min(bert.config.max_tokens()))?.fits(bert.config.vocab_size)?;
         Ok(Predictor { bert, task, labels, mem, tok, dir: dir.to_path_buf(), opts })
     }
@@ -1589,7 +1624,7 @@ impl Predictor {
 
     fn predict_here(&self, texts: &[String]) -> Result<Vec<Prediction>> {
         let Predictor { bert, task, labels, mem, tok, dir, opts } = self;
-        let (task, batch_size, memory_norms, stride) = (*task, opts.batch_size, opts.memory_norms, opts.stride);
+        let (task, batch_size, memory_norms, tagging) = (*task, opts.batch_size, opts.memory_norms, opts.tagging());
         let mut out = Vec::new();
         // Batches of similar length pad little; the outputs go back to the input order at the end.
         let order = by_length(texts.iter().map(|t| t.len()));
@@ -1601,7 +1636,7 @@ impl Predictor {
                 Task::Ner => {
                     let words: Vec<Vec<(String, usize, usize)>> = chunk.iter().map(|t| split_words(t)).collect();
                     let plain: Vec<Vec<String>> = words.iter().map(|w| if w.is_empty() { vec![String::new()] } else { w.iter().map(|x| x.0.clone()).collect() }).collect();
-                    let tagged = tag_words(bert, tok, plain, labels, batch_size, stride)?;
+                    let tagged = tag_words(bert, tok, plain, labels, batch_size, tagging)?;
                     for (b, text) in chunk.iter().enumerate() {
                         let tags = if words[b].is_empty() { Vec::new() } else { tagged[b].tags.clone() };
                         let tag_refs: Vec<&str> = tags.iter().map(|s| s.as_str()).collect();
@@ -1703,7 +1738,7 @@ pub fn predict_dir(
     memory_norms: bool,
     stride: Option<usize>,
 ) -> Result<Vec<serde_json::Value>> {
-    let preds = Predictor::load(dir, PredictOptions { max_length, batch_size, device, precision, memory_norms, stride })?.predict(texts)?;
+    let preds = Predictor::load(dir, PredictOptions { max_length, batch_size, device, precision, memory_norms, stride, aggregation: Aggregation::First })?.predict(texts)?;
     Ok(preds.iter().map(|p| serde_json::to_value(p).expect("predictions serialise")).collect())
 }
 
@@ -1813,10 +1848,40 @@ mod tests {
         let tags: Vec<String> = ["O", "B-animal", "I-animal", "O", "O", "O", "B-thing", "O"].map(String::from).to_vec();
         let ids: super::HashMap<String, usize> = [("O", 0), ("B-animal", 1), ("I-animal", 2), ("B-thing", 3)].map(|(k, v)| (k.to_string(), v)).into_iter().collect();
         let e = super::Example::Tokens { words, tags, scored: 2..7 };
-        let (batch, y) = super::encode_plain(&tok, super::Task::Ner, &[&e], &ids, std::path::Path::new("x"), true).unwrap();
+        let (batch, y) = super::encode_plain(&tok, super::Task::Ner, &[&e], &ids, std::path::Path::new("x"), super::Labelling::Train { all_tokens: false }).unwrap();
         let y = y.ids("test").unwrap();
         let labelled: Vec<(u32, i64)> = batch.word_ids[0].iter().zip(y.iter()).filter(|(_, &l)| l != crate::ops::IGNORE_INDEX).map(|(w, &l)| (w.unwrap(), l)).collect();
         assert_eq!(labelled, vec![(2, 2), (3, 0), (4, 0), (5, 0), (6, 3)]);
+    }
+
+    /// `--label-all-tokens`: every sub-token of a scored word is labelled, a B- word's later ones
+    /// with its I- tag (or the B- tag itself when the labels have no I-); without it, only the
+    /// first; evaluation data labels first sub-tokens only, whatever the flag.
+    #[test]
+    fn label_all_tokens_labels_later_sub_tokens_inside() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let tok = super::BertTokenizer::from_dir(root.join("weights/tiny-bert"), 64).unwrap();
+        let words: Vec<String> = "the snuffleupagus grumbled at xylophones today".split(' ').map(String::from).collect();
+        let tags: Vec<String> = ["O", "B-animal", "I-animal", "O", "B-thing", "O"].map(String::from).to_vec();
+        let ids: super::HashMap<String, usize> = [("O", 0), ("B-animal", 1), ("I-animal", 2), ("B-thing", 3)].map(|(k, v)| (k.to_string(), v)).into_iter().collect();
+        let e = super::Example::Tokens { words, tags, scored: 0..6 };
+        let labelled = |how| {
+            let (batch, y) = super::encode_plain(&tok, super::Task::Ner, &[&e], &ids, std::path::Path::new("x"), how).unwrap();
+            let y = y.ids("test").unwrap();
+            batch.word_ids[0].iter().zip(y.iter()).filter(|(_, &l)| l != crate::ops::IGNORE_INDEX).map(|(w, &l)| (w.unwrap(), l)).collect::<Vec<(u32, i64)>>()
+        };
+        let all = labelled(super::Labelling::Train { all_tokens: true });
+        let count = |w: u32| all.iter().filter(|x| x.0 == w).count();
+        assert!(count(1) > 1 && count(2) > 1 && count(4) > 1, "the test needs words cut into sub-tokens: {all:?}");
+        let mut want = Vec::new();
+        for (w, first, later) in [(0, 0, 0), (1, 1, 2), (2, 2, 2), (3, 0, 0), (4, 3, 3), (5, 0, 0)] {
+            want.push((w, first));
+            want.extend(std::iter::repeat((w, later)).take(count(w) - 1));
+        }
+        assert_eq!(all, want);
+        let first_only: Vec<(u32, i64)> = [(0, 0), (1, 1), (2, 2), (3, 0), (4, 3), (5, 0)].to_vec();
+        assert_eq!(labelled(super::Labelling::Train { all_tokens: false }), first_only);
+        assert_eq!(labelled(super::Labelling::Eval), first_only);
     }
 
     #[test]
