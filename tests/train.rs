@@ -143,9 +143,15 @@ fn output_dir_is_an_hf_model_that_reloads_with_the_same_predictions() {
     assert_eq!(cfg["label2id"]["pos"], 1);
     let names: Vec<String> = read_safetensors(a.out.join("model.safetensors")).unwrap().into_keys().collect();
     assert!(names.contains(&"bert.encoder.layer.1.output.dense.weight".to_string()) && names.contains(&"classifier.weight".to_string()));
-    for f in ["tokenizer.json", "metrics.json", "training.svg", "checkpoint/trainer_state.json"] {
+    for f in ["tokenizer.json", "metrics.json", "training.svg", "checkpoint/trainer_state.json", "README.md"] {
         assert!(a.out.join(f).is_file(), "{f} missing");
     }
+    // The model card: the test split's accuracy, as the run reported it, and a row per epoch.
+    let card = std::fs::read_to_string(a.out.join("README.md")).unwrap();
+    let acc = s.test.as_ref().unwrap()["accuracy"].as_f64().unwrap();
+    assert!(card.contains("pipeline_tag: text-classification") && card.contains(&format!("- Accuracy: {acc:.4}\n")), "{card}");
+    let rows = card.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| Training Loss")).count();
+    assert_eq!(rows, a.epochs, "{card}");
     let texts = vec!["the cat is nice and warm".to_string(), "my lazy dog".to_string()];
     let p1 = predict_dir(&a.out, &texts, 64, 8, engram::Device::Cpu, Precision::F32, false, None).unwrap();
     let p2 = predict_dir(&a.out, &texts, 64, 1, engram::Device::Cpu, Precision::F32, false, None).unwrap();

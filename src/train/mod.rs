@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod plot;
 pub mod trainer;
 pub mod windows;
+pub mod card;
 pub mod words;
 
 pub use data::{load_classification, load_sequences, load_token_classification, Example, Target, TargetKind};

@@ -1251,7 +1251,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
                 let avg = epoch_loss / epoch_n.max(1) as f64;
                 let done = bar.suspend(|| dev_round(args, &bert, mem, &tok, &dev, &labels, &mut state, (epoch, epochs), avg, epoch_start.elapsed().as_secs_f64()))?;
                 t_eval += t0.elapsed();
-                write_metrics(args, &state)?;
+                write_metrics(args, &state, steps_per_epoch)?;
                 if done && (state.global_step < total) {
                     save_checkpoint(&ckpt, &bert, mem, &opt, &state, task, args)?;
                     bar.abandon();
@@ -1289,7 +1289,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
         state.epoch += 1;
         state.micro_in_epoch = 0;
         save_checkpoint(&ckpt, &bert, mem, &opt, &state, task, args)?;
-        write_metrics(args, &state)?;
+        write_metrics(args, &state, steps_per_epoch)?;
         if done && state.epoch < epochs {
             if args.progress {
                 eprintln!("early stop: no {} improvement for {} epoch(s)", args.metric, state.epochs_without_improvement);
@@ -1330,7 +1330,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
         }
         state.history.push(serde_json::json!({ "test": { "metrics": ev.json, "values": ev.values } }));
         test_json = Some(serde_json::json!(ev.values));
-        write_metrics(args, &state)?;
+        write_metrics(args, &state, steps_per_epoch)?;
     }
     Ok(Summary {
         best_metric: state.best_metric.unwrap_or(f64::NAN),
@@ -1390,7 +1390,8 @@ fn dev_round(args: &FinetuneArgs, bert: &Bert, mem: Option<&MemoryConfig>, tok: 
     Ok(args.patience.is_some_and(|p| state.epochs_without_improvement >= p))
 }
 
-fn write_metrics(args: &FinetuneArgs, state: &TrainerState) -> Result<()> {
+/// `metrics.json`, `training.svg` and the model card (`README.md`, see `card`) of the run so far.
+fn write_metrics(args: &FinetuneArgs, state: &TrainerState, steps_per_epoch: u64) -> Result<()> {
     let json = serde_json::json!({
         "metric": args.metric, "best": state.best_metric, "best_epoch": state.best_epoch, "best_step": state.best_step,
         "epochs": state.history, "loss_per_step": state.loss_log, "learning_rate_per_step": state.lr_log,
@@ -1403,7 +1404,9 @@ fn write_metrics(args: &FinetuneArgs, state: &TrainerState) -> Result<()> {
         .filter_map(|h| Some((h.get("step")?.as_u64()?, h.get(&args.metric)?.as_f64()?)))
         .collect();
     let svg = super::plot::svg(&format!("engram finetune: {}", args.train.display()), &state.loss_log, &dev, &args.metric);
-    write_atomic(&args.out.join("training.svg"), svg.as_bytes())
+    write_atomic(&args.out.join("training.svg"), svg.as_bytes())?;
+    let card = super::card::CardInputs { history: &state.history, best_epoch: state.best_epoch, best_step: state.best_step, steps_per_epoch };
+    write_atomic(&args.out.join("README.md"), super::card::model_card(args, &card).as_bytes())
 }
 
 /// Load a fine-tuned directory: the task from `engram_task` or `architectures`, labels from `id2label`.
