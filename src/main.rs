@@ -128,6 +128,9 @@ struct FinetuneCli {
     epochs: usize,
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
+    /// Examples per forward pass when evaluating dev and test (per_device_eval_batch_size).
+    #[arg(long, default_value_t = engram::train::trainer::DEFAULT_EVAL_BATCH, value_name = "N")]
+    eval_batch_size: usize,
     /// Micro-batches per optimizer step (the effective batch is batch-size × this).
     #[arg(long, default_value_t = 1)]
     grad_accum: usize,
@@ -294,6 +297,9 @@ enum Cmd {
         /// Multilabel models: the separator of the labels in one field.
         #[arg(long, default_value_t = ',')]
         label_sep: char,
+        /// Examples per forward pass.
+        #[arg(long, default_value_t = engram::train::trainer::DEFAULT_EVAL_BATCH)]
+        batch_size: usize,
         /// NER: read inputs longer than --max-length in overlapping windows sharing up to N
         /// tokens (transformers' stride), each word tagged by the window where it has the most
         /// context; without it they are truncated.
@@ -432,7 +438,7 @@ fn main() -> ExitCode {
             })
         }
         Cmd::Finetune(f) => finetune(*f).map(|_| ExitCode::SUCCESS),
-        Cmd::Eval { model, data, max_length, device, int8, bf16, label_sep, stride, aggregation } => engram::train::evaluate_dir(&model, &data, max_length, device.into(), precision(int8, bf16), label_sep, engram::train::TagOptions { stride, aggregation: aggregation.into() }).map(|(text, json)| {
+        Cmd::Eval { model, data, max_length, device, int8, bf16, label_sep, batch_size, stride, aggregation } => engram::train::evaluate_dir(&model, &data, &engram::train::EvalOptions { max_length, batch_size, device: device.into(), precision: precision(int8, bf16), label_sep, tagging: engram::train::TagOptions { stride, aggregation: aggregation.into() } }).map(|(text, json)| {
             eprint!("{text}");
             println!("{}", serde_json::to_string_pretty(&json).expect("metrics serialise"));
             ExitCode::SUCCESS
@@ -540,6 +546,7 @@ fn finetune(f: FinetuneCli) -> Result<()> {
     a.bf16 = f.bf16;
     a.gradient_checkpointing = f.gradient_checkpointing;
     a.label_sep = f.label_sep;
+    a.eval_batch_size = f.eval_batch_size;
     a.profile = f.profile;
     if f.memory_tokens.is_some() || f.segment_len.is_some() {
         use engram::memory::MemoryConfig;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use engram::models::bert::weights::read_safetensors;
 use engram::models::bert::Precision;
-use engram::train::{finetune, predict_dir, Aggregation, FinetuneArgs, OptimizerKind, TagOptions, Task};
+use engram::train::{finetune, predict_dir, Aggregation, EvalOptions, FinetuneArgs, OptimizerKind, TagOptions, Task};
 
 
 fn tmp(tag: &str) -> PathBuf {
@@ -181,10 +181,16 @@ fn output_dir_is_an_hf_model_that_reloads_with_the_same_predictions() {
         let (px, py) = (x["probs"]["pos"].as_f64().unwrap(), y["probs"]["pos"].as_f64().unwrap());
         assert!((px - py).abs() < 0.02, "int8 probability {py} vs f32 {px}");
     }
-    let (_, f32_eval) = engram::train::evaluate_dir(&a.out, &a.dev, 64, engram::Device::Cpu, Precision::F32, ',', TagOptions::default()).unwrap();
-    let (_, int8_eval) = engram::train::evaluate_dir(&a.out, &a.dev, 64, engram::Device::Cpu, Precision::Int8, ',', TagOptions::default()).unwrap();
+    let (_, f32_eval) = engram::train::evaluate_dir(&a.out, &a.dev, &EvalOptions { max_length: 64, device: engram::Device::Cpu, precision: Precision::F32, ..Default::default() }).unwrap();
+    let (_, int8_eval) = engram::train::evaluate_dir(&a.out, &a.dev, &EvalOptions { max_length: 64, device: engram::Device::Cpu, precision: Precision::Int8, ..Default::default() }).unwrap();
     let (l32, l8) = (f32_eval["metrics"]["loss"].as_f64().unwrap(), int8_eval["metrics"]["loss"].as_f64().unwrap());
     assert!((l32 - l8).abs() < 0.01 * l32 && l32 != l8, "dev loss int8 {l8} vs f32 {l32}");
+    // The evaluation batch changes only rounding (padding is masked); 0 is an error.
+    let (_, one) = engram::train::evaluate_dir(&a.out, &a.dev, &EvalOptions { max_length: 64, batch_size: 1, ..Default::default() }).unwrap();
+    assert_eq!(one["values"]["accuracy"], f32_eval["values"]["accuracy"]);
+    assert!((one["metrics"]["loss"].as_f64().unwrap() - l32).abs() < 1e-6, "{one} vs {f32_eval}");
+    let e = engram::train::evaluate_dir(&a.out, &a.dev, &EvalOptions { batch_size: 0, ..Default::default() }).unwrap_err().to_string();
+    assert!(e.contains("--batch-size"), "{e}");
 }
 
 #[test]
@@ -367,8 +373,9 @@ fn bad_data_is_an_error_naming_the_file_and_line() {
 fn bad_hyperparameters_and_divergence_are_errors_that_keep_the_best_model() {
     let model = root().join("weights/tiny-bert");
     type Case = (&'static str, fn(&mut FinetuneArgs));
-    let cases: [Case; 9] = [
+    let cases: [Case; 10] = [
         ("--save-steps", |a| a.save_steps = Some(0)),
+        ("eval batch size", |a| a.eval_batch_size = 0),
         ("--label-smoothing", |a| a.label_smoothing = 1.0),
         ("--label-smoothing", |a| a.label_smoothing = f64::NAN),
         ("--label-smoothing", |a| {
@@ -500,12 +507,12 @@ fn ner_stride_tags_every_word_of_long_inputs_through_windows() {
     let gold: Vec<Vec<String>> = dev.iter().map(|e| match e { engram::train::Example::Tokens { tags, .. } => tags.clone(), _ => panic!() }).collect();
     let pred: Vec<Vec<String>> = strided.iter().map(|p| p["tags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect()).collect();
     let want = engram::train::metrics::entity_report(&gold, &pred).overall.f1;
-    let (text, json) = engram::train::evaluate_dir(&a.out, &dev_docs, 16, cpu, Precision::F32, ',', TagOptions::stride(Some(4))).unwrap();
+    let (text, json) = engram::train::evaluate_dir(&a.out, &dev_docs, &EvalOptions { max_length: 16, device: cpu, precision: Precision::F32, tagging: TagOptions::stride(Some(4)), ..Default::default() }).unwrap();
     assert!((json["values"]["entity_f1"].as_f64().unwrap() - want).abs() < 1e-12, "eval {} vs predict's tags {want}", json["values"]["entity_f1"]);
     assert_eq!(json["metrics"]["windowed"], serde_json::json!(dev.len()), "{json}");
     assert_eq!(json["metrics"]["truncated"], serde_json::json!(0), "{json}");
     assert!(text.contains("overlapping windows (--stride 4)"), "{text}");
-    let (_, cut_json) = engram::train::evaluate_dir(&a.out, &dev_docs, 16, cpu, Precision::F32, ',', TagOptions::default()).unwrap();
+    let (_, cut_json) = engram::train::evaluate_dir(&a.out, &dev_docs, &EvalOptions { max_length: 16, device: cpu, precision: Precision::F32, ..Default::default() }).unwrap();
     let (r_strided, r_cut) = (json["values"]["entity_recall"].as_f64().unwrap(), cut_json["values"]["entity_recall"].as_f64().unwrap());
     assert!(r_cut + 0.25 < r_strided, "truncated documents lose their later entities (recall {r_cut} vs {r_strided})");
     // The flag is token classification's, and the stride must leave the window room to move.
@@ -604,7 +611,7 @@ fn ner_label_all_tokens_trains_and_aggregation_reads_every_sub_token() {
     std::fs::write(&dev, conll).unwrap();
     let gold: Vec<Vec<String>> = texts.iter().map(|t| tags_by_hand(&raw.out, t, Aggregation::First)).collect();
     for agg in [Aggregation::First, Aggregation::Average, Aggregation::Max] {
-        let (text, json) = engram::train::evaluate_dir(&raw.out, &dev, 64, engram::Device::Cpu, Precision::F32, ',', TagOptions { stride: None, aggregation: agg }).unwrap();
+        let (text, json) = engram::train::evaluate_dir(&raw.out, &dev, &EvalOptions { max_length: 64, device: engram::Device::Cpu, precision: Precision::F32, tagging: TagOptions { stride: None, aggregation: agg }, ..Default::default() }).unwrap();
         let pred: Vec<Vec<String>> = texts.iter().map(|t| tags_by_hand(&raw.out, t, agg)).collect();
         let want = engram::train::metrics::entity_report(&gold, &pred).overall.f1;
         assert!((json["values"]["entity_f1"].as_f64().unwrap() - want).abs() < 1e-12, "{agg:?}: eval {} vs {want}", json["values"]["entity_f1"]);
@@ -636,7 +643,7 @@ fn over_long_inputs_are_marked_truncated() {
     let f = dev.join("dev.csv");
     let label = predict_dir(&a.out, &["x".to_string()], 128, 8, engram::Device::Cpu, Precision::F32, false, None).unwrap()[0]["label"].as_str().unwrap().to_string();
     std::fs::write(&f, format!("text,label\nshort,{label}\n{},{label}\n", vec!["word "; 300].concat())).unwrap();
-    let (text, json) = engram::train::evaluate_dir(&a.out, &f, 128, engram::Device::Cpu, Precision::F32, ',', TagOptions::default()).unwrap();
+    let (text, json) = engram::train::evaluate_dir(&a.out, &f, &EvalOptions { max_length: 128, device: engram::Device::Cpu, precision: Precision::F32, ..Default::default() }).unwrap();
     assert_eq!(json["metrics"]["truncated"], serde_json::json!(1), "{json}");
     assert!(text.contains("1 of 2 inputs were longer than"), "{text}");
 }
@@ -656,7 +663,7 @@ fn memory_model_trains_saves_reloads_and_resumes_exactly() {
     let cfg: MemoryConfig = serde_json::from_slice(&std::fs::read(a.out.join("memory.json")).unwrap()).unwrap();
     assert_eq!(cfg, MemoryConfig::memory(2, 4, None));
     // Reloaded and re-evaluated: the same dev accuracy and loss as the epoch that saved it.
-    let (_, json) = engram::train::evaluate_dir(&a.out, &a.dev, 128, engram::Device::Cpu, Precision::F32, ',', TagOptions::default()).unwrap();
+    let (_, json) = engram::train::evaluate_dir(&a.out, &a.dev, &EvalOptions { max_length: 128, device: engram::Device::Cpu, precision: Precision::F32, ..Default::default() }).unwrap();
     let metrics: serde_json::Value = serde_json::from_slice(&std::fs::read(a.out.join("metrics.json")).unwrap()).unwrap();
     let best = &metrics["epochs"][s.best_epoch - 1]["dev"];
     assert_eq!(json["values"]["accuracy"].as_f64().unwrap(), s.best_metric);
@@ -806,7 +813,7 @@ fn multilabel_and_regression_learn_the_pattern_and_save_their_problem_type() {
     assert_eq!(got, [&serde_json::json!(["animal", "greeting"]), &serde_json::json!([]), &serde_json::json!(["greeting"])], "{p:?}");
     let pa = p[0]["probs"]["animal"].as_f64().unwrap();
     assert!(pa > 0.5 && pa < 1.0, "a sigmoid, not a softmax over labels: {}", p[0]);
-    let (_, json) = engram::train::evaluate_dir(&a.out, &dev_m, 64, engram::Device::Cpu, Precision::F32, ',', TagOptions::default()).unwrap();
+    let (_, json) = engram::train::evaluate_dir(&a.out, &dev_m, &EvalOptions { max_length: 64, device: engram::Device::Cpu, precision: Precision::F32, ..Default::default() }).unwrap();
     assert!(json["values"]["accuracy"].as_f64().unwrap() >= 0.8, "{json}");
 
     let mut r = args(&model, Task::Regression, tmp("regression"));
@@ -824,7 +831,7 @@ fn multilabel_and_regression_learn_the_pattern_and_save_their_problem_type() {
     }
     // What evaluation reports is what --metric may name (checked before training).
     for (task, out, data) in [(Task::Multilabel, &a.out, &a.dev), (Task::Regression, &r.out, &r.dev)] {
-        let (_, json) = engram::train::evaluate_dir(out, data, 64, engram::Device::Cpu, Precision::F32, ',', TagOptions::default()).unwrap();
+        let (_, json) = engram::train::evaluate_dir(out, data, &EvalOptions { max_length: 64, device: engram::Device::Cpu, precision: Precision::F32, ..Default::default() }).unwrap();
         let mut got: Vec<&str> = json["values"].as_object().unwrap().keys().map(|k| k.as_str()).collect();
         let mut want = task.metrics().to_vec();
         got.sort(); want.sort();
@@ -883,7 +890,7 @@ fn eval_steps_evaluates_mid_epoch_keeps_the_best_and_resumes_exactly() {
     let s = finetune(&full).unwrap();
     assert_eq!(steps(&full.out), vec![5, 10, 12]);
     // The model in OUT is the best evaluation's: re-evaluated, it scores the best metric.
-    let (_, json) = engram::train::evaluate_dir(&full.out, &full.dev, 128, engram::Device::Cpu, Precision::F32, ',', TagOptions::default()).unwrap();
+    let (_, json) = engram::train::evaluate_dir(&full.out, &full.dev, &EvalOptions { max_length: 128, device: engram::Device::Cpu, precision: Precision::F32, ..Default::default() }).unwrap();
     assert_eq!(json["values"]["accuracy"].as_f64().unwrap(), s.best_metric, "{s:?}");
     // Interrupted between two evaluations and resumed: the same weights and the same evaluations.
     let mut part = full.clone();

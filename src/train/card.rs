@@ -150,7 +150,7 @@ pub fn model_card(args: &FinetuneArgs, inputs: &CardInputs) -> String {
     let mut hp: Vec<(String, String)> = vec![
         ("learning_rate".into(), format!("{:e}", args.lr)),
         ("train_batch_size".into(), args.batch_size.to_string()),
-        ("eval_batch_size".into(), "64".into()),
+        ("eval_batch_size".into(), args.eval_batch_size.to_string()),
         ("seed".into(), args.seed.to_string()),
     ];
     if args.grad_accum > 1 {

@@ -168,6 +168,10 @@ pub struct FinetuneArgs {
     /// baseline (see `memory`). `None`: truncate to `max_length` like transformers.
     #[serde(default)]
     pub memory: Option<MemoryConfig>,
+    /// Examples per forward pass when evaluating dev and test (transformers'
+    /// `per_device_eval_batch_size`); it changes only float rounding, never which examples count.
+    #[serde(default = "default_eval_batch")]
+    pub eval_batch_size: usize,
     /// Multi-label data: the separator of the labels in one CSV/TSV field or JSON string.
     #[serde(default = "default_label_sep")]
     pub label_sep: char,
@@ -206,6 +210,13 @@ pub struct FinetuneArgs {
 fn default_adam() -> (f64, f64, f64) {
     let c = AdamWConfig::default();
     (c.beta1, c.beta2, c.eps)
+}
+
+/// Examples per forward pass in evaluation (dev, test, `engram eval`) unless told otherwise.
+pub const DEFAULT_EVAL_BATCH: usize = 64;
+
+fn default_eval_batch() -> usize {
+    DEFAULT_EVAL_BATCH
 }
 
 fn default_label_sep() -> char {
@@ -255,6 +266,7 @@ impl FinetuneArgs {
             progress: true,
             memory: None,
             label_sep: default_label_sep(),
+            eval_batch_size: DEFAULT_EVAL_BATCH,
             truncate_left: false,
             stride: None,
             label_all_tokens: false,
@@ -1014,8 +1026,8 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
     if args.max_steps == Some(0) {
         return Err(Error::Value { op: "finetune", detail: "--max-steps must be at least 1 (leave it out to train for --epochs)".into() });
     }
-    if args.batch_size == 0 || args.grad_accum == 0 || args.epochs == 0 {
-        return Err(Error::Value { op: "finetune", detail: "batch size, gradient accumulation and epochs must be at least 1".into() });
+    if args.batch_size == 0 || args.eval_batch_size == 0 || args.grad_accum == 0 || args.epochs == 0 {
+        return Err(Error::Value { op: "finetune", detail: "batch size, eval batch size, gradient accumulation and epochs must be at least 1".into() });
     }
     if !(0.0..=1.0).contains(&args.warmup_ratio) {
         return Err(Error::Value { op: "finetune", detail: format!("warmup ratio {} must be in [0, 1]", args.warmup_ratio) });
@@ -1324,7 +1336,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
     if let (Some(test), false) = (&args.test, interrupted) {
         let (best, _, _, best_mem) = load_finetuned(&args.out, args.device, if args.bf16 { Precision::Bf16 } else { Precision::F32 })?;
         let ex = load_examples(task, test, args.max_eval_examples, args.label_sep)?;
-        let ev = evaluate(&best, best_mem.as_ref(), &tok, task, &ex, &labels, 64, test, args.label_smoothing, args.tagging())?;
+        let ev = evaluate(&best, best_mem.as_ref(), &tok, task, &ex, &labels, args.eval_batch_size, test, args.label_smoothing, args.tagging())?;
         if args.progress {
             eprintln!("test ({}):\n{}", test.display(), ev.text);
         }
@@ -1352,7 +1364,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
 /// best so far, and say whether early stopping's patience has run out.
 #[allow(clippy::too_many_arguments)]
 fn dev_round(args: &FinetuneArgs, bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, dev: &[Example], labels: &[String], state: &mut TrainerState, (epoch, epochs): (usize, usize), train_loss: f64, seconds: f64) -> Result<bool> {
-    let ev = evaluate(bert, mem, tok, args.task, dev, labels, args.batch_size.max(32), &args.dev, args.label_smoothing, args.tagging())?;
+    let ev = evaluate(bert, mem, tok, args.task, dev, labels, args.eval_batch_size, &args.dev, args.label_smoothing, args.tagging())?;
     let value = *ev.values.get(&args.metric).ok_or_else(|| Error::Value {
         op: "finetune",
         detail: format!("unknown metric \"{}\" (one of: {})", args.metric, ev.values.keys().cloned().collect::<Vec<_>>().join(", ")),
@@ -1458,15 +1470,39 @@ pub fn precision_flag(p: Precision) -> &'static str {
     }
 }
 
-/// `tagging`: how token classification reads long inputs (overlapping windows, see `windows`)
-/// and words (see `words`).
-pub fn evaluate_dir(dir: &Path, data: &Path, max_length: usize, device: Device, precision: Precision, label_sep: char, tagging: TagOptions) -> Result<(String, serde_json::Value)> {
-    let (bert, task, labels, mem) = load_finetuned(dir, device, precision)?;
-    check_tagging(task, tagging, false)?;
-    let ex = load_examples(task, data, None, label_sep)?;
-    let tok = BertTokenizer::from_dir(dir, max_length.min(bert.config.max_tokens()))?.fits(bert.config.vocab_size)?;
-    let run = || evaluate(&bert, mem.as_ref(), &tok, task, &ex, &labels, 64, data, 0.0, tagging);
-    let ev = if device == Device::Cpu { crate::util::on_pool(run)? } else { run()? };
+/// How `evaluate_dir` runs a model (`engram eval`'s flags).
+#[derive(Debug, Clone, Copy)]
+pub struct EvalOptions {
+    /// Truncation length in tokens (capped at the model's positions).
+    pub max_length: usize,
+    /// Examples per forward pass.
+    pub batch_size: usize,
+    pub device: Device,
+    pub precision: Precision,
+    /// Multilabel data: the separator of the labels in one field.
+    pub label_sep: char,
+    /// Token classification: how long inputs (overlapping windows, see `windows`) and words
+    /// (see `words`) are read.
+    pub tagging: TagOptions,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        EvalOptions { max_length: 128, batch_size: DEFAULT_EVAL_BATCH, device: Device::Cpu, precision: Precision::F32, label_sep: ',', tagging: TagOptions::default() }
+    }
+}
+
+/// Score a fine-tuned model directory on a labelled file: (report text, metrics JSON).
+pub fn evaluate_dir(dir: &Path, data: &Path, opts: &EvalOptions) -> Result<(String, serde_json::Value)> {
+    if opts.batch_size == 0 {
+        return Err(Error::Value { op: "eval", detail: "--batch-size must be at least 1".into() });
+    }
+    let (bert, task, labels, mem) = load_finetuned(dir, opts.device, opts.precision)?;
+    check_tagging(task, opts.tagging, false)?;
+    let ex = load_examples(task, data, None, opts.label_sep)?;
+    let tok = BertTokenizer::from_dir(dir, opts.max_length.min(bert.config.max_tokens()))?.fits(bert.config.vocab_size)?;
+    let run = || evaluate(&bert, mem.as_ref(), &tok, task, &ex, &labels, opts.batch_size, data, 0.0, opts.tagging);
+    let ev = if opts.device == Device::Cpu { crate::util::on_pool(run)? } else { run()? };
     Ok((ev.text, serde_json::json!({ "metrics": ev.json, "values": ev.values })))
 }
 
