@@ -278,6 +278,38 @@ fn a_repeated_finetune_flag_takes_its_last_value() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// The NER flags reach the library from the command line: `--label-all-tokens` and
+/// `--aggregation` are saved with the run and shown on its model card; `eval` and `predict`
+/// take `--aggregation`; a sequence model refuses it.
+#[test]
+fn ner_sub_token_flags_reach_training_eval_and_predict() {
+    let out = std::env::temp_dir().join(format!("engram-cli-label-all-{}", std::process::id()));
+    let d = root().join("tests/fixtures/data");
+    let (train, dev) = (d.join("tiny_train.conll"), d.join("tiny_dev.conll"));
+    let (ok, _, stderr) = engram(&[
+        "finetune", "--model", "weights/tiny-bert", "--task", "ner", "--train", train.to_str().unwrap(), "--dev", dev.to_str().unwrap(),
+        "--out", out.to_str().unwrap(), "--epochs", "1", "--label-all-tokens", "--aggregation", "average", "--eval-batch-size", "3", "--quiet",
+    ]);
+    assert!(ok, "{stderr}");
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("checkpoint/training_args.json")).unwrap()).unwrap();
+    assert_eq!((&saved["label_all_tokens"], &saved["aggregation"], &saved["eval_batch_size"]), (&serde_json::json!(true), &serde_json::json!("average"), &serde_json::json!(3)));
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(card.contains("- label_all_tokens: true") && card.contains("- aggregation_strategy: average") && card.contains("- eval_batch_size: 3"), "{card}");
+    let (ok, json, stderr) = engram(&["eval", "--model", out.to_str().unwrap(), "--data", dev.to_str().unwrap(), "--aggregation", "max"]);
+    assert!(ok && stderr.contains("--aggregation max"), "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["metrics"]["aggregation"], "max");
+    let (ok, line, stderr) = engram(&["predict", "--model", out.to_str().unwrap(), "--aggregation", "max", "the brown fox"]);
+    assert!(ok, "{stderr}");
+    let p: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(p["tags"].as_array().map(|t| t.len()), Some(3), "{p}");
+    let (ok, _, stderr) = engram(&["predict", "--model", "weights/tiny-bert", "--aggregation", "average", "x"]);
+    assert!(!ok && stderr.contains("--aggregation") && !stderr.contains("panicked"), "{stderr}");
+    let (ok, _, stderr) = engram(&["predict", "--model", out.to_str().unwrap(), "--aggregation", "mean", "x"]);
+    assert!(!ok && stderr.contains("first") && stderr.contains("average"), "an unknown strategy lists the known ones: {stderr}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 /// `--threads N` sizes the kernels' pool, and the results do not depend on it: the kernels split
 /// work into fixed blocks, not per thread (MiniLM when installed, else the tiny BERT).
 #[test]
