@@ -300,6 +300,10 @@ enum Cmd {
         /// Examples per forward pass.
         #[arg(long, default_value_t = engram::train::trainer::DEFAULT_EVAL_BATCH)]
         batch_size: usize,
+        /// Also write each example's input, gold answer and prediction to FILE (JSONL, in the
+        /// data's order; the score is the predicted label's probability).
+        #[arg(long, value_name = "FILE")]
+        predictions: Option<PathBuf>,
         /// NER: read inputs longer than --max-length in overlapping windows sharing up to N
         /// tokens (transformers' stride), each word tagged by the window where it has the most
         /// context; without it they are truncated.
@@ -438,7 +442,7 @@ fn main() -> ExitCode {
             })
         }
         Cmd::Finetune(f) => finetune(*f).map(|_| ExitCode::SUCCESS),
-        Cmd::Eval { model, data, max_length, device, int8, bf16, label_sep, batch_size, stride, aggregation } => engram::train::evaluate_dir(&model, &data, &engram::train::EvalOptions { max_length, batch_size, device: device.into(), precision: precision(int8, bf16), label_sep, tagging: engram::train::TagOptions { stride, aggregation: aggregation.into() } }).map(|(text, json)| {
+        Cmd::Eval { model, data, max_length, device, int8, bf16, label_sep, batch_size, predictions, stride, aggregation } => engram::train::evaluate_dir(&model, &data, &engram::train::EvalOptions { max_length, batch_size, device: device.into(), precision: precision(int8, bf16), label_sep, tagging: engram::train::TagOptions { stride, aggregation: aggregation.into() }, predictions }).map(|(text, json)| {
             eprint!("{text}");
             println!("{}", serde_json::to_string_pretty(&json).expect("metrics serialise"));
             ExitCode::SUCCESS

@@ -130,6 +130,32 @@ fn resume_from_a_mid_run_checkpoint_gives_bitwise_identical_weights() {
     }
 }
 
+/// A predictions file (`test_predictions.jsonl`, `eval --predictions`): one row per example of
+/// `data`, in its order, each with the gold answer and what `predict` answers for that input.
+fn check_predictions(model: &Path, rows: &Path, gold_rows: usize) {
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(rows).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), gold_rows);
+    let texts: Vec<String> = rows.iter().map(|r| match (&r["text"], &r["tokens"]) {
+        (serde_json::Value::String(t), _) => t.clone(),
+        (_, serde_json::Value::Array(w)) => w.iter().map(|w| w.as_str().unwrap()).collect::<Vec<_>>().join(" "),
+        _ => panic!("{r}"),
+    }).collect();
+    let p = predict_dir(model, &texts, 128, 8, engram::Device::Cpu, Precision::F32, false, None).unwrap();
+    for (r, p) in rows.iter().zip(&p) {
+        assert!(!r["gold"].is_null(), "{r}");
+        if let Some(label) = p["label"].as_str() {
+            assert_eq!(r["predicted"], label, "{r} vs {p}");
+            assert!((r["score"].as_f64().unwrap() - p["probs"][label].as_f64().unwrap()).abs() < 1e-5, "{r} vs {p}");
+        } else if let Some(score) = p["score"].as_f64() {
+            assert!((r["predicted"].as_f64().unwrap() - score).abs() < 1e-5, "{r} vs {p}");
+        } else if p["tags"].is_array() {
+            assert_eq!(r["predicted"], p["tags"], "{r} vs {p}");
+        } else {
+            assert_eq!(r["predicted"], p["labels"], "{r} vs {p}");
+        }
+    }
+}
+
 #[test]
 fn output_dir_is_an_hf_model_that_reloads_with_the_same_predictions() {
     let model = root().join("weights/tiny-bert");
@@ -152,6 +178,14 @@ fn output_dir_is_an_hf_model_that_reloads_with_the_same_predictions() {
     assert!(card.contains("pipeline_tag: text-classification") && card.contains(&format!("- Accuracy: {acc:.4}\n")), "{card}");
     let rows = card.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| Training Loss")).count();
     assert_eq!(rows, a.epochs, "{card}");
+    // The test split's predictions, in the file's order; they score the reported accuracy.
+    let test_rows = std::fs::read_to_string(a.test.as_ref().unwrap()).unwrap().lines().count() - 1;
+    check_predictions(&a.out, &a.out.join("test_predictions.jsonl"), test_rows);
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(a.out.join("test_predictions.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let first_text = std::fs::read_to_string(a.test.as_ref().unwrap()).unwrap().lines().nth(1).unwrap().split(',').next().unwrap().to_string();
+    assert_eq!(rows[0]["text"], first_text.as_str());
+    let right = rows.iter().filter(|r| r["gold"] == r["predicted"]).count() as f64 / rows.len() as f64;
+    assert!((right - acc).abs() < 1e-12, "{right} vs {acc}");
     let texts = vec!["the cat is nice and warm".to_string(), "my lazy dog".to_string()];
     let p1 = predict_dir(&a.out, &texts, 64, 8, engram::Device::Cpu, Precision::F32, false, None).unwrap();
     let p2 = predict_dir(&a.out, &texts, 64, 1, engram::Device::Cpu, Precision::F32, false, None).unwrap();
@@ -611,8 +645,12 @@ fn ner_label_all_tokens_trains_and_aggregation_reads_every_sub_token() {
     std::fs::write(&dev, conll).unwrap();
     let gold: Vec<Vec<String>> = texts.iter().map(|t| tags_by_hand(&raw.out, t, Aggregation::First)).collect();
     for agg in [Aggregation::First, Aggregation::Average, Aggregation::Max] {
-        let (text, json) = engram::train::evaluate_dir(&raw.out, &dev, &EvalOptions { max_length: 64, device: engram::Device::Cpu, precision: Precision::F32, tagging: TagOptions { stride: None, aggregation: agg }, ..Default::default() }).unwrap();
+        let rows = raw.out.join("dev_predictions.jsonl");
+        let (text, json) = engram::train::evaluate_dir(&raw.out, &dev, &EvalOptions { max_length: 64, tagging: TagOptions { stride: None, aggregation: agg }, predictions: Some(rows.clone()), ..Default::default() }).unwrap();
         let pred: Vec<Vec<String>> = texts.iter().map(|t| tags_by_hand(&raw.out, t, agg)).collect();
+        let rows: Vec<serde_json::Value> = std::fs::read_to_string(&rows).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(rows.iter().map(|r| r["predicted"].clone()).collect::<Vec<_>>(), pred.iter().map(|p| serde_json::json!(p)).collect::<Vec<_>>(), "{agg:?}");
+        assert_eq!(rows.iter().map(|r| r["gold"].clone()).collect::<Vec<_>>(), gold.iter().map(|p| serde_json::json!(p)).collect::<Vec<_>>());
         let want = engram::train::metrics::entity_report(&gold, &pred).overall.f1;
         assert!((json["values"]["entity_f1"].as_f64().unwrap() - want).abs() < 1e-12, "{agg:?}: eval {} vs {want}", json["values"]["entity_f1"]);
         assert_eq!(json["metrics"]["aggregation"], serde_json::json!(agg.name()));
@@ -831,7 +869,10 @@ fn multilabel_and_regression_learn_the_pattern_and_save_their_problem_type() {
     }
     // What evaluation reports is what --metric may name (checked before training).
     for (task, out, data) in [(Task::Multilabel, &a.out, &a.dev), (Task::Regression, &r.out, &r.dev)] {
-        let (_, json) = engram::train::evaluate_dir(out, data, &EvalOptions { max_length: 64, device: engram::Device::Cpu, precision: Precision::F32, ..Default::default() }).unwrap();
+        let rows = out.join("dev_predictions.jsonl");
+        let (_, json) = engram::train::evaluate_dir(out, data, &EvalOptions { max_length: 64, device: engram::Device::Cpu, precision: Precision::F32, predictions: Some(rows.clone()), ..Default::default() }).unwrap();
+        let header = usize::from(data.extension().is_some_and(|e| e == "csv" || e == "tsv"));
+        check_predictions(out, &rows, std::fs::read_to_string(data).unwrap().lines().filter(|l| !l.trim().is_empty()).count() - header);
         let mut got: Vec<&str> = json["values"].as_object().unwrap().keys().map(|k| k.as_str()).collect();
         let mut want = task.metrics().to_vec();
         got.sort(); want.sort();

@@ -714,6 +714,38 @@ pub struct Evaluation {
     pub json: serde_json::Value,
     pub text: String,
     pub values: BTreeMap<String, f64>,
+    /// One JSON object per example, in the file's order: its input, the gold answer and the
+    /// model's (`--test`'s `test_predictions.jsonl`, `engram eval --predictions`).
+    pub predictions: Vec<serde_json::Value>,
+}
+
+/// Predictions rows as JSONL.
+fn write_predictions(path: &Path, rows: &[serde_json::Value]) -> Result<()> {
+    let mut text = String::new();
+    for r in rows {
+        text.push_str(&r.to_string());
+        text.push('\n');
+    }
+    write_atomic(path, text.as_bytes())
+}
+
+/// The input and gold answer of an example, for its predictions row.
+fn prediction_row(e: &Example) -> serde_json::Value {
+    match e {
+        Example::Tokens { words, tags, .. } => serde_json::json!({ "tokens": words, "gold": tags }),
+        Example::Seq { text, text_pair, target } => {
+            let mut row = serde_json::json!({ "text": text });
+            if let Some(p) = text_pair {
+                row["text_pair"] = serde_json::json!(p);
+            }
+            row["gold"] = match target {
+                Target::Class(l) => serde_json::json!(l),
+                Target::Labels(ls) => serde_json::json!(ls),
+                Target::Score(x) => serde_json::json!(x),
+            };
+            row
+        }
+    }
 }
 
 /// `label_smoothing`: the training loss's, so the dev loss is the same quantity (as transformers'
@@ -734,6 +766,7 @@ fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: 
     // Sequence tasks run in order of length (less padding; their metrics and mean loss do not
     // depend on the order). NER keeps the file's batches: its loss is a mean per batch.
     let order: Vec<usize> = if task == Task::Ner { (0..items.len()).collect() } else { by_length(ex.iter().map(example_chars)) };
+    let mut rows: Vec<serde_json::Value> = ex.iter().map(prediction_row).collect();
     for idx in order.chunks(batch_size.max(1)) {
         let chunk: Vec<&Example> = idx.iter().map(|&k| items[k].2).collect();
         let refs = &chunk;
@@ -752,10 +785,17 @@ fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: 
                 // A label is predicted when its sigmoid passes 0.5, i.e. its logit passes 0.
                 gold_multi.extend(y.to_f64_vec().iter().map(|&v| v > 0.5));
                 pred_multi.extend(out.iter().map(|&v| v > 0.0));
+                for (&k, row) in idx.iter().zip(out.chunks(labels.len())) {
+                    let on: Vec<&String> = labels.iter().zip(row).filter(|(_, &v)| v > 0.0).map(|(l, _)| l).collect();
+                    rows[k]["predicted"] = serde_json::json!(on);
+                }
                 continue;
             }
             Task::Regression => {
                 gold_score.extend(y.to_f64_vec());
+                for (&k, &v) in idx.iter().zip(&out) {
+                    rows[k]["predicted"] = serde_json::json!(v);
+                }
                 pred_score.extend(out);
                 continue;
             }
@@ -777,7 +817,13 @@ fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: 
             }
             _ => {
                 gold.extend(y.ids("eval")?.iter().map(|&v| v as usize));
-                pred.extend(argmax_rows(&out, labels.len()));
+                let best = argmax_rows(&out, labels.len());
+                for ((&k, &c), row) in idx.iter().zip(&best).zip(out.chunks(labels.len())) {
+                    let z: f64 = row.iter().map(|&x| (x - row[c]).exp()).sum();
+                    rows[k]["predicted"] = serde_json::json!(labels[c]);
+                    rows[k]["score"] = serde_json::json!(round6(1.0 / z));
+                }
+                pred.extend(best);
             }
         }
     }
@@ -800,6 +846,11 @@ fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: 
             tagging.stride.unwrap_or(0)
         ));
     }
+    if task == Task::Ner {
+        for (row, tags) in rows.iter_mut().zip(&pred_tags) {
+            row["predicted"] = serde_json::json!(tags);
+        }
+    }
     let mut ev = if task == Task::Ner {
         let r: EntityReport = entity_report(&gold_tags, &pred_tags);
         // Tag-level report over words, for macro F1 across tags.
@@ -818,6 +869,7 @@ fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: 
                 a => format!("{}loss {loss:.4}\nwords tagged from all their sub-tokens (--aggregation {})\n", r.table(), a.name()),
             },
             values,
+            predictions: Vec::new(),
         }
     } else if task == Task::Multilabel {
         let r = multilabel_report(&gold_multi, &pred_multi, labels);
@@ -826,26 +878,27 @@ fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: 
         values.insert("micro_precision".into(), r.micro.precision);
         values.insert("micro_recall".into(), r.micro.recall);
         values.insert("macro_f1".into(), r.macro_f1);
-        Evaluation { json: serde_json::json!({ "loss": loss, "report": r }), text: format!("{}loss {loss:.4}\n", r.table()), values }
+        Evaluation { json: serde_json::json!({ "loss": loss, "report": r }), text: format!("{}loss {loss:.4}\n", r.table()), values, predictions: Vec::new() }
     } else if task == Task::Regression {
         let r = regression_report(&gold_score, &pred_score);
         values.insert("pearson".into(), r.pearson);
         values.insert("spearman".into(), r.spearman);
         values.insert("mse".into(), r.mse);
         values.insert("mae".into(), r.mae);
-        Evaluation { json: serde_json::json!({ "loss": loss, "report": r }), text: format!("{}loss {loss:.4}\n", r.table()), values }
+        Evaluation { json: serde_json::json!({ "loss": loss, "report": r }), text: format!("{}loss {loss:.4}\n", r.table()), values, predictions: Vec::new() }
     } else {
         let r = classification_report(&gold, &pred, labels);
         values.insert("accuracy".into(), r.accuracy);
         values.insert("macro_f1".into(), r.macro_f1);
         let confusion = r.confusion_table(10).unwrap_or_default();
-        Evaluation { json: serde_json::json!({ "loss": loss, "report": r }), text: format!("{}loss {loss:.4}\n{confusion}", r.table()), values }
+        Evaluation { json: serde_json::json!({ "loss": loss, "report": r }), text: format!("{}loss {loss:.4}\n{confusion}", r.table()), values, predictions: Vec::new() }
     };
     ev.json["truncated"] = serde_json::json!(truncated);
     if win.is_some() {
         ev.json["windowed"] = serde_json::json!(windowed_inputs);
     }
     ev.text.push_str(&cut);
+    ev.predictions = rows;
     Ok(ev)
 }
 
@@ -1340,6 +1393,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
         if args.progress {
             eprintln!("test ({}):\n{}", test.display(), ev.text);
         }
+        write_predictions(&args.out.join("test_predictions.jsonl"), &ev.predictions)?;
         state.history.push(serde_json::json!({ "test": { "metrics": ev.json, "values": ev.values } }));
         test_json = Some(serde_json::json!(ev.values));
         write_metrics(args, &state, steps_per_epoch)?;
@@ -1471,7 +1525,7 @@ pub fn precision_flag(p: Precision) -> &'static str {
 }
 
 /// How `evaluate_dir` runs a model (`engram eval`'s flags).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EvalOptions {
     /// Truncation length in tokens (capped at the model's positions).
     pub max_length: usize,
@@ -1484,11 +1538,13 @@ pub struct EvalOptions {
     /// Token classification: how long inputs (overlapping windows, see `windows`) and words
     /// (see `words`) are read.
     pub tagging: TagOptions,
+    /// Write each example's input, gold answer and prediction here (JSONL, the file's order).
+    pub predictions: Option<PathBuf>,
 }
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        EvalOptions { max_length: 128, batch_size: DEFAULT_EVAL_BATCH, device: Device::Cpu, precision: Precision::F32, label_sep: ',', tagging: TagOptions::default() }
+        EvalOptions { max_length: 128, batch_size: DEFAULT_EVAL_BATCH, device: Device::Cpu, precision: Precision::F32, label_sep: ',', tagging: TagOptions::default(), predictions: None }
     }
 }
 
@@ -1503,6 +1559,9 @@ pub fn evaluate_dir(dir: &Path, data: &Path, opts: &EvalOptions) -> Result<(Stri
     let tok = BertTokenizer::from_dir(dir, opts.max_length.min(bert.config.max_tokens()))?.fits(bert.config.vocab_size)?;
     let run = || evaluate(&bert, mem.as_ref(), &tok, task, &ex, &labels, opts.batch_size, data, 0.0, opts.tagging);
     let ev = if opts.device == Device::Cpu { crate::util::on_pool(run)? } else { run()? };
+    if let Some(path) = &opts.predictions {
+        write_predictions(path, &ev.predictions)?;
+    }
     Ok((ev.text, serde_json::json!({ "metrics": ev.json, "values": ev.values })))
 }
 
