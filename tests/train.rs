@@ -93,9 +93,12 @@ fn resume_from_a_mid_run_checkpoint_gives_bitwise_identical_weights() {
         part.out = tmp(&format!("part-{tag}"));
         part.stop_after_steps = Some(3); // mid-epoch (6 steps per epoch)
         finetune(&part).unwrap();
+        assert!(!part.out.join("all_results.json").exists(), "an interrupted run has no final results");
         part.stop_after_steps = None;
         part.resume = true;
         finetune(&part).unwrap();
+        let all: serde_json::Value = serde_json::from_slice(&std::fs::read(part.out.join("all_results.json")).unwrap()).unwrap();
+        assert_eq!(all["epoch"], serde_json::json!(full.epochs as f64), "{all}");
         let a = std::fs::read(full.out.join("checkpoint/model.safetensors")).unwrap();
         let b = std::fs::read(part.out.join("checkpoint/model.safetensors")).unwrap();
         assert!(a == b, "{tag}: resumed weights differ from the uninterrupted run");
@@ -169,7 +172,7 @@ fn output_dir_is_an_hf_model_that_reloads_with_the_same_predictions() {
     assert_eq!(cfg["label2id"]["pos"], 1);
     let names: Vec<String> = read_safetensors(a.out.join("model.safetensors")).unwrap().into_keys().collect();
     assert!(names.contains(&"bert.encoder.layer.1.output.dense.weight".to_string()) && names.contains(&"classifier.weight".to_string()));
-    for f in ["tokenizer.json", "metrics.json", "training.svg", "checkpoint/trainer_state.json", "README.md"] {
+    for f in ["tokenizer.json", "metrics.json", "training.svg", "checkpoint/trainer_state.json", "README.md", "all_results.json"] {
         assert!(a.out.join(f).is_file(), "{f} missing");
     }
     // The model card: the test split's accuracy, as the run reported it, and a row per epoch.
@@ -178,6 +181,16 @@ fn output_dir_is_an_hf_model_that_reloads_with_the_same_predictions() {
     assert!(card.contains("pipeline_tag: text-classification") && card.contains(&format!("- Accuracy: {acc:.4}\n")), "{card}");
     let rows = card.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| Training Loss")).count();
     assert_eq!(rows, a.epochs, "{card}");
+    // all_results.json in transformers' names: the kept dev evaluation's, the test split's, the run's.
+    let all: serde_json::Value = serde_json::from_slice(&std::fs::read(a.out.join("all_results.json")).unwrap()).unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(a.out.join("metrics.json")).unwrap()).unwrap();
+    let best = m["epochs"].as_array().unwrap().iter().find(|e| e["step"] == m["best_step"]).unwrap();
+    assert_eq!((&all["eval_accuracy"], &all["eval_loss"]), (&best["values"]["accuracy"], &best["dev"]["loss"]), "{all}");
+    assert_eq!(all["test_accuracy"].as_f64(), Some(acc));
+    let steps = m["loss_per_step"].as_array().unwrap();
+    let mean = steps.iter().map(|x| x[1].as_f64().unwrap()).sum::<f64>() / steps.len() as f64;
+    assert!((all["train_loss"].as_f64().unwrap() - mean).abs() < 1e-12 && all["epoch"] == serde_json::json!(a.epochs as f64), "{all}");
+    assert!(all["train_samples_per_second"].as_f64().unwrap() > 0.0 && all["train_runtime"].as_f64().unwrap() > 0.0, "{all}");
     // The test split's predictions, in the file's order; they score the reported accuracy.
     let test_rows = std::fs::read_to_string(a.test.as_ref().unwrap()).unwrap().lines().count() - 1;
     check_predictions(&a.out, &a.out.join("test_predictions.jsonl"), test_rows);

@@ -1242,6 +1242,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
     }
     let train_lens: Vec<usize> = if args.group_by_length { train.iter().map(example_chars).collect() } else { Vec::new() };
     let start = Instant::now();
+    let first_step = state.global_step;
     let (mut seen_examples, mut seen_tokens) = (0usize, 0usize);
     // --profile: per-op times of the training tapes, and wall time of what runs around them.
     let mut prof = Profile::default();
@@ -1398,6 +1399,10 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
         test_json = Some(serde_json::json!(ev.values));
         write_metrics(args, &state, steps_per_epoch)?;
     }
+    if !interrupted {
+        let run = RunTotals { seconds: secs, examples: seen_examples, steps: state.global_step - first_step, steps_per_epoch };
+        write_atomic(&args.out.join("all_results.json"), serde_json::to_string_pretty(&all_results(&state, run)).expect("results serialise").as_bytes())?;
+    }
     Ok(Summary {
         best_metric: state.best_metric.unwrap_or(f64::NAN),
         best_epoch: state.best_epoch.unwrap_or(0),
@@ -1412,6 +1417,42 @@ pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
         interrupted,
         global_step: state.global_step,
     })
+}
+
+/// What this process trained: for `all_results.json`'s throughput.
+struct RunTotals {
+    seconds: f64,
+    examples: usize,
+    steps: u64,
+    steps_per_epoch: u64,
+}
+
+/// `all_results.json` as transformers' example scripts write it (`trainer.save_metrics`):
+/// `epoch`, `train_loss` (the mean step loss), `train_runtime` and throughput of this run,
+/// `eval_*` of the kept (best) dev evaluation and `test_*` of the test split.
+fn all_results(state: &TrainerState, run: RunTotals) -> serde_json::Value {
+    let mut all = serde_json::Map::new();
+    let round = |x: f64, d: i32| (x * 10f64.powi(d)).round() / 10f64.powi(d);
+    all.insert("epoch".into(), serde_json::json!(round(state.global_step as f64 / run.steps_per_epoch.max(1) as f64, 4)));
+    let losses: Vec<f64> = state.loss_log.iter().map(|&(_, l)| l).collect();
+    if !losses.is_empty() {
+        all.insert("train_loss".into(), serde_json::json!(losses.iter().sum::<f64>() / losses.len() as f64));
+    }
+    all.insert("train_runtime".into(), serde_json::json!(round(run.seconds, 4)));
+    all.insert("train_samples_per_second".into(), serde_json::json!(round(run.examples as f64 / run.seconds.max(1e-9), 3)));
+    all.insert("train_steps_per_second".into(), serde_json::json!(round(run.steps as f64 / run.seconds.max(1e-9), 3)));
+    let best = state.history.iter().filter(|h| h.get("epoch").is_some()).find(|h| state.best_step.is_some() && h["step"].as_u64() == state.best_step);
+    if let Some(values) = best.and_then(|b| b["values"].as_object()) {
+        for (k, v) in values {
+            all.insert(format!("eval_{k}"), v.clone());
+        }
+    }
+    if let Some(values) = state.history.iter().find_map(|h| h.get("test")).and_then(|t| t["values"].as_object()) {
+        for (k, v) in values {
+            all.insert(format!("test_{k}"), v.clone());
+        }
+    }
+    serde_json::Value::Object(all)
 }
 
 /// One evaluation on dev during training: record it, keep the model in `args.out` when it is the
@@ -1441,7 +1482,7 @@ fn dev_round(args: &FinetuneArgs, bert: &Bert, mem: Option<&MemoryConfig>, tok: 
     }
     state.history.push(serde_json::json!({
         "epoch": epoch + 1, "step": state.global_step, "train_loss": train_loss,
-        "dev": ev.json, args.metric.clone(): value, "seconds": seconds,
+        "dev": ev.json, "values": ev.values, args.metric.clone(): value, "seconds": seconds,
     }));
     state.last_eval_step = Some(state.global_step);
     if better {
