@@ -1074,8 +1074,18 @@ fn check_finite(what: &str, v: f64, state: &TrainerState, out: &Path) -> Result<
 }
 
 /// Fine-tune `args.model` on `args.train`, evaluating on `args.dev` every epoch; the best model
-/// goes to `args.out` (HF format), the resumable state to `args.out/checkpoint`.
+/// goes to `args.out` (HF format), the resumable state to `args.out/checkpoint`. On the CPU the
+/// whole run is driven from a worker of the thread pool (`util::on_pool`), so each op's
+/// parallel loop starts without a hand-over to the pool.
 pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
+    if args.device == Device::Cpu {
+        crate::util::on_pool(|| finetune_here(args))
+    } else {
+        finetune_here(args)
+    }
+}
+
+fn finetune_here(args: &FinetuneArgs) -> Result<Summary> {
     if args.max_steps == Some(0) {
         return Err(Error::Value { op: "finetune", detail: "--max-steps must be at least 1 (leave it out to train for --epochs)".into() });
     }
