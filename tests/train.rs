@@ -395,7 +395,7 @@ fn bad_data_is_an_error_naming_the_file_and_line() {
     let cases: [(Task, &str, &str, &str); 6] = [
         (Task::Regression, "r.csv", "text,label\nx,0.5\ny,high\n", "line 3: label \"high\" is not a finite number"),
         (Task::Regression, "r.jsonl", "{\"text\": \"x\", \"label\": 1}\n{\"text\": \"y\", \"label\": \"NaN\"}\n", "line 2: label \"NaN\" is not a finite number"),
-        (Task::Regression, "r2.jsonl", "{\"text\": \"x\", \"label\": [1]}\n", "needs a string \"text\" and a number \"label\""),
+        (Task::Regression, "r2.jsonl", "{\"text\": \"x\", \"label\": [1]}\n", "and a number \"label\""),
         (Task::Multilabel, "m.jsonl", "{\"text\": \"x\", \"labels\": [\"a\", {}]}\n", "line 1: the labels array must hold strings or numbers"),
         (Task::Multilabel, "m.csv", "text,tags\nx,a\n", "\"label\" or \"labels\""),
         (Task::Multilabel, "m2.csv", "text,labels\nx,\ny,\n", "no example has a label"),

@@ -98,6 +98,25 @@ fn json_target(path: &Path, line: usize, v: &serde_json::Value, kind: TargetKind
     })
 }
 
+/// The text column(s) of a sequence file, from the names it has: ours (`text`, optional
+/// `text_pair`), else the GLUE names transformers' run_glue knows (`sentence1`/`sentence2`,
+/// `premise`/`hypothesis`, `question1`/`question2`, `question`/`sentence`, `sentence`), so an
+/// exported HF dataset reads as it is.
+fn text_columns(has: impl Fn(&str) -> bool) -> Option<(&'static str, Option<&'static str>)> {
+    if has("text") {
+        return Some(("text", has("text_pair").then_some("text_pair")));
+    }
+    for (a, b) in [("sentence1", "sentence2"), ("premise", "hypothesis"), ("question1", "question2"), ("question", "sentence")] {
+        if has(a) && has(b) {
+            return Some((a, Some(b)));
+        }
+    }
+    has("sentence").then_some(("sentence", None))
+}
+
+/// What `text_columns` accepts, for errors.
+const TEXT_COLUMNS: &str = "\"text\" (optional \"text_pair\"), or GLUE's \"sentence\", \"sentence1\"/\"sentence2\", \"premise\"/\"hypothesis\", \"question1\"/\"question2\", \"question\"/\"sentence\"";
+
 fn read(path: &Path) -> Result<String> {
     match std::fs::read_to_string(path) {
         // A UTF-8 byte-order mark (spreadsheet exports) is not part of the first column's name.
@@ -253,25 +272,28 @@ pub fn load_sequences(path: impl AsRef<Path>, kind: TargetKind) -> Result<Vec<Ex
     match ext(path).as_str() {
         "jsonl" | "json" => {
             for (line, v) in json_lines(path, &text)? {
-                let t = v.get("text").and_then(scalar);
+                let cols = text_columns(|k| v.get(k).is_some());
+                let t = cols.and_then(|(a, _)| v.get(a)).and_then(scalar);
                 let label = label_keys.iter().find_map(|k| v.get(*k));
                 let target = match label {
                     Some(l) => json_target(path, line, l, kind)?,
                     None => None,
                 };
                 let (Some(t), Some(target)) = (t, target) else {
-                    return file_err(path, format!("line {line}: needs a string \"text\" and {what} (found {})", keys(&v)));
+                    return file_err(path, format!("line {line}: needs a string {TEXT_COLUMNS}, and {what} (found {})", keys(&v)));
                 };
-                out.push(Example::Seq { text: t, text_pair: v.get("text_pair").and_then(scalar), target });
+                let text_pair = cols.and_then(|(_, b)| v.get(b?)).and_then(scalar);
+                out.push(Example::Seq { text: t, text_pair, target });
             }
         }
         e @ ("csv" | "tsv") => {
             let delim = if e == "csv" { ',' } else { '\t' };
             let table = Table::parse(path, &text, delim)?;
-            let (Some(ti), Some(li)) = (table.col("text"), label_keys.iter().find_map(|k| table.col(k))) else {
-                return file_err(path, format!("the header must name the columns \"text\" and \"{}\" (found {:?})", label_keys.join("\" or \""), table.header));
+            let cols = text_columns(|k| table.col(k).is_some());
+            let (Some(ti), Some(li)) = (cols.and_then(|(a, _)| table.col(a)), label_keys.iter().find_map(|k| table.col(k))) else {
+                return file_err(path, format!("the header must name the text column(s), {TEXT_COLUMNS}, and \"{}\" (found {:?})", label_keys.join("\" or \""), table.header));
             };
-            let pi = table.col("text_pair");
+            let pi = cols.and_then(|(_, b)| table.col(b?));
             for (line, r) in table.records(path)? {
                 let l = r[li].trim();
                 let target = match kind {
@@ -306,8 +328,9 @@ pub fn load_texts(path: impl AsRef<Path>) -> Result<Vec<String>> {
     match ext(path).as_str() {
         "jsonl" | "json" => {
             for (line, v) in json_lines(path, &text)? {
-                let pair = v.get("text_pair").and_then(|p| p.as_str()).map(str::to_string);
-                let t = match (v.get("text"), v.get("tokens")) {
+                let cols = text_columns(|k| v.get(k).is_some());
+                let pair = cols.and_then(|(_, b)| v.get(b?)).and_then(|p| p.as_str()).map(str::to_string);
+                let t = match (cols.and_then(|(a, _)| v.get(a)), v.get("tokens")) {
                     (Some(serde_json::Value::String(t)), _) => t.clone(),
                     (None, Some(serde_json::Value::Array(words))) if words.iter().all(|w| w.is_string()) => {
                         words.iter().filter_map(|w| w.as_str()).collect::<Vec<_>>().join(" ")
@@ -320,10 +343,11 @@ pub fn load_texts(path: impl AsRef<Path>) -> Result<Vec<String>> {
         e @ ("csv" | "tsv") => {
             let delim = if e == "csv" { ',' } else { '\t' };
             let table = Table::parse(path, &text, delim)?;
-            let Some(ti) = table.col("text") else {
-                return file_err(path, format!("the header must name a \"text\" column (found {:?})", table.header));
+            let cols = text_columns(|k| table.col(k).is_some());
+            let Some(ti) = cols.and_then(|(a, _)| table.col(a)) else {
+                return file_err(path, format!("the header must name the text column(s), {TEXT_COLUMNS} (found {:?})", table.header));
             };
-            let pi = table.col("text_pair");
+            let pi = cols.and_then(|(_, b)| table.col(b?));
             for (_, r) in table.records(path)? {
                 out.push(joined(r[ti].clone(), pi.map(|p| r[p].clone())));
             }
@@ -413,13 +437,44 @@ mod tests {
         let ex = load_classification(&p).unwrap();
         assert!(matches!(&ex[0], Example::Seq { text, target: Target::Class(label), .. } if text == "hello" && label == "pos"));
         let p = dir.join("glue.jsonl");
-        std::fs::write(&p, "{\"sentence\": \"a\", \"label\": 1}\n").unwrap();
+        std::fs::write(&p, "{\"sentence\": \"a\", \"label\": 1}\n{\"sentences\": \"a\", \"label\": 1}\n").unwrap();
         let e = load_classification(&p).unwrap_err().to_string();
-        assert!(e.contains("glue.jsonl") && e.contains("line 1") && e.contains("sentence: string, label: number"), "{e}");
+        assert!(e.contains("glue.jsonl") && e.contains("line 2") && e.contains("sentences: string, label: number") && e.contains("\"sentence1\""), "{e}");
         let p = dir.join("ner.jsonl");
         std::fs::write(&p, "{\"tokens\": [\"a\"], \"ner_tags\": [3]}\n").unwrap();
         let e = load_token_classification(&p).unwrap_err().to_string();
         assert!(e.contains("tokens: array of strings, ner_tags: array)"), "{e}");
+    }
+
+    /// Files exported from HF datasets keep GLUE's column names; they read as ours do, in
+    /// training and prediction, with `text` winning where a file has both.
+    #[test]
+    fn glue_column_names_are_read_as_text_and_text_pair() {
+        let dir = std::env::temp_dir().join(format!("engram-data-glue-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let seq = |text: &str, pair: Option<&str>, label: &str| Example::Seq { text: text.into(), text_pair: pair.map(String::from), target: Target::Class(label.into()) };
+        let cases: [(&str, &str, Example); 7] = [
+            ("cola.jsonl", "{\"sentence\": \"a b\", \"label\": 1, \"idx\": 0}\n", seq("a b", None, "1")),
+            ("mrpc.jsonl", "{\"sentence1\": \"a\", \"sentence2\": \"b\", \"label\": 0}\n", seq("a", Some("b"), "0")),
+            ("mnli.jsonl", "{\"premise\": \"p\", \"hypothesis\": \"h\", \"label\": 2}\n", seq("p", Some("h"), "2")),
+            ("qqp.jsonl", "{\"question1\": \"q1\", \"question2\": \"q2\", \"label\": 1}\n", seq("q1", Some("q2"), "1")),
+            ("qnli.jsonl", "{\"question\": \"q\", \"sentence\": \"s\", \"label\": \"entailment\"}\n", seq("q", Some("s"), "entailment")),
+            ("rte.csv", "idx,sentence1,sentence2,label\n0,x y,z,1\n", seq("x y", Some("z"), "1")),
+            ("ours.tsv", "sentence\ttext\tlabel\nnot this\tthis\tpos\n", seq("this", None, "pos")),
+        ];
+        for (name, body, want) in cases {
+            let p = dir.join(name);
+            std::fs::write(&p, body).unwrap();
+            let ex = load_classification(&p).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(ex, vec![want.clone()], "{name}");
+            let Example::Seq { text, text_pair, .. } = want else { unreachable!() };
+            let joined = match text_pair { Some(p) => format!("{text}\t{p}"), None => text };
+            assert_eq!(load_texts(&p).unwrap(), vec![joined], "{name}");
+        }
+        let p = dir.join("half.csv");
+        std::fs::write(&p, "sentence1,label\nx,1\n").unwrap();
+        let e = load_classification(&p).unwrap_err().to_string();
+        assert!(e.contains("half.csv") && e.contains("\"sentence1\"/\"sentence2\"") && e.contains("[\"sentence1\", \"label\"]"), "{e}");
     }
 
     #[test]
