@@ -176,6 +176,10 @@ struct FinetuneCli {
     /// Early stopping: epochs without improvement of --metric before stopping.
     #[arg(long)]
     patience: Option<usize>,
+    /// Early stopping: an evaluation counts as an improvement only when it beats the best by
+    /// more than this (the best model is still kept on any gain).
+    #[arg(long, default_value_t = 0.0, value_name = "DELTA")]
+    early_stopping_threshold: f64,
     /// Dev metric for early stopping and the best checkpoint: accuracy | macro_f1 (classify,
     /// pair), entity_f1 (ner), micro_f1 (multilabel), pearson | spearman | mse (regression), loss
     /// (default: entity_f1 for ner, micro_f1 for multilabel, pearson for regression, else accuracy).
@@ -530,6 +534,7 @@ fn finetune(f: FinetuneCli) -> Result<()> {
     a.momentum = f.momentum;
     a.freeze_backbone = f.freeze_backbone;
     a.patience = f.patience;
+    a.early_stopping_threshold = f.early_stopping_threshold;
     if let Some(m) = f.metric {
         a.metric = m;
     }

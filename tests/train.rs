@@ -965,6 +965,22 @@ fn eval_steps_evaluates_mid_epoch_keeps_the_best_and_resumes_exactly() {
     p.eval_steps = Some(0);
     let e = finetune(&p).unwrap_err().to_string();
     assert!(e.contains("--eval-steps"), "{e}");
+    // --early-stopping-threshold: a gain no larger than it counts against the patience, but the
+    // better model is still kept. Dev loss (lower is better) while it trains; no gain can pass 10.
+    let mut t = args(&model, Task::Ner, tmp("eval-steps-threshold"));
+    (t.eval_steps, t.patience, t.metric, t.early_stopping_threshold, t.lr, t.batch_size) = (Some(2), Some(1), "loss".into(), 10.0, 5e-3, 4);
+    let s = finetune(&t).unwrap();
+    assert!(s.stopped_early && s.global_step == 4, "{s:?}");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(t.out.join("metrics.json")).unwrap()).unwrap();
+    let losses: Vec<f64> = m["epochs"].as_array().unwrap().iter().filter_map(|e| e["loss"].as_f64()).collect();
+    assert_eq!(losses.len(), 2, "{m}");
+    assert_eq!(s.best_step, if losses[1] < losses[0] { 4 } else { 2 }, "the best model is kept on any gain: {losses:?}");
+    assert!(losses[1] < losses[0], "this recipe's dev loss falls by step 4, so the threshold is what stopped it: {losses:?}");
+    t.early_stopping_threshold = 0.0;
+    assert!(finetune(&t).unwrap().global_step > 4, "without the threshold that gain resets the patience");
+    t.early_stopping_threshold = -1.0;
+    let e = finetune(&t).unwrap_err().to_string();
+    assert!(e.contains("--early-stopping-threshold"), "{e}");
 }
 
 #[test]

@@ -186,6 +186,12 @@ pub fn model_card(args: &FinetuneArgs, inputs: &CardInputs) -> String {
     if args.gradient_checkpointing {
         hp.push(("gradient_checkpointing".into(), "true".into()));
     }
+    if let Some(p) = args.patience {
+        hp.push(("early_stopping_patience".into(), p.to_string()));
+        if args.early_stopping_threshold > 0.0 {
+            hp.push(("early_stopping_threshold".into(), format!("{:?}", args.early_stopping_threshold)));
+        }
+    }
     if args.freeze_backbone {
         hp.push(("frozen_backbone".into(), "true (only the head trained)".into()));
     }

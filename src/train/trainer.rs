@@ -142,6 +142,10 @@ pub struct FinetuneArgs {
     pub freeze_backbone: bool,
     /// Stop after this many epochs without improvement of `metric` on dev.
     pub patience: Option<usize>,
+    /// Early stopping counts an evaluation as an improvement only when it beats the best by more
+    /// than this (transformers' `early_stopping_threshold`); the best model is kept on any gain.
+    #[serde(default)]
+    pub early_stopping_threshold: f64,
     /// accuracy | macro_f1 | entity_f1 | micro_f1 | pearson | spearman | mse | loss (default:
     /// [`Task::default_metric`]).
     pub metric: String,
@@ -253,6 +257,7 @@ impl FinetuneArgs {
             momentum: 0.9,
             freeze_backbone: false,
             patience: None,
+            early_stopping_threshold: 0.0,
             metric: task.default_metric().into(),
             device: Device::Cpu,
             max_train_examples: None,
@@ -1044,6 +1049,9 @@ fn check_hyperparameters(args: &FinetuneArgs) -> Result<()> {
     if args.label_smoothing > 0.0 && matches!(args.task, Task::Multilabel | Task::Regression) {
         return Err(Error::Value { op: "finetune", detail: "--label-smoothing applies to the cross-entropy tasks (classify, pair, ner), not to multilabel or regression".into() });
     }
+    if !(args.early_stopping_threshold.is_finite() && args.early_stopping_threshold >= 0.0) {
+        return bad("--early-stopping-threshold", args.early_stopping_threshold, "≥ 0");
+    }
     if args.eval_steps == Some(0) {
         return Err(Error::Value { op: "finetune", detail: "--eval-steps must be at least 1 (leave it out to evaluate after every epoch)".into() });
     }
@@ -1474,11 +1482,7 @@ fn dev_round(args: &FinetuneArgs, bert: &Bert, mem: Option<&MemoryConfig>, tok: 
         op: "finetune",
         detail: format!("unknown metric \"{}\" (one of: {})", args.metric, ev.values.keys().cloned().collect::<Vec<_>>().join(", ")),
     })?;
-    let better = match state.best_metric {
-        None => true,
-        Some(b) if lower_is_better(&args.metric) => value < b,
-        Some(b) => value > b,
-    };
+    let (better, improved) = compare_metric(state.best_metric, value, lower_is_better(&args.metric), args.early_stopping_threshold);
     if args.progress {
         let at = if args.eval_steps.is_some() { format!(" step {}", state.global_step) } else { String::new() };
         eprintln!(
@@ -1499,12 +1503,27 @@ fn dev_round(args: &FinetuneArgs, bert: &Bert, mem: Option<&MemoryConfig>, tok: 
         state.best_metric = Some(value);
         state.best_epoch = Some(epoch + 1);
         state.best_step = Some(state.global_step);
-        state.epochs_without_improvement = 0;
         save_hf(bert, mem, args.task, labels, &args.out, &args.model)?;
+    }
+    if improved {
+        state.epochs_without_improvement = 0;
     } else {
         state.epochs_without_improvement += 1;
     }
     Ok(args.patience.is_some_and(|p| state.epochs_without_improvement >= p))
+}
+
+/// Whether a dev value beats the best so far (the model is kept), and whether it beats it by
+/// more than `threshold` (early stopping's count starts again only then), as transformers'
+/// Trainer and `EarlyStoppingCallback` decide.
+fn compare_metric(best: Option<f64>, value: f64, lower_is_better: bool, threshold: f64) -> (bool, bool) {
+    match best {
+        None => (true, true),
+        Some(b) => {
+            let better = if lower_is_better { value < b } else { value > b };
+            (better, better && (value - b).abs() > threshold)
+        }
+    }
 }
 
 /// `metrics.json`, `training.svg` and the model card (`README.md`, see `card`) of the run so far.
@@ -2031,6 +2050,20 @@ mod tests {
         let first_only: Vec<(u32, i64)> = [(0, 0), (1, 1), (2, 2), (3, 0), (4, 3), (5, 0)].to_vec();
         assert_eq!(labelled(super::Labelling::Train { all_tokens: false }), first_only);
         assert_eq!(labelled(super::Labelling::Eval), first_only);
+    }
+
+    #[test]
+    fn early_stopping_threshold_counts_only_larger_gains() {
+        use super::compare_metric;
+        assert_eq!(compare_metric(None, 0.5, false, 0.1), (true, true));
+        assert_eq!(compare_metric(Some(0.5), 0.55, false, 0.1), (true, false), "a gain of 0.05 keeps the model, not the patience");
+        assert_eq!(compare_metric(Some(0.5), 0.65, false, 0.1), (true, true));
+        assert_eq!(compare_metric(Some(0.5), 0.5, false, 0.0), (false, false), "equal is no gain");
+        assert_eq!(compare_metric(Some(0.5), 0.45, false, 0.0), (false, false));
+        // Lower is better (loss, mse): the gain is the fall.
+        assert_eq!(compare_metric(Some(0.5), 0.45, true, 0.1), (true, false));
+        assert_eq!(compare_metric(Some(0.5), 0.3, true, 0.1), (true, true));
+        assert_eq!(compare_metric(Some(0.5), 0.7, true, 0.1), (false, false));
     }
 
     #[test]
