@@ -238,6 +238,9 @@ fn output_dir_is_an_hf_model_that_reloads_with_the_same_predictions() {
     assert!((one["metrics"]["loss"].as_f64().unwrap() - l32).abs() < 1e-6, "{one} vs {f32_eval}");
     let e = engram::train::evaluate_dir(&a.out, &a.dev, &EvalOptions { batch_size: 0, ..Default::default() }).unwrap_err().to_string();
     assert!(e.contains("--batch-size"), "{e}");
+    let nowhere = a.out.join("no-such-dir/p.jsonl");
+    let e = engram::train::evaluate_dir(&a.out, &a.dev, &EvalOptions { predictions: Some(nowhere), ..Default::default() }).unwrap_err().to_string();
+    assert!(e.contains("no-such-dir") && e.contains("--predictions"), "checked before the model runs: {e}");
 }
 
 #[test]

@@ -1623,6 +1623,9 @@ pub fn evaluate_dir(dir: &Path, data: &Path, opts: &EvalOptions) -> Result<(Stri
     if opts.batch_size == 0 {
         return Err(Error::Value { op: "eval", detail: "--batch-size must be at least 1".into() });
     }
+    if let Some(parent) = opts.predictions.as_deref().and_then(Path::parent).filter(|p| !p.as_os_str().is_empty() && !p.is_dir()) {
+        return Err(Error::File { path: parent.display().to_string(), detail: "is not a directory: --predictions cannot be written there".into() });
+    }
     let (bert, task, labels, mem) = load_finetuned(dir, opts.device, opts.precision)?;
     check_tagging(task, opts.tagging, false)?;
     let ex = load_examples(task, data, None, opts.label_sep)?;
