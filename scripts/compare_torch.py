@@ -21,6 +21,11 @@ pinned against the Rust trainer's own test). What is left is the arithmetic of t
 --bf16 runs both engines with bf16 autocast, as transformers' --bf16 does: engram `--bf16`, and
 the PyTorch loop's forward passes (training and evaluation) under torch.autocast(bfloat16).
 
+--label-all-tokens (NER) trains every sub-token of a word on its tag, a B-X word's later pieces
+on I-X (run_ner's --label_all_tokens, its b_to_i_label map); --aggregation first|average|max reads
+a word's tag from its first piece, the mean softmax of its pieces, or its most confident piece
+(the token-classification pipeline's strategies) in both engines' dev and test scores.
+
 Prints one table (medians of the seeds) and writes the raw numbers as JSON. Reference only: engram
 never imports Python.
 """
@@ -132,7 +137,18 @@ def entity_f1(gold, pred):
     return 2 * prec * rec / (prec + rec) if prec + rec else 0.0
 
 
-def torch_run(model_dir, spec, seed, device, limit=None, matched_dir=None, bf16=False):
+def word_tag(probs, agg):
+    """A word's tag index from its sub-tokens' softmax rows (a list of 1-D tensors), as the
+    token-classification pipeline aggregates them (first on ties, as numpy's argmax)."""
+    if agg == "first":
+        return int(probs[0].argmax())
+    if agg == "average":
+        return int(torch.stack(probs).mean(0).argmax())
+    best = max(range(len(probs)), key=lambda i: (float(probs[i].max()), -i))
+    return int(probs[best].argmax())
+
+
+def torch_run(model_dir, spec, seed, device, limit=None, matched_dir=None, bf16=False, label_all=False, agg="first"):
     """Fine-tune with PyTorch. With `matched_dir`, save the initial model there (dropout off) for
     engram to start from, and follow engram's data order."""
     torch.manual_seed(seed)
@@ -152,6 +168,8 @@ def torch_run(model_dir, spec, seed, device, limit=None, matched_dir=None, bf16=
     if limit:
         train, dev, test = train[:limit], dev[:limit], test[:limit]
     lid = {l: i for i, l in enumerate(labels)}
+    # run_ner's b_to_i_label: a B-X tag's later sub-tokens train on I-X when the labels have it.
+    b_to_i = [lid.get("I-" + l[2:], i) if l.startswith("B-") else i for i, l in enumerate(labels)]
     extra = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0) if matched_dir else {}
     if multi:
         extra["problem_type"] = "multi_label_classification"
@@ -173,6 +191,8 @@ def torch_run(model_dir, spec, seed, device, limit=None, matched_dir=None, bf16=
                 for i, w in enumerate(enc.word_ids(b)):
                     if w is not None and w != prev:
                         y[b, i] = lid[tags[w]]
+                    elif w is not None and label_all:
+                        y[b, i] = b_to_i[lid[tags[w]]]
                     prev = w
         else:
             enc = tok([t for t, _ in items], truncation=True, max_length=MAX_LEN, padding=True, return_tensors="pt")
@@ -207,12 +227,15 @@ def torch_run(model_dir, spec, seed, device, limit=None, matched_dir=None, bf16=
                     continue
                 p = logits.argmax(-1).cpu()
                 if ner:
+                    probs = logits.softmax(-1).cpu()
                     for b, (words, tags) in enumerate(chunk):
-                        out, seen = ["O"] * len(words), set()
+                        pieces = {}
                         for t, w in enumerate(enc.word_ids(b)):
-                            if w is not None and w not in seen:
-                                seen.add(w)
-                                out[w] = labels[p[b, t]]
+                            if w is not None:
+                                pieces.setdefault(w, []).append(probs[b, t])
+                        out = ["O"] * len(words)
+                        for w, rows in pieces.items():
+                            out[w] = labels[word_tag(rows, agg)]
                         gold.append(tags)
                         pred.append(out)
                 else:
@@ -248,11 +271,13 @@ def torch_run(model_dir, spec, seed, device, limit=None, matched_dir=None, bf16=
     return {"dev": best, "test": evaluate(test), "loss_per_step": losses}
 
 
-def engram_run(engram, model_dir, spec, seed, device, out, limit=None, bf16=False):
+def engram_run(engram, model_dir, spec, seed, device, out, limit=None, bf16=False, label_all=False, agg="first"):
     cmd = [engram, "finetune", "--model", model_dir, "--task", spec["task"], "--train", spec["train"], "--dev", spec["dev"],
            "--test", spec["test"], "--out", out, "--epochs", str(spec["epochs"]), "--lr", str(spec["lr"]), "--batch-size", str(BATCH),
            "--max-length", str(MAX_LEN), "--warmup-ratio", str(WARMUP), "--weight-decay", str(WD), "--max-grad-norm", str(CLIP),
            "--seed", str(seed), "--device", device, "--quiet", "--lr-scheduler", spec.get("scheduler", "linear")] + (["--bf16"] if bf16 else [])
+    if spec["task"] == "ner":
+        cmd += ["--aggregation", agg] + (["--label-all-tokens"] if label_all else [])
     if limit:
         cmd += ["--max-train-examples", str(limit), "--max-eval-examples", str(limit)]
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -283,6 +308,8 @@ def main():
     ap.add_argument("--lr-scheduler", default="linear", choices=["linear", "cosine", "constant", "constant_with_warmup"],
                     help="the schedule after warmup on both engines (transformers' lr_scheduler_type)")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast on both engines (transformers' --bf16)")
+    ap.add_argument("--label-all-tokens", action="store_true", help="NER: train every sub-token (run_ner's --label_all_tokens)")
+    ap.add_argument("--aggregation", default="first", choices=["first", "average", "max"], help="NER: how a word's tag is read from its sub-tokens")
     ap.add_argument("--matched", action="store_true", help="same initial head, same data order, no dropout: compare the engines, not the seeds")
     a = ap.parse_args()
     results = {}
@@ -295,10 +322,11 @@ def main():
             tdev = "cuda" if a.device == "cuda" else "cpu"
             start = f"/tmp/engram-compare-start-{name}-{seed}" if a.matched else None
             t0 = time.time()
-            p = torch_run(a.model, spec, seed, tdev, a.limit, matched_dir=start, bf16=a.bf16)
+            p = torch_run(a.model, spec, seed, tdev, a.limit, matched_dir=start, bf16=a.bf16, label_all=a.label_all_tokens, agg=a.aggregation)
             torch_s = time.time() - t0
             t0 = time.time()
-            e = engram_run(a.engram, start or a.model, spec, seed, a.device, f"/tmp/engram-compare-{name}-{seed}", a.limit, bf16=a.bf16)
+            e = engram_run(a.engram, start or a.model, spec, seed, a.device, f"/tmp/engram-compare-{name}-{seed}", a.limit, bf16=a.bf16,
+                           label_all=a.label_all_tokens, agg=a.aggregation)
             engram_s = time.time() - t0
             agree = agreement(p["loss_per_step"], e["loss_per_step"])
             results.setdefault(name, []).append({"seed": seed, "engram": e, "torch": p, "engram_s": engram_s, "torch_s": torch_s,
