@@ -250,7 +250,7 @@ def torch_run(model_dir, spec, seed, device, limit=None, matched_dir=None, bf16=
 
     g = torch.Generator().manual_seed(seed)
     best, best_state = -1.0, None
-    losses = []
+    losses, norms = [], []
     model.train()
     for epoch in range(spec["epochs"]):
         perm = engram_order(len(train), seed, epoch) if matched_dir else torch.randperm(len(train), generator=g).tolist()
@@ -260,7 +260,7 @@ def torch_run(model_dir, spec, seed, device, limit=None, matched_dir=None, bf16=
                 loss = model(**x, labels=y).loss
             losses.append(loss.item())
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+            norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)))
             opt.step()
             sched.step()
             opt.zero_grad()
@@ -268,7 +268,7 @@ def torch_run(model_dir, spec, seed, device, limit=None, matched_dir=None, bf16=
         if d > best:
             best, best_state = d, {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
-    return {"dev": best, "test": evaluate(test), "loss_per_step": losses}
+    return {"dev": best, "test": evaluate(test), "loss_per_step": losses, "grad_norm_per_step": norms}
 
 
 def engram_run(engram, model_dir, spec, seed, device, out, limit=None, bf16=False, label_all=False, agg="first"):
@@ -284,8 +284,10 @@ def engram_run(engram, model_dir, spec, seed, device, out, limit=None, bf16=Fals
     if res.returncode != 0:
         sys.exit(f"engram failed: {res.stderr}")
     summary = json.loads(res.stdout.strip().splitlines()[-1])
-    steps = [l for _, l in json.load(open(os.path.join(out, "metrics.json")))["loss_per_step"]]
-    return {"dev": summary["best_metric"], "test": summary["test"][spec["metric"]], "loss_per_step": steps}
+    m = json.load(open(os.path.join(out, "metrics.json")))
+    steps = [l for _, l in m["loss_per_step"]]
+    norms = [g for _, g in m.get("grad_norm_per_step", [])]
+    return {"dev": summary["best_metric"], "test": summary["test"][spec["metric"]], "loss_per_step": steps, "grad_norm_per_step": norms}
 
 
 def agreement(a, b):
@@ -329,12 +331,16 @@ def main():
                            label_all=a.label_all_tokens, agg=a.aggregation)
             engram_s = time.time() - t0
             agree = agreement(p["loss_per_step"], e["loss_per_step"])
+            # Gradient norms before clipping: relative difference, step by step.
+            rel = [abs(x - y) / max(abs(x), 1e-12) for x, y in zip(p["grad_norm_per_step"], e["grad_norm_per_step"])]
+            norm_agree = {"max_rel_diff_first_100": max(rel[:100], default=0.0), "steps": len(rel)}
             results.setdefault(name, []).append({"seed": seed, "engram": e, "torch": p, "engram_s": engram_s, "torch_s": torch_s,
-                                                 "matched": a.matched, "loss_agreement": agree})
+                                                 "matched": a.matched, "loss_agreement": agree, "grad_norm_agreement": norm_agree})
             print(f"{name} seed {seed}: engram dev {e['dev']:.4f} test {e['test']:.4f} ({engram_s:.0f} s), "
                   f"torch dev {p['dev']:.4f} test {p['test']:.4f} ({torch_s:.0f} s)"
                   + (f"; training losses: max |Δ| {agree['max_diff_first_100']:.1e} over the first 100 steps, first |Δ| > 1e-3 at step "
-                     f"{agree['first_step_over_1e-3']} of {agree['steps']}" if a.matched else ""), flush=True)
+                     f"{agree['first_step_over_1e-3']} of {agree['steps']}; gradient norms within {norm_agree['max_rel_diff_first_100']:.1e} (relative)"
+                     if a.matched else ""), flush=True)
     json.dump(results, open(a.json, "w"), indent=1)
     print("\n| task | metric | engram test (median of %d) | PyTorch test (median) | difference (points) |" % len(a.seeds))
     print("|---|---|---|---|---|")

@@ -112,6 +112,11 @@ fn resume_from_a_mid_run_checkpoint_gives_bitwise_identical_weights() {
         let ma: serde_json::Value = serde_json::from_slice(&std::fs::read(full.out.join("metrics.json")).unwrap()).unwrap();
         let mb: serde_json::Value = serde_json::from_slice(&std::fs::read(part.out.join("metrics.json")).unwrap()).unwrap();
         assert_eq!(ma["loss_per_step"], mb["loss_per_step"], "{tag}");
+        // The pre-clip gradient norm of every step, across the resume too.
+        assert_eq!(ma["grad_norm_per_step"], mb["grad_norm_per_step"], "{tag}");
+        let norms = ma["grad_norm_per_step"].as_array().unwrap();
+        assert_eq!(norms.len(), ma["loss_per_step"].as_array().unwrap().len());
+        assert!(norms.iter().all(|n| n[1].as_f64().unwrap() > 0.0), "{tag}: {norms:?}");
         // Resuming with the other optimizer is refused, naming the file, and changes nothing.
         part.optimizer = if opt == OptimizerKind::Sgd { OptimizerKind::Adamw } else { OptimizerKind::Sgd };
         let e = finetune(&part).unwrap_err().to_string();

@@ -305,6 +305,10 @@ struct TrainerState {
     /// The learning rate of each optimizer step (transformers logs `learning_rate`).
     #[serde(default)]
     lr_log: Vec<(u64, f64)>,
+    /// The global gradient norm before clipping, per optimizer step (transformers logs
+    /// `grad_norm`); empty with `--max-grad-norm 0`, which computes none.
+    #[serde(default)]
+    grad_norm_log: Vec<(u64, f64)>,
     history: Vec<serde_json::Value>,
     labels: Vec<String>,
     args_seed: u64,
@@ -1307,10 +1311,13 @@ fn finetune_here(args: &FinetuneArgs) -> Result<Summary> {
             check_finite("training loss", loss_sum, &state, &args.out)?;
             grads.scale(1.0 / group.len() as f64);
             let trainable: Vec<&Tensor> = bert.params.values().filter(|t| t.is_tracked()).collect();
-            if args.max_grad_norm > 0.0 {
+            let grad_norm = if args.max_grad_norm > 0.0 {
                 let norm = clip_grad_norm(&mut grads, &trainable, args.max_grad_norm)?;
                 check_finite("gradient norm", norm, &state, &args.out)?;
-            }
+                Some(norm)
+            } else {
+                None
+            };
             let lr = sched.lr(state.global_step);
             let named: Vec<(String, &mut Tensor)> = bert.params.iter_mut().filter(|(_, t)| t.is_tracked()).map(|(k, v)| (k.clone(), v)).collect();
             let mut groups = hf_param_groups(named, args.weight_decay);
@@ -1323,13 +1330,17 @@ fn finetune_here(args: &FinetuneArgs) -> Result<Summary> {
             state.global_step += 1;
             state.loss_log.push((state.global_step, step_loss));
             state.lr_log.push((state.global_step, lr));
+            if let Some(g) = grad_norm {
+                state.grad_norm_log.push((state.global_step, g));
+            }
             epoch_loss += step_loss;
             epoch_n += 1;
             i += group.len();
             state.micro_in_epoch = i;
             let secs = start.elapsed().as_secs_f64();
             bar.set_position(i as u64);
-            bar.set_message(format!("loss {step_loss:.4} lr {lr:.2e} {:.1} ex/s {:.0} tok/s", seen_examples as f64 / secs, seen_tokens as f64 / secs));
+            let gnorm = grad_norm.map_or(String::new(), |g| format!(" grad norm {g:.3}"));
+            bar.set_message(format!("loss {step_loss:.4} lr {lr:.2e}{gnorm} {:.1} ex/s {:.0} tok/s", seen_examples as f64 / secs, seen_tokens as f64 / secs));
             if args.eval_steps.is_some_and(|n| state.global_step.is_multiple_of(n)) {
                 let t0 = Instant::now();
                 let avg = epoch_loss / epoch_n.max(1) as f64;
@@ -1530,7 +1541,7 @@ fn compare_metric(best: Option<f64>, value: f64, lower_is_better: bool, threshol
 fn write_metrics(args: &FinetuneArgs, state: &TrainerState, steps_per_epoch: u64) -> Result<()> {
     let json = serde_json::json!({
         "metric": args.metric, "best": state.best_metric, "best_epoch": state.best_epoch, "best_step": state.best_step,
-        "epochs": state.history, "loss_per_step": state.loss_log, "learning_rate_per_step": state.lr_log,
+        "epochs": state.history, "loss_per_step": state.loss_log, "learning_rate_per_step": state.lr_log, "grad_norm_per_step": state.grad_norm_log,
     });
     std::fs::create_dir_all(&args.out).map_err(|e| Error::File { path: args.out.display().to_string(), detail: e.to_string() })?;
     write_atomic(&args.out.join("metrics.json"), serde_json::to_string_pretty(&json).expect("metrics serialise").as_bytes())?;
