@@ -182,7 +182,8 @@ struct FinetuneCli {
     early_stopping_threshold: f64,
     /// Dev metric for early stopping and the best checkpoint: accuracy | macro_f1 (classify,
     /// pair), entity_f1 (ner), micro_f1 (multilabel), pearson | spearman | mse (regression), loss
-    /// (default: entity_f1 for ner, micro_f1 for multilabel, pearson for regression, else accuracy).
+    /// (default: entity_f1 for ner, micro_f1 for multilabel, pearson for regression, else accuracy;
+    /// an "eval_" prefix, as in metric_for_best_model, is accepted).
     #[arg(long)]
     metric: Option<String>,
     /// Multilabel: the separator of the labels in one CSV/TSV field or JSON string (a JSON array

@@ -976,9 +976,11 @@ fn eval_steps_evaluates_mid_epoch_keeps_the_best_and_resumes_exactly() {
     // --early-stopping-threshold: a gain no larger than it counts against the patience, but the
     // better model is still kept. Dev loss (lower is better) while it trains; no gain can pass 10.
     let mut t = args(&model, Task::Ner, tmp("eval-steps-threshold"));
-    (t.eval_steps, t.patience, t.metric, t.early_stopping_threshold, t.lr, t.batch_size) = (Some(2), Some(1), "loss".into(), 10.0, 5e-3, 4);
+    // (The metric as transformers' metric_for_best_model may name it, with "eval_".)
+    (t.eval_steps, t.patience, t.metric, t.early_stopping_threshold, t.lr, t.batch_size) = (Some(2), Some(1), "eval_loss".into(), 10.0, 5e-3, 4);
     let s = finetune(&t).unwrap();
     assert!(s.stopped_early && s.global_step == 4, "{s:?}");
+    assert_eq!(s.metric, "loss");
     let m: serde_json::Value = serde_json::from_slice(&std::fs::read(t.out.join("metrics.json")).unwrap()).unwrap();
     let losses: Vec<f64> = m["epochs"].as_array().unwrap().iter().filter_map(|e| e["loss"].as_f64()).collect();
     assert_eq!(losses.len(), 2, "{m}");

@@ -1090,6 +1090,12 @@ fn check_finite(what: &str, v: f64, state: &TrainerState, out: &Path) -> Result<
 /// whole run is driven from a worker of the thread pool (`util::on_pool`), so each op's
 /// parallel loop starts without a hand-over to the pool.
 pub fn finetune(args: &FinetuneArgs) -> Result<Summary> {
+    // transformers' metric_for_best_model names may carry the "eval_" prefix.
+    if let Some(m) = args.metric.strip_prefix("eval_") {
+        let mut a = args.clone();
+        a.metric = m.to_string();
+        return finetune(&a);
+    }
     if args.device == Device::Cpu {
         crate::util::on_pool(|| finetune_here(args))
     } else {
