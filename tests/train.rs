@@ -702,9 +702,13 @@ fn over_long_inputs_are_marked_truncated() {
     let f = dev.join("dev.csv");
     let label = predict_dir(&a.out, &["x".to_string()], 128, 8, engram::Device::Cpu, Precision::F32, false, None).unwrap()[0]["label"].as_str().unwrap().to_string();
     std::fs::write(&f, format!("text,label\nshort,{label}\n{},{label}\n", vec!["word "; 300].concat())).unwrap();
-    let (text, json) = engram::train::evaluate_dir(&a.out, &f, &EvalOptions { max_length: 128, device: engram::Device::Cpu, precision: Precision::F32, ..Default::default() }).unwrap();
+    let rows = dev.join("rows.jsonl");
+    let (text, json) = engram::train::evaluate_dir(&a.out, &f, &EvalOptions { max_length: 128, predictions: Some(rows.clone()), ..Default::default() }).unwrap();
     assert_eq!(json["metrics"]["truncated"], serde_json::json!(1), "{json}");
     assert!(text.contains("1 of 2 inputs were longer than"), "{text}");
+    // The predictions file marks which one: the second.
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&rows).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(rows[0].get("truncated").is_none() && rows[1]["truncated"] == serde_json::json!(true), "{rows:?}");
 }
 
 #[test]

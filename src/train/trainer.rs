@@ -782,6 +782,9 @@ fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: 
         let (inputs, y) = encode(tok, task, mem, refs, &label_ids, path, Labelling::Eval)?;
         if let Inputs::Plain(b) = &inputs {
             truncated += b.truncated.iter().filter(|&&t| t).count();
+            for (&k, _) in idx.iter().zip(&b.truncated).filter(|(_, &t)| t) {
+                rows[items[k].0]["truncated"] = serde_json::json!(true);
+            }
         }
         let tape = bert.inference_tape();
         let logits = logits(bert, mem, &tape, &inputs, false)?;
