@@ -950,6 +950,21 @@ fn eval_steps_evaluates_mid_epoch_keeps_the_best_and_resumes_exactly() {
     let s = finetune(&a).unwrap();
     assert_eq!(steps(&a.out), vec![4, 8, 12]);
     assert!(s.best_step == 4 || s.best_step == 8 || s.best_step == 12, "{s:?}");
+    // trainer_state.json carries transformers' log_history: a training entry per step, then
+    // the evaluations at steps 4, 8 and 12 (fractional epochs, 6 steps each), in step order.
+    let st: serde_json::Value = serde_json::from_slice(&std::fs::read(a.out.join("checkpoint/trainer_state.json")).unwrap()).unwrap();
+    let log = st["log_history"].as_array().unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(a.out.join("metrics.json")).unwrap()).unwrap();
+    let train: Vec<&serde_json::Value> = log.iter().filter(|e| e.get("loss").is_some()).collect();
+    let evals: Vec<&serde_json::Value> = log.iter().filter(|e| e.get("eval_loss").is_some()).collect();
+    assert_eq!(train.len(), 12);
+    assert_eq!((train[5]["step"].as_u64(), train[5]["epoch"].as_f64()), (Some(6), Some(1.0)));
+    assert_eq!((&train[2]["loss"], &train[2]["grad_norm"]), (&m["loss_per_step"][2][1], &m["grad_norm_per_step"][2][1]));
+    assert_eq!(train[2]["learning_rate"], m["learning_rate_per_step"][2][1]);
+    assert_eq!(evals.iter().map(|e| (e["step"].as_u64().unwrap(), e["epoch"].as_f64().unwrap())).collect::<Vec<_>>(), vec![(4, 0.6667), (8, 1.3333), (12, 2.0)]);
+    assert_eq!(evals[1]["eval_accuracy"], m["epochs"][1]["accuracy"]);
+    let order: Vec<u64> = log.iter().map(|e| e["step"].as_u64().unwrap()).collect();
+    assert!(order.windows(2).all(|w| w[0] <= w[1]) && log[3].get("loss").is_some() && log[4].get("eval_loss").is_some(), "{log:?}");
     // Every 5 steps, and once more after the last one.
     let mut full = args(&model, Task::Classify, tmp("eval-steps-5"));
     full.eval_steps = Some(5);

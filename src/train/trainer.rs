@@ -283,6 +283,36 @@ impl FinetuneArgs {
     }
 }
 
+/// transformers' `log_history` (the list its `trainer_state.json` carries, which plotting and
+/// tracking tools read): one entry per optimizer step (`loss`, `grad_norm`, `learning_rate`) and
+/// one per dev evaluation (`eval_loss`, `eval_<metric>`, ...), each with its fractional `epoch`
+/// and `step`, in step order (a step's training entry before its evaluation). Written beside our
+/// own counters; never read back.
+fn log_history(state: &TrainerState) -> Vec<serde_json::Value> {
+    let epoch = |step: u64| if state.steps_per_epoch > 0 { ((step as f64 / state.steps_per_epoch as f64) * 1e4).round() / 1e4 } else { 0.0 };
+    let norms: HashMap<u64, f64> = state.grad_norm_log.iter().copied().collect();
+    let mut out: Vec<(u64, u8, serde_json::Value)> = Vec::new();
+    for (&(step, loss), &(_, lr)) in state.loss_log.iter().zip(&state.lr_log) {
+        let mut e = serde_json::json!({ "loss": loss, "learning_rate": lr, "epoch": epoch(step), "step": step });
+        if let Some(g) = norms.get(&step) {
+            e["grad_norm"] = serde_json::json!(g);
+        }
+        out.push((step, 0, e));
+    }
+    for h in state.history.iter().filter(|h| h.get("epoch").is_some()) {
+        let step = h["step"].as_u64().unwrap_or(0);
+        let mut e = serde_json::Map::new();
+        for (k, v) in h["values"].as_object().into_iter().flatten() {
+            e.insert(format!("eval_{k}"), v.clone());
+        }
+        e.insert("epoch".into(), serde_json::json!(epoch(step)));
+        e.insert("step".into(), serde_json::json!(step));
+        out.push((step, 1, serde_json::Value::Object(e)));
+    }
+    out.sort_by_key(|(step, kind, _)| (*step, *kind));
+    out.into_iter().map(|(_, _, e)| e).collect()
+}
+
 /// Counters saved beside the checkpoint (`trainer_state.json`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct TrainerState {
@@ -309,6 +339,9 @@ struct TrainerState {
     /// `grad_norm`); empty with `--max-grad-norm 0`, which computes none.
     #[serde(default)]
     grad_norm_log: Vec<(u64, f64)>,
+    /// Optimizer steps per epoch (for `log_history`'s fractional epochs).
+    #[serde(default)]
+    steps_per_epoch: u64,
     history: Vec<serde_json::Value>,
     labels: Vec<String>,
     args_seed: u64,
@@ -1021,7 +1054,9 @@ fn save_checkpoint(dir: &Path, bert: &Bert, mem: Option<&MemoryConfig>, opt: &Op
         Opt::Sgd(s) => s.export_state(&named)?,
     };
     write_safetensors(dir.join("optimizer.safetensors"), &opt_state, None)?;
-    write_atomic(&dir.join("trainer_state.json"), serde_json::to_string_pretty(state).expect("state serialises").as_bytes())?;
+    let mut json = serde_json::to_value(state).expect("state serialises");
+    json["log_history"] = serde_json::Value::Array(log_history(state));
+    write_atomic(&dir.join("trainer_state.json"), serde_json::to_string_pretty(&json).expect("state serialises").as_bytes())?;
     write_atomic(&dir.join("training_args.json"), serde_json::to_string_pretty(args).expect("args serialise").as_bytes())
 }
 
@@ -1226,6 +1261,7 @@ fn finetune_here(args: &FinetuneArgs) -> Result<Summary> {
 
     let micro_per_epoch = train.len().div_ceil(args.batch_size);
     let steps_per_epoch = micro_per_epoch.div_ceil(args.grad_accum) as u64;
+    state.steps_per_epoch = steps_per_epoch;
     // --max-steps: as many epochs as it takes, the last one cut at the step.
     let (epochs, total) = match args.max_steps {
         Some(m) => (m.div_ceil(steps_per_epoch) as usize, m),
