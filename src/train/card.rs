@@ -183,26 +183,22 @@ pub fn model_card(args: &FinetuneArgs, inputs: &CardInputs) -> String {
     if args.bf16 {
         hp.push(("mixed_precision_training".into(), "bf16 autocast (linear layers' GEMMs; f32 weights and sums)".into()));
     }
-    if args.gradient_checkpointing {
-        hp.push(("gradient_checkpointing".into(), "true".into()));
-    }
+    // Switches shown only when on.
+    let switches = [
+        (args.gradient_checkpointing, "gradient_checkpointing", "true"),
+        (args.freeze_backbone, "frozen_backbone", "true (only the head trained)"),
+        (args.group_by_length, "group_by_length", "true"),
+        (args.label_all_tokens, "label_all_tokens", "true"),
+    ];
+    hp.extend(switches.iter().filter(|s| s.0).map(|&(_, k, v)| (k.to_string(), v.to_string())));
     if let Some(p) = args.patience {
         hp.push(("early_stopping_patience".into(), p.to_string()));
         if args.early_stopping_threshold > 0.0 {
             hp.push(("early_stopping_threshold".into(), format!("{:?}", args.early_stopping_threshold)));
         }
     }
-    if args.freeze_backbone {
-        hp.push(("frozen_backbone".into(), "true (only the head trained)".into()));
-    }
-    if args.group_by_length {
-        hp.push(("group_by_length".into(), "true".into()));
-    }
     if let Some(st) = args.stride {
         hp.push(("stride".into(), format!("{st} (long inputs read in overlapping windows)")));
-    }
-    if args.label_all_tokens {
-        hp.push(("label_all_tokens".into(), "true".into()));
     }
     if args.aggregation != Aggregation::First {
         hp.push(("aggregation_strategy".into(), args.aggregation.name().into()));
