@@ -138,10 +138,15 @@ fn resume_from_a_mid_run_checkpoint_gives_bitwise_identical_weights() {
     }
 }
 
+/// The JSON objects of a JSONL file.
+fn jsonl(path: impl AsRef<Path>) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
 /// A predictions file (`test_predictions.jsonl`, `eval --predictions`): one row per example of
 /// `data`, in its order, each with the gold answer and what `predict` answers for that input.
 fn check_predictions(model: &Path, rows: &Path, gold_rows: usize) {
-    let rows: Vec<serde_json::Value> = std::fs::read_to_string(rows).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows = jsonl(rows);
     assert_eq!(rows.len(), gold_rows);
     let texts: Vec<String> = rows.iter().map(|r| match (&r["text"], &r["tokens"]) {
         (serde_json::Value::String(t), _) => t.clone(),
@@ -199,7 +204,7 @@ fn output_dir_is_an_hf_model_that_reloads_with_the_same_predictions() {
     // The test split's predictions, in the file's order; they score the reported accuracy.
     let test_rows = std::fs::read_to_string(a.test.as_ref().unwrap()).unwrap().lines().count() - 1;
     check_predictions(&a.out, &a.out.join("test_predictions.jsonl"), test_rows);
-    let rows: Vec<serde_json::Value> = std::fs::read_to_string(a.out.join("test_predictions.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows = jsonl(a.out.join("test_predictions.jsonl"));
     let first_text = std::fs::read_to_string(a.test.as_ref().unwrap()).unwrap().lines().nth(1).unwrap().split(',').next().unwrap().to_string();
     assert_eq!(rows[0]["text"], first_text.as_str());
     let right = rows.iter().filter(|r| r["gold"] == r["predicted"]).count() as f64 / rows.len() as f64;
@@ -669,7 +674,7 @@ fn ner_label_all_tokens_trains_and_aggregation_reads_every_sub_token() {
         let rows = raw.out.join("dev_predictions.jsonl");
         let (text, json) = engram::train::evaluate_dir(&raw.out, &dev, &EvalOptions { max_length: 64, tagging: TagOptions { stride: None, aggregation: agg }, predictions: Some(rows.clone()), ..Default::default() }).unwrap();
         let pred: Vec<Vec<String>> = texts.iter().map(|t| tags_by_hand(&raw.out, t, agg)).collect();
-        let rows: Vec<serde_json::Value> = std::fs::read_to_string(&rows).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let rows = jsonl(&rows);
         assert_eq!(rows.iter().map(|r| r["predicted"].clone()).collect::<Vec<_>>(), pred.iter().map(|p| serde_json::json!(p)).collect::<Vec<_>>(), "{agg:?}");
         assert_eq!(rows.iter().map(|r| r["gold"].clone()).collect::<Vec<_>>(), gold.iter().map(|p| serde_json::json!(p)).collect::<Vec<_>>());
         let want = engram::train::metrics::entity_report(&gold, &pred).overall.f1;
@@ -707,7 +712,7 @@ fn over_long_inputs_are_marked_truncated() {
     assert_eq!(json["metrics"]["truncated"], serde_json::json!(1), "{json}");
     assert!(text.contains("1 of 2 inputs were longer than"), "{text}");
     // The predictions file marks which one: the second.
-    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&rows).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows = jsonl(&rows);
     assert!(rows[0].get("truncated").is_none() && rows[1]["truncated"] == serde_json::json!(true), "{rows:?}");
 }
 

@@ -1391,7 +1391,7 @@ fn finetune_here(args: &FinetuneArgs) -> Result<Summary> {
                 let avg = epoch_loss / epoch_n.max(1) as f64;
                 let done = bar.suspend(|| dev_round(args, &bert, mem, &tok, &dev, &labels, &mut state, (epoch, epochs), avg, epoch_start.elapsed().as_secs_f64()))?;
                 t_eval += t0.elapsed();
-                write_metrics(args, &state, steps_per_epoch)?;
+                write_metrics(args, &state)?;
                 if done && (state.global_step < total) {
                     save_checkpoint(&ckpt, &bert, mem, &opt, &state, task, args)?;
                     bar.abandon();
@@ -1429,7 +1429,7 @@ fn finetune_here(args: &FinetuneArgs) -> Result<Summary> {
         state.epoch += 1;
         state.micro_in_epoch = 0;
         save_checkpoint(&ckpt, &bert, mem, &opt, &state, task, args)?;
-        write_metrics(args, &state, steps_per_epoch)?;
+        write_metrics(args, &state)?;
         if done && state.epoch < epochs {
             if args.progress {
                 eprintln!("early stop: no {} improvement for {} epoch(s)", args.metric, state.epochs_without_improvement);
@@ -1471,10 +1471,10 @@ fn finetune_here(args: &FinetuneArgs) -> Result<Summary> {
         write_predictions(&args.out.join("test_predictions.jsonl"), &ev.predictions)?;
         state.history.push(serde_json::json!({ "test": { "metrics": ev.json, "values": ev.values } }));
         test_json = Some(serde_json::json!(ev.values));
-        write_metrics(args, &state, steps_per_epoch)?;
+        write_metrics(args, &state)?;
     }
     if !interrupted {
-        let run = RunTotals { seconds: secs, examples: seen_examples, steps: state.global_step - first_step, steps_per_epoch };
+        let run = RunTotals { seconds: secs, examples: seen_examples, steps: state.global_step - first_step };
         write_atomic(&args.out.join("all_results.json"), serde_json::to_string_pretty(&all_results(&state, run)).expect("results serialise").as_bytes())?;
     }
     Ok(Summary {
@@ -1498,7 +1498,6 @@ struct RunTotals {
     seconds: f64,
     examples: usize,
     steps: u64,
-    steps_per_epoch: u64,
 }
 
 /// `all_results.json` as transformers' example scripts write it (`trainer.save_metrics`):
@@ -1507,7 +1506,7 @@ struct RunTotals {
 fn all_results(state: &TrainerState, run: RunTotals) -> serde_json::Value {
     let mut all = serde_json::Map::new();
     let round = |x: f64, d: i32| (x * 10f64.powi(d)).round() / 10f64.powi(d);
-    all.insert("epoch".into(), serde_json::json!(round(state.global_step as f64 / run.steps_per_epoch.max(1) as f64, 4)));
+    all.insert("epoch".into(), serde_json::json!(round(state.global_step as f64 / state.steps_per_epoch.max(1) as f64, 4)));
     let losses: Vec<f64> = state.loss_log.iter().map(|&(_, l)| l).collect();
     if !losses.is_empty() {
         all.insert("train_loss".into(), serde_json::json!(losses.iter().sum::<f64>() / losses.len() as f64));
@@ -1583,7 +1582,7 @@ fn compare_metric(best: Option<f64>, value: f64, lower_is_better: bool, threshol
 }
 
 /// `metrics.json`, `training.svg` and the model card (`README.md`, see `card`) of the run so far.
-fn write_metrics(args: &FinetuneArgs, state: &TrainerState, steps_per_epoch: u64) -> Result<()> {
+fn write_metrics(args: &FinetuneArgs, state: &TrainerState) -> Result<()> {
     let json = serde_json::json!({
         "metric": args.metric, "best": state.best_metric, "best_epoch": state.best_epoch, "best_step": state.best_step,
         "epochs": state.history, "loss_per_step": state.loss_log, "learning_rate_per_step": state.lr_log, "grad_norm_per_step": state.grad_norm_log,
@@ -1597,7 +1596,7 @@ fn write_metrics(args: &FinetuneArgs, state: &TrainerState, steps_per_epoch: u64
         .collect();
     let svg = super::plot::svg(&format!("engram finetune: {}", args.train.display()), &state.loss_log, &dev, &args.metric);
     write_atomic(&args.out.join("training.svg"), svg.as_bytes())?;
-    let card = super::card::CardInputs { history: &state.history, best_epoch: state.best_epoch, best_step: state.best_step, steps_per_epoch };
+    let card = super::card::CardInputs { history: &state.history, best_epoch: state.best_epoch, best_step: state.best_step, steps_per_epoch: state.steps_per_epoch };
     write_atomic(&args.out.join("README.md"), super::card::model_card(args, &card).as_bytes())
 }
 
