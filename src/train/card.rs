@@ -20,6 +20,21 @@ pub struct CardInputs<'a> {
     pub steps_per_epoch: u64,
 }
 
+/// The dev evaluations of a run's history (`metrics.json`'s `epochs`), in order.
+pub fn evaluations(history: &[Value]) -> impl Iterator<Item = &Value> {
+    history.iter().filter(|h| h.get("epoch").is_some())
+}
+
+/// The evaluation at the best step, if there was one.
+pub fn best_evaluation(history: &[Value], best_step: Option<u64>) -> Option<&Value> {
+    best_step.and_then(|b| evaluations(history).find(|h| h["step"].as_u64() == Some(b)))
+}
+
+/// The test split's entry (`{"metrics": ..., "values": ...}`), when it was scored.
+pub fn test_entry(history: &[Value]) -> Option<&Value> {
+    history.iter().find_map(|h| h.get("test"))
+}
+
 /// The Hub's task names.
 fn pipeline_tag(task: Task) -> &'static str {
     match task {
@@ -86,9 +101,9 @@ pub fn model_card(args: &FinetuneArgs, inputs: &CardInputs) -> String {
     let name = file_name(&args.out);
     let base = file_name(&args.model);
     let dataset = dataset_name(&args.train);
-    let evals: Vec<&Value> = inputs.history.iter().filter(|h| h.get("epoch").is_some()).collect();
-    let test = inputs.history.iter().find_map(|h| h.get("test"));
-    let best = evals.iter().find(|h| h["step"].as_u64() == inputs.best_step && inputs.best_step.is_some()).or(evals.last());
+    let evals: Vec<&Value> = evaluations(inputs.history).collect();
+    let test = test_entry(inputs.history);
+    let best = best_evaluation(inputs.history, inputs.best_step).or(evals.last().copied());
     // The reported results: the test split's when it was scored, else the best dev evaluation's.
     let (results_of, results): (String, Vec<(String, Value)>) = match (test, best) {
         (Some(t), _) => {

@@ -299,7 +299,7 @@ fn log_history(state: &TrainerState) -> Vec<serde_json::Value> {
         }
         out.push((step, 0, e));
     }
-    for h in state.history.iter().filter(|h| h.get("epoch").is_some()) {
+    for h in super::card::evaluations(&state.history) {
         let step = h["step"].as_u64().unwrap_or(0);
         let mut e = serde_json::Map::new();
         for (k, v) in h["values"].as_object().into_iter().flatten() {
@@ -1514,13 +1514,13 @@ fn all_results(state: &TrainerState, run: RunTotals) -> serde_json::Value {
     all.insert("train_runtime".into(), serde_json::json!(round(run.seconds, 4)));
     all.insert("train_samples_per_second".into(), serde_json::json!(round(run.examples as f64 / run.seconds.max(1e-9), 3)));
     all.insert("train_steps_per_second".into(), serde_json::json!(round(run.steps as f64 / run.seconds.max(1e-9), 3)));
-    let best = state.history.iter().filter(|h| h.get("epoch").is_some()).find(|h| state.best_step.is_some() && h["step"].as_u64() == state.best_step);
+    let best = super::card::best_evaluation(&state.history, state.best_step);
     if let Some(values) = best.and_then(|b| b["values"].as_object()) {
         for (k, v) in values {
             all.insert(format!("eval_{k}"), v.clone());
         }
     }
-    if let Some(values) = state.history.iter().find_map(|h| h.get("test")).and_then(|t| t["values"].as_object()) {
+    if let Some(values) = super::card::test_entry(&state.history).and_then(|t| t["values"].as_object()) {
         for (k, v) in values {
             all.insert(format!("test_{k}"), v.clone());
         }
