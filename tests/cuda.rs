@@ -354,7 +354,16 @@ mod gpu {
         parity("cross_entropy label smoothing", &[logits.clone(), Tensor::from_ids(vec![5, -100, 36, 0, -100, 12], &[2, 3]).unwrap()], |t, i| {
             ops::cross_entropy_smoothed(t, &i[0], &i[1], 0.1)
         });
-        parity("cross_entropy all ignored", &[logits, ignored], |t, i| ops::cross_entropy(t, &i[0], &i[1]));
+        parity("cross_entropy all ignored", &[logits.clone(), ignored.clone()], |t, i| ops::cross_entropy(t, &i[0], &i[1]));
+        let w: Vec<f64> = (0..37).map(|j| if j == 36 { 0.0 } else { 0.25 + (j % 5) as f64 * 0.5 }).collect();
+        for eps in [0.0, 0.1] {
+            parity(&format!("cross_entropy class weights ε={eps}"), &[logits.clone(), Tensor::from_ids(vec![5, -100, 36, 0, -100, 12], &[2, 3]).unwrap()], |t, i| {
+                ops::cross_entropy_weighted(t, &i[0], &i[1], &w, eps)
+            });
+        }
+        let zero_weight = Tensor::from_ids(vec![36, -100, 36, -100, -100, 36], &[2, 3]).unwrap();
+        parity("cross_entropy targets of weight 0", &[logits.clone(), zero_weight], |t, i| ops::cross_entropy_weighted(t, &i[0], &i[1], &w, 0.0));
+        parity("cross_entropy weighted all ignored", &[logits, ignored], |t, i| ops::cross_entropy_weighted(t, &i[0], &i[1], &w, 0.1));
 
         // Multi-label and regression heads: more elements than one block's 1024 threads.
         let logits = ops::scale(&Tape::inference(), &randn(&mut r, &[37, 41]), 4.0).unwrap().requires_grad();

@@ -168,6 +168,21 @@ fn cross_entropy_with_ignore_index() {
 }
 
 #[test]
+fn cross_entropy_with_class_weights() {
+    let mut r = Rng::new(31);
+    let logits = r.param(&[2, 3, 5]);
+    // Unequal weights, one class weighing 0 (class 3: never a target here, so only the smoothing
+    // term sees it; class 1 is a target and weighs 0.25).
+    let w = [0.5, 0.25, 2.0, 0.0, 1.5];
+    let targets = ids(vec![4, -100, 0, 2, 1, 2], &[2, 3]);
+    for eps in [0.0, 0.15] {
+        assert_gradcheck(&format!("cross_entropy weighted ε={eps}"), std::slice::from_ref(&logits), 32, |t, v| {
+            ops::cross_entropy_weighted(t, &v[0], &targets, &w, eps)
+        });
+    }
+}
+
+#[test]
 fn elementwise_losses_against_float_targets() {
     let mut r = Rng::new(23);
     let logits = r.param(&[3, 4]);

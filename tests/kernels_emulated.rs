@@ -417,6 +417,28 @@ fn pointwise_cases(exe: &Path, tag: &str) -> Result<(), String> {
         close("cross_entropy loss", &read_f32(&d.join("loss")), &[loss.item().unwrap()])?;
         close("cross_entropy dx", &read_f32(&d.join("dx")), &g.tensor(&x).unwrap().to_f64_vec())?;
     }
+    for eps in [0.0, 0.1] {
+        let d = dir.join(format!("cross_entropy_weighted-{eps}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let (rows, v) = (9usize, 300usize);
+        let x = randn(&mut rng, &[rows, v]).requires_grad();
+        let w: Vec<f64> = (0..v).map(|j| [0.5, 2.0, 0.0, 1.25][j % 4]).collect();
+        let t: Vec<i64> = (0..rows as i64).map(|i| if i % 4 == 1 { ops::IGNORE_INDEX } else { (i * 7) % v as i64 }).collect();
+        let tt = Tensor::from_ids(t.clone(), &[rows]).unwrap();
+        let tape = Tape::training(0);
+        let loss = ops::cross_entropy_weighted(&tape, &x, &tt, &w, eps).unwrap();
+        let g = tape.backward(&loss).unwrap();
+        write_f32(&d.join("x"), &x.to_f64_vec());
+        write_f32(&d.join("w"), &w);
+        std::fs::write(d.join("t"), t.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+        std::fs::write(d.join("cfg.txt"), format!("{rows} {v} {eps}\n")).unwrap();
+        let (ok, log) = run(exe, &[d.as_os_str(), "cross_entropy_weighted".as_ref()]);
+        if !ok {
+            return Err(format!("cross_entropy_weighted kernels failed:\n{log}"));
+        }
+        close("cross_entropy_weighted loss", &read_f32(&d.join("loss")), &[loss.item().unwrap()])?;
+        close("cross_entropy_weighted dx", &read_f32(&d.join("dx")), &g.tensor(&x).unwrap().to_f64_vec())?;
+    }
     for what in ["gelu", "gelu_tanh"] {
         let d = dir.join(what);
         std::fs::create_dir_all(&d).unwrap();
@@ -540,6 +562,8 @@ fn pointwise_row_and_optimizer_kernels_match_the_cpu_on_the_emulator() {
         ("drop-hash", "common.cuh", "(float)(h >> 40) * (1.f / 16777216.f)", "(float)(h >> 41) * (1.f / 16777216.f)"),
         ("adamw-bias", "adamw.cu", "sqrtf(vi) / bc2_sqrt + eps", "sqrtf(vi) + eps"),
         ("ce-ignore", "cross_entropy.cu", "c += (targets[r] != IGNORE_INDEX) ? 1.0 : 0.0;", "c += 1.0;"),
+        ("ce-weight-norm", "cross_entropy.cu", "z += row_w[r];", "z += row_w[r] > 0.f ? 1.0 : 0.0;"),
+        ("ce-weight-spread", "cross_entropy.cu", "- eps / (float)v * weight[j]);", "- eps / (float)v);"),
         ("gelu-pdf", "gelu.cu", "dx[i] += dy[i] * (cdf + v * pdf);", "dx[i] += dy[i] * cdf;"),
         ("emb-atomic", "embedding.cu", "atomicAdd(&dtable[id * c + (i % c)], dout[i]);", "dtable[id * c + (i % c)] = dout[i];"),
         ("ss-atomic", "elementwise.cu", "if (threadIdx.x == 0) atomicAdd(acc, s);", "if (threadIdx.x == 0) *acc = s;"),

@@ -34,7 +34,13 @@ fn run_case(c: &serde_json::Value) {
         "softmax" => ops::softmax(&tape, &x["x"]),
         "attention" => ops::attention(&tape, &x["q"], &x["k"], &x["v"], Some(&ids["mask"]), p["scale"].as_f64().unwrap(), 0.0),
         "embedding" => ops::embedding(&tape, &ids["ids"], &x["table"], p["padding_idx"].as_i64()),
-        "cross_entropy" => ops::cross_entropy_smoothed(&tape, &x["logits"], &ids["targets"], p["label_smoothing"].as_f64().unwrap_or(0.0)),
+        "cross_entropy" => {
+            let eps = p["label_smoothing"].as_f64().unwrap_or(0.0);
+            match p.get("weight") {
+                Some(w) => ops::cross_entropy_weighted(&tape, &x["logits"], &ids["targets"], &w.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect::<Vec<f64>>(), eps),
+                None => ops::cross_entropy_smoothed(&tape, &x["logits"], &ids["targets"], eps),
+            }
+        }
         "binary_cross_entropy_with_logits" => ops::binary_cross_entropy_with_logits(&tape, &x["logits"], &ids["target"]),
         "mse_loss" => ops::mse_loss(&tape, &x["x"], &ids["target"]),
         "mean_pool" => ops::mean_pool(&tape, &x["x"], &ids["mask"]),

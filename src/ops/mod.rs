@@ -27,7 +27,7 @@ pub use attention::attention;
 #[cfg(feature = "cuda")]
 pub use attention::{with_attention_variant, AttentionVariant};
 pub use concat::{concat, narrow};
-pub use cross_entropy::{cross_entropy, cross_entropy_smoothed, IGNORE_INDEX};
+pub use cross_entropy::{cross_entropy, cross_entropy_smoothed, cross_entropy_weighted, IGNORE_INDEX};
 pub use dropout::dropout;
 pub use elementwise::{add, bias_add, scale};
 pub use elementwise_loss::{binary_cross_entropy_with_logits, mse_loss};

@@ -9,6 +9,7 @@
 //   pointwise DIR softmax     DIR/cfg.txt "rows c", DIR/{x, dy} → DIR/{y, dx}
 //   pointwise DIR cross_entropy  DIR/cfg.txt "rows v eps", DIR/{x, t (i64)} → DIR/{loss, dx} (dloss = 1;
 //                             the reduce kernel runs as one block of 1024 threads)
+//   pointwise DIR cross_entropy_weighted  as cross_entropy, with DIR/w (v class weights)
 //   pointwise DIR gelu | gelu_tanh  DIR/cfg.txt "n", DIR/{x, dy} → DIR/{y, dx}
 //   pointwise DIR embedding   DIR/cfg.txt "n c v padding_idx|-1", DIR/{ids (i64), table, dy} → DIR/{y, dtable}
 //                             (atomicAdd into rows that several ids share)
@@ -106,6 +107,26 @@ int main(int argc, char** argv) {
         emu::launch(dim3(1), dim3(1024), [&] { cross_entropy_reduce_v1(loss.data(), count.data(), row_loss.data(), t.data(), rows); });
         emu::launch(dim3(blocks(rows * v)), dim3(256), [&] {
             cross_entropy_bwd_v1(dx.data(), dloss.data(), count.data(), lse.data(), x.data(), t.data(), rows, v, eps);
+        });
+        save(dir + "/loss", loss);
+        save(dir + "/dx", dx);
+    } else if (what == "cross_entropy_weighted") {
+        long long rows;
+        int v;
+        float eps;
+        if (!(cfg >> rows >> v >> eps)) return 2;
+        auto x = load(dir + "/x", rows * v), w = load(dir + "/w", v);
+        auto t = load<long long>(dir + "/t", rows);
+        float wsum = 0.f;
+        for (float wj : w) wsum += wj;
+        std::vector<float> row_loss(rows, NAN), row_w(rows, NAN), lse(rows, NAN), loss(1, NAN), norm(1, NAN), dloss(1, 1.f),
+            dx(rows * v, 0.f);
+        emu::launch(dim3((unsigned)rows), dim3(256), [&] {
+            cross_entropy_weighted_fwd_v1(row_loss.data(), row_w.data(), lse.data(), x.data(), t.data(), w.data(), rows, v, eps);
+        });
+        emu::launch(dim3(1), dim3(1024), [&] { cross_entropy_weighted_reduce_v1(loss.data(), norm.data(), row_loss.data(), row_w.data(), rows); });
+        emu::launch(dim3(blocks(rows * v)), dim3(256), [&] {
+            cross_entropy_weighted_bwd_v1(dx.data(), dloss.data(), norm.data(), lse.data(), x.data(), t.data(), w.data(), rows, v, eps, wsum);
         });
         save(dir + "/loss", loss);
         save(dir + "/dx", dx);
