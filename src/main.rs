@@ -216,6 +216,11 @@ struct FinetuneCli {
     /// label_smoothing_factor: the target gets 1 − ε + ε/V, every class ε/V.
     #[arg(long, default_value_t = 0.0, value_name = "EPS")]
     label_smoothing: f64,
+    /// Weigh each class in the cross-entropy loss (classify, pair, ner) — for imbalanced labels:
+    /// `balanced` (n / (k · count), scikit-learn's) or LABEL=W,LABEL=W,... (others weigh 1).
+    /// The dev and test loss are weighted the same way.
+    #[arg(long, value_name = "balanced|LABEL=W,...")]
+    class_weights: Option<engram::train::ClassWeights>,
     /// Stop after N optimizer steps with a checkpoint (to test --resume).
     #[arg(long, hide = true)]
     stop_after_steps: Option<u64>,
@@ -547,6 +552,7 @@ fn finetune(f: FinetuneCli) -> Result<()> {
     a.eval_steps = f.eval_steps;
     a.group_by_length = f.group_by_length;
     a.label_smoothing = f.label_smoothing;
+    a.class_weights = f.class_weights;
     a.stop_after_steps = f.stop_after_steps;
     a.progress = !f.quiet;
     a.truncate_left = f.truncate_left;

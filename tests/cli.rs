@@ -269,12 +269,17 @@ fn a_repeated_finetune_flag_takes_its_last_value() {
     let (train, dev) = (d.join("tiny_train.csv"), d.join("tiny_dev.csv"));
     let (ok, _, stderr) = engram(&[
         "finetune", "--model", "weights/tiny-bert", "--task", "classify", "--train", train.to_str().unwrap(), "--dev", dev.to_str().unwrap(),
-        "--out", out.to_str().unwrap(), "--epochs", "1", "--max-length", "16", "--epochs", "2", "--quiet",
+        "--out", out.to_str().unwrap(), "--epochs", "1", "--max-length", "16", "--epochs", "2", "--quiet", "--class-weights", "neg=2",
     ]);
     assert!(ok, "{stderr}");
     let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
     let epochs = m["epochs"].as_array().map(|e| e.len()).unwrap_or_else(|| panic!("{m}"));
     assert_eq!(epochs, 2, "{m}");
+    // --class-weights reaches the run (saved with its arguments); a malformed one is a usage error.
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("checkpoint/training_args.json")).unwrap()).unwrap();
+    assert_eq!(saved["class_weights"], serde_json::json!({"given": [["neg", 2.0]]}), "{saved}");
+    let (ok, _, stderr) = engram(&["finetune", "--model", "weights/tiny-bert", "--task", "classify", "--train", "x.csv", "--dev", "y.csv", "--out", "z", "--class-weights", "neg:2"]);
+    assert!(!ok && stderr.contains("--class-weights") && stderr.contains("LABEL=WEIGHT"), "{stderr}");
     let _ = std::fs::remove_dir_all(&out);
 }
 

@@ -636,6 +636,10 @@ mod gpu_trainer {
         let mut windows = ner.clone();
         (windows.max_length, windows.stride) = (6, Some(2));
         cases.push(("ner-stride", Task::Ner, windows));
+        // Class-weighted cross-entropy with label smoothing (the weighted kernels), NER.
+        let mut weighted = ner.clone();
+        (weighted.class_weights, weighted.label_smoothing) = (Some(engram::train::ClassWeights::Balanced), 0.1);
+        cases.push(("ner-class-weights", Task::Ner, weighted));
         // Multi-label (BCE; each row's one label read as a label set) over memory segments, and
         // regression (MSE) on scores made from the same rows.
         let mut multi = mem.clone();

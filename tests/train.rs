@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use engram::models::bert::weights::read_safetensors;
 use engram::models::bert::Precision;
-use engram::train::{finetune, predict_dir, Aggregation, EvalOptions, FinetuneArgs, OptimizerKind, TagOptions, Task};
+use engram::train::{finetune, predict_dir, Aggregation, ClassWeights, EvalOptions, FinetuneArgs, OptimizerKind, TagOptions, Task};
 
 
 fn tmp(tag: &str) -> PathBuf {
@@ -1084,6 +1084,86 @@ fn label_smoothing_reaches_the_loss() {
     let (l0, l1) = (first(&plain), first(&smooth));
     assert!(l0 != l1 && (l0 - l1).abs() < 0.1 * l0, "step-1 loss {l0} vs smoothed {l1}");
     assert!(weights(&plain.out.join("checkpoint")) != weights(&smooth.out.join("checkpoint")));
+}
+
+#[test]
+fn class_weights_reach_the_loss_normalised_resume_exactly_and_are_a_resume_flag() {
+    // SGD without clipping, so the gradient's scale reaches the weights (AdamW would hide it):
+    // the loss divides by the targets' total weight, so weights ×2 train exactly as weights ×1,
+    // all-ones weights as no weights, and unequal ones differently.
+    let model = tiny_without_dropout("class-weights");
+    let mut plain = args(&model, Task::Classify, tmp("cw-plain"));
+    (plain.optimizer, plain.max_grad_norm, plain.lr) = (OptimizerKind::Sgd, 0.0, 0.05);
+    let run = |tag: &str, spec: Option<&str>| -> FinetuneArgs {
+        let mut a = plain.clone();
+        a.out = tmp(tag);
+        a.class_weights = spec.map(|s| s.parse::<ClassWeights>().unwrap());
+        finetune(&a).unwrap();
+        a
+    };
+    let close = |a: &FinetuneArgs, b: &FinetuneArgs| -> f64 {
+        let (wa, wb) = (weights(&a.out.join("checkpoint")), weights(&b.out.join("checkpoint")));
+        wa.iter().zip(&wb).flat_map(|((_, x), (_, y))| x.iter().zip(y).map(|(p, q)| (p - q).abs())).fold(0.0, f64::max)
+    };
+    finetune(&plain).unwrap();
+    let ones = run("cw-ones", Some("pos=1,neg=1"));
+    let balanced = run("cw-balanced", Some("balanced"));
+    let one_two = run("cw-1-3", Some("pos=1,neg=3"));
+    let two_six = run("cw-2-6", Some("neg=6,pos=2"));
+    assert!(close(&plain, &ones) < 1e-6, "all-ones weights train as no weights: {}", close(&plain, &ones));
+    // tiny_train.csv has 24 pos and 24 neg: balanced weighs both 1.
+    assert!(close(&plain, &balanced) < 1e-6, "balanced on balanced data: {}", close(&plain, &balanced));
+    assert!(close(&one_two, &two_six) < 1e-6, "the loss is normalised by the weights: {}", close(&one_two, &two_six));
+    assert!(close(&plain, &one_two) > 1e-3, "unequal weights change training: {}", close(&plain, &one_two));
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(one_two.out.join("checkpoint/trainer_state.json")).unwrap()).unwrap();
+    let (labels, w) = (state["labels"].as_array().unwrap(), state["class_weights"].as_array().unwrap());
+    let of = |l: &str| w[labels.iter().position(|x| x == l).unwrap()].as_f64().unwrap();
+    assert_eq!((of("pos"), of("neg")), (1.0, 3.0));
+    let card = std::fs::read_to_string(one_two.out.join("README.md")).unwrap();
+    assert!(card.contains("- class_weights: given (") && card.contains("neg 3.0000"), "{card}");
+
+    // An interrupted weighted run resumes to the same bits; other weights on resume are refused.
+    let mut part = one_two.clone();
+    part.out = tmp("cw-part");
+    part.stop_after_steps = Some(4);
+    finetune(&part).unwrap();
+    (part.stop_after_steps, part.resume) = (None, true);
+    let mut other = part.clone();
+    other.class_weights = Some("balanced".parse().unwrap());
+    let e = finetune(&other).unwrap_err().to_string();
+    assert!(e.contains("training_args.json") && e.contains("--class-weights"), "{e}");
+    other.class_weights = None;
+    assert!(finetune(&other).unwrap_err().to_string().contains("--class-weights"));
+    finetune(&part).unwrap();
+    let bytes = |a: &FinetuneArgs| std::fs::read(a.out.join("checkpoint/model.safetensors")).unwrap();
+    assert!(bytes(&part) == bytes(&one_two), "resumed weighted run differs from the uninterrupted one");
+
+    // Token classification: balanced weights n / (k · count) over the words' tags; a tag with no
+    // training word (I-thing) weighs 1.
+    let mut ner = args(&model, Task::Ner, tmp("cw-ner"));
+    ner.epochs = 1;
+    ner.class_weights = Some(ClassWeights::Balanced);
+    finetune(&ner).unwrap();
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(ner.out.join("checkpoint/trainer_state.json")).unwrap()).unwrap();
+    let (labels, w) = (state["labels"].as_array().unwrap(), state["class_weights"].as_array().unwrap());
+    let got: Vec<(String, f64)> = labels.iter().zip(w).map(|(l, w)| (l.as_str().unwrap().to_string(), w.as_f64().unwrap())).collect();
+    let want = [("B-animal", 144.0 / (4.0 * 24.0)), ("B-thing", 144.0 / (4.0 * 14.0)), ("I-animal", 144.0 / (4.0 * 24.0)), ("I-thing", 1.0), ("O", 144.0 / (4.0 * 82.0))];
+    for (l, v) in want {
+        let g = got.iter().find(|(x, _)| x == l).unwrap_or_else(|| panic!("no {l} in {got:?}")).1;
+        assert!((g - v).abs() < 1e-12, "{l}: {g} vs {v}");
+    }
+
+    // Refused: a label the model does not have (naming the training file), multilabel, bad specs.
+    let mut bad = plain.clone();
+    bad.out = tmp("cw-bad");
+    bad.class_weights = Some("pos=1,maybe=2".parse().unwrap());
+    let e = finetune(&bad).unwrap_err().to_string();
+    assert!(e.contains("tiny_train.csv") && e.contains("\"maybe\""), "{e}");
+    assert!(!bad.out.join("checkpoint").exists(), "a refused run wrote a checkpoint");
+    for (spec, says) in [("pos", "LABEL=WEIGHT"), ("pos=x", "not a number"), ("pos=-1", "non-negative"), ("pos=1,pos=2", "twice"), ("pos=inf", "finite")] {
+        let e = spec.parse::<ClassWeights>().unwrap_err();
+        assert!(e.contains(says), "{spec}: {e}");
+    }
 }
 
 #[test]

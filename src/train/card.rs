@@ -4,7 +4,7 @@
 //! evaluation set, the hyperparameters and a table of the evaluations. It is rewritten with
 //! `metrics.json` after every evaluation, so an interrupted run's card says how far it got.
 
-use super::trainer::{FinetuneArgs, OptimizerKind, Task};
+use super::trainer::{ClassWeights, FinetuneArgs, OptimizerKind, Task};
 use super::Aggregation;
 use serde_json::Value;
 use std::fmt::Write;
@@ -18,6 +18,9 @@ pub struct CardInputs<'a> {
     pub best_step: Option<u64>,
     /// Optimizer steps of one epoch (for the fractional epochs of `--eval-steps`).
     pub steps_per_epoch: u64,
+    /// The labels and, with `--class-weights`, the loss's weight of each.
+    pub labels: &'a [String],
+    pub class_weights: Option<&'a [f64]>,
 }
 
 /// The dev evaluations of a run's history (`metrics.json`'s `epochs`), in order.
@@ -195,6 +198,14 @@ pub fn model_card(args: &FinetuneArgs, inputs: &CardInputs) -> String {
     if args.label_smoothing > 0.0 {
         hp.push(("label_smoothing_factor".into(), format!("{:?}", args.label_smoothing)));
     }
+    if let (Some(spec), Some(w)) = (&args.class_weights, inputs.class_weights) {
+        let how = match spec {
+            ClassWeights::Balanced => "balanced",
+            ClassWeights::Given(_) => "given",
+        };
+        let each: Vec<String> = inputs.labels.iter().zip(w).map(|(l, w)| format!("{l} {w:.4}")).collect();
+        hp.push(("class_weights".into(), format!("{how} ({})", each.join(", "))));
+    }
     if args.bf16 {
         hp.push(("mixed_precision_training".into(), "bf16 autocast (linear layers' GEMMs; f32 weights and sums)".into()));
     }
@@ -267,7 +278,7 @@ mod tests {
     #[test]
     fn a_card_has_hub_metadata_hyperparameters_and_one_row_per_evaluation() {
         let h = history();
-        let card = model_card(&args(), &CardInputs { history: &h, best_epoch: Some(2), best_step: Some(20), steps_per_epoch: 10 });
+        let card = model_card(&args(), &CardInputs { history: &h, best_epoch: Some(2), best_step: Some(20), steps_per_epoch: 10, labels: &[], class_weights: None });
         // YAML front matter the Hub reads; the name with a colon is quoted.
         assert!(card.starts_with("---\nlibrary_name: transformers\n"), "{card}");
         assert!(card.contains("pipeline_tag: token-classification\n"));
@@ -291,14 +302,17 @@ mod tests {
         let mut a = args();
         a.test = Some(PathBuf::from("/d/wnut16/test.conll"));
         (a.label_all_tokens, a.aggregation) = (true, Aggregation::Max);
-        let card = model_card(&a, &CardInputs { history: &h, best_epoch: Some(2), best_step: Some(20), steps_per_epoch: 10 });
+        a.class_weights = Some(ClassWeights::Balanced);
+        let labels = ["B-x".to_string(), "O".to_string()];
+        let card = model_card(&a, &CardInputs { history: &h, best_epoch: Some(2), best_step: Some(20), steps_per_epoch: 10, labels: &labels, class_weights: Some(&[3.0, 0.6]) });
+        assert!(card.contains("- class_weights: balanced (B-x 3.0000, O 0.6000)\n"), "{card}");
         assert!(card.contains("results on the test set (`test.conll`)"), "{card}");
         assert!(card.contains("- Entity F1: 0.3750\n") && card.contains("- Accuracy: 0.9000\n") && card.contains("- Loss: 0.1250\n"), "{card}");
         assert_eq!(card.matches("- Loss:").count(), 1, "{card}");
         assert!(card.contains("split: test") && card.contains("    - type: accuracy\n      value: 0.9\n"), "{card}");
         assert!(card.contains("- label_all_tokens: true\n") && card.contains("- aggregation_strategy: max\n"), "{card}");
         // Not evaluated yet: no results, an empty model-index entry.
-        let card = model_card(&args(), &CardInputs { history: &[], best_epoch: None, best_step: None, steps_per_epoch: 10 });
+        let card = model_card(&args(), &CardInputs { history: &[], best_epoch: None, best_step: None, steps_per_epoch: 10, labels: &[], class_weights: None });
         assert!(card.contains("It has not been evaluated yet.") && card.contains("  results: []\n---"), "{card}");
     }
 }

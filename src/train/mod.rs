@@ -12,4 +12,4 @@ pub mod words;
 
 pub use data::{load_classification, load_sequences, load_token_classification, Example, Target, TargetKind};
 pub use words::{Aggregation, TagOptions};
-pub use trainer::{evaluate_dir, finetune, EvalOptions, precision_flag, predict_dir, Entity, FinetuneArgs, OptimizerKind, Output, PredictOptions, Prediction, Predictor, Probs, Task};
+pub use trainer::{evaluate_dir, finetune, ClassWeights, EvalOptions, precision_flag, predict_dir, Entity, FinetuneArgs, OptimizerKind, Output, PredictOptions, Prediction, Predictor, Probs, Task};

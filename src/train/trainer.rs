@@ -105,6 +105,81 @@ impl OptimizerKind {
     }
 }
 
+/// `--class-weights`: how much each class's examples (tags, for token classification) weigh in
+/// the cross-entropy loss.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassWeights {
+    /// scikit-learn's `compute_class_weight("balanced")`: n / (k · count(c)) over the training
+    /// labels (the words' tags for ner), k the number of labels the training data has; a label
+    /// with no training example weighs 1.
+    Balanced,
+    /// A weight per label by name; labels not named weigh 1.
+    Given(Vec<(String, f64)>),
+}
+
+impl std::str::FromStr for ClassWeights {
+    type Err = String;
+
+    /// `balanced`, or `LABEL=W,LABEL=W,...`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s == "balanced" {
+            return Ok(ClassWeights::Balanced);
+        }
+        let mut given = Vec::new();
+        for part in s.split(',') {
+            let (label, w) = part.rsplit_once('=').ok_or_else(|| format!("\"{part}\" is not LABEL=WEIGHT (give `balanced` or LABEL=W,LABEL=W,...)"))?;
+            let w: f64 = w.trim().parse().map_err(|_| format!("weight \"{w}\" of label \"{label}\" is not a number"))?;
+            if !(w.is_finite() && w >= 0.0) {
+                return Err(format!("weight {w} of label \"{label}\" must be finite and non-negative"));
+            }
+            if given.iter().any(|(l, _): &(String, f64)| l == label) {
+                return Err(format!("label \"{label}\" is given twice"));
+            }
+            given.push((label.to_string(), w));
+        }
+        Ok(ClassWeights::Given(given))
+    }
+}
+
+impl ClassWeights {
+    /// The weight of each label of `labels` (the model's order), from the training examples.
+    fn resolve(&self, labels: &[String], train: &[Example], path: &Path) -> Result<Vec<f64>> {
+        match self {
+            ClassWeights::Balanced => {
+                let mut count = vec![0usize; labels.len()];
+                for l in train.iter().flat_map(|e| e.labels()) {
+                    if let Some(i) = labels.iter().position(|x| x == l) {
+                        count[i] += 1;
+                    }
+                }
+                let n: usize = count.iter().sum();
+                let k = count.iter().filter(|&&c| c > 0).count();
+                Ok(count.iter().map(|&c| if c == 0 { 1.0 } else { n as f64 / (k as f64 * c as f64) }).collect())
+            }
+            ClassWeights::Given(given) => {
+                if let Some((l, _)) = given.iter().find(|(l, _)| !labels.contains(l)) {
+                    return file_err(path, format!("--class-weights names label \"{l}\", which the model does not have (labels: {})", labels.join(", ")));
+                }
+                Ok(labels.iter().map(|l| given.iter().find(|(g, _)| g == l).map_or(1.0, |(_, w)| *w)).collect())
+            }
+        }
+    }
+}
+
+/// The cross-entropy tasks' loss settings: label smoothing and class weights (label order).
+#[derive(Debug, Clone, Copy, Default)]
+struct LossSpec<'a> {
+    smoothing: f64,
+    weights: Option<&'a [f64]>,
+}
+
+impl<'a> LossSpec<'a> {
+    fn of(args: &FinetuneArgs, state: &'a TrainerState) -> Self {
+        LossSpec { smoothing: args.label_smoothing, weights: state.class_weights.as_deref() }
+    }
+}
+
 /// Everything `engram finetune` takes; defaults are transformers' `Trainer` defaults where it has one.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FinetuneArgs {
@@ -167,6 +242,10 @@ pub struct FinetuneArgs {
     /// Label smoothing ε of the cross-entropy tasks (transformers' `label_smoothing_factor`).
     #[serde(default)]
     pub label_smoothing: f64,
+    /// Per-class weights of the cross-entropy tasks' loss (`F.cross_entropy(weight=...)`), for
+    /// imbalanced labels; the dev and test loss use them too.
+    #[serde(default)]
+    pub class_weights: Option<ClassWeights>,
     pub progress: bool,
     /// Long inputs cut into segments: recurrent memory tokens, or the chunk-and-average
     /// baseline (see `memory`). `None`: truncate to `max_length` like transformers.
@@ -268,6 +347,7 @@ impl FinetuneArgs {
             eval_steps: None,
             group_by_length: false,
             label_smoothing: 0.0,
+            class_weights: None,
             progress: true,
             memory: None,
             label_sep: default_label_sep(),
@@ -351,6 +431,10 @@ struct TrainerState {
     train_examples: Option<usize>,
     #[serde(default)]
     train_fingerprint: Option<String>,
+    /// The loss's class weights in label order (`--class-weights`, resolved on the training data
+    /// when the run starts; a resumed run keeps them).
+    #[serde(default)]
+    class_weights: Option<Vec<f64>>,
 }
 
 /// FNV-1a over every example's fields (with separators): a fingerprint of the training data.
@@ -416,6 +500,8 @@ fn check_resume(args: &FinetuneArgs, state: &TrainerState, saved: &serde_json::V
         ("group_by_length", "--group-by-length"),
         ("freeze_backbone", "--freeze-backbone"),
         ("bf16", "--bf16"),
+        ("label_smoothing", "--label-smoothing"),
+        ("class_weights", "--class-weights"),
         ("memory", "--memory-tokens/--segment-len/--bptt"),
     ] {
         if let Some(was) = saved.get(key) {
@@ -673,12 +759,14 @@ fn loss_op(task: Task) -> &'static str {
 
 /// The task's training loss: cross-entropy over classes (or tags), BCE with logits per label,
 /// or mean squared error of the score — transformers' choice for each `problem_type`.
-/// `label_smoothing` applies to the cross-entropy tasks (transformers' `label_smoothing_factor`).
-fn task_loss(task: Task, tape: &Tape, logits: &Tensor, y: &Tensor, label_smoothing: f64) -> Result<Tensor> {
-    match task {
-        Task::Multilabel => ops::binary_cross_entropy_with_logits(tape, logits, y),
-        Task::Regression => ops::mse_loss(tape, logits, y),
-        Task::Classify | Task::Pair | Task::Ner => ops::cross_entropy_smoothed(tape, logits, y, label_smoothing),
+/// `loss` (label smoothing, class weights) applies to the cross-entropy tasks (transformers'
+/// `label_smoothing_factor`; `F.cross_entropy(weight=...)`).
+fn task_loss(task: Task, tape: &Tape, logits: &Tensor, y: &Tensor, loss: LossSpec) -> Result<Tensor> {
+    match (task, loss.weights) {
+        (Task::Multilabel, _) => ops::binary_cross_entropy_with_logits(tape, logits, y),
+        (Task::Regression, _) => ops::mse_loss(tape, logits, y),
+        (Task::Classify | Task::Pair | Task::Ner, None) => ops::cross_entropy_smoothed(tape, logits, y, loss.smoothing),
+        (Task::Classify | Task::Pair | Task::Ner, Some(w)) => ops::cross_entropy_weighted(tape, logits, y, w, loss.smoothing),
     }
 }
 
@@ -793,7 +881,7 @@ fn prediction_row(e: &Example) -> serde_json::Value {
 /// `label_smoothing`: the training loss's, so the dev loss is the same quantity (as transformers'
 /// Trainer computes it); 0 for `engram eval`.
 #[allow(clippy::too_many_arguments)]
-fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: Task, ex: &[Example], labels: &[String], batch_size: usize, path: &Path, label_smoothing: f64, tagging: TagOptions) -> Result<Evaluation> {
+fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: Task, ex: &[Example], labels: &[String], batch_size: usize, path: &Path, loss: LossSpec, tagging: TagOptions) -> Result<Evaluation> {
     let label_ids: HashMap<String, usize> = labels.iter().enumerate().map(|(i, l)| (l.clone(), i)).collect();
     let (mut gold, mut pred) = (Vec::new(), Vec::new());
     let (mut gold_multi, mut pred_multi, mut gold_score, mut pred_score) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -822,7 +910,7 @@ fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: 
         let tape = bert.inference_tape();
         let logits = logits(bert, mem, &tape, &inputs, false)?;
         let yd = y.to_device(bert.device())?;
-        loss_sum += task_loss(task, &tape, &logits, &yd, label_smoothing)?.item()? * chunk.len() as f64;
+        loss_sum += task_loss(task, &tape, &logits, &yd, loss)?.item()? * chunk.len() as f64;
         loss_n += chunk.len();
         let out = logits.to_f64_vec();
         match task {
@@ -1091,6 +1179,9 @@ fn check_hyperparameters(args: &FinetuneArgs) -> Result<()> {
     if args.label_smoothing > 0.0 && matches!(args.task, Task::Multilabel | Task::Regression) {
         return Err(Error::Value { op: "finetune", detail: "--label-smoothing applies to the cross-entropy tasks (classify, pair, ner), not to multilabel or regression".into() });
     }
+    if args.class_weights.is_some() && matches!(args.task, Task::Multilabel | Task::Regression) {
+        return Err(Error::Value { op: "finetune", detail: "--class-weights applies to the cross-entropy tasks (classify, pair, ner), not to multilabel or regression".into() });
+    }
     if !(args.early_stopping_threshold.is_finite() && args.early_stopping_threshold >= 0.0) {
         return bad("--early-stopping-threshold", args.early_stopping_threshold, "≥ 0");
     }
@@ -1183,6 +1274,13 @@ fn finetune_here(args: &FinetuneArgs) -> Result<Summary> {
     } else {
         state.train_examples = Some(train.len());
         state.train_fingerprint = Some(fingerprint(&train));
+    }
+    if state.class_weights.is_none() {
+        state.class_weights = args.class_weights.as_ref().map(|c| c.resolve(&labels, &train, &args.train)).transpose()?;
+    }
+    if let (Some(w), true) = (&state.class_weights, args.progress) {
+        let shown: Vec<String> = labels.iter().zip(w).map(|(l, w)| format!("{l} {w:.4}")).collect();
+        eprintln!("engram: class weights: {}", shown.join(", "));
     }
     state.labels = labels.clone();
     state.args_seed = args.seed;
@@ -1345,7 +1443,7 @@ fn finetune_here(args: &FinetuneArgs) -> Result<Summary> {
                 let tape = if args.profile { tape.profiled() } else { tape };
                 state.global_micro += 1;
                 let logits = logits(&bert, mem, &tape, &inputs, true)?;
-                let loss = task_loss(task, &tape, &logits, &y.to_device(args.device)?, args.label_smoothing)?;
+                let loss = task_loss(task, &tape, &logits, &y.to_device(args.device)?, LossSpec::of(args, &state))?;
                 loss_sum += loss.item()?;
                 grads.accumulate(tape.backward(&loss)?)?;
                 if let Some(p) = tape.profile() {
@@ -1464,7 +1562,7 @@ fn finetune_here(args: &FinetuneArgs) -> Result<Summary> {
     if let (Some(test), false) = (&args.test, interrupted) {
         let (best, _, _, best_mem) = load_finetuned(&args.out, args.device, if args.bf16 { Precision::Bf16 } else { Precision::F32 })?;
         let ex = load_examples(task, test, args.max_eval_examples, args.label_sep)?;
-        let ev = evaluate(&best, best_mem.as_ref(), &tok, task, &ex, &labels, args.eval_batch_size, test, args.label_smoothing, args.tagging())?;
+        let ev = evaluate(&best, best_mem.as_ref(), &tok, task, &ex, &labels, args.eval_batch_size, test, LossSpec::of(args, &state), args.tagging())?;
         if args.progress {
             eprintln!("test ({}):\n{}", test.display(), ev.text);
         }
@@ -1532,7 +1630,7 @@ fn all_results(state: &TrainerState, run: RunTotals) -> serde_json::Value {
 /// best so far, and say whether early stopping's patience has run out.
 #[allow(clippy::too_many_arguments)]
 fn dev_round(args: &FinetuneArgs, bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, dev: &[Example], labels: &[String], state: &mut TrainerState, (epoch, epochs): (usize, usize), train_loss: f64, seconds: f64) -> Result<bool> {
-    let ev = evaluate(bert, mem, tok, args.task, dev, labels, args.eval_batch_size, &args.dev, args.label_smoothing, args.tagging())?;
+    let ev = evaluate(bert, mem, tok, args.task, dev, labels, args.eval_batch_size, &args.dev, LossSpec::of(args, state), args.tagging())?;
     let value = *ev.values.get(&args.metric).ok_or_else(|| Error::Value {
         op: "finetune",
         detail: format!("unknown metric \"{}\" (one of: {})", args.metric, ev.values.keys().cloned().collect::<Vec<_>>().join(", ")),
@@ -1596,7 +1694,14 @@ fn write_metrics(args: &FinetuneArgs, state: &TrainerState) -> Result<()> {
         .collect();
     let svg = super::plot::svg(&format!("engram finetune: {}", args.train.display()), &state.loss_log, &dev, &args.metric);
     write_atomic(&args.out.join("training.svg"), svg.as_bytes())?;
-    let card = super::card::CardInputs { history: &state.history, best_epoch: state.best_epoch, best_step: state.best_step, steps_per_epoch: state.steps_per_epoch };
+    let card = super::card::CardInputs {
+        history: &state.history,
+        best_epoch: state.best_epoch,
+        best_step: state.best_step,
+        steps_per_epoch: state.steps_per_epoch,
+        labels: &state.labels,
+        class_weights: state.class_weights.as_deref(),
+    };
     write_atomic(&args.out.join("README.md"), super::card::model_card(args, &card).as_bytes())
 }
 
@@ -1685,7 +1790,7 @@ pub fn evaluate_dir(dir: &Path, data: &Path, opts: &EvalOptions) -> Result<(Stri
     check_tagging(task, opts.tagging, false)?;
     let ex = load_examples(task, data, None, opts.label_sep)?;
     let tok = BertTokenizer::from_dir(dir, opts.max_length.min(bert.config.max_tokens()))?.fits(bert.config.vocab_size)?;
-    let run = || evaluate(&bert, mem.as_ref(), &tok, task, &ex, &labels, opts.batch_size, data, 0.0, opts.tagging);
+    let run = || evaluate(&bert, mem.as_ref(), &tok, task, &ex, &labels, opts.batch_size, data, LossSpec::default(), opts.tagging);
     let ev = if opts.device == Device::Cpu { crate::util::on_pool(run)? } else { run()? };
     if let Some(path) = &opts.predictions {
         write_predictions(path, &ev.predictions)?;
