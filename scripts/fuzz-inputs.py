@@ -198,7 +198,7 @@ def checkpoint_mutants(binary, rng, n, tmp):
         d = os.path.join(tmp, f"c{i}")
         shutil.copytree(base, d)
         ck = os.path.join(d, "checkpoint")
-        name = rng.choice(["trainer_state.json", "training_args.json", "optimizer.safetensors", "model.safetensors", "config.json", "inputs"])
+        name = rng.choice(["engram_state.json", "trainer_state.json", "training_args.json", "optimizer.safetensors", "model.safetensors", "config.json", "inputs"])
         if name == "inputs":
             lines = [json.dumps({"text": "hello world"}), json.dumps({"text": "the cat", "text_pair": "x"})]
             data = bytearray("\n".join(lines).encode())

@@ -102,6 +102,18 @@ fn resume_from_a_mid_run_checkpoint_gives_bitwise_identical_weights() {
         let a = std::fs::read(full.out.join("checkpoint/model.safetensors")).unwrap();
         let b = std::fs::read(part.out.join("checkpoint/model.safetensors")).unwrap();
         assert!(a == b, "{tag}: resumed weights differ from the uninterrupted run");
+        if opt == OptimizerKind::Adamw {
+            // A checkpoint from before engram_state.json (its counters in trainer_state.json)
+            // still resumes exactly.
+            let mut old = full.clone();
+            (old.out, old.stop_after_steps) = (tmp("part-old-format"), Some(3));
+            finetune(&old).unwrap();
+            let ck = old.out.join("checkpoint");
+            std::fs::rename(ck.join("engram_state.json"), ck.join("trainer_state.json")).unwrap();
+            (old.stop_after_steps, old.resume) = (None, true);
+            finetune(&old).unwrap();
+            assert!(std::fs::read(ck.join("model.safetensors")).unwrap() == a, "resumed from an old-format checkpoint");
+        }
         // The optimizer state (AdamW moments; SGD momentum buffers) is saved and restored exactly.
         let state = read_safetensors(full.out.join("checkpoint/optimizer.safetensors")).unwrap();
         let key = if opt == OptimizerKind::Sgd { "momentum_buffer.classifier.weight" } else { "m.classifier.weight" };
@@ -970,6 +982,19 @@ fn eval_steps_evaluates_mid_epoch_keeps_the_best_and_resumes_exactly() {
     assert_eq!(evals[1]["eval_accuracy"], m["epochs"][1]["accuracy"]);
     let order: Vec<u64> = log.iter().map(|e| e["step"].as_u64().unwrap()).collect();
     assert!(order.windows(2).all(|w| w[0] <= w[1]) && log[3].get("loss").is_some() && log[4].get("eval_loss").is_some(), "{log:?}");
+    // It has exactly transformers' TrainerState fields (tests/fixtures/trainer_state.py), so
+    // TrainerState.load_from_json reads it; our resume counters are in engram_state.json.
+    let hf: serde_json::Value = serde_json::from_slice(&std::fs::read(root().join("tests/fixtures/trainer_state_fields.json")).unwrap()).unwrap();
+    let mut want: Vec<&str> = hf["fields"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+    let mut have: Vec<&str> = st.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    (want.sort(), have.sort());
+    assert_eq!(have, want, "trainer_state.json keys against transformers {}", hf["transformers"]);
+    assert_eq!((st["global_step"].as_u64(), st["max_steps"].as_u64(), st["epoch"].as_f64()), (Some(12), Some(12), Some(2.0)));
+    assert_eq!((st["eval_steps"].as_u64(), st["train_batch_size"].as_u64(), st["num_train_epochs"].as_u64()), (Some(4), Some(8), Some(2)));
+    assert_eq!(st["best_global_step"].as_u64(), Some(s.best_step));
+    assert_eq!(st["best_metric"].as_f64(), Some(s.best_metric));
+    assert!(st["num_input_tokens_seen"].as_u64().unwrap() > 48 * 2 * 3, "{}", st["num_input_tokens_seen"]);
+    assert!(a.out.join("checkpoint/engram_state.json").is_file());
     // Every 5 steps, and once more after the last one.
     let mut full = args(&model, Task::Classify, tmp("eval-steps-5"));
     full.eval_steps = Some(5);
@@ -1115,7 +1140,7 @@ fn class_weights_reach_the_loss_normalised_resume_exactly_and_are_a_resume_flag(
     assert!(close(&plain, &balanced) < 1e-6, "balanced on balanced data: {}", close(&plain, &balanced));
     assert!(close(&one_two, &two_six) < 1e-6, "the loss is normalised by the weights: {}", close(&one_two, &two_six));
     assert!(close(&plain, &one_two) > 1e-3, "unequal weights change training: {}", close(&plain, &one_two));
-    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(one_two.out.join("checkpoint/trainer_state.json")).unwrap()).unwrap();
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(one_two.out.join("checkpoint/engram_state.json")).unwrap()).unwrap();
     let (labels, w) = (state["labels"].as_array().unwrap(), state["class_weights"].as_array().unwrap());
     let of = |l: &str| w[labels.iter().position(|x| x == l).unwrap()].as_f64().unwrap();
     assert_eq!((of("pos"), of("neg")), (1.0, 3.0));
@@ -1144,7 +1169,7 @@ fn class_weights_reach_the_loss_normalised_resume_exactly_and_are_a_resume_flag(
     ner.epochs = 1;
     ner.class_weights = Some(ClassWeights::Balanced);
     finetune(&ner).unwrap();
-    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(ner.out.join("checkpoint/trainer_state.json")).unwrap()).unwrap();
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(ner.out.join("checkpoint/engram_state.json")).unwrap()).unwrap();
     let (labels, w) = (state["labels"].as_array().unwrap(), state["class_weights"].as_array().unwrap());
     let got: Vec<(String, f64)> = labels.iter().zip(w).map(|(l, w)| (l.as_str().unwrap().to_string(), w.as_f64().unwrap())).collect();
     let want = [("B-animal", 144.0 / (4.0 * 24.0)), ("B-thing", 144.0 / (4.0 * 14.0)), ("I-animal", 144.0 / (4.0 * 24.0)), ("I-thing", 1.0), ("O", 144.0 / (4.0 * 82.0))];

@@ -363,11 +363,54 @@ impl FinetuneArgs {
     }
 }
 
+/// `trainer_state.json` exactly as transformers' `TrainerState` has it (every field and no
+/// other, so `TrainerState.load_from_json` reads it): step, fractional epoch, the run's length
+/// and batch, `log_history`, the best evaluation, and early stopping's counter as its callback
+/// state. Our own counters for `--resume` are in `engram_state.json` beside it.
+fn hf_trainer_state(state: &TrainerState, args: &FinetuneArgs) -> serde_json::Value {
+    let spe = state.steps_per_epoch.max(1);
+    let max_steps = args.max_steps.unwrap_or(spe * args.epochs as u64);
+    let num_train_epochs = args.max_steps.map_or(args.epochs as u64, |m| m.div_ceil(spe));
+    let best = state.best_step.map(|_| args.out.display().to_string());
+    let mut callbacks = serde_json::Map::new();
+    if let Some(p) = args.patience {
+        callbacks.insert(
+            "EarlyStoppingCallback".into(),
+            serde_json::json!({
+                "args": { "early_stopping_patience": p, "early_stopping_threshold": args.early_stopping_threshold },
+                "attributes": { "early_stopping_patience_counter": state.epochs_without_improvement },
+            }),
+        );
+    }
+    serde_json::json!({
+        "best_global_step": state.best_step,
+        "best_metric": state.best_metric,
+        "best_model_checkpoint": best,
+        "epoch": ((state.global_step as f64 / spe as f64) * 1e4).round() / 1e4,
+        "eval_steps": args.eval_steps.unwrap_or(spe),
+        "global_step": state.global_step,
+        "is_hyper_param_search": false,
+        "is_local_process_zero": true,
+        "is_world_process_zero": true,
+        "log_history": log_history(state),
+        "logging_steps": 1,
+        "max_steps": max_steps,
+        "num_input_tokens_seen": state.input_tokens_seen,
+        "num_train_epochs": num_train_epochs,
+        "save_steps": args.save_steps.unwrap_or(spe),
+        "stateful_callbacks": callbacks,
+        "total_flos": 0.0,
+        "train_batch_size": args.batch_size,
+        "trial_name": null,
+        "trial_params": null,
+    })
+}
+
 /// transformers' `log_history` (the list its `trainer_state.json` carries, which plotting and
 /// tracking tools read): one entry per optimizer step (`loss`, `grad_norm`, `learning_rate`) and
 /// one per dev evaluation (`eval_loss`, `eval_<metric>`, ...), each with its fractional `epoch`
-/// and `step`, in step order (a step's training entry before its evaluation). Written beside our
-/// own counters; never read back.
+/// and `step`, in step order (a step's training entry before its evaluation). Written, never read
+/// back.
 fn log_history(state: &TrainerState) -> Vec<serde_json::Value> {
     let epoch = |step: u64| if state.steps_per_epoch > 0 { ((step as f64 / state.steps_per_epoch as f64) * 1e4).round() / 1e4 } else { 0.0 };
     let norms: HashMap<u64, f64> = state.grad_norm_log.iter().copied().collect();
@@ -393,7 +436,8 @@ fn log_history(state: &TrainerState) -> Vec<serde_json::Value> {
     out.into_iter().map(|(_, _, e)| e).collect()
 }
 
-/// Counters saved beside the checkpoint (`trainer_state.json`).
+/// Counters saved beside the checkpoint (`engram_state.json`; checkpoints written before it
+/// existed kept them in `trainer_state.json`, which resume still reads).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct TrainerState {
     epoch: usize,
@@ -435,6 +479,10 @@ struct TrainerState {
     /// when the run starts; a resumed run keeps them).
     #[serde(default)]
     class_weights: Option<Vec<f64>>,
+    /// Input tokens of every training micro-batch so far, resumes included (transformers'
+    /// `num_input_tokens_seen`).
+    #[serde(default)]
+    input_tokens_seen: u64,
 }
 
 /// FNV-1a over every example's fields (with separators): a fingerprint of the training data.
@@ -1142,9 +1190,8 @@ fn save_checkpoint(dir: &Path, bert: &Bert, mem: Option<&MemoryConfig>, opt: &Op
         Opt::Sgd(s) => s.export_state(&named)?,
     };
     write_safetensors(dir.join("optimizer.safetensors"), &opt_state, None)?;
-    let mut json = serde_json::to_value(state).expect("state serialises");
-    json["log_history"] = serde_json::Value::Array(log_history(state));
-    write_atomic(&dir.join("trainer_state.json"), serde_json::to_string_pretty(&json).expect("state serialises").as_bytes())?;
+    write_atomic(&dir.join("engram_state.json"), serde_json::to_string_pretty(state).expect("state serialises").as_bytes())?;
+    write_atomic(&dir.join("trainer_state.json"), serde_json::to_string_pretty(&hf_trainer_state(state, args)).expect("state serialises").as_bytes())?;
     write_atomic(&dir.join("training_args.json"), serde_json::to_string_pretty(args).expect("args serialise").as_bytes())
 }
 
@@ -1258,11 +1305,16 @@ fn finetune_here(args: &FinetuneArgs) -> Result<Summary> {
     }
     let dev = load_examples(task, &args.dev, args.max_eval_examples, args.label_sep)?;
     let ckpt = args.out.join("checkpoint");
-    let resuming = args.resume && ckpt.join("trainer_state.json").is_file();
+    // Our counters: engram_state.json, or (checkpoints from before it) trainer_state.json.
+    let state_file = ["engram_state.json", "trainer_state.json"].map(|f| ckpt.join(f)).into_iter().find(|p| p.is_file());
+    let resuming = args.resume && state_file.is_some();
     if args.resume && !resuming {
         eprintln!("engram: no checkpoint in {}; starting from scratch", ckpt.display());
     }
-    let mut state: TrainerState = if resuming { json_file(&ckpt.join("trainer_state.json"))? } else { TrainerState::default() };
+    let mut state: TrainerState = match (&state_file, resuming) {
+        (Some(f), true) => json_file(f)?,
+        _ => TrainerState::default(),
+    };
     let src_dir = if resuming { ckpt.clone() } else { args.model.clone() };
     let config_labels = crate::models::bert::BertConfig::from_file(src_dir.join("config.json"))?.id2label;
     let labels = if resuming { state.labels.clone() } else { label_set(task, &config_labels, &train) };
@@ -1439,6 +1491,7 @@ fn finetune_here(args: &FinetuneArgs) -> Result<Summary> {
                 t_batch += t0.elapsed();
                 seen_examples += ex.len();
                 seen_tokens += inputs.tokens();
+                state.input_tokens_seen += inputs.tokens() as u64;
                 let tape = Tape::training(mix(args.seed, state.global_micro)).bf16(args.bf16).checkpointing(args.gradient_checkpointing);
                 let tape = if args.profile { tape.profiled() } else { tape };
                 state.global_micro += 1;
