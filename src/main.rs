@@ -221,6 +221,11 @@ struct FinetuneCli {
     /// The dev and test loss are weighted the same way.
     #[arg(long, value_name = "balanced|LABEL=W,...")]
     class_weights: Option<engram::train::ClassWeights>,
+    /// Names of integer labels in id order (an HF datasets export's ClassLabel names, e.g.
+    /// features["ner_tags"].feature.names): id i reads as the i-th name, and the names become
+    /// the model's labels in that order.
+    #[arg(long, value_name = "NAME,NAME,...", value_delimiter = ',')]
+    label_names: Option<Vec<String>>,
     /// Stop after N optimizer steps with a checkpoint (to test --resume).
     #[arg(long, hide = true)]
     stop_after_steps: Option<u64>,
@@ -553,6 +558,7 @@ fn finetune(f: FinetuneCli) -> Result<()> {
     a.group_by_length = f.group_by_length;
     a.label_smoothing = f.label_smoothing;
     a.class_weights = f.class_weights;
+    a.label_names = f.label_names;
     a.stop_after_steps = f.stop_after_steps;
     a.progress = !f.quiet;
     a.truncate_left = f.truncate_left;

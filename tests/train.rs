@@ -1191,6 +1191,79 @@ fn class_weights_reach_the_loss_normalised_resume_exactly_and_are_a_resume_flag(
     }
 }
 
+/// tiny_*.conll as an HF datasets export writes it: JSONL with `tokens` and integer `ner_tags`
+/// (ids into `names`).
+fn conll_as_ids(conll: &Path, names: &[&str], out: &Path) {
+    let mut lines = String::new();
+    for sent in std::fs::read_to_string(conll).unwrap().split("\n\n").filter(|s| !s.trim().is_empty()) {
+        let (words, ids): (Vec<&str>, Vec<usize>) = sent
+            .lines()
+            .map(|l| {
+                let (w, t) = l.rsplit_once(char::is_whitespace).unwrap();
+                (w.trim(), names.iter().position(|n| *n == t).unwrap())
+            })
+            .unzip();
+        lines += &format!("{}\n", serde_json::json!({"id": "x", "tokens": words, "ner_tags": ids}));
+    }
+    std::fs::write(out, lines).unwrap();
+}
+
+#[test]
+fn ner_class_ids_with_label_names_train_as_the_named_tags() {
+    let model = root().join("weights/tiny-bert");
+    let d = root().join("tests/fixtures/data");
+    let dir = tmp("ids");
+    std::fs::create_dir_all(&dir).unwrap();
+    // In the order engram sorts the tags itself, the run is the CoNLL run, bit for bit.
+    let sorted = ["B-animal", "B-thing", "I-animal", "I-thing", "O"];
+    conll_as_ids(&d.join("tiny_train.conll"), &sorted, &dir.join("train.jsonl"));
+    conll_as_ids(&d.join("tiny_dev.conll"), &sorted, &dir.join("dev.jsonl"));
+    let conll = args(&model, Task::Ner, tmp("ids-conll"));
+    finetune(&conll).unwrap();
+    let mut ids = conll.clone();
+    (ids.train, ids.dev, ids.test, ids.out) = (dir.join("train.jsonl"), dir.join("dev.jsonl"), Some(dir.join("dev.jsonl")), tmp("ids-jsonl"));
+    ids.label_names = Some(sorted.map(String::from).to_vec());
+    finetune(&ids).unwrap();
+    let bytes = |a: &FinetuneArgs| std::fs::read(a.out.join("model.safetensors")).unwrap();
+    assert!(bytes(&conll) == bytes(&ids), "class ids named in engram's order train as the CoNLL tags");
+    // `eval` reads class ids as the model's label ids, with the same scores as the tag names.
+    let opts = EvalOptions { max_length: 64, ..Default::default() };
+    let (_, by_name) = engram::train::evaluate_dir(&conll.out, &conll.dev, &opts).unwrap();
+    let (_, by_id) = engram::train::evaluate_dir(&conll.out, &dir.join("dev.jsonl"), &opts).unwrap();
+    assert_eq!(by_name["values"], by_id["values"]);
+    // Another order (the dataset's) is the model's label order.
+    let names = ["O", "B-animal", "I-animal", "B-thing", "I-thing"];
+    conll_as_ids(&d.join("tiny_train.conll"), &names, &dir.join("train2.jsonl"));
+    let mut other = ids.clone();
+    (other.train, other.dev, other.test, other.out) = (dir.join("train2.jsonl"), d.join("tiny_dev.conll"), None, tmp("ids-order"));
+    other.label_names = Some(names.map(String::from).to_vec());
+    finetune(&other).unwrap();
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(other.out.join("config.json")).unwrap()).unwrap();
+    let id2label: Vec<&str> = (0..5).map(|i| cfg["id2label"][i.to_string()].as_str().unwrap()).collect();
+    assert_eq!(id2label, names);
+    // Class ids without names are refused, naming the file; so are ids past the names.
+    let mut bare = ids.clone();
+    (bare.label_names, bare.out) = (None, tmp("ids-bare"));
+    let e = finetune(&bare).unwrap_err().to_string();
+    assert!(e.contains("train.jsonl") && e.contains("--label-names"), "{e}");
+    bare.label_names = Some(sorted[..3].iter().map(|s| s.to_string()).collect());
+    let e = finetune(&bare).unwrap_err().to_string();
+    assert!(e.contains("train.jsonl") && e.contains("is not a class id in 0..3"), "{e}");
+    bare.label_names = Some(vec!["O".into(), "O".into()]);
+    assert!(finetune(&bare).unwrap_err().to_string().contains("given twice"));
+    assert!(!bare.out.join("checkpoint").exists(), "a refused run wrote a checkpoint");
+    // Sequence classification: GLUE-style 0/1 labels named.
+    for (f, src) in [("train.csv", "tiny_train.csv"), ("dev.csv", "tiny_dev.csv")] {
+        let text: String = std::fs::read_to_string(d.join(src)).unwrap().lines().map(|l| format!("{}\n", l.replace(",neg", ",0").replace(",pos", ",1"))).collect();
+        std::fs::write(dir.join(f), text).unwrap();
+    }
+    let mut seq = args(&model, Task::Classify, tmp("ids-seq"));
+    (seq.train, seq.dev, seq.label_names, seq.epochs) = (dir.join("train.csv"), dir.join("dev.csv"), Some(vec!["negative".into(), "positive".into()]), 1);
+    finetune(&seq).unwrap();
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(seq.out.join("config.json")).unwrap()).unwrap();
+    assert_eq!((cfg["id2label"]["0"].as_str(), cfg["id2label"]["1"].as_str()), (Some("negative"), Some("positive")), "{cfg}");
+}
+
 #[test]
 fn bf16_autocast_trains_close_to_f32_resumes_exactly_and_is_a_resume_flag() {
     // The tiny BERT (hidden 32) on the synthetic pattern: bf16 GEMMs change the numbers a little,

@@ -43,6 +43,16 @@ impl Example {
         Example::Tokens { words, tags, scored }
     }
 
+    /// Every label of the example, mutably (the class, each of a label set, each word's tag).
+    fn labels_mut(&mut self) -> Vec<&mut String> {
+        match self {
+            Example::Seq { target: Target::Class(l), .. } => vec![l],
+            Example::Seq { target: Target::Labels(ls), .. } => ls.iter_mut().collect(),
+            Example::Seq { target: Target::Score(_), .. } => Vec::new(),
+            Example::Tokens { tags, .. } => tags.iter_mut().collect(),
+        }
+    }
+
     /// The class names the example uses (none for a regression score).
     pub fn labels(&self) -> Vec<&str> {
         match self {
@@ -360,9 +370,35 @@ pub fn load_texts(path: impl AsRef<Path>) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// True when the examples have labels and every one is a non-negative integer (class ids, as an
+/// HF datasets export writes a `ClassLabel` column such as `ner_tags`).
+pub fn integer_labels(ex: &[Example]) -> bool {
+    let mut labels = ex.iter().flat_map(|e| e.labels()).peekable();
+    labels.peek().is_some() && labels.all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Integer labels (class ids) replaced by their names: id i becomes `names[i]` (the dataset's
+/// `ClassLabel` names, in order). A label that is not an id below `names.len()` is an error
+/// naming `path`.
+pub fn name_labels(ex: &mut [Example], names: &[String], path: &Path) -> Result<()> {
+    for e in ex.iter_mut() {
+        for l in e.labels_mut() {
+            match l.parse::<usize>().ok().and_then(|i| names.get(i)) {
+                Some(n) => *l = n.clone(),
+                None => {
+                    return file_err(path, format!("label \"{l}\" is not a class id in 0..{} of the label names ({})", names.len(), names.join(", ")));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Token-classification examples from CoNLL (`.conll`, `.txt`, `.bio`, `.tsv`: one token per
 /// line, the tag in the last column, a blank line between sentences, `-DOCSTART-` lines skipped)
-/// or `.jsonl` (`{"tokens": [...], "tags": [...]}`).
+/// or `.jsonl` (`{"tokens": [...], "tags": [...]}`; `ner_tags` for `tags`, and integer class ids
+/// for tag names as an HF datasets export writes them, read as their decimal text: see
+/// [`name_labels`]).
 pub fn load_token_classification(path: impl AsRef<Path>) -> Result<Vec<Example>> {
     let path = path.as_ref();
     let text = read(path)?;
@@ -370,8 +406,9 @@ pub fn load_token_classification(path: impl AsRef<Path>) -> Result<Vec<Example>>
     if matches!(ext(path).as_str(), "jsonl" | "json") {
         for (line, v) in json_lines(path, &text)? {
             let strings = |k: &str| -> Option<Vec<String>> { v.get(k)?.as_array()?.iter().map(|x| x.as_str().map(String::from)).collect() };
-            let (Some(words), Some(tags)) = (strings("tokens"), strings("tags").or_else(|| strings("ner_tags"))) else {
-                return file_err(path, format!("line {line}: needs string arrays \"tokens\" and \"tags\" (found {})", keys(&v)));
+            let ids = |k: &str| -> Option<Vec<String>> { v.get(k)?.as_array()?.iter().map(|x| x.as_str().map(String::from).or_else(|| x.as_u64().map(|n| n.to_string()))).collect() };
+            let (Some(words), Some(tags)) = (strings("tokens"), ids("tags").or_else(|| ids("ner_tags"))) else {
+                return file_err(path, format!("line {line}: needs a string array \"tokens\" and an array \"tags\" of tag names or class ids (found {})", keys(&v)));
             };
             if words.len() != tags.len() {
                 return file_err(path, format!("line {line}: {} tokens but {} tags", words.len(), tags.len()));
@@ -441,9 +478,20 @@ mod tests {
         let e = load_classification(&p).unwrap_err().to_string();
         assert!(e.contains("glue.jsonl") && e.contains("line 2") && e.contains("sentences: string, label: number") && e.contains("\"sentence1\""), "{e}");
         let p = dir.join("ner.jsonl");
-        std::fs::write(&p, "{\"tokens\": [\"a\"], \"ner_tags\": [3]}\n").unwrap();
+        std::fs::write(&p, "{\"tokens\": [\"a\", \"b\"], \"ner_tags\": [3, 0]}\n").unwrap();
+        let mut ex = load_token_classification(&p).unwrap();
+        assert!(matches!(&ex[0], Example::Tokens { tags, .. } if tags == &["3", "0"]));
+        assert!(integer_labels(&ex));
+        let names: Vec<String> = ["O", "B-PER", "I-PER", "B-LOC"].map(String::from).to_vec();
+        name_labels(&mut ex, &names, &p).unwrap();
+        assert!(matches!(&ex[0], Example::Tokens { tags, .. } if tags == &["B-LOC", "O"]));
+        assert!(!integer_labels(&ex));
+        let mut ex = load_token_classification(&p).unwrap();
+        let e = name_labels(&mut ex, &names[..3], &p).unwrap_err().to_string();
+        assert!(e.contains("ner.jsonl") && e.contains("\"3\" is not a class id in 0..3"), "{e}");
+        std::fs::write(&p, "{\"tokens\": [\"a\"], \"ner_tags\": [-1]}\n").unwrap();
         let e = load_token_classification(&p).unwrap_err().to_string();
-        assert!(e.contains("tokens: array of strings, ner_tags: array)"), "{e}");
+        assert!(e.contains("ner.jsonl") && e.contains("line 1") && e.contains("tokens: array of strings, ner_tags: array)"), "{e}");
     }
 
     /// Files exported from HF datasets keep GLUE's column names; they read as ours do, in

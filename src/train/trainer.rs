@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use super::data::{load_sequences, load_token_classification, Example, Target, TargetKind};
+use super::data::{integer_labels, load_sequences, load_token_classification, name_labels, Example, Target, TargetKind};
 use super::windows;
 use super::words::{self, Aggregation, TagOptions};
 use super::metrics::{classification_report, entity_report, multilabel_report, regression_report, EntityReport, Report};
@@ -246,6 +246,10 @@ pub struct FinetuneArgs {
     /// imbalanced labels; the dev and test loss use them too.
     #[serde(default)]
     pub class_weights: Option<ClassWeights>,
+    /// The names of integer labels (class ids, as an HF datasets export writes a `ClassLabel`
+    /// column such as `ner_tags`), in id order; they also become the model's labels, in that order.
+    #[serde(default)]
+    pub label_names: Option<Vec<String>>,
     pub progress: bool,
     /// Long inputs cut into segments: recurrent memory tokens, or the chunk-and-average
     /// baseline (see `memory`). `None`: truncate to `max_length` like transformers.
@@ -348,6 +352,7 @@ impl FinetuneArgs {
             group_by_length: false,
             label_smoothing: 0.0,
             class_weights: None,
+            label_names: None,
             progress: true,
             memory: None,
             label_sep: default_label_sep(),
@@ -637,6 +642,20 @@ fn load_examples(task: Task, path: &Path, limit: Option<usize>, label_sep: char)
         ex.truncate(n);
     }
     Ok(ex)
+}
+
+/// Integer labels named: by `names` (`--label-names`) when given; a token-classification file
+/// of class ids without names is an error (its tags would train as meaningless names).
+fn name_ids(task: Task, ex: &mut [Example], names: Option<&[String]>, path: &Path) -> Result<()> {
+    match names {
+        Some(n) if integer_labels(ex) => name_labels(ex, n, path),
+        None if task == Task::Ner && integer_labels(ex) => file_err(
+            path,
+            "has class ids for tags (an HF datasets export?): give their names in id order with --label-names O,B-PER,I-PER,... \
+             (the dataset's features[\"ner_tags\"].feature.names)",
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// A tokenized batch: padded and truncated to the window, or cut into memory segments.
@@ -1299,11 +1318,23 @@ fn finetune_here(args: &FinetuneArgs) -> Result<Summary> {
         });
     }
     check_tagging(task, args.tagging(), args.label_all_tokens)?;
-    let train = load_examples(task, &args.train, args.max_train_examples, args.label_sep)?;
+    let names = args.label_names.as_deref();
+    if let Some(n) = names {
+        let mut seen = std::collections::HashSet::new();
+        if let Some(d) = n.iter().find(|l| l.is_empty() || !seen.insert(l.as_str())) {
+            return Err(Error::Value { op: "--label-names", detail: format!("label \"{d}\" is empty or given twice") });
+        }
+        if matches!(task, Task::Regression) {
+            return Err(Error::Value { op: "--label-names", detail: "a regression task has no class labels".into() });
+        }
+    }
+    let mut train = load_examples(task, &args.train, args.max_train_examples, args.label_sep)?;
+    name_ids(task, &mut train, names, &args.train)?;
     if train.is_empty() {
         return file_err(&args.train, "no training examples left (--max-train-examples 0)");
     }
-    let dev = load_examples(task, &args.dev, args.max_eval_examples, args.label_sep)?;
+    let mut dev = load_examples(task, &args.dev, args.max_eval_examples, args.label_sep)?;
+    name_ids(task, &mut dev, names, &args.dev)?;
     let ckpt = args.out.join("checkpoint");
     // Our counters: engram_state.json, or (checkpoints from before it) trainer_state.json.
     let state_file = ["engram_state.json", "trainer_state.json"].map(|f| ckpt.join(f)).into_iter().find(|p| p.is_file());
@@ -1317,7 +1348,11 @@ fn finetune_here(args: &FinetuneArgs) -> Result<Summary> {
     };
     let src_dir = if resuming { ckpt.clone() } else { args.model.clone() };
     let config_labels = crate::models::bert::BertConfig::from_file(src_dir.join("config.json"))?.id2label;
-    let labels = if resuming { state.labels.clone() } else { label_set(task, &config_labels, &train) };
+    let labels = match (resuming, names) {
+        (true, _) => state.labels.clone(),
+        (false, Some(n)) => n.to_vec(),
+        (false, None) => label_set(task, &config_labels, &train),
+    };
     if labels.is_empty() {
         return file_err(&args.train, "no example has a label: nothing to learn");
     }
@@ -1340,7 +1375,8 @@ fn finetune_here(args: &FinetuneArgs) -> Result<Summary> {
     let checked: &[(&PathBuf, &Vec<Example>)] = if task == Task::Ner { &[(&args.train, &train)] } else { &[(&args.train, &train), (&args.dev, &dev)] };
     for &(path, set) in checked {
         if let Some(l) = set.iter().flat_map(|e| e.labels()).find(|l| !label_ids.contains_key(*l)) {
-            return file_err(path, format!("label \"{l}\" does not occur in the training data (labels: {})", labels.join(", ")));
+            let not_in = if names.is_some() { "is not one of --label-names" } else { "does not occur in the training data" };
+            return file_err(path, format!("label \"{l}\" {not_in} (labels: {})", labels.join(", ")));
         }
     }
     let (mut bert, report) = Bert::load(&src_dir, head_for(task, labels.len()), args.seed)?;
@@ -1614,7 +1650,8 @@ fn finetune_here(args: &FinetuneArgs) -> Result<Summary> {
     let mut test_json = None;
     if let (Some(test), false) = (&args.test, interrupted) {
         let (best, _, _, best_mem) = load_finetuned(&args.out, args.device, if args.bf16 { Precision::Bf16 } else { Precision::F32 })?;
-        let ex = load_examples(task, test, args.max_eval_examples, args.label_sep)?;
+        let mut ex = load_examples(task, test, args.max_eval_examples, args.label_sep)?;
+        name_ids(task, &mut ex, args.label_names.as_deref(), test)?;
         let ev = evaluate(&best, best_mem.as_ref(), &tok, task, &ex, &labels, args.eval_batch_size, test, LossSpec::of(args, &state), args.tagging())?;
         if args.progress {
             eprintln!("test ({}):\n{}", test.display(), ev.text);
@@ -1841,7 +1878,12 @@ pub fn evaluate_dir(dir: &Path, data: &Path, opts: &EvalOptions) -> Result<(Stri
     }
     let (bert, task, labels, mem) = load_finetuned(dir, opts.device, opts.precision)?;
     check_tagging(task, opts.tagging, false)?;
-    let ex = load_examples(task, data, None, opts.label_sep)?;
+    let mut ex = load_examples(task, data, None, opts.label_sep)?;
+    // Class ids (an HF datasets export) are the model's label ids, as transformers reads them.
+    let numeric = |l: &String| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit());
+    if !labels.iter().all(numeric) && integer_labels(&ex) {
+        name_labels(&mut ex, &labels, data)?;
+    }
     let tok = BertTokenizer::from_dir(dir, opts.max_length.min(bert.config.max_tokens()))?.fits(bert.config.vocab_size)?;
     let run = || evaluate(&bert, mem.as_ref(), &tok, task, &ex, &labels, opts.batch_size, data, LossSpec::default(), opts.tagging);
     let ev = if opts.device == Device::Cpu { crate::util::on_pool(run)? } else { run()? };
