@@ -369,7 +369,9 @@ mod gpu {
         let logits = ops::scale(&Tape::inference(), &randn(&mut r, &[37, 41]), 4.0).unwrap().requires_grad();
         let hot: Vec<f32> = (0..37 * 41).map(|i| [0.0, 1.0, 0.0, 0.3][i % 4]).collect();
         let hot = Tensor::from_vec(hot, &[37, 41]).unwrap();
-        parity("binary_cross_entropy_with_logits", &[logits.clone(), hot], |t, i| ops::binary_cross_entropy_with_logits(t, &i[0], &i[1]));
+        parity("binary_cross_entropy_with_logits", &[logits.clone(), hot.clone()], |t, i| ops::binary_cross_entropy_with_logits(t, &i[0], &i[1]));
+        let pw: Vec<f64> = (0..41).map(|j| [1.0, 3.5, 0.0, 0.25, 12.0][j % 5]).collect();
+        parity("binary_cross_entropy_with_logits pos_weight", &[logits.clone(), hot], |t, i| ops::binary_cross_entropy_with_logits_weighted(t, &i[0], &i[1], &pw));
         let target = randn(&mut r, &[37, 41]);
         parity("mse_loss", &[logits, target], |t, i| ops::mse_loss(t, &i[0], &i[1]));
 

@@ -191,6 +191,11 @@ fn elementwise_losses_against_float_targets() {
     assert_gradcheck("binary_cross_entropy_with_logits", std::slice::from_ref(&logits), 24, |t, v| {
         ops::binary_cross_entropy_with_logits(t, &ops::scale(t, &v[0], 3.0)?, &y)
     });
+    // A weight per label on the positive term (one weighing 0, one below 1).
+    let pw = [2.5, 0.0, 0.5, 7.0];
+    assert_gradcheck("binary_cross_entropy_with_logits pos_weight", std::slice::from_ref(&logits), 27, |t, v| {
+        ops::binary_cross_entropy_with_logits_weighted(t, &ops::scale(t, &v[0], 3.0)?, &y, &pw)
+    });
     let target = Tensor::from_vec(r.normal_vec(12), &[3, 4]).unwrap();
     assert_gradcheck("mse_loss", &[logits], 25, |t, v| ops::mse_loss(t, &v[0], &target));
 }

@@ -504,6 +504,28 @@ fn pointwise_cases(exe: &Path, tag: &str) -> Result<(), String> {
         close("mean_pool dx", &read_f32(&d.join("dx")), &g.tensor(&x).unwrap().to_f64_vec())?;
     }
     {
+        // BCE with a positive weight per label, over more elements than the forward's one block.
+        let d = dir.join("bce_pos_weight");
+        std::fs::create_dir_all(&d).unwrap();
+        let (rows, c) = (61usize, 37usize);
+        let x = ops::scale(&Tape::inference(), &randn(&mut rng, &[rows, c]), 3.0).unwrap().requires_grad();
+        let y: Vec<f64> = (0..rows * c).map(|i| [0.0, 1.0, 0.0, 0.4, 0.0][i % 5]).collect();
+        let pw: Vec<f64> = (0..c).map(|j| [1.0, 4.5, 0.0, 0.3][j % 4]).collect();
+        let tape = Tape::training(0);
+        let loss = ops::binary_cross_entropy_with_logits_weighted(&tape, &x, &Tensor::from_vec(y.iter().map(|&v| v as f32).collect::<Vec<f32>>(), &[rows, c]).unwrap(), &pw).unwrap();
+        let g = tape.backward(&loss).unwrap();
+        write_f32(&d.join("x"), &x.to_f64_vec());
+        write_f32(&d.join("y"), &y);
+        write_f32(&d.join("pw"), &pw);
+        std::fs::write(d.join("cfg.txt"), format!("{} {c}\n", rows * c)).unwrap();
+        let (ok, log) = run(exe, &[d.as_os_str(), "bce_pos_weight".as_ref()]);
+        if !ok {
+            return Err(format!("bce_pos_weight kernels failed:\n{log}"));
+        }
+        close("bce_pos_weight loss", &read_f32(&d.join("loss")), &[loss.item().unwrap()])?;
+        close("bce_pos_weight dx", &read_f32(&d.join("dx")), &g.tensor(&x).unwrap().to_f64_vec())?;
+    }
+    {
         // Σx² over more elements than one block covers (gradient clipping on the GPU).
         let d = dir.join("sum_squares");
         std::fs::create_dir_all(&d).unwrap();
@@ -562,6 +584,7 @@ fn pointwise_row_and_optimizer_kernels_match_the_cpu_on_the_emulator() {
         ("drop-hash", "common.cuh", "(float)(h >> 40) * (1.f / 16777216.f)", "(float)(h >> 41) * (1.f / 16777216.f)"),
         ("adamw-bias", "adamw.cu", "sqrtf(vi) / bc2_sqrt + eps", "sqrtf(vi) + eps"),
         ("ce-ignore", "cross_entropy.cu", "c += (targets[r] != IGNORE_INDEX) ? 1.0 : 0.0;", "c += 1.0;"),
+        ("bce-pw-index", "elementwise_loss.cu", "bce_pw_grad(x[i], y[i], pw[i % c])", "bce_pw_grad(x[i], y[i], pw[(i / c) % c])"),
         ("ce-weight-norm", "cross_entropy.cu", "z += row_w[r];", "z += row_w[r] > 0.f ? 1.0 : 0.0;"),
         ("ce-weight-spread", "cross_entropy.cu", "- eps / (float)v * weight[j]);", "- eps / (float)v);"),
         ("gelu-pdf", "gelu.cu", "dx[i] += dy[i] * (cdf + v * pdf);", "dx[i] += dy[i] * cdf;"),

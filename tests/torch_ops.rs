@@ -41,7 +41,10 @@ fn run_case(c: &serde_json::Value) {
                 None => ops::cross_entropy_smoothed(&tape, &x["logits"], &ids["targets"], eps),
             }
         }
-        "binary_cross_entropy_with_logits" => ops::binary_cross_entropy_with_logits(&tape, &x["logits"], &ids["target"]),
+        "binary_cross_entropy_with_logits" => match p.get("pos_weight") {
+            Some(w) => ops::binary_cross_entropy_with_logits_weighted(&tape, &x["logits"], &ids["target"], &w.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect::<Vec<f64>>()),
+            None => ops::binary_cross_entropy_with_logits(&tape, &x["logits"], &ids["target"]),
+        },
         "mse_loss" => ops::mse_loss(&tape, &x["x"], &ids["target"]),
         "mean_pool" => ops::mean_pool(&tape, &x["x"], &ids["mask"]),
         "split_heads" => ops::split_heads(&tape, &x["x"], p["heads"].as_u64().unwrap() as usize),

@@ -30,7 +30,7 @@ pub use concat::{concat, narrow};
 pub use cross_entropy::{cross_entropy, cross_entropy_smoothed, cross_entropy_weighted, IGNORE_INDEX};
 pub use dropout::dropout;
 pub use elementwise::{add, bias_add, scale};
-pub use elementwise_loss::{binary_cross_entropy_with_logits, mse_loss};
+pub use elementwise_loss::{binary_cross_entropy_with_logits, binary_cross_entropy_with_logits_weighted, mse_loss};
 pub use embedding::embedding;
 pub use embedding_int8::{embedding_int8, Int8Rows};
 pub use gelu::{gelu, gelu_tanh};

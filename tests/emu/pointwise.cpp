@@ -15,6 +15,7 @@
 //                             (atomicAdd into rows that several ids share)
 //   pointwise DIR mean_pool   DIR/cfg.txt "B T C", DIR/{x, mask (i64), dy} → DIR/{y, dx}
 //   pointwise DIR sum_squares DIR/cfg.txt "n", DIR/x → DIR/ss (f64 as two floats: hi, lo)
+//   pointwise DIR bce_pos_weight  DIR/cfg.txt "n c", DIR/{x, y, pw} → DIR/{loss, dx} (dloss = 1)
 #include "../../kernels/dropout.cu"
 #include "../../kernels/adamw.cu"
 #include "../../kernels/layer_norm.cu"
@@ -24,6 +25,7 @@
 #include "../../kernels/embedding.cu"
 #include "../../kernels/pooling.cu"
 #include "../../kernels/elementwise.cu"
+#include "../../kernels/elementwise_loss.cu"
 
 #include <cmath>
 #include "io.h"
@@ -170,6 +172,16 @@ int main(int argc, char** argv) {
         emu::launch(dim3(std::min(blocks(n), 1024u)), dim3(256), [&] { sum_squares_v1(&acc, x.data(), n); });
         const float hi = (float)acc, lo = (float)(acc - (double)hi);
         save(dir + "/ss", std::vector<float>{hi, lo});
+    } else if (what == "bce_pos_weight") {
+        long long n;
+        int c;
+        if (!(cfg >> n >> c)) return 2;
+        auto x = load(dir + "/x", n), y = load(dir + "/y", n), pw = load(dir + "/pw", c);
+        std::vector<float> loss(1, NAN), dloss(1, 1.f), dx(n, 0.f);
+        emu::launch(dim3(1), dim3(1024), [&] { bce_with_logits_pw_fwd_v1(loss.data(), x.data(), y.data(), pw.data(), n, c); });
+        emu::launch(dim3(blocks(n)), dim3(256), [&] { bce_with_logits_pw_bwd_v1(dx.data(), dloss.data(), x.data(), y.data(), pw.data(), n, c); });
+        save(dir + "/loss", loss);
+        save(dir + "/dx", dx);
     } else {
         return 2;
     }
