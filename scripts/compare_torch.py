@@ -29,7 +29,8 @@ a word's tag from its first piece, the mean softmax of its pieces, or its most c
 --class-weights balanced (classify, ner) weighs each class's examples (each tag's words for NER)
 n / (k · count) in the cross-entropy, scikit-learn's "balanced" (a label with no training example
 weighs 1): engram `--class-weights balanced`, and F.cross_entropy(weight=...) in the PyTorch loop
-(what a Trainer subclass overriding compute_loss does), for the dev evaluation's loss as well.
+(what a Trainer subclass overriding compute_loss does). For multilabel it is BCE's pos_weight,
+negatives / positives of each label: F.binary_cross_entropy_with_logits(pos_weight=...).
 
 Prints one table (medians of the seeds) and writes the raw numbers as JSON. Reference only: engram
 never imports Python.
@@ -181,7 +182,11 @@ def torch_run(model_dir, spec, seed, device, limit=None, matched_dir=None, bf16=
         train, dev, test = train[:limit], dev[:limit], test[:limit]
     lid = {l: i for i, l in enumerate(labels)}
     weight = None
-    if class_weights:
+    if class_weights and multi:
+        # BCE's pos_weight: negatives / positives of each label (1 for a label never positive).
+        pos = [sum(1 for _, ls in train if l in ls) for l in labels]
+        weight = torch.tensor([(len(train) - p) / p if p else 1.0 for p in pos], dtype=torch.float32, device=device)
+    elif class_weights:
         seen = [t for _, ts in train for t in ts] if ner else [l for _, l in train]
         weight = torch.tensor(balanced_weights(labels, seen), dtype=torch.float32, device=device)
     # run_ner's b_to_i_label: a B-X tag's later sub-tokens train on I-X when the labels have it.
@@ -275,6 +280,9 @@ def torch_run(model_dir, spec, seed, device, limit=None, matched_dir=None, bf16=
             with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
                 if weight is None:
                     loss = model(**x, labels=y).loss
+                elif multi:
+                    logits = model(**x).logits.float()
+                    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, pos_weight=weight)
                 else:
                     logits = model(**x).logits.float()
                     loss = torch.nn.functional.cross_entropy(logits.view(-1, len(labels)), y.view(-1), weight=weight, ignore_index=-100)
@@ -334,7 +342,7 @@ def main():
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast on both engines (transformers' --bf16)")
     ap.add_argument("--label-all-tokens", action="store_true", help="NER: train every sub-token (run_ner's --label_all_tokens)")
     ap.add_argument("--aggregation", default="first", choices=["first", "average", "max"], help="NER: how a word's tag is read from its sub-tokens")
-    ap.add_argument("--class-weights", choices=["balanced"], help="class-weighted cross-entropy on both engines (classify, ner)")
+    ap.add_argument("--class-weights", choices=["balanced"], help="class-weighted cross-entropy on both engines (classify, ner; multilabel: pos_weight)")
     ap.add_argument("--matched", action="store_true", help="same initial head, same data order, no dropout: compare the engines, not the seeds")
     a = ap.parse_args()
     results = {}

@@ -218,7 +218,8 @@ struct FinetuneCli {
     label_smoothing: f64,
     /// Weigh each class in the cross-entropy loss (classify, pair, ner) — for imbalanced labels:
     /// `balanced` (n / (k · count), scikit-learn's) or LABEL=W,LABEL=W,... (others weigh 1).
-    /// The dev and test loss are weighted the same way.
+    /// Multilabel: each label's positive weight in the BCE (pos_weight; balanced = negatives /
+    /// positives). The dev and test loss are weighted the same way.
     #[arg(long, value_name = "balanced|LABEL=W,...")]
     class_weights: Option<engram::train::ClassWeights>,
     /// Names of integer labels in id order (an HF datasets export's ClassLabel names, e.g.

@@ -646,7 +646,11 @@ mod gpu_trainer {
         // regression (MSE) on scores made from the same rows.
         let mut multi = mem.clone();
         multi.metric = "micro_f1".into();
-        cases.push(("multilabel-memory", Task::Multilabel, multi));
+        cases.push(("multilabel-memory", Task::Multilabel, multi.clone()));
+        // Multi-label with positive weights (the pos_weight BCE kernels).
+        let mut weighted = multi;
+        (weighted.memory, weighted.max_length, weighted.class_weights) = (None, 16, Some("neg=3.5,pos=0.5".parse().unwrap()));
+        cases.push(("multilabel-pos-weight", Task::Multilabel, weighted));
         let scores = std::env::temp_dir().join(format!("engram-cuda-scores-{}", std::process::id()));
         std::fs::create_dir_all(&scores).unwrap();
         for f in ["tiny_train.csv", "tiny_dev.csv"] {

@@ -1191,6 +1191,50 @@ fn class_weights_reach_the_loss_normalised_resume_exactly_and_are_a_resume_flag(
     }
 }
 
+#[test]
+fn multilabel_class_weights_are_bce_positive_weights() {
+    // Labels on the tiny texts: "a" on one row in four, "b" on every other row. Balanced
+    // positive weights are negatives / positives: a 36/12 = 3, b 24/24 = 1.
+    let model = tiny_without_dropout("pos-weight");
+    let d = root().join("tests/fixtures/data");
+    let dir = tmp("pos-weight-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["tiny_train.csv", "tiny_dev.csv"] {
+        let text = std::fs::read_to_string(d.join(f)).unwrap();
+        let rows: String = text.lines().skip(1).enumerate().map(|(i, l)| {
+            let labels: Vec<&str> = [("a", i % 4 == 0), ("b", i % 2 == 0)].iter().filter(|x| x.1).map(|x| x.0).collect();
+            format!("{}\n", serde_json::json!({"text": l.rsplit_once(',').unwrap().0, "labels": labels}))
+        }).collect();
+        std::fs::write(dir.join(f.replace(".csv", ".jsonl")), rows).unwrap();
+    }
+    let mut plain = args(&model, Task::Multilabel, tmp("pw-plain"));
+    (plain.train, plain.dev, plain.metric) = (dir.join("tiny_train.jsonl"), dir.join("tiny_dev.jsonl"), "micro_f1".into());
+    (plain.optimizer, plain.max_grad_norm, plain.lr) = (OptimizerKind::Sgd, 0.0, 0.05);
+    finetune(&plain).unwrap();
+    let run = |tag: &str, spec: &str| -> FinetuneArgs {
+        let mut a = plain.clone();
+        (a.out, a.class_weights) = (tmp(tag), Some(spec.parse().unwrap()));
+        finetune(&a).unwrap();
+        a
+    };
+    let diff = |a: &FinetuneArgs, b: &FinetuneArgs| -> f64 {
+        let (wa, wb) = (weights(&a.out.join("checkpoint")), weights(&b.out.join("checkpoint")));
+        wa.iter().zip(&wb).flat_map(|((_, x), (_, y))| x.iter().zip(y).map(|(p, q)| (p - q).abs())).fold(0.0, f64::max)
+    };
+    let ones = run("pw-ones", "a=1,b=1");
+    let balanced = run("pw-balanced", "balanced");
+    assert!(diff(&plain, &ones) < 1e-6, "positive weights of 1 train as none: {}", diff(&plain, &ones));
+    assert!(diff(&plain, &balanced) > 1e-3, "positive weights change training: {}", diff(&plain, &balanced));
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(balanced.out.join("checkpoint/engram_state.json")).unwrap()).unwrap();
+    assert_eq!((&state["labels"], &state["class_weights"]), (&serde_json::json!(["a", "b"]), &serde_json::json!([3.0, 1.0])));
+    let card = std::fs::read_to_string(balanced.out.join("README.md")).unwrap();
+    assert!(card.contains("- pos_weight: balanced (a 3.0000, b 1.0000)\n"), "{card}");
+    // Regression has no classes to weigh.
+    let mut reg = plain.clone();
+    (reg.task, reg.metric, reg.class_weights, reg.out) = (Task::Regression, "pearson".into(), Some(ClassWeights::Balanced), tmp("pw-reg"));
+    assert!(finetune(&reg).unwrap_err().to_string().contains("not to regression"));
+}
+
 /// tiny_*.conll as an HF datasets export writes it: JSONL with `tokens` and integer `ner_tags`
 /// (ids into `names`).
 fn conll_as_ids(conll: &Path, names: &[&str], out: &Path) {

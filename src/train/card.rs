@@ -204,7 +204,8 @@ pub fn model_card(args: &FinetuneArgs, inputs: &CardInputs) -> String {
             ClassWeights::Given(_) => "given",
         };
         let each: Vec<String> = inputs.labels.iter().zip(w).map(|(l, w)| format!("{l} {w:.4}")).collect();
-        hp.push(("class_weights".into(), format!("{how} ({})", each.join(", "))));
+        let name = if args.task == Task::Multilabel { "pos_weight" } else { "class_weights" };
+        hp.push((name.into(), format!("{how} ({})", each.join(", "))));
     }
     if args.bf16 {
         hp.push(("mixed_precision_training".into(), "bf16 autocast (linear layers' GEMMs; f32 weights and sums)".into()));

@@ -106,13 +106,15 @@ impl OptimizerKind {
 }
 
 /// `--class-weights`: how much each class's examples (tags, for token classification) weigh in
-/// the cross-entropy loss.
+/// the cross-entropy loss; for multi-label data, the weight of each label's positive term in the
+/// binary cross-entropy (`pos_weight`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClassWeights {
     /// scikit-learn's `compute_class_weight("balanced")`: n / (k · count(c)) over the training
     /// labels (the words' tags for ner), k the number of labels the training data has; a label
-    /// with no training example weighs 1.
+    /// with no training example weighs 1. Multi-label: `pos_weight` = negatives / positives of
+    /// each label in the training data (PyTorch's recipe), 1 for a label with no positive.
     Balanced,
     /// A weight per label by name; labels not named weigh 1.
     Given(Vec<(String, f64)>),
@@ -144,8 +146,18 @@ impl std::str::FromStr for ClassWeights {
 
 impl ClassWeights {
     /// The weight of each label of `labels` (the model's order), from the training examples.
-    fn resolve(&self, labels: &[String], train: &[Example], path: &Path) -> Result<Vec<f64>> {
+    fn resolve(&self, task: Task, labels: &[String], train: &[Example], path: &Path) -> Result<Vec<f64>> {
         match self {
+            ClassWeights::Balanced if task == Task::Multilabel => {
+                let n = train.len();
+                Ok(labels
+                    .iter()
+                    .map(|l| {
+                        let pos = train.iter().filter(|e| e.labels().contains(&l.as_str())).count();
+                        if pos == 0 { 1.0 } else { (n - pos) as f64 / pos as f64 }
+                    })
+                    .collect())
+            }
             ClassWeights::Balanced => {
                 let mut count = vec![0usize; labels.len()];
                 for l in train.iter().flat_map(|e| e.labels()) {
@@ -167,7 +179,8 @@ impl ClassWeights {
     }
 }
 
-/// The cross-entropy tasks' loss settings: label smoothing and class weights (label order).
+/// The loss settings: label smoothing and class weights (label order) of the cross-entropy
+/// tasks; multi-label's positive weights in `weights`.
 #[derive(Debug, Clone, Copy, Default)]
 struct LossSpec<'a> {
     smoothing: f64,
@@ -827,10 +840,12 @@ fn loss_op(task: Task) -> &'static str {
 /// The task's training loss: cross-entropy over classes (or tags), BCE with logits per label,
 /// or mean squared error of the score — transformers' choice for each `problem_type`.
 /// `loss` (label smoothing, class weights) applies to the cross-entropy tasks (transformers'
-/// `label_smoothing_factor`; `F.cross_entropy(weight=...)`).
+/// `label_smoothing_factor`; `F.cross_entropy(weight=...)`); multi-label's weights are BCE's
+/// `pos_weight`.
 fn task_loss(task: Task, tape: &Tape, logits: &Tensor, y: &Tensor, loss: LossSpec) -> Result<Tensor> {
     match (task, loss.weights) {
-        (Task::Multilabel, _) => ops::binary_cross_entropy_with_logits(tape, logits, y),
+        (Task::Multilabel, None) => ops::binary_cross_entropy_with_logits(tape, logits, y),
+        (Task::Multilabel, Some(w)) => ops::binary_cross_entropy_with_logits_weighted(tape, logits, y, w),
         (Task::Regression, _) => ops::mse_loss(tape, logits, y),
         (Task::Classify | Task::Pair | Task::Ner, None) => ops::cross_entropy_smoothed(tape, logits, y, loss.smoothing),
         (Task::Classify | Task::Pair | Task::Ner, Some(w)) => ops::cross_entropy_weighted(tape, logits, y, w, loss.smoothing),
@@ -1245,8 +1260,8 @@ fn check_hyperparameters(args: &FinetuneArgs) -> Result<()> {
     if args.label_smoothing > 0.0 && matches!(args.task, Task::Multilabel | Task::Regression) {
         return Err(Error::Value { op: "finetune", detail: "--label-smoothing applies to the cross-entropy tasks (classify, pair, ner), not to multilabel or regression".into() });
     }
-    if args.class_weights.is_some() && matches!(args.task, Task::Multilabel | Task::Regression) {
-        return Err(Error::Value { op: "finetune", detail: "--class-weights applies to the cross-entropy tasks (classify, pair, ner), not to multilabel or regression".into() });
+    if args.class_weights.is_some() && args.task == Task::Regression {
+        return Err(Error::Value { op: "finetune", detail: "--class-weights applies to classes (classify, pair, ner; multilabel's positive weights), not to regression".into() });
     }
     if !(args.early_stopping_threshold.is_finite() && args.early_stopping_threshold >= 0.0) {
         return bad("--early-stopping-threshold", args.early_stopping_threshold, "≥ 0");
@@ -1363,7 +1378,7 @@ fn finetune_here(args: &FinetuneArgs) -> Result<Summary> {
         state.train_fingerprint = Some(fingerprint(&train));
     }
     if state.class_weights.is_none() {
-        state.class_weights = args.class_weights.as_ref().map(|c| c.resolve(&labels, &train, &args.train)).transpose()?;
+        state.class_weights = args.class_weights.as_ref().map(|c| c.resolve(task, &labels, &train, &args.train)).transpose()?;
     }
     if let (Some(w), true) = (&state.class_weights, args.progress) {
         let shown: Vec<String> = labels.iter().zip(w).map(|(l, w)| format!("{l} {w:.4}")).collect();
