@@ -15,24 +15,28 @@
 
 #define IGNORE_INDEX (-100LL)
 
-extern "C" __global__ void cross_entropy_fwd_v1(float* row_loss, float* lse, const float* logits, const long long* targets,
-                                                long long rows, int v, float eps) {
-    const long long r = blockIdx.x;
-    if (r >= rows) return;
-    const float* xr = logits + r * v;
+// logsumexp of one row of v logits, by the whole block; every thread gets it.
+__device__ __forceinline__ float row_logsumexp(const float* xr, int v) {
     float m = -INFINITY;
     for (int i = threadIdx.x; i < v; i += blockDim.x) m = fmaxf(m, xr[i]);
     m = block_max(m);
     float s = 0.f;
     for (int i = threadIdx.x; i < v; i += blockDim.x) s += expf(xr[i] - m);
-    s = block_sum(s);
+    return m + logf(block_sum(s));
+}
+
+extern "C" __global__ void cross_entropy_fwd_v1(float* row_loss, float* lse, const float* logits, const long long* targets,
+                                                long long rows, int v, float eps) {
+    const long long r = blockIdx.x;
+    if (r >= rows) return;
+    const float* xr = logits + r * v;
+    const float l = row_logsumexp(xr, v);
     float sum = 0.f;
     if (eps != 0.f) {
         for (int i = threadIdx.x; i < v; i += blockDim.x) sum += xr[i];
         sum = block_sum(sum);
     }
     if (threadIdx.x == 0) {
-        const float l = m + logf(s);
         lse[r] = l;
         const long long t = targets[r];
         row_loss[r] = (t == IGNORE_INDEX) ? 0.f : (1.f - eps) * (l - xr[t]) + eps * (l - sum / (float)v);
@@ -76,13 +80,7 @@ extern "C" __global__ void cross_entropy_weighted_fwd_v1(float* row_loss, float*
     const long long r = blockIdx.x;
     if (r >= rows) return;
     const float* xr = logits + r * v;
-    float m = -INFINITY;
-    for (int i = threadIdx.x; i < v; i += blockDim.x) m = fmaxf(m, xr[i]);
-    m = block_max(m);
-    float s = 0.f;
-    for (int i = threadIdx.x; i < v; i += blockDim.x) s += expf(xr[i] - m);
-    s = block_sum(s);
-    const float l = m + logf(s);
+    const float l = row_logsumexp(xr, v);
     float spread = 0.f;
     if (eps != 0.f) {
         for (int i = threadIdx.x; i < v; i += blockDim.x) spread += weight[i] * (l - xr[i]);

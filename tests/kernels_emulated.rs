@@ -397,47 +397,28 @@ fn pointwise_cases(exe: &Path, tag: &str) -> Result<(), String> {
         close("softmax y", &read_f32(&d.join("y")), &y.to_f64_vec())?;
         close("softmax dx", &read_f32(&d.join("dx")), &g.tensor(&x).unwrap().to_f64_vec())?;
     }
-    for eps in [0.0, 0.1] {
-        let d = dir.join(format!("cross_entropy-{eps}"));
+    // Plain (7 rows of 37) and class-weighted (9 rows of 300, one class weighing 0) cross-entropy,
+    // without and with label smoothing; a third of the rows ignored.
+    for (what, rows, v, eps) in [("cross_entropy", 7usize, 37usize, 0.0), ("cross_entropy", 7, 37, 0.1), ("cross_entropy_weighted", 9, 300, 0.0), ("cross_entropy_weighted", 9, 300, 0.1)] {
+        let d = dir.join(format!("{what}-{eps}"));
         std::fs::create_dir_all(&d).unwrap();
-        let (rows, v) = (7usize, 37usize);
         let x = randn(&mut rng, &[rows, v]).requires_grad();
-        let t: Vec<i64> = (0..rows as i64).map(|i| if i % 3 == 1 { ops::IGNORE_INDEX } else { (i * 5) % v as i64 }).collect();
+        let t: Vec<i64> = (0..rows as i64).map(|i| if i % 3 == 1 { ops::IGNORE_INDEX } else { (i * 7) % v as i64 }).collect();
         let tt = Tensor::from_ids(t.clone(), &[rows]).unwrap();
         let tape = Tape::training(0);
-        let loss = ops::cross_entropy_smoothed(&tape, &x, &tt, eps).unwrap();
-        let g = tape.backward(&loss).unwrap();
-        write_f32(&d.join("x"), &x.to_f64_vec());
-        std::fs::write(d.join("t"), t.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
-        std::fs::write(d.join("cfg.txt"), format!("{rows} {v} {eps}\n")).unwrap();
-        let (ok, log) = run(exe, &[d.as_os_str(), "cross_entropy".as_ref()]);
-        if !ok {
-            return Err(format!("cross_entropy kernels failed:\n{log}"));
-        }
-        close("cross_entropy loss", &read_f32(&d.join("loss")), &[loss.item().unwrap()])?;
-        close("cross_entropy dx", &read_f32(&d.join("dx")), &g.tensor(&x).unwrap().to_f64_vec())?;
-    }
-    for eps in [0.0, 0.1] {
-        let d = dir.join(format!("cross_entropy_weighted-{eps}"));
-        std::fs::create_dir_all(&d).unwrap();
-        let (rows, v) = (9usize, 300usize);
-        let x = randn(&mut rng, &[rows, v]).requires_grad();
         let w: Vec<f64> = (0..v).map(|j| [0.5, 2.0, 0.0, 1.25][j % 4]).collect();
-        let t: Vec<i64> = (0..rows as i64).map(|i| if i % 4 == 1 { ops::IGNORE_INDEX } else { (i * 7) % v as i64 }).collect();
-        let tt = Tensor::from_ids(t.clone(), &[rows]).unwrap();
-        let tape = Tape::training(0);
-        let loss = ops::cross_entropy_weighted(&tape, &x, &tt, &w, eps).unwrap();
+        let loss = if what == "cross_entropy" { ops::cross_entropy_smoothed(&tape, &x, &tt, eps) } else { ops::cross_entropy_weighted(&tape, &x, &tt, &w, eps) }.unwrap();
         let g = tape.backward(&loss).unwrap();
         write_f32(&d.join("x"), &x.to_f64_vec());
         write_f32(&d.join("w"), &w);
         std::fs::write(d.join("t"), t.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
         std::fs::write(d.join("cfg.txt"), format!("{rows} {v} {eps}\n")).unwrap();
-        let (ok, log) = run(exe, &[d.as_os_str(), "cross_entropy_weighted".as_ref()]);
+        let (ok, log) = run(exe, &[d.as_os_str(), what.as_ref()]);
         if !ok {
-            return Err(format!("cross_entropy_weighted kernels failed:\n{log}"));
+            return Err(format!("{what} kernels failed:\n{log}"));
         }
-        close("cross_entropy_weighted loss", &read_f32(&d.join("loss")), &[loss.item().unwrap()])?;
-        close("cross_entropy_weighted dx", &read_f32(&d.join("dx")), &g.tensor(&x).unwrap().to_f64_vec())?;
+        close(&format!("{what} ε={eps} loss"), &read_f32(&d.join("loss")), &[loss.item().unwrap()])?;
+        close(&format!("{what} ε={eps} dx"), &read_f32(&d.join("dx")), &g.tensor(&x).unwrap().to_f64_vec())?;
     }
     for what in ["gelu", "gelu_tanh"] {
         let d = dir.join(what);
