@@ -255,8 +255,9 @@ pub struct FinetuneArgs {
     /// Label smoothing ε of the cross-entropy tasks (transformers' `label_smoothing_factor`).
     #[serde(default)]
     pub label_smoothing: f64,
-    /// Per-class weights of the cross-entropy tasks' loss (`F.cross_entropy(weight=...)`), for
-    /// imbalanced labels; the dev and test loss use them too.
+    /// Per-class weights of the cross-entropy tasks' loss (`F.cross_entropy(weight=...)`), or
+    /// multi-label's positive weights (`pos_weight`), for imbalanced labels; the dev and test
+    /// loss use them too.
     #[serde(default)]
     pub class_weights: Option<ClassWeights>,
     /// The names of integer labels (class ids, as an HF datasets export writes a `ClassLabel`
