@@ -987,7 +987,8 @@ fn eval_steps_evaluates_mid_epoch_keeps_the_best_and_resumes_exactly() {
     let hf: serde_json::Value = serde_json::from_slice(&std::fs::read(root().join("tests/fixtures/trainer_state_fields.json")).unwrap()).unwrap();
     let mut want: Vec<&str> = hf["fields"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
     let mut have: Vec<&str> = st.as_object().unwrap().keys().map(|k| k.as_str()).collect();
-    (want.sort(), have.sort());
+    want.sort();
+    have.sort();
     assert_eq!(have, want, "trainer_state.json keys against transformers {}", hf["transformers"]);
     assert_eq!((st["global_step"].as_u64(), st["max_steps"].as_u64(), st["epoch"].as_f64()), (Some(12), Some(12), Some(2.0)));
     assert_eq!((st["eval_steps"].as_u64(), st["train_batch_size"].as_u64(), st["num_train_epochs"].as_u64()), (Some(4), Some(8), Some(2)));

@@ -2318,7 +2318,7 @@ mod tests {
         let mut want = Vec::new();
         for (w, first, later) in [(0, 0, 0), (1, 1, 2), (2, 2, 2), (3, 0, 0), (4, 3, 3), (5, 0, 0)] {
             want.push((w, first));
-            want.extend(std::iter::repeat((w, later)).take(count(w) - 1));
+            want.extend(std::iter::repeat_n((w, later), count(w) - 1));
         }
         assert_eq!(all, want);
         let first_only: Vec<(u32, i64)> = [(0, 0), (1, 1), (2, 2), (3, 0), (4, 3), (5, 0)].to_vec();
