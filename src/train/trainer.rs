@@ -961,8 +961,8 @@ fn prediction_row(e: &Example) -> serde_json::Value {
     }
 }
 
-/// `label_smoothing`: the training loss's, so the dev loss is the same quantity (as transformers'
-/// Trainer computes it); 0 for `engram eval`.
+/// `loss` (label smoothing, class weights): the training loss's, so the dev loss is the same
+/// quantity (as transformers' Trainer computes it); none for `engram eval`.
 #[allow(clippy::too_many_arguments)]
 fn evaluate(bert: &Bert, mem: Option<&MemoryConfig>, tok: &BertTokenizer, task: Task, ex: &[Example], labels: &[String], batch_size: usize, path: &Path, loss: LossSpec, tagging: TagOptions) -> Result<Evaluation> {
     let label_ids: HashMap<String, usize> = labels.iter().enumerate().map(|(i, l)| (l.clone(), i)).collect();
