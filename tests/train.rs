@@ -54,6 +54,12 @@ fn weights(dir: &Path) -> Vec<(String, Vec<f64>)> {
     read_safetensors(dir.join("model.safetensors")).unwrap().into_iter().map(|(k, v)| (k, v.to_f64_vec())).collect()
 }
 
+/// The largest difference between any two weights of two runs' final checkpoints.
+fn max_weight_diff(a: &FinetuneArgs, b: &FinetuneArgs) -> f64 {
+    let (wa, wb) = (weights(&a.out.join("checkpoint")), weights(&b.out.join("checkpoint")));
+    wa.iter().zip(&wb).flat_map(|((_, x), (_, y))| x.iter().zip(y).map(|(p, q)| (p - q).abs())).fold(0.0, f64::max)
+}
+
 #[test]
 fn gradient_accumulation_4x8_equals_batch_32() {
     let model = tiny_without_dropout("accum");
@@ -1127,10 +1133,7 @@ fn class_weights_reach_the_loss_normalised_resume_exactly_and_are_a_resume_flag(
         finetune(&a).unwrap();
         a
     };
-    let close = |a: &FinetuneArgs, b: &FinetuneArgs| -> f64 {
-        let (wa, wb) = (weights(&a.out.join("checkpoint")), weights(&b.out.join("checkpoint")));
-        wa.iter().zip(&wb).flat_map(|((_, x), (_, y))| x.iter().zip(y).map(|(p, q)| (p - q).abs())).fold(0.0, f64::max)
-    };
+    let close = max_weight_diff;
     finetune(&plain).unwrap();
     let ones = run("cw-ones", Some("pos=1,neg=1"));
     let balanced = run("cw-balanced", Some("balanced"));
@@ -1218,10 +1221,7 @@ fn multilabel_class_weights_are_bce_positive_weights() {
         finetune(&a).unwrap();
         a
     };
-    let diff = |a: &FinetuneArgs, b: &FinetuneArgs| -> f64 {
-        let (wa, wb) = (weights(&a.out.join("checkpoint")), weights(&b.out.join("checkpoint")));
-        wa.iter().zip(&wb).flat_map(|((_, x), (_, y))| x.iter().zip(y).map(|(p, q)| (p - q).abs())).fold(0.0, f64::max)
-    };
+    let diff = max_weight_diff;
     let ones = run("pw-ones", "a=1,b=1");
     let balanced = run("pw-balanced", "balanced");
     assert!(diff(&plain, &ones) < 1e-6, "positive weights of 1 train as none: {}", diff(&plain, &ones));
