@@ -14,13 +14,17 @@
 //            memory double-buffered as in v2. "3xTF32": each f32 operand is split into a TF32 high
 //            part and a TF32 residual, and a·b = aₕbₕ + aₕbₗ + aₗbₕ (aₗbₗ, ~2⁻²² relative, is dropped),
 //            so the result keeps f32-level accuracy (the CPU parity tolerances hold). Opt-in with
-//            ENGRAM_GEMM=v3. Verified on the CPU emulator, whose mma follows the PTX ISA fragment
-//            layouts (tests/emu/gemm.cpp); NOT YET RUN ON A GPU. ptxas sm_90: 178 / 123 registers,
-//            no spills, 24 / 18 KiB shared (BK = 16 needed 255 registers and spilled).
+//            ENGRAM_GEMM=v3. Each k-slice's products are summed from zero and then added to the
+//            running total in f32: the tensor cores' adds round toward zero, and 3xTF32 straight
+//            into the total drifted 12× past f32 error at K = 3072 on an H100 (2026-11-24).
+//            Verified on the CPU emulator, whose mma follows the PTX ISA fragment layouts and
+//            rounds toward zero (tests/emu/gemm.cpp), and on an H100 (tests/cuda.rs, benches/gpu.rs).
+//            ptxas sm_90: 186 / 128 registers, no spills, 24 / 18 KiB shared (BK = 16 needed 255
+//            registers and spilled).
 //   gemm_v3_tf32 / gemm_v3_tf32_64: the same kernel with one TF32 product per term (aₕbₕ): 3× fewer
 //            tensor-core instructions, ~10-bit mantissa inputs (what PyTorch's allow_tf32 and
-//            cuBLAS's TF32 math mode do). Opt-in with ENGRAM_GEMM=tf32; its own, looser tests.
-//            ptxas sm_90: 166 / 107 registers, no spills.
+//            cuBLAS's TF32 math mode do). Opt-in with ENGRAM_GEMM=tf32; tested against products
+//            of TF32-rounded operands at f32 tolerance. ptxas sm_90: 171 / 124 registers, no spills.
 //   gemm_v3_bf16 / gemm_v3_bf16_64: bf16 autocast (Tape::bf16 on the GPU, what the CPU's
 //            ops::gemm_bf16 computes): every operand rounded to bf16 (nearest, ties to even; NaN
 //            kept; subnormals to signed zero, as AVX512_BF16 does) once, as it is stashed in shared
@@ -30,8 +34,8 @@
 //            Chosen by the linear layers of a bf16 tape, whatever ENGRAM_GEMM says. Verified on the
 //            CPU emulator (its bf16 mma follows the PTX ISA's fragment layouts, checked against
 //            formulas written independently) against an f64 reference on rounded operands at f32
-//            tolerance; NOT YET RUN ON A GPU. ptxas sm_90: 240 / 160 registers (the 16-deep
-//            prefetch), no spills, 24 / 18 KiB shared.
+//            tolerance, and on an H100. ptxas sm_90: 244 / 172 registers (the 16-deep prefetch),
+//            no spills, 24 / 18 KiB shared.
 #include "common.cuh"
 
 #define BM 64
@@ -302,6 +306,9 @@ struct GemmV3Smem {
     float b[2][128][PK3];  // [buffer][n][k]
 };
 // How gemm_v3 multiplies: 3xTF32 (f32 accuracy), one TF32 product, or bf16 autocast.
+// 1: each k-slice's mma products summed from zero, then added to the running total in f32 (see
+// gemm_v3_body). 0 (only tests/kernels_emulated.rs's mutant): mma straight into the total.
+#define V3_FRESH_SLICES 1
 enum V3Mode { V3_SPLIT = 0, V3_TF32 = 1, V3_BF16 = 2 };
 
 // bf16 mode: BK = 16 slices held as bf16 (two per 32-bit word, lower k in the lower half, as the
@@ -362,7 +369,17 @@ __device__ __forceinline__ void gemm_v3_body(Smem& sm, float* C, const float* A,
                 ra, rb, [&](int mm, int kk, float v) { sm.a[buf][mm][kk] = v; }, [&](int nn, int kk, float v) { sm.b[buf][nn][kk] = v; });
         }
     };
+    // The tensor cores add into their accumulator rounding toward zero (measured on an H100:
+    // 3xTF32 straight into d drifted by −2.7e-4 over K = 3072, 12× the CPU's f32 error), so each
+    // slice's products go into a fresh zero accumulator `e` and join d by an ordinary
+    // round-to-nearest f32 add (V3_FRESH_SLICES): the drift stays within one slice (f32-level sums at any K).
     float d[MI][NJ][4] = {};
+    auto flush = [](float (&di)[NJ][4], const float (&e)[NJ][4]) {
+#pragma unroll
+        for (int j = 0; j < NJ; ++j)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) di[j][q] += e[j][q];
+    };
     fetch(0);
     stash(0);
     __syncthreads();
@@ -385,8 +402,11 @@ __device__ __forceinline__ void gemm_v3_body(Smem& sm, float* C, const float* A,
                 const unsigned short* r0 = sm.a[buf][wm + 16 * i + g];
                 const unsigned short* r8 = sm.a[buf][wm + 16 * i + g + 8];
                 const unsigned aw[4] = {bf16_pair(r0, t), bf16_pair(r8, t), bf16_pair(r0, t + 4), bf16_pair(r8, t + 4)};
+                float fresh[NJ][4] = {};
+                auto& e = V3_FRESH_SLICES ? fresh : d[i];
 #pragma unroll
-                for (int j = 0; j < NJ; ++j) mma_bf16(d[i][j], aw, bw[j]);
+                for (int j = 0; j < NJ; ++j) mma_bf16(e[j], aw, bw[j]);
+                if (V3_FRESH_SLICES) flush(d[i], e);
             }
         } else {
             // x → its TF32 high part (hi) and, with `split`, the TF32 rounding of the rest (lo).
@@ -414,14 +434,17 @@ __device__ __forceinline__ void gemm_v3_body(Smem& sm, float* C, const float* A,
                     to_tf32(sm.a[buf][r][ks + t + 4], ah[2], al[2]);
                     to_tf32(sm.a[buf][r + 8][ks + t + 4], ah[3], al[3]);
                     // The small cross terms first, then the main one; four independent tiles per pass.
+                    float fresh[NJ][4] = {};
+                    auto& e = V3_FRESH_SLICES ? fresh : d[i];
                     if (split) {
 #pragma unroll
-                        for (int j = 0; j < NJ; ++j) mma_tf32(d[i][j], al, bh[j]);
+                        for (int j = 0; j < NJ; ++j) mma_tf32(e[j], al, bh[j]);
 #pragma unroll
-                        for (int j = 0; j < NJ; ++j) mma_tf32(d[i][j], ah, bl[j]);
+                        for (int j = 0; j < NJ; ++j) mma_tf32(e[j], ah, bl[j]);
                     }
 #pragma unroll
-                    for (int j = 0; j < NJ; ++j) mma_tf32(d[i][j], ah, bh[j]);
+                    for (int j = 0; j < NJ; ++j) mma_tf32(e[j], ah, bh[j]);
+                    if (V3_FRESH_SLICES) flush(d[i], e);
                 }
             }
         }

@@ -231,6 +231,62 @@ mod gpu {
         }
     }
 
+    /// Long sums: y = x·wᵀ with K = 8192 for every f32 GEMM variant and the bf16 tape's GEMM,
+    /// against an f64 reference on the operands rounded as the kernel rounds them (TF32: nearest,
+    /// ties away; bf16: nearest even), so all are held to f32-level sums: max |Δ|/Σ|a·b| (as
+    /// tests/emu/gemm.cpp) and the mean signed error (toward larger |y|) over the mean Σ|a·b|. The tensor cores' adds
+    /// round toward zero: 3xTF32 products added straight into the running accumulator drifted by
+    /// −2.7e-4 at K = 3072 on an H100 (drift ~4e-7 here), f32 sums wander both ways (~1e-9).
+    #[test]
+    fn long_k_gemm_sums_stay_f32_accurate_and_unbiased() {
+        if !gpu("long-K gemm") {
+            return;
+        }
+        use engram::device::cuda::{with_gemm_variant, GemmVariant};
+        let (m, n, k) = (128usize, 128usize, 8192usize);
+        let mut r = Rng::new(21);
+        let x = randn(&mut r, &[m, k]);
+        let w = randn(&mut r, &[n, k]);
+        let (xv, wv) = (x.to_f64_vec(), w.to_f64_vec());
+        let tf32 = |v: f64| {
+            let f = v as f32;
+            f32::from_bits((f.to_bits() + 0x1000) & 0xffff_e000) as f64
+        };
+        let bf16 = |v: f64| half::bf16::from_f32(v as f32).to_f32() as f64;
+        let reference = |round: &dyn Fn(f64) -> f64| {
+            let (xr, wr): (Vec<f64>, Vec<f64>) = (xv.iter().map(|&v| round(v)).collect(), wv.iter().map(|&v| round(v)).collect());
+            let mut y = vec![0.0; m * n];
+            let mut mag = vec![0.0; m * n];
+            for i in 0..m {
+                for j in 0..n {
+                    let (a, b) = (&xr[i * k..(i + 1) * k], &wr[j * k..(j + 1) * k]);
+                    y[i * n + j] = a.iter().zip(b).map(|(p, q)| p * q).sum();
+                    mag[i * n + j] = a.iter().zip(b).map(|(p, q)| (p * q).abs()).sum();
+                }
+            }
+            (y, mag)
+        };
+        let exact = reference(&|v| v);
+        let (rt, rb) = (reference(&tf32), reference(&bf16));
+        let (xg, wg) = (x.to_device(Device::Cuda).unwrap(), w.to_device(Device::Cuda).unwrap());
+        let check = |what: &str, got: Vec<f64>, (want, mag): &(Vec<f64>, Vec<f64>)| {
+            let worst = got.iter().zip(want).zip(mag).map(|((g, w), m)| (g - w).abs() / m).fold(0.0, f64::max);
+            let signed: f64 = got.iter().zip(want).map(|(g, w)| (g - w) * w.signum()).sum();
+            let drift = signed.abs() / mag.iter().sum::<f64>();
+            eprintln!("{what} K {k}: max |Δ|/Σ|a·b| {worst:.2e}, drift {drift:.1e}");
+            assert!(worst <= 1e-5, "{what} at K = {k}: max |Δ|/Σ|a·b| = {worst:e}");
+            assert!(drift <= 2e-8, "{what} at K = {k}: the sums drift one way by {drift:e} of Σ|a·b|");
+        };
+        for v in GemmVariant::ALL {
+            let y = with_gemm_variant(v, || ops::linear(&Tape::inference(), &xg, &wg, None)).unwrap();
+            check(v.kernel(), y.to_f64_vec(), if v.reduced_precision() { &rt } else { &exact });
+        }
+        // A bf16 tape picks gemm_v3_bf16(_64) by size (here the 64-row tile; the 128-row one is
+        // the same code with BM3 = 128).
+        let y = ops::linear(&Tape::inference().bf16(true), &xg, &wg, None).unwrap();
+        check("bf16 tape (gemm_v3_bf16_64)", y.to_f64_vec(), &rb);
+    }
+
     #[test]
     fn elementwise_and_activation_parity() {
         if !gpu("elementwise") {

@@ -111,7 +111,9 @@ fn gemm_kernels_match_the_f64_reference_on_the_emulator() {
     // last K slice; for the tensor-core kernel (whose mma the emulator computes from the PTX ISA's
     // fragment layouts): B fragments read with the 16-bit types' k index (2t, 2t + 1), one of
     // 3xTF32's two cross terms dropped (TF32 error, ~1e-4, against the f32 tolerance), and the
-    // accumulator rows g / g + 8 swapped on the way out; the bf16 kernel (m16n8k16) truncating
+    // accumulator rows g / g + 8 swapped on the way out, mma products added straight into the
+    // running total (the drift check on the long-K shape: the emulated mma rounds toward zero, as
+    // an H100 does); the bf16 kernel (m16n8k16) truncating
     // instead of rounding, rounding by truncation inside bf16_rne, ties rounded away from zero
     // (caught by the rounding cases: random data almost never ties), a B word read from the wrong
     // k pair, and the emulator's bf16 mma taking A's two halves of a word in the wrong order (both operands
@@ -121,6 +123,7 @@ fn gemm_kernels_match_the_f64_reference_on_the_emulator() {
         ("v3-bfrag", "matmul.cu", "sm.b[buf][c][ks + t + 4]", "sm.b[buf][c][ks + 2 * t + 1]"),
         ("v3-split", "matmul.cu", "mma_tf32(d[i][j], ah, bl[j]);", ";"),
         ("v3-epilogue", "matmul.cu", "g + 8 * (q >> 1)", "g + 8 * (q & 1)"),
+        ("v3-unflushed", "matmul.cu", "#define V3_FRESH_SLICES 1", "#define V3_FRESH_SLICES 0"),
         ("bf16-unrounded", "matmul.cu", "(unsigned short)(__float_as_uint(bf16_rne(x)) >> 16)", "(unsigned short)(__float_as_uint(x) >> 16)"),
         ("bf16-bfrag", "matmul.cu", "bf16_pair(row, t + 4)", "bf16_pair(row, t + 2)"),
         ("emu-bf16-a-halves", "emu/cuda_emu.h", "(r / 8) + 2 * (k / 8)], k)", "(r / 8) + 2 * (k / 8)], k + 1)"),
