@@ -381,9 +381,9 @@ mod gpu {
         // tests/emu/gemm.cpp): max |a − b| ≤ 1e-5·Σ|x·w| per element, and a mean signed error (toward
         // larger |y|) ≤ 2e-8 of the mean Σ|x·w| — the tensor cores' adds round toward zero, and on
         // an H100 the 3xTF32 kernel's products added straight into its running accumulator drifted
-        // by 2e-3 of |y| at K = 3072 (now each slice is summed from zero). The production
-        // kernel disagreeing stops the benchmark; a variant on trial disagreeing is reported (the
-        // suite fails on "DISAGREES") and the table still comes out.
+        // by 2e-3 of |y| at K = 3072 (now each slice is summed from zero). The f32 FMA
+        // kernels (v1, the production v2) disagreeing stop the benchmark; a tensor-core one
+        // disagreeing is reported (the suite fails on "DISAGREES") and the table still comes out.
         let sgemm_of = |xr: &[f32], wr: &[f32]| -> Result<Vec<f32>> {
             let (xd, wd) = (dev.htod(xr)?, dev.htod(wr)?);
             let mut y = dev.zeros::<f32>(m * n)?;
@@ -413,7 +413,8 @@ mod gpu {
             let (rel, drift) = errors(&ours, if v.reduced_precision() { &theirs_tf32 } else { &theirs });
             if !(rel <= 1e-5 && drift <= 2e-8) {
                 let msg = format!("{} DISAGREES with cuBLAS at {m}x{n}x{k}: max {rel:.2e} of Σ|x·w|, drift {drift:.1e}", v.kernel());
-                if v == engram::device::cuda::GemmVariant::V1 {
+                use engram::device::cuda::GemmVariant::{V1, V2, V2x64};
+                if matches!(v, V1 | V2 | V2x64) {
                     return Err(engram::Error::Device(msg));
                 }
                 println!("{msg}");

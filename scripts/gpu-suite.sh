@@ -124,11 +124,12 @@ run() {
     summary+=("test $name: $ok — $(grep -h 'test result' "$one" | tail -n1 | sed 's/^test result: //; s/; finished.*//' || true)$(grep -q SKIPPED "$one" && echo ' (some SKIPPED)' || true)")
     rm -f "$one"
   done
-  # The kernels on trial through the whole CUDA suite (BERT, toy training, finetune): gemm_v2 with
-  # attention v2, then the 3xTF32 tensor-core gemm_v3 (f32-accurate, so the same tolerances).
+  # The other kernel sets through the whole CUDA suite (BERT, toy training, finetune): the first
+  # ones (gemm_v1, attention v1), then the 3xTF32 tensor-core gemm_v3 (f32-accurate, so the same
+  # tolerances). The default run above is the production gemm_v2 + attention v2.
   if [ -x "$bins/test-cuda" ]; then
     local one=${OUT:-/tmp}/one.log
-    for trial in "ENGRAM_GEMM=v2 ENGRAM_ATTENTION=v2" "ENGRAM_GEMM=v3"; do
+    for trial in "ENGRAM_GEMM=v1 ENGRAM_ATTENTION=v1" "ENGRAM_GEMM=v3"; do
       if env $trial "$bins/test-cuda" --test-threads=1 --nocapture >"$one" 2>&1; then ok=ok; else ok=FAILED; fail=1; fi
       cat "$one" >> "$log"
       summary+=("test cuda with $trial: $ok — $(grep -h 'test result' "$one" | tail -n1 | sed 's/^test result: //; s/; finished.*//' || true)")

@@ -7,8 +7,8 @@
 #  3. the `cuda-emu` build: the same CUDA tests (CPU vs CUDA parity of every op, tiny BERT and
 #     MiniLM against PyTorch, `finetune` on the device against the CPU) on the emulated device
 #     (kernels/emu/: the kernels built by the host C++ compiler, a CPU libcuda), with the
-#     production kernels, then with the kernels on trial (gemm_v2 + attention v2; the 3xTF32
-#     tensor-core gemm_v3), each with the guard page after every buffer and threads in index
+#     production kernels (gemm_v2 + attention v2), then with the first ones (gemm_v1 + attention
+#     v1) and the 3xTF32 tensor-core gemm_v3, each with the guard page after every buffer and threads in index
 #     order, then before every buffer and in reverse order; and the emulator's own checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,13 +17,13 @@ cargo test --release --locked "$@"
 ./scripts/install-nvcc.sh >/dev/null
 cargo test --release --locked --features cuda --test cuda -- --nocapture "$@" 2>&1 | grep -vE '^\s*$'
 cargo test --release --locked --features cuda-emu --test cuda --test cuda_emulated -- --nocapture "$@" 2>&1 | grep -vE '^\s*$'
-# The kernels on trial; then both again with the guard page before each buffer (reads before a
+# The v1 kernels and gemm_v3; then all three sets again with the guard page before each buffer (reads before a
 # buffer's start fault) and a block's threads run in descending order between barriers.
-ENGRAM_GEMM=v2 ENGRAM_ATTENTION=v2 cargo test --release --locked --features cuda-emu --test cuda "$@" 2>&1 | grep -vE '^\s*$'
+ENGRAM_GEMM=v1 ENGRAM_ATTENTION=v1 cargo test --release --locked --features cuda-emu --test cuda "$@" 2>&1 | grep -vE '^\s*$'
 ENGRAM_GEMM=v3 cargo test --release --locked --features cuda-emu --test cuda "$@" 2>&1 | grep -vE '^\s*$'
 export ENGRAM_EMU_GUARD=front ENGRAM_EMU_ORDER=reverse
 cargo test --release --locked --features cuda-emu --test cuda "$@" 2>&1 | grep -vE '^\s*$'
-ENGRAM_GEMM=v2 ENGRAM_ATTENTION=v2 cargo test --release --locked --features cuda-emu --test cuda "$@" 2>&1 | grep -vE '^\s*$'
+ENGRAM_GEMM=v1 ENGRAM_ATTENTION=v1 cargo test --release --locked --features cuda-emu --test cuda "$@" 2>&1 | grep -vE '^\s*$'
 ENGRAM_GEMM=v3 cargo test --release --locked --features cuda-emu --test cuda "$@" 2>&1 | grep -vE '^\s*$'
 # The GPU benchmark's dry run on the emulated device (every row, every kernel variant; shapes cut
 # down, numbers meaningless) — so the benchmark itself cannot break unnoticed between GPU runs.

@@ -577,9 +577,10 @@ mod cuda {
     /// The attention kernels of kernels/attention.cu.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum AttentionVariant {
-        /// Scores in shared memory per query row; saves P (B, NH, Tq, Tk): production.
+        /// Scores in shared memory per query row; saves P (B, NH, Tq, Tk): the first kernel, and
+        /// the one for heads wider than 64.
         V1,
-        /// Flash-style (online softmax, saves the row log-sum-exp), HS ≤ 64; not yet run on a GPU.
+        /// Flash-style (online softmax, saves the row log-sum-exp), HS ≤ 64: production (run on an H100).
         V2,
     }
 
@@ -595,15 +596,19 @@ mod cuda {
         r
     }
 
-    /// The forced variant, else `ENGRAM_ATTENTION=v2`, else v1; v2 only for heads of ≤ 64.
+    /// The forced variant, else `ENGRAM_ATTENTION=v1`: v1, else v2 (the production kernel since
+    /// its H100 run, 2026-11-24); v2 only for heads of ≤ 64 (wider heads run v1).
     fn variant(hs: usize) -> AttentionVariant {
-        static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        static ENV: std::sync::OnceLock<AttentionVariant> = std::sync::OnceLock::new();
         let want = FORCED.with(|c| c.get()).unwrap_or_else(|| {
-            if *ENV.get_or_init(|| std::env::var("ENGRAM_ATTENTION").is_ok_and(|v| v == "v2")) {
-                AttentionVariant::V2
-            } else {
-                AttentionVariant::V1
-            }
+            *ENV.get_or_init(|| match std::env::var("ENGRAM_ATTENTION").as_deref() {
+                Ok("v1") => AttentionVariant::V1,
+                Ok("v2") | Err(_) => AttentionVariant::V2,
+                Ok(other) => {
+                    eprintln!("warning: ENGRAM_ATTENTION={other:?} is not one of v1, v2; using v2");
+                    AttentionVariant::V2
+                }
+            })
         });
         if hs > 64 {
             AttentionVariant::V1
