@@ -154,8 +154,8 @@ mod gpu {
         let dout = randn(11, &[b, nh, t, hs])?;
         use engram::ops::{with_attention_variant, AttentionVariant};
         for (var, name) in [(AttentionVariant::V1, "v1"), (AttentionVariant::V2, "v2")] {
-            // A kernel on trial that fails to run is reported (the suite fails on "FAILED"); the
-            // rest of the table still comes out.
+            // v2 failing to run is reported (the suite fails on "FAILED"); the rest of the table
+            // (v1 included) still comes out.
             if var == AttentionVariant::V2 {
                 let probe = || -> Result<()> {
                     let tr = Tape::training(0);
@@ -254,7 +254,7 @@ mod gpu {
     /// gpu-suite.sh sets, else the installed one, else tiny-bert; tiny-bert in a quick run) at
     /// batch 32 × 128 — forward with
     /// dropout, cross-entropy, backward, clipping, AdamW — and inference at batch 32, with the
-    /// production kernels and with the kernels on trial: what the trial kernels change end to end.
+    /// first kernels (v1) and with each later set: what each changes end to end.
     fn bert_steps(dev: &CudaDev, rows: &mut Vec<Row>) -> Result<()> {
         use engram::data::BertTokenizer;
         use engram::device::cuda::{with_gemm_variant, GemmVariant};
@@ -282,7 +282,7 @@ mod gpu {
         // (label, f32 GEMM, attention, bf16 autocast: the linear layers in gemm_v3_bf16)
         let configs = [
             ("v1 kernels", GemmVariant::V1, AttentionVariant::V1, false),
-            ("trial kernels", GemmVariant::V2, AttentionVariant::V2, false),
+            ("v2 kernels, production", GemmVariant::V2, AttentionVariant::V2, false),
             ("gemm_v3 3xTF32 + attention v2", GemmVariant::V3, AttentionVariant::V2, false),
             ("gemm_v3_tf32 TF32 + attention v2", GemmVariant::V3Tf32, AttentionVariant::V2, false),
             ("--bf16: gemm_v3_bf16 + attention v2", GemmVariant::V3, AttentionVariant::V2, true),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole GPU suite in one go: tests/cuda.rs (every op CUDA vs CPU, the toy encoder, BERTs vs
-# PyTorch, finetune on the GPU vs the CPU) with the production kernels and with each set on trial,
+# PyTorch, finetune on the GPU vs the CPU) with the production kernels and with the other sets,
 # compute-sanitizer memcheck over it, and the GPU benchmark table (last). The CPU suites are CI's.
 #
 #   ./scripts/gpu-suite.sh build   # here (no GPU needed): pinned nvcc, build, stage into .gpu-carry/

@@ -103,8 +103,7 @@ mod gpu {
         if !gpu("matmul") {
             return;
         }
-        // Every f32-accurate GEMM kernel (production v1, and the variants on trial, 3xTF32
-        // tensor cores included), forward and backward. The TF32 ones: the test below.
+        // Every f32-accurate GEMM kernel (v1, the production v2, the 3xTF32 tensor-core v3), forward and backward. The TF32 ones: the test below.
         for v in engram::device::cuda::GemmVariant::ALL.into_iter().filter(|v| !v.reduced_precision()) {
             eprintln!("matmul parity with {}", v.kernel());
             engram::device::cuda::with_gemm_variant(v, matmul_linear_parity_with_the_current_gemm);
@@ -354,7 +353,7 @@ mod gpu {
         if !gpu("attention") {
             return;
         }
-        // Both kernels: v1 (production) and the flash-style v2 on trial.
+        // Both kernels: v1 and the flash-style v2 (production for heads ≤ 64).
         for v in [ops::AttentionVariant::V1, ops::AttentionVariant::V2] {
             eprintln!("attention parity with {v:?}");
             ops::with_attention_variant(v, attention_parity_with_the_current_kernel);
