@@ -121,7 +121,7 @@ fn gemm_kernels_match_the_f64_reference_on_the_emulator() {
     // through one fetch_slice, so the K-bound mutant covers both.)
     let mutants = [
         ("v3-bfrag", "matmul.cu", "sm.b[buf][c][ks + t + 4]", "sm.b[buf][c][ks + 2 * t + 1]"),
-        ("v3-split", "matmul.cu", "mma_tf32(d[i][j], ah, bl[j]);", ";"),
+        ("v3-split", "matmul.cu", "mma_tf32(e[j], ah, bl[j]);", ";"),
         ("v3-epilogue", "matmul.cu", "g + 8 * (q >> 1)", "g + 8 * (q & 1)"),
         ("v3-unflushed", "matmul.cu", "#define V3_FRESH_SLICES 1", "#define V3_FRESH_SLICES 0"),
         ("bf16-unrounded", "matmul.cu", "(unsigned short)(__float_as_uint(bf16_rne(x)) >> 16)", "(unsigned short)(__float_as_uint(x) >> 16)"),

@@ -85,9 +85,9 @@ static void check(const Variant& v, int batch, int M, int N, int K, int ta, int 
                 sum_mag += mag;
             }
     const double drift_rel = std::fabs(signed_err) / (1e-30 + sum_mag);
-    // Measured with the emulator's tensor-core model at K = 1024: the v3 kernels (each slice summed
-    // from zero, then added to the total) 0.3–1.5e-9, v1/v2 ≤ 1.5e-10; mma products added straight
-    // into the total (tests/kernels_emulated.rs's v3-unflushed mutant) 2.7e-7.
+    // Measured with the emulator's tensor-core model at 64×64×1024: the v3 kernels (each slice
+    // summed from zero, then added to the total) 0.1–1.5e-9, v1/v2 ≤ 6.3e-10; mma products added
+    // straight into the total (tests/kernels_emulated.rs's v3-unflushed mutant) 2.7e-7.
     if (drift && !(drift_rel <= 2e-8)) {
         std::printf("FAIL %s M %d N %d K %d: mean signed error %.3e of the mean Σ|a·b| (sums drift one way)\nFAILED\n", v.name, M, N, K,
                     drift_rel);
@@ -283,7 +283,7 @@ int main(int argc, char** argv) {
             for (int ta = 0; ta < 2; ++ta)
                 for (int tb = 0; tb < 2; ++tb)
                     for (int acc = 0; acc < 2; ++acc) check(v, s.batch, s.M, s.N, s.K, ta, tb, s.shared_b, acc, rng);
-        check(v, 1, 128, 128, 1024, 0, 0, false, 0, rng, /*drift=*/true);
+        check(v, 1, 64, 64, 1024, 0, 0, false, 0, rng, /*drift=*/true);
     }
     std::printf("passed\n");
     return 0;
