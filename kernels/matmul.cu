@@ -8,7 +8,7 @@
 //            register tile per thread (4×4 quadrants, float4 shared-memory reads), shared memory
 //            double-buffered with a register prefetch of the next K slice (one barrier per slice).
 //            Verified on the CPU emulator (tests/emu/gemm.cpp) and on an H100 (2026-11-24:
-//            tests/cuda.rs, memcheck and racecheck clean, 1.6–2.3× gemm_v1) — production.
+//            tests/cuda.rs, memcheck clean, no racecheck hazard in the op tests, 1.6–2.3× gemm_v1) — production.
 //   gemm_v3 / gemm_v3_64: tensor cores. 128×128 (64×128) block tile, BK = 8, 8 warps each owning a
 //            64×32 (32×32) warp tile of mma.sync.m16n8k8 TF32 products with f32 accumulators, shared
 //            memory double-buffered as in v2. "3xTF32": each f32 operand is split into a TF32 high

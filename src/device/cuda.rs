@@ -389,8 +389,8 @@ pub fn with_gemm_variant<R>(v: GemmVariant, f: impl FnOnce() -> R) -> R {
 }
 
 /// The GEMM for a launch: the forced one, else by `ENGRAM_GEMM` — unset or `v2`: v2, the
-/// production kernel since its H100 run (2026-11-24: the whole CUDA suite, memcheck and racecheck
-/// clean, a MiniLM training step in 0.69× v1's time); `v1`: the first kernel; `v3`: the 3xTF32
+/// production kernel since its H100 run (2026-11-24: the whole CUDA suite, memcheck clean, no
+/// racecheck hazard in the op tests, a MiniLM training step in 0.69× v1's time); `v1`: the first kernel; `v3`: the 3xTF32
 /// tensor-core kernel; `tf32`: its TF32 form (reduced precision, like PyTorch's `allow_tf32`).
 /// v2 and v3 take their 64-row tile when the 128×128 tiles would not give every SM a block.
 fn gemm_variant(dev: &CudaDev, batch: usize, m: usize, n: usize) -> GemmVariant {
